@@ -1,0 +1,295 @@
+"""Relax + score many structures, streaming rows to a parquet file that a rerun resumes.
+
+``run_stability`` is what ``llamat-cif stability`` and the ``screen`` command call: it reads
+structures from any of the supported inputs, skips ids already in the output file, relaxes the rest
+(process pool or in-process), converts energies to formation energies and E_hull on the reference
+hull, and rewrites ``stability.parquet`` after every batch (atomic replace, so an interrupted run
+leaves a readable file with every finished row). The protocol is written to
+``stability_summary.json`` beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from llamat_cif.stability.hull import Hull, HullError, mp2020_corrected_energy
+from llamat_cif.stability.potentials import Potential, load_potential
+from llamat_cif.stability.relax import RelaxConfig, relax_many
+
+#: metastability threshold of LLaMat / Gruver et al. (eV/atom)
+E_HULL_METASTABLE = 0.1
+#: stability threshold (on or below the hull), eV/atom
+E_HULL_STABLE = 0.0
+
+STABILITY_COLUMNS = [
+    "id", "formula", "n_sites", "converged", "n_steps", "wall_s", "energy_initial_per_atom",
+    "energy_per_atom", "energy_corrected_per_atom", "e_form_per_atom", "e_hull", "volume_change",
+    "relaxed_cif", "error",
+]
+
+
+# --------------------------------------------------------------------------------- inputs
+
+
+def read_structures_input(path: str | Path) -> pd.DataFrame:
+    """Read structures to score into a table with columns ``id`` and ``cif`` (plus extras).
+
+    Accepted inputs:
+        * a run folder with ``samples.csv`` (rows with empty ``cif`` are kept: they become error
+          rows); when ``validity.parquet`` is present and has a boolean ``valid`` column, only
+          valid rows are kept.
+        * a CSV (optionally gzipped) with a ``cif`` column (``id`` or ``material_id`` if present).
+        * a folder of ``.cif`` files (id = file stem).
+        * a single ``.cif`` file.
+    """
+    p = Path(path)
+    if p.is_dir() and (p / "samples.csv").exists():
+        df = pd.read_csv(p / "samples.csv", dtype={"id": str}, keep_default_na=False)
+        vp = p / "validity.parquet"
+        if vp.exists():
+            v = pd.read_parquet(vp)
+            if "valid" in v.columns and "id" in v.columns:
+                ok = set(v.loc[v["valid"].astype(bool), "id"].astype(str))
+                df = df[df["id"].astype(str).isin(ok)]
+        return df[["id", "cif"]].reset_index(drop=True)
+    if p.is_dir():
+        files = sorted(p.glob("*.cif"))
+        if not files:
+            raise FileNotFoundError(f"{p}: no samples.csv and no .cif files")
+        return pd.DataFrame({"id": [f.stem for f in files], "cif": [f.read_text() for f in files]})
+    if p.suffix == ".cif":
+        return pd.DataFrame({"id": [p.stem], "cif": [p.read_text()]})
+    df = pd.read_csv(p, keep_default_na=False)
+    if "cif" not in df.columns:
+        raise ValueError(f"{p}: no 'cif' column (columns: {', '.join(df.columns)})")
+    if "id" not in df.columns:
+        df.insert(0, "id", df["material_id"] if "material_id" in df.columns else [f"row{i:06d}" for i in range(len(df))])
+    df["id"] = df["id"].astype(str)
+    return df
+
+
+# --------------------------------------------------------------------------------- streaming
+
+
+class ParquetRows:
+    """A parquet file rewritten atomically after each batch; the resume set is its ids."""
+
+    def __init__(self, path: str | Path, columns: list[str] | None = None):
+        self.path = Path(path)
+        self.columns = columns
+        self.df = pd.read_parquet(self.path) if self.path.exists() else pd.DataFrame(columns=columns)
+
+    @property
+    def done_ids(self) -> set[str]:
+        return set(self.df["id"].astype(str)) if len(self.df) else set()
+
+    def append(self, rows: list[dict]) -> None:
+        if not rows:
+            return
+        new = pd.DataFrame(rows)
+        if self.columns:
+            new = new.reindex(columns=self.columns + [c for c in new.columns if c not in self.columns])
+        self.df = new if not len(self.df) else pd.concat([self.df, new], ignore_index=True)
+        self.df = self.df.drop_duplicates(subset="id", keep="last").reset_index(drop=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp.parquet")
+        self.df.to_parquet(tmp, index=False)
+        os.replace(tmp, self.path)
+
+
+# --------------------------------------------------------------------------------- scoring
+
+
+def score_row(row: dict, hull: Hull | None, potential: Potential) -> dict:
+    """Add ``energy_corrected_per_atom``, ``e_form_per_atom`` and ``e_hull`` to a relaxation row.
+
+    Scoring failures (element outside the hull, MP2020 rejection) become the row's ``error``.
+    """
+    row = dict(row)
+    row.setdefault("energy_corrected_per_atom", np.nan)
+    row.setdefault("e_form_per_atom", np.nan)
+    row.setdefault("e_hull", np.nan)
+    if row.get("error") or hull is None or not row.get("relaxed_cif"):
+        return row
+    try:
+        from pymatgen.core import Structure
+
+        s = Structure.from_str(row["relaxed_cif"], fmt="cif")
+        e = float(row["energy_per_atom"])
+        if potential.needs_mp2020_correction:
+            e = mp2020_corrected_energy(s, e * len(s)) / len(s)
+        row["energy_corrected_per_atom"] = e
+        row["e_form_per_atom"] = hull.formation_energy_per_atom(s.composition, e)
+        row["e_hull"] = hull.e_above_hull(s.composition, e)
+    except (HullError, ValueError, KeyError) as exc:
+        row["error"] = f"hull: {type(exc).__name__}: {exc}"
+    return row
+
+
+def check_hull_compatible(potential: Potential, hull: Hull, *, is_mp_reference: bool) -> None:
+    """Refuse to score PBE/r2SCAN-scale energies against the Materials Project hull."""
+    if is_mp_reference and not potential.mp_hull_compatible:
+        raise HullError(
+            f"potential {potential.name} predicts {potential.energy_scale!r} energies, which are not on the "
+            "Materials Project scale; score them against a hull of the same functional (--hull FILE)."
+        )
+
+
+@dataclass(frozen=True)
+class StabilityConfig:
+    """Settings of a relax + E_hull run (written beside the results)."""
+
+    potential: str = "chgnet"
+    hull: str | None = None  # None: MP-20 reference hull from the data dir; else a file
+    relax: RelaxConfig = field(default_factory=RelaxConfig)
+    n_workers: int = 1
+    batch_size: int = 8
+    device: str | None = None
+    e_hull_metastable: float = E_HULL_METASTABLE
+
+
+def environment_info() -> dict:
+    """Package versions and hardware, for the protocol record."""
+    import importlib.metadata as md
+
+    vers = {}
+    for pkg in ("llamat-cif", "chgnet", "matgl", "pymatgen", "ase", "torch"):
+        try:
+            vers[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            vers[pkg] = None
+    return {"versions": vers, "python": platform.python_version(), "machine": platform.machine(),
+            "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()}
+
+
+def run_stability(
+    items: pd.DataFrame | Iterable[tuple[str, Any]],
+    out_dir: str | Path,
+    config: StabilityConfig = StabilityConfig(),
+    *,
+    potential: Potential | None = None,
+    hull: Hull | None = None,
+    data_dir: str | Path | None = None,
+    progress: bool = True,
+    filename: str = "stability.parquet",
+) -> pd.DataFrame:
+    """Relax and score structures, resuming from ``out_dir/stability.parquet``.
+
+    Args:
+        items: a table with ``id`` and ``cif`` columns, or ``(id, Structure|CIF)`` pairs.
+        out_dir: output folder (``stability.parquet``, ``stability_summary.json``).
+        config: settings.
+        potential: an already loaded potential (else loaded from ``config.potential``).
+        hull: an already built hull (else ``config.hull`` or the MP-20 reference hull).
+        data_dir: data folder for the reference hull.
+        progress: show a rich progress bar.
+        filename: name of the rows file inside ``out_dir``.
+
+    Returns:
+        All rows in the output file (earlier runs included).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pot = potential or load_potential(config.potential, device=config.device)
+    is_mp = hull is None and config.hull is None
+    if hull is None:
+        hull = Hull.from_file(config.hull) if config.hull else Hull.from_data_dir(data_dir)
+    check_hull_compatible(pot, hull, is_mp_reference=is_mp)
+
+    if isinstance(items, pd.DataFrame):
+        pairs = list(zip(items["id"].astype(str), items["cif"], strict=True))
+    else:
+        pairs = [(str(i), s) for i, s in items]
+    store = ParquetRows(out / filename, STABILITY_COLUMNS)
+    done = store.done_ids
+    todo = [(i, s) for i, s in pairs if i not in done]
+    # duplicate ids in the input would silently overwrite each other
+    seen: set[str] = set()
+    todo = [(i, s) for i, s in todo if not (i in seen or seen.add(i))]
+
+    protocol = {
+        "relax": config.relax.protocol(), **pot.protocol(), **hull.protocol(),
+        "e_hull_metastable": config.e_hull_metastable, "n_workers": config.n_workers,
+        "environment": environment_info(),
+    }
+    t0 = time.time()
+    batch: list[dict] = []
+    bar = _progress(progress, len(todo), len(done))
+    pot_arg: Potential | str = pot if config.n_workers <= 1 else config.potential
+    with bar:
+        task = bar.add_task("relax + E_hull", total=len(pairs), completed=len(pairs) - len(todo))
+        for row in relax_many(todo, pot_arg, config.relax, n_workers=config.n_workers, device=config.device):
+            batch.append(score_row(row, hull, pot))
+            bar.advance(task)
+            if len(batch) >= config.batch_size:
+                store.append(batch)
+                batch = []
+        store.append(batch)
+    df = store.df
+    summary = summarize(df, e_hull_metastable=config.e_hull_metastable)
+    summary["protocol"] = protocol
+    summary["config"] = {**asdict(config), "relax": asdict(config.relax)}
+    summary["wall_s_this_run"] = time.time() - t0
+    (out / filename.replace(".parquet", "_summary.json")).write_text(json.dumps(summary, indent=2, default=str))
+    return df
+
+
+def _progress(enabled: bool, n_todo: int, n_done: int):
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeRemainingColumn(), disable=not enabled, transient=False)
+
+
+def rate(num: int, den: int) -> dict:
+    """A rate with its numerator and denominator."""
+    return {"rate": (num / den) if den else None, "numerator": int(num), "denominator": int(den)}
+
+
+def summarize(df: pd.DataFrame, *, e_hull_metastable: float = E_HULL_METASTABLE,
+              e_hull_stable: float = E_HULL_STABLE) -> dict:
+    """Counts and rates of a stability table; each rate states its denominator.
+
+    Args:
+        df: rows from :func:`run_stability`.
+        e_hull_metastable: metastability threshold, eV/atom (LLaMat / Gruver: 0.1).
+        e_hull_stable: stability threshold, eV/atom (0: on or below the hull).
+    """
+    n = len(df)
+    ok = df[df["error"].isna() | (df["error"] == "")] if n else df
+    eh = pd.to_numeric(ok["e_hull"], errors="coerce") if n else pd.Series(dtype=float)
+    scored = eh.notna()
+    return {
+        "n_structures": n,
+        "n_errors": int(n - len(ok)),
+        "n_scored": int(scored.sum()),
+        "converged": rate(int(ok["converged"].astype(bool).sum()) if n else 0, len(ok)),
+        "metastable": {**rate(int((eh < e_hull_metastable).sum()), n), "threshold_ev_atom": e_hull_metastable,
+                       "denominator_is": "all input structures"},
+        "stable": {**rate(int((eh <= e_hull_stable).sum()), n), "threshold_ev_atom": e_hull_stable,
+                   "denominator_is": "all input structures"},
+        "median_e_hull": float(eh.median()) if scored.any() else None,
+        "median_wall_s": float(pd.to_numeric(ok["wall_s"]).median()) if len(ok) else None,
+        "median_n_steps": float(pd.to_numeric(ok["n_steps"]).median()) if len(ok) else None,
+    }
+
+
+def iter_pairs(df: pd.DataFrame) -> Iterator[tuple[str, str]]:
+    """``(id, cif)`` pairs of a table."""
+    yield from zip(df["id"].astype(str), df["cif"], strict=True)

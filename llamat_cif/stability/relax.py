@@ -1,0 +1,214 @@
+"""Structure relaxation: ASE FIRE on positions and cell (FrechetCellFilter), one row per structure.
+
+A relaxation never raises: a structure that does not parse, produces NaN energies, explodes
+(volume runs away, energies far below anything physical) or runs out of time comes back as a row
+with ``error`` set, and the batch goes on.
+
+Many structures are relaxed by a process pool over CPU cores (one potential per worker, one torch
+thread each, so workers do not oversubscribe the cores); on a GPU or with one worker they run in
+the calling process.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from llamat_cif.stability.potentials import Potential, load_potential
+
+
+@dataclass(frozen=True)
+class RelaxConfig:
+    """Relaxer settings; recorded beside every result.
+
+    Attributes:
+        fmax: force (and scaled stress) convergence threshold, eV/Å. 0.1 keeps energies of
+            near-equilibrium cells within a few meV/atom of a tighter relaxation at half the steps.
+        max_steps: FIRE steps before giving up (row kept, ``converged=False``).
+        time_limit_s: wall-time limit per structure; exceeded -> error row.
+        relax_cell: also relax the cell (FrechetCellFilter); False relaxes positions only.
+        max_volume_ratio: volume growing or shrinking by more than this factor counts as exploding.
+        min_energy_per_atom: energies below this (eV/atom) count as exploding; no real solid is
+            below about -15 eV/atom on the MP scale.
+    """
+
+    fmax: float = 0.1
+    max_steps: int = 500
+    time_limit_s: float = 300.0
+    relax_cell: bool = True
+    max_volume_ratio: float = 5.0
+    min_energy_per_atom: float = -50.0
+
+    def protocol(self) -> dict:
+        return {"optimizer": "FIRE", "cell_filter": "FrechetCellFilter" if self.relax_cell else None, **asdict(self)}
+
+
+class RelaxationError(RuntimeError):
+    """Guard tripped: NaN, exploding energy/volume, or time limit."""
+
+
+def _to_structure(obj: Any):
+    from pymatgen.core import Structure
+
+    if isinstance(obj, Structure):
+        return obj
+    if isinstance(obj, str):
+        return Structure.from_str(obj, fmt="cif")
+    raise TypeError(f"expected a pymatgen Structure or CIF text, got {type(obj).__name__}")
+
+
+def _empty_row(sid: str) -> dict:
+    return {
+        "id": sid, "formula": None, "n_sites": None, "relaxed_cif": None, "energy_initial_per_atom": np.nan,
+        "energy_per_atom": np.nan, "converged": False, "n_steps": 0, "wall_s": 0.0,
+        "volume_change": np.nan, "error": None,
+    }
+
+
+def relax_structure(structure: Any, potential: Potential, config: RelaxConfig = RelaxConfig(),
+                    sid: str = "") -> dict:
+    """Relax one structure and return its result row (never raises).
+
+    Args:
+        structure: pymatgen ``Structure`` or CIF text.
+        potential: a loaded :class:`~llamat_cif.stability.potentials.Potential`.
+        config: relaxer settings.
+        sid: id copied into the row.
+
+    Returns:
+        dict with ``id, formula, n_sites, relaxed_cif, energy_initial_per_atom, energy_per_atom``
+        (eV/atom, the potential's own scale), ``converged, n_steps, wall_s, volume_change, error``.
+    """
+    from ase.filters import FrechetCellFilter
+    from ase.optimize import FIRE
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    row = _empty_row(sid)
+    t0 = time.perf_counter()
+    try:
+        s = _to_structure(structure)
+        row["formula"] = s.composition.reduced_formula
+        row["n_sites"] = len(s)
+        atoms = AseAtomsAdaptor.get_atoms(s)
+        atoms.calc = potential.calculator()
+        n = len(atoms)
+        v0 = atoms.get_volume()
+
+        def check() -> float:
+            e = float(atoms.get_potential_energy()) / n
+            if not math.isfinite(e):
+                raise RelaxationError(f"non-finite energy ({e})")
+            if e < config.min_energy_per_atom:
+                raise RelaxationError(f"exploding energy {e:.3g} eV/atom < {config.min_energy_per_atom}")
+            f = atoms.get_forces()
+            if not np.all(np.isfinite(f)):
+                raise RelaxationError("non-finite forces")
+            ratio = atoms.get_volume() / v0
+            if not (1.0 / config.max_volume_ratio < ratio < config.max_volume_ratio):
+                raise RelaxationError(f"exploding cell: volume changed by x{ratio:.3g}")
+            if time.perf_counter() - t0 > config.time_limit_s:
+                raise RelaxationError(f"time limit {config.time_limit_s:g} s exceeded")
+            return e
+
+        row["energy_initial_per_atom"] = check()
+        target = FrechetCellFilter(atoms) if config.relax_cell else atoms
+        opt = FIRE(target, logfile=None)
+        converged = False
+        for conv in opt.irun(fmax=config.fmax, steps=config.max_steps):
+            converged = conv
+            check()
+        e = check()
+        relaxed = AseAtomsAdaptor.get_structure(atoms)
+        row.update(
+            relaxed_cif=relaxed.to(fmt="cif"), energy_per_atom=e, converged=bool(converged),
+            n_steps=int(opt.nsteps), volume_change=float(atoms.get_volume() / v0 - 1.0),
+        )
+    except Exception as exc:  # noqa: BLE001 - one bad structure must not stop the batch
+        row["error"] = f"{type(exc).__name__}: {exc}"
+    row["wall_s"] = time.perf_counter() - t0
+    return row
+
+
+# ------------------------------------------------------------------------------- process pool
+
+_WORKER: dict = {}
+
+
+def _init_worker(potential_spec: str, device: str | None, energy_scale: str | None) -> None:
+    # Several workers on few cores: one intra-op thread each, or they fight over the cores.
+    import torch
+
+    torch.set_num_threads(1)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    _WORKER["potential"] = load_potential(potential_spec, device=device, energy_scale=energy_scale)
+
+
+def _work(args: tuple) -> dict:
+    sid, cif, config = args
+    return relax_structure(cif, _WORKER["potential"], config, sid=sid)
+
+
+def relax_many(
+    items: Iterable[tuple[str, Any]],
+    potential: Potential | str = "chgnet",
+    config: RelaxConfig = RelaxConfig(),
+    *,
+    n_workers: int = 1,
+    device: str | None = None,
+    on_row: Callable[[dict], None] | None = None,
+) -> Iterator[dict]:
+    """Relax many structures, yielding result rows as they finish (not in input order).
+
+    Args:
+        items: ``(id, Structure or CIF text)`` pairs.
+        potential: a loaded potential (used in-process) or a name/path (loaded per worker).
+        config: relaxer settings.
+        n_workers: worker processes; 1 runs in this process. With several, each worker loads
+            its own copy of the potential and uses one torch thread.
+        device: device for potentials loaded here.
+        on_row: called with each row as it finishes.
+    """
+    if n_workers <= 1:
+        pot = potential if isinstance(potential, Potential) else load_potential(potential, device=device)
+        for sid, s in items:
+            row = relax_structure(s, pot, config, sid=sid)
+            if on_row:
+                on_row(row)
+            yield row
+        return
+
+    import multiprocessing as mp
+
+    spec = potential.name if isinstance(potential, Potential) else str(potential)
+    scale = potential.energy_scale if isinstance(potential, Potential) else None
+    # spawn, not fork: torch's thread pools do not survive fork reliably.
+    ctx = mp.get_context("spawn")
+    with ProcessPoolExecutor(n_workers, mp_context=ctx, initializer=_init_worker,
+                             initargs=(spec, device or "cpu", scale)) as ex:
+        it = iter(items)
+        pending = set()
+        # keep a bounded number of tasks in flight so a huge input is not pickled all at once
+        for sid, s in it:
+            cif = s if isinstance(s, str) else s.to(fmt="cif")
+            pending.add(ex.submit(_work, (sid, cif, config)))
+            if len(pending) >= 4 * n_workers:
+                break
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                row = fut.result()
+                if on_row:
+                    on_row(row)
+                yield row
+                nxt = next(it, None)
+                if nxt is not None:
+                    sid, s = nxt
+                    cif = s if isinstance(s, str) else s.to(fmt="cif")
+                    pending.add(ex.submit(_work, (sid, cif, config)))

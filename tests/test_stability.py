@@ -1,0 +1,265 @@
+"""Known-answer tests of the stability subpackage: hull, relaxation guards, potentials, S.U.N."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import requires_data
+from monty.json import MontyEncoder
+from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
+from pymatgen.core import Composition, Lattice, Structure
+
+from llamat_cif.stability.hull import Hull, HullError, mp2020_corrected_energy
+from llamat_cif.stability.pipeline import StabilityConfig, check_hull_compatible, run_stability
+from llamat_cif.stability.potentials import (
+    Potential,
+    PotentialError,
+    check_matgl_version,
+    checkpoint_saved_with,
+    infer_energy_scale,
+    load_potential,
+)
+from llamat_cif.stability.relax import RelaxConfig, relax_many, relax_structure
+from llamat_cif.stability.sun import (
+    TrainingSet,
+    load_chemical_systems,
+    sun_table,
+    unique_representatives,
+)
+
+
+@pytest.fixture(scope="module")
+def chgnet():
+    return load_potential("chgnet", device="cpu")
+
+
+# ------------------------------------------------------------------------------------ hull
+
+
+def _toy_hull() -> Hull:
+    # Na: -1 eV/atom, Cl: -2 eV/atom, NaCl: formation -1 eV/atom -> total per atom -2.5
+    return Hull([PDEntry(Composition("Na"), -1.0), PDEntry(Composition("Cl"), -2.0),
+                 PDEntry(Composition("NaCl"), 2 * -2.5)])
+
+
+def test_two_phase_toy_hull_hand_computed():
+    hull = _toy_hull()
+    # NaCl2 (x_Cl = 2/3): the hull there is the NaCl--Cl tie line, E_form = -1 * (1/3)/(1/2) = -2/3.
+    ref = (1 / 3) * -1.0 + (2 / 3) * -2.0
+    assert hull.e_above_hull("NaCl2", ref - 0.5) == pytest.approx(-0.5 + 2 / 3, abs=1e-9)
+    assert hull.formation_energy_per_atom("NaCl2", ref - 0.5) == pytest.approx(-0.5, abs=1e-12)
+    # a NaCl polymorph 0.1 eV/atom above, and one 0.2 below (a new ground state: negative)
+    assert hull.e_above_hull("NaCl", -2.4) == pytest.approx(0.1, abs=1e-9)
+    assert hull.e_above_hull("NaCl", -2.7) == pytest.approx(-0.2, abs=1e-9)
+    # Na3Cl (x_Cl = 1/4): tie line Na--NaCl, E_form_hull = -1 * 0.25/0.5 = -0.5
+    ref = 0.75 * -1.0 + 0.25 * -2.0
+    assert hull.e_above_hull("Na3Cl", ref) == pytest.approx(0.5, abs=1e-9)
+    with pytest.raises(HullError, match="K"):
+        hull.e_above_hull("KCl", -3.0)
+
+
+def test_user_hull_from_phase_diagram_file(tmp_path):
+    pd_ = PhaseDiagram(_toy_hull().phase_diagram(["Na", "Cl"]).all_entries)
+    path = tmp_path / "pd.json"
+    path.write_text(json.dumps(pd_.as_dict(), cls=MontyEncoder))
+    hull = Hull.from_file(path)
+    assert hull.e_above_hull("NaCl", -2.4) == pytest.approx(0.1, abs=1e-9)
+    entries = tmp_path / "entries.json"
+    entries.write_text(json.dumps([e.as_dict() for e in pd_.all_entries], cls=MontyEncoder))
+    # NaCl2 0.05 eV/atom above the NaCl--Cl tie line (hull E_form there: -2/3)
+    e = (1 / 3) * -1.0 + (2 / 3) * -2.0 - 2 / 3 + 0.05
+    assert Hull.from_file(entries).e_above_hull("NaCl2", e) == pytest.approx(0.05, abs=1e-9)
+
+
+@pytest.fixture(scope="module")
+def mp_hull():
+    return Hull.from_data_dir()
+
+
+@requires_data
+def test_reference_hull_reproduces_mp_e_hull(mp_hull):
+    """MP's own formation energies put back on the hull give MP's E_hull (the scale is right)."""
+    from llamat_cif.paths import data_dir
+
+    df = pd.read_csv(data_dir() / "hull/mp20_formation_energy_reference.DERIVED.csv.gz")
+    df = df[df["mp_e_above_hull"].notna()].sample(25, random_state=1)
+    diffs = []
+    for comp, ef, mp in df[["composition", "formation_energy_per_atom", "mp_e_above_hull"]].itertuples(index=False):
+        c = Composition(comp)
+        e = ef + sum(c.get_atomic_fraction(el) * mp_hull.element_refs[el.symbol] for el in c.elements)
+        assert mp_hull.formation_energy_per_atom(c, e) == pytest.approx(ef, abs=1e-9)
+        diffs.append(abs(mp_hull.e_above_hull(c, e) - mp))
+    assert np.median(diffs) < 0.005
+    # elemental references: an element at its reference energy sits on the hull
+    assert mp_hull.e_above_hull("Si", mp_hull.element_refs["Si"]) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_mp2020_correction_of_an_oxide():
+    """Fe2O3 under MP2020: Fe(U) -2.256 eV/Fe and oxide -0.687 eV/O (pymatgen's MP2020 table)."""
+    s = Structure(Lattice.hexagonal(5.03, 13.75), ["Fe", "Fe", "O", "O", "O"],
+                  [[0, 0, 0.355], [0, 0, 0.645], [0.306, 0, 0.25], [0, 0.306, 0.25], [0.694, 0.694, 0.25]])
+    corrected = mp2020_corrected_energy(s, -10.0)
+    assert corrected - (-10.0) == pytest.approx(2 * -2.256 + 3 * -0.687, abs=0.01)
+    # no anion, no U: nothing to correct
+    assert mp2020_corrected_energy(Structure(Lattice.cubic(2.87), ["Fe", "Fe"], [[0, 0, 0], [0.5, 0.5, 0.5]]), -16.0) \
+        == pytest.approx(-16.0)
+
+
+# ------------------------------------------------------------------------------------ potentials
+
+
+def test_chgnet_declares_mp2020_scale(chgnet):
+    assert chgnet.backend == "chgnet" and chgnet.energy_scale == "mp2020"
+    assert not chgnet.needs_mp2020_correction and chgnet.mp_hull_compatible
+    assert chgnet.protocol()["mp2020_correction_applied"] is False
+
+
+def test_unknown_potential_is_a_clear_error():
+    with pytest.raises(PotentialError, match="never downloaded"):
+        load_potential("no-such-potential-xyz")
+
+
+@requires_data
+def test_matgl_checkpoints_version_guard():
+    from llamat_cif.paths import models_dir
+
+    m3g = models_dir() / "matgl" / "M3GNet-MP-2021.2.8-PES"
+    tn = models_dir() / "matgl" / "TensorNet-MatPES-PBE-v2025.1-PES"
+    if not m3g.is_dir():
+        pytest.skip("matgl checkpoints not present")
+    assert checkpoint_saved_with(m3g) == "2.0"
+    with pytest.raises(PotentialError, match=r"saved with matgl 2\.0.*4\.1\.2"):
+        check_matgl_version(m3g, "4.1.2")
+    assert check_matgl_version(tn, "2.0.4") == "2.0"
+    with pytest.raises(PotentialError, match=r"llamat-cif\[matgl\]"):
+        check_matgl_version(tn, None)
+    assert infer_energy_scale(m3g.name) == "mp-uncorrected"
+    assert infer_energy_scale(tn.name) == "pbe"
+    # the installed environment has no matgl: loading says which extra to install
+    import importlib.util
+
+    if importlib.util.find_spec("matgl") is None:
+        with pytest.raises(PotentialError, match="optional extra"):
+            load_potential(f"matgl:{tn.name}")
+
+
+def test_pbe_potential_refused_on_mp_hull():
+    pot = Potential("TensorNet-MatPES-PBE", "matgl", None, "cpu", "pbe", "2.0.4")
+    with pytest.raises(HullError, match="not on the Materials Project scale"):
+        check_hull_compatible(pot, _toy_hull(), is_mp_reference=True)
+    check_hull_compatible(pot, _toy_hull(), is_mp_reference=False)  # own-scale hull: fine
+
+
+# ------------------------------------------------------------------------------------ relaxation
+
+
+def test_displaced_atoms_relax_back(chgnet, nacl):
+    cfg = RelaxConfig(fmax=0.02, max_steps=400)
+    ref = relax_structure(nacl, chgnet, cfg, sid="ref")
+    assert ref["error"] is None and ref["converged"]
+    relaxed_ref = Structure.from_str(ref["relaxed_cif"], fmt="cif")
+    pushed = relaxed_ref.copy()
+    rng = np.random.default_rng(0)
+    for i in range(len(pushed)):
+        v = rng.normal(size=3)
+        pushed.translate_sites([i], 0.2 * v / np.linalg.norm(v), frac_coords=False)
+    row = relax_structure(pushed, chgnet, cfg, sid="pushed")
+    assert row["error"] is None
+    assert row["converged"] is True and row["n_steps"] > 0
+    assert row["energy_initial_per_atom"] > row["energy_per_atom"] + 0.005  # pushing cost energy...
+    assert row["energy_per_atom"] == pytest.approx(ref["energy_per_atom"], abs=2e-3)  # ...relaxing gave it back
+    back = Structure.from_str(row["relaxed_cif"], fmt="cif")
+    d_ref = relaxed_ref.distance_matrix[relaxed_ref.distance_matrix > 0].min()
+    assert back.distance_matrix[back.distance_matrix > 0].min() == pytest.approx(d_ref, abs=0.02)
+
+
+class _BadCalculator:
+    """Minimal ASE-style calculator returning a fixed energy per atom (NaN or absurd)."""
+
+    def __init__(self, e_per_atom: float):
+        from ase.calculators.calculator import Calculator
+
+        class C(Calculator):
+            implemented_properties = ["energy", "forces", "stress", "free_energy"]
+
+            def calculate(self, atoms=None, properties=None, system_changes=None):
+                super().calculate(atoms, properties, system_changes)
+                n = len(self.atoms)
+                self.results = {"energy": e_per_atom * n, "free_energy": e_per_atom * n,
+                                "forces": np.zeros((n, 3)), "stress": np.zeros(6)}
+
+        self.calc = C()
+
+
+@pytest.mark.parametrize("e, message", [(float("nan"), "non-finite energy"), (-1e4, "exploding energy")])
+def test_nan_or_exploding_energy_gives_error_row(nacl, e, message):
+    pot = Potential("bad", "test", None, "cpu", "mp2020", "0", extra={"calculator": _BadCalculator(e).calc})
+    row = relax_structure(nacl, pot, RelaxConfig(), sid="bad")
+    assert row["error"] is not None and message in row["error"]
+    assert row["relaxed_cif"] is None and row["converged"] is False
+
+
+def test_batch_survives_bad_rows(chgnet, nacl):
+    rows = list(relax_many([("bad", "not a cif"), ("empty", ""), ("ok", nacl)], chgnet, RelaxConfig(max_steps=50)))
+    by = {r["id"]: r for r in rows}
+    assert set(by) == {"bad", "empty", "ok"}
+    assert by["bad"]["error"] and by["empty"]["error"] and by["ok"]["error"] is None
+    assert np.isfinite(by["ok"]["energy_per_atom"])
+
+
+def test_time_limit_gives_error_row(chgnet, nacl):
+    row = relax_structure(nacl, chgnet, RelaxConfig(time_limit_s=0.0), sid="slow")
+    assert "time limit" in row["error"]
+
+
+# ------------------------------------------------------------------------------------ pipeline
+
+
+@requires_data
+def test_run_stability_streams_and_resumes(tmp_path, chgnet, mp_hull, nacl):
+    items = pd.DataFrame({"id": ["nacl", "junk"], "cif": [nacl.to(fmt="cif"), "garbage"]})
+    cfg = StabilityConfig(relax=RelaxConfig(max_steps=100), batch_size=1)
+    df = run_stability(items, tmp_path, cfg, potential=chgnet, hull=mp_hull, progress=False)
+    assert len(df) == 2
+    row = df.set_index("id").loc["nacl"]
+    assert row["e_hull"] < 0.05  # rock-salt NaCl is MP's ground state
+    assert row["e_form_per_atom"] == pytest.approx(-2.0, abs=0.15)  # MP: -2.05 eV/atom
+    assert df.set_index("id").loc["junk", "error"]
+    assert (tmp_path / "stability_summary.json").exists()
+    items2 = pd.concat([items, pd.DataFrame({"id": ["junk2"], "cif": ["garbage"]})])
+    df2 = run_stability(items2, tmp_path, cfg, potential=chgnet, hull=mp_hull, progress=False)
+    assert sorted(df2["id"]) == ["junk", "junk2", "nacl"]  # only the new id was added
+    summary = json.loads((tmp_path / "stability_summary.json").read_text())
+    assert summary["metastable"]["denominator"] == 3 and summary["metastable"]["numerator"] == 1
+    assert summary["protocol"]["energy_scale"] == "mp2020"
+
+
+# ------------------------------------------------------------------------------------ S.U.N.
+
+
+def test_unique_and_novel(nacl, diamond):
+    sup = nacl.copy()
+    sup.make_supercell([1, 1, 2])  # the same crystal, another cell
+    ids = ["a", "b", "c", "d"]
+    rep = unique_representatives(ids, [nacl, diamond, sup, None])
+    assert rep == {"a": "a", "b": "b", "c": "a", "d": "d"}
+    train = TrainingSet.from_structures([nacl])
+    assert not train.is_novel(sup) and train.is_novel(diamond)
+    df = pd.DataFrame({"id": ids, "relaxed_cif": [nacl.to(fmt="cif"), diamond.to(fmt="cif"), sup.to(fmt="cif"), None],
+                       "e_hull": [-0.01, 0.05, -0.01, np.nan]})
+    flags = sun_table(df, training=train).set_index("id")
+    assert flags["unique"].tolist() == [True, True, False, False]
+    assert flags["novel"].tolist() == [False, True, False, False]
+    assert flags["sun"].sum() == 0  # diamond is novel here but 0.05 above the hull
+    assert flags.loc["b", "msun"]
+
+
+@requires_data
+def test_compositional_novelty_vs_mp20():
+    systems = load_chemical_systems()
+    assert frozenset({"Na", "Cl"}) in systems
+    assert frozenset({"He", "Ne"}) not in systems
+    assert 1000 < len(systems) < 45229
