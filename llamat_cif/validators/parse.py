@@ -1,0 +1,176 @@
+"""Parse step: generated text -> pymatgen ``Structure``, keeping the parser's error and warnings.
+
+Generated CIFs are arbitrary text, so CIF goes straight to pymatgen's ``CifParser`` (not through
+the canonical reader); LLaMat text goes through :func:`llamat_cif.cif.from_text`. Cheap limits on
+the raw text (length, number of site lines, stated cell parameters) run *before* the parser, so a
+million-atom document is refused in microseconds instead of being expanded.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+from llamat_cif.validators.structural import MAX_LATTICE_LENGTH, MAX_SITES, sanity_problem
+
+#: Texts longer than this are refused unparsed. A 1000-site P1 CIF is about 60 kB.
+MAX_CHARS = 500_000
+
+_CELL_TAG = re.compile(r"^\s*(_cell_(?:length_[abc]|angle_(?:alpha|beta|gamma)))\s+(\S+)", re.MULTILINE)
+_NUMBER_WITH_SU = re.compile(r"^([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)(?:\(\d+\))?$")
+
+
+@dataclass
+class Parsed:
+    """What the parse step knows about one text."""
+
+    fmt: str
+    structure: Any = None  # pymatgen Structure when parsing succeeded
+    error: str = ""
+    warnings: list[str] = field(default_factory=list)
+    cif_data: dict[str, Any] | None = None  # tags of the first CIF data block, as pymatgen reads them
+
+    @property
+    def ok(self) -> bool:
+        return self.structure is not None and not self.error
+
+
+def detect_fmt(text: str) -> str:
+    """``"cif"`` or ``"llamat"`` (the project's detector when present, else a CIF-tag test)."""
+    try:
+        from llamat_cif.cif import detect_format
+
+        return detect_format(text)
+    except ImportError:  # pragma: no cover - cif.py is part of the package
+        return "cif" if ("_cell_length_a" in text or text.lstrip().startswith("data_")) else "llamat"
+
+
+def _stated_cell_problem(text: str) -> str | None:
+    """Reject stated cell parameters pymatgen would silently accept (negative lengths, NaN, 1e9 Å)."""
+    for tag, raw in _CELL_TAG.findall(text):
+        m = _NUMBER_WITH_SU.match(raw.strip("'\""))
+        if not m:
+            return f"{tag} is not a number: {raw[:40]!r}"
+        v = float(m.group(1))
+        if not math.isfinite(v):
+            return f"{tag} is not finite"
+        if tag.startswith("_cell_length") and not 0 < v <= MAX_LATTICE_LENGTH:
+            return f"{tag} = {v:g} outside (0, {MAX_LATTICE_LENGTH}] Å"
+        if tag.startswith("_cell_angle") and not 0 < v < 180:
+            return f"{tag} = {v:g} outside (0, 180) degrees"
+    return None
+
+
+def _parse_cif(text: str, out: Parsed) -> None:
+    from pymatgen.io.cif import CifParser
+
+    if (problem := _stated_cell_problem(text)) is not None:
+        out.error = problem
+        return
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            parser = CifParser.from_str(text)
+            blocks = parser.as_dict()
+            out.cif_data = next(iter(blocks.values())) if blocks else None
+            structures = parser.parse_structures(primitive=False, on_error="raise")
+        except Exception as exc:  # noqa: BLE001 - pymatgen raises many kinds; each is a row error
+            out.error = f"CIF parse failed: {type(exc).__name__}: {str(exc)[:300]}"
+            structures = []
+        finally:
+            out.warnings = _dedupe(str(w.message) for w in caught)
+    if not out.error:
+        if not structures:
+            out.error = "CIF holds no structure"
+        else:
+            out.structure = structures[0]
+
+
+def _parse_llamat(text: str, out: Parsed) -> None:
+    from llamat_cif.cif import CrystalTextError, from_text
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            out.structure = from_text(text, fmt="llamat")
+        except CrystalTextError as exc:
+            out.error = f"LLaMat text parse failed: {exc}"
+        except Exception as exc:  # noqa: BLE001
+            out.error = f"LLaMat text parse failed: {type(exc).__name__}: {str(exc)[:300]}"
+        finally:
+            out.warnings = _dedupe(str(w.message) for w in caught)
+
+
+def _dedupe(msgs) -> list[str]:
+    seen: list[str] = []
+    for m in msgs:
+        m = m.strip()[:300]
+        if m and m not in seen:
+            seen.append(m)
+    return seen
+
+
+def parse_text(
+    text: Any,
+    *,
+    fmt: str | None = None,
+    max_chars: int = MAX_CHARS,
+    max_sites: int = MAX_SITES,
+    max_lattice_length: float = MAX_LATTICE_LENGTH,
+) -> Parsed:
+    """Turn one generated text into a structure, or say why not. Never raises.
+
+    Args:
+        text: the raw text (bytes are decoded as UTF-8 with replacement).
+        fmt: ``"cif"``, ``"llamat"`` or ``None`` to detect.
+        max_chars: longer texts are refused before parsing.
+        max_sites: structures with more sites are refused (for LLaMat text, before building them).
+        max_lattice_length: longer lattice vectors (Å) are refused.
+
+    Returns:
+        A :class:`Parsed` whose ``error`` is empty exactly when ``structure`` is usable.
+    """
+    if isinstance(text, bytes | bytearray):
+        text = bytes(text).decode("utf-8", errors="replace")
+    if text is None or (isinstance(text, float) and math.isnan(text)):
+        text = ""
+    if not isinstance(text, str):
+        return Parsed(fmt=str(fmt or "?"), error=f"text is {type(text).__name__}, not str")
+    text = text.replace("\x00", "")
+    if fmt not in ("cif", "llamat"):
+        fmt = detect_fmt(text) if text.strip() else (fmt or "?")
+    out = Parsed(fmt=str(fmt))
+    if not text.strip():
+        out.error = "empty text"
+        return out
+    if len(text) > max_chars:
+        out.error = f"text of {len(text)} characters exceeds max_chars={max_chars}"
+        return out
+    try:
+        if fmt == "llamat":
+            # one element line + one coordinate line per site, after two lattice lines
+            n_lines = sum(1 for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#"))
+            if (n_lines - 2) // 2 > max_sites:
+                out.error = f"about {(n_lines - 2) // 2} sites exceeds max_sites={max_sites}"
+                return out
+            _parse_llamat(text, out)
+        else:
+            if text.count("\n") > 4 * max_sites + 2000:
+                out.error = f"{text.count(chr(10))} lines: more sites than max_sites={max_sites} allows"
+                return out
+            _parse_cif(text, out)
+    except RecursionError:
+        out.error = "parser recursion limit"
+    if out.structure is not None and not out.error:
+        try:
+            problem = sanity_problem(out.structure, max_sites=max_sites, max_lattice_length=max_lattice_length)
+        except Exception as exc:  # noqa: BLE001
+            problem = f"unusable structure: {type(exc).__name__}: {exc}"
+        if problem:
+            out.error = problem
+    if out.error:
+        out.structure = None if "sites exceeds" in out.error else out.structure
+    return out

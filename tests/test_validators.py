@@ -1,0 +1,411 @@
+"""Known answers for the validity suite (CDVAE structural/compositional, CrystaLLM self-consistency)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import zipfile
+
+import pandas as pd
+import pytest
+from conftest import requires_data
+from pymatgen.core import Lattice, Structure
+from pymatgen.io.cif import CifWriter
+
+from llamat_cif.validators import (
+    compositional_validity,
+    condition_adherence,
+    parse_text,
+    run_validation,
+    self_consistency,
+    structural_validity,
+    validate_one,
+    validate_table,
+)
+from llamat_cif.validators.composition import _neutral_enumerated, element_data
+
+
+def _cif(s: Structure) -> str:
+    return str(CifWriter(s))
+
+
+# ----------------------------------------------------------------------------- structural
+
+
+def test_rock_salt_is_valid(nacl):
+    r = validate_one(_cif(nacl))
+    assert r["parsed"] and r["structurally_valid"] and r["compositionally_valid"] and r["valid"]
+    assert r["formula"] == "NaCl"
+    assert r["spacegroup"] == 225
+    assert r["n_sites"] == 8
+    assert r["min_distance"] == pytest.approx(5.64 / 2, abs=1e-6)
+    assert r["volume"] == pytest.approx(5.64**3, rel=1e-6)
+    assert r["self_consistent"] is True
+    assert r["bond_length_score"] == pytest.approx(1.0)
+
+
+def test_two_atoms_0p3_apart_are_structurally_invalid():
+    s = Structure(Lattice.cubic(5.0), ["Na", "Cl"], [[0, 0, 0], [0.06, 0, 0]])
+    res = structural_validity(s)
+    assert res.ok is False
+    assert res.details["min_distance"] == pytest.approx(0.3)
+    assert "0.3" in res.reason
+    # through the periodic boundary: 0.98 and 0.04 are 0.3 Å apart in a 5 Å cell
+    s2 = Structure(Lattice.cubic(5.0), ["Na", "Cl"], [[0.98, 0, 0], [0.04, 0, 0]])
+    assert structural_validity(s2).details["min_distance"] == pytest.approx(0.3)
+    assert not structural_validity(s2)
+    # the threshold is a parameter
+    assert structural_validity(s, min_distance=0.25).ok is True
+
+
+def test_volume_floor_and_self_images():
+    one = Structure(Lattice.from_parameters(0.3, 10, 10, 90, 90, 90), ["Cu"], [[0, 0, 0]])
+    assert structural_validity(one).ok is True  # CDVAE ignores a site's own images
+    assert structural_validity(one, include_self_images=True).ok is False
+    flat = Structure(Lattice.from_parameters(0.1, 0.5, 1.0, 90, 90, 90), ["Cu"], [[0, 0, 0]])
+    res = structural_validity(flat)
+    assert res.ok is False and "volume" in res.reason
+
+
+# --------------------------------------------------------------------------- compositional
+
+
+@pytest.mark.parametrize(
+    "formula, ok",
+    [
+        ("NaCl", True),
+        ("NaCl2", False),  # Na+ with Cl-: no neutral assignment
+        ("Fe3Al", True),  # all metals: alloy
+        ("Cu", True),  # single element
+        ("Si", True),
+        ("Fe2O3", True),
+        ("SrTiO3", True),
+        ("H2O", True),
+        ("NaO", True),  # O(-1) is in the SMACT-14 list (peroxide-like)
+        ("NaO2", False),  # superoxide: needs O(-1/2); Na(+1) cannot balance two O(-1)
+        ("KAu", True),  # all metals
+        ("LiF2", False),
+    ],
+)
+def test_compositional_known_answers(formula, ok):
+    assert compositional_validity(formula).ok is ok
+    assert compositional_validity(formula).ok is _cdvae_reference(formula)
+
+
+def test_compositional_reasons_and_sets():
+    r = compositional_validity("NaCl2")
+    assert r.ok is False and "charge-neutral" in r.reason
+    assert r.details["counts"] == [1, 2] and r.details["elements"] == ["Na", "Cl"]
+    assert compositional_validity("Na2Cl2").details["counts"] == [1, 1]  # divided by the gcd, as CDVAE
+    assert "alloy" in compositional_validity("Fe3Al").reason
+    assert compositional_validity("Cu3Au", include_alloys=False).ok is False  # Fe3Al would pass: Al(+3) Fe(-1)
+    # the set is recorded; Ti in smact14 has -1..4 but icsd24 drops Ti(+1)
+    assert compositional_validity("TiO2", oxidation_states="icsd24").details["oxidation_states"] == "icsd24"
+    with pytest.raises(ValueError, match="unknown oxidation-state set"):
+        compositional_validity("NaCl", oxidation_states="nope")
+    # noble gas without any SMACT-14 oxidation state
+    assert compositional_validity("XeF2").ok is True  # Xe has +2 in smact14
+    assert compositional_validity("ArF2").ok is False
+
+
+def test_pauling_test_matters():
+    # Na(-1) Cl(+1) would be neutral too but is electronegativity-inverted; NaCl passes via Na+ Cl-.
+    # Cl(+1) O(-2)2 ... ClO2 needs Cl(+4): smact14 has it, and O is more electronegative.
+    assert compositional_validity("ClO2").ok is True
+    # O with F: F is more electronegative, so O must be the cation: OF2 (O+2) is fine
+    assert compositional_validity("OF2").ok is True
+    # without the Pauling test the answer can only grow
+    for f in ("NaCl2", "KO3", "LiF2", "CsAu"):
+        if compositional_validity(f).ok:
+            assert compositional_validity(f, use_pauling_test=False).ok
+
+
+def _cdvae_reference(formula: str) -> bool:
+    """CDVAE's smact_validity re-stated literally (enumeration + smact 2.2.1 Pauling semantics)."""
+    import smact
+    from pymatgen.core import Composition
+
+    comp = Composition(formula)
+    elems = sorted((el.symbol for el in comp), key=lambda s: smact.Element(s).number)
+    counts = [int(comp[e]) for e in elems]
+    g = math.gcd(*counts)
+    counts = [c // g for c in counts]
+    if len(elems) == 1:
+        return True
+    if all(e in smact.metals for e in elems):
+        return True
+    data = [element_data(e, "smact14") for e in elems]
+    states = [d[0] for d in data]
+    enegs = [d[1] for d in data]
+    for ox in itertools.product(*states):
+        if sum(o * c for o, c in zip(ox, counts, strict=True)) != 0:
+            continue
+        ok = True
+        try:
+            for (o1, e1), (o2, e2) in itertools.combinations(zip(ox, enegs, strict=True), 2):
+                if o1 > 0 and o2 < 0 and e1 >= e2:
+                    ok = False
+                    break
+                if o1 < 0 and o2 > 0 and e1 <= e2:
+                    ok = False
+                    break
+                if e1 is None or e2 is None:
+                    ok = False
+                    break
+        except TypeError:
+            ok = True
+        if ok:
+            return True
+    return False
+
+
+@pytest.mark.parametrize(
+    "formula",
+    ["NaCl", "NaCl2", "CsCl3", "NaO", "KO3", "Fe3O4", "CuNiO2", "LiMnO2", "Pm2O3", "PmNi", "Ca3VN3", "Ti3N2O3",
+     "SbNO", "P2O5", "Cs2CeCl6", "Mo2As3P", "Fe3Te2Se", "Sm(CoB)2", "Hf2AlSi", "BaTiSi3O9", "LaCuSO", "RnF2",
+     "Li7La3Zr2O12", "K2PtCl6", "NaBH4", "CH4", "SiC", "GaN", "AlB2", "MgB2C2"],
+)
+def test_matches_cdvae_enumeration(formula):
+    assert compositional_validity(formula).ok is _cdvae_reference(formula)
+
+
+def test_dp_and_enumeration_agree_on_many_random_compositions():
+    import random
+
+    rng = random.Random(0)
+    pool = ["H", "Li", "B", "C", "N", "O", "F", "Na", "Mg", "Al", "Si", "P", "S", "Cl", "K", "Ca", "Ti", "V",
+            "Mn", "Fe", "Co", "Ni", "Cu", "Zn", "Ga", "Ge", "As", "Se", "Br", "Sr", "Nb", "Mo", "Ag", "Sn",
+            "Sb", "Te", "I", "Ba", "La", "W", "Pt", "Au", "Pb", "Bi"]
+    n_valid = 0
+    for _ in range(300):
+        k = rng.choice([2, 2, 3, 3, 4])
+        els = rng.sample(pool, k)
+        formula = "".join(f"{e}{rng.randint(1, 6)}" for e in els)
+        got = compositional_validity(formula).ok
+        assert got is _cdvae_reference(formula), formula
+        n_valid += got
+    assert 30 < n_valid < 290  # the sample exercises both answers
+
+
+def test_enumeration_path_with_missing_electronegativity():
+    # Pm has no Pauling electronegativity: CDVAE's TypeError path counts cation-anion pairs as passing
+    states = [element_data("O", "smact14")[0], element_data("Pm", "smact14")[0]]
+    enegs = [element_data("O", "smact14")[1], element_data("Pm", "smact14")[1]]
+    assert enegs[1] is None
+    assert _neutral_enumerated(states, enegs, [3, 2], True) is True
+
+
+# --------------------------------------------------------------------------- self-consistency
+
+
+def test_stated_formula_disagreeing_with_sites_fails(nacl):
+    text = _cif(nacl).replace("_chemical_formula_sum   'Na4 Cl4'", "_chemical_formula_sum   'Na4 Cl8'")
+    assert "Na4 Cl8" in text
+    r = validate_one(text, check_bonds=False)
+    assert r["parsed"] and r["valid"]
+    assert r["formula_consistent"] is False
+    assert r["self_consistent"] is False
+    assert "stated formula" in r["self_consistency_reason"]
+
+
+def test_stated_space_group_is_compared(nacl):
+    from llamat_cif.cif import to_text
+
+    good = to_text(nacl, "cif")  # canonical CIF states Fm-3m / 225 and orbit multiplicities
+    r = validate_one(good, check_bonds=False)
+    assert r["spacegroup_consistent"] is True and r["multiplicity_consistent"] is True
+    assert r["stated_spacegroup"] == 225
+    bad = good.replace("_symmetry_space_group_name_H-M Fm-3m", "_symmetry_space_group_name_H-M Pm-3m").replace(
+        "_symmetry_Int_Tables_number 225", "_symmetry_Int_Tables_number 221")
+    r2 = validate_one(bad, check_bonds=False)
+    assert r2["parsed"]
+    assert r2["spacegroup_consistent"] is False or r2["multiplicity_consistent"] is False
+    assert r2["self_consistent"] is False
+
+
+def test_multiplicity_disagreement(nacl):
+    from llamat_cif.cif import to_text
+
+    text = to_text(nacl, "cif")
+    lines = text.splitlines()
+    i = next(k for k, ln in enumerate(lines) if ln.startswith("Na "))
+    parts = lines[i].split()
+    parts[2] = "8"
+    lines[i] = " ".join(parts)
+    sc = self_consistency("\n".join(lines) + "\n", parse_text("\n".join(lines) + "\n").structure, check_bonds=False)
+    assert sc.details["multiplicity_consistent"] is False and sc.ok is False
+
+
+def test_llamat_text_has_only_the_bond_check(nacl):
+    from llamat_cif.cif import to_text
+
+    r = validate_one(to_text(nacl, "llamat"), fmt="llamat")
+    assert r["fmt"] == "llamat" and r["parsed"] and r["valid"]
+    assert r["formula_consistent"] is None and r["spacegroup_consistent"] is None
+    assert r["self_consistent"] is True  # bonds only
+
+
+# ------------------------------------------------------------------------------ conditions
+
+
+def test_condition_adherence(nacl, perovskite):
+    assert condition_adherence(nacl).ok is None
+    r = condition_adherence(nacl, target_formula="Na2Cl2", target_spacegroup=225)
+    assert r.ok is True and r.details["formula_match"] and r.details["spacegroup_match"]
+    r = condition_adherence(nacl, target_formula="NaCl", target_spacegroup="Pm-3m")
+    assert r.ok is False and r.details["formula_match"] is True and r.details["spacegroup_match"] is False
+    assert condition_adherence(perovskite, target_formula="SrTiO3", target_spacegroup=221).ok is True
+    assert condition_adherence(None, target_formula="NaCl").ok is False
+    row = validate_one(_cif(nacl), target_formula="KCl", check_bonds=False)
+    assert row["condition_adherent"] is False and row["formula_match"] is False
+
+
+# ------------------------------------------------------------------------------ hostile rows
+
+
+@pytest.mark.parametrize(
+    "text, expect",
+    [
+        ("", "empty"),
+        ("\x00\x01garbage", None),
+        ("data_x\n_cell_length_a nan\n_cell_length_b 3\n_cell_length_c 3\n", "_cell_length_a"),
+        ("data_x\n_cell_length_a 3\n_cell_length_b inf\n_cell_length_c 3\n", "_cell_length_b"),
+        ("data_x\n_cell_length_a -3\n_cell_length_b 3\n_cell_length_c 3\n", "outside"),
+        ("data_x\n_cell_length_a 1e9\n_cell_length_b 3\n_cell_length_c 3\n", "outside"),
+        ("5.0 5.0 5.0\n90 90 90\nXx\n0 0 0\n", "unknown element"),
+        ("0 5.0 5.0\n90 90 90\nNa\n0 0 0\n", "positive"),
+    ],
+)
+def test_hostile_texts_give_error_rows(text, expect):
+    r = validate_one(text, check_bonds=False)
+    assert r["parsed"] is False and r["valid"] is False and r["error"]
+    if expect:
+        assert expect in r["error"]
+
+
+def test_million_atoms_refused_before_building():
+    import time
+
+    body = "Na\n0.1 0.2 0.3\n" * 1_000_000
+    t0 = time.perf_counter()
+    r = validate_one("10.0 10.0 10.0\n90 90 90\n" + body, fmt="llamat")
+    assert time.perf_counter() - t0 < 2.0
+    assert r["parsed"] is False and ("max_chars" in r["error"] or "max_sites" in r["error"])
+    r = validate_one("10.0 10.0 10.0\n90 90 90\n" + "Na\n0.1 0.2 0.3\n" * 1500, fmt="llamat")
+    assert r["parsed"] is False and "max_sites" in r["error"]
+
+
+def test_partial_occupancy_is_an_error_row(nacl):
+    s = nacl.copy()
+    s.replace_species({"Na": {"Na": 0.5, "K": 0.5}})
+    r = validate_one(_cif(s), check_bonds=False)
+    assert r["parsed"] is False and "partial occupanc" in r["error"]
+
+
+def test_soft_timeout_gives_error_row(nacl, monkeypatch):
+    import time as _time
+
+    import llamat_cif.validators.core as core
+
+    def slow(*a, **k):
+        _time.sleep(5)
+
+    monkeypatch.setattr(core, "structural_validity", slow)
+    t0 = _time.perf_counter()
+    r = validate_one(_cif(nacl), timeout_s=0.3)
+    assert _time.perf_counter() - t0 < 2
+    assert r["error"].startswith("timeout") and r["valid"] is False
+
+
+# --------------------------------------------------------------------------------- batches
+
+
+def test_validate_table_and_summary(nacl, diamond):
+    df = pd.DataFrame({"id": ["a", "b", "c"], "cif": [_cif(nacl), "junk", _cif(diamond)]})
+    rows, summary = validate_table(df, check_bonds=False)
+    assert list(rows["id"]) == ["a", "b", "c"]
+    assert rows["parsed"].tolist() == [True, False, True]
+    assert summary["n"] == 3 and summary["parsed"] == 2 and summary["valid"] == 2
+    assert summary["rates"]["valid / n"] == {"numerator": 2, "denominator": 3, "denominator_name": "n (all texts)",
+                                             "value": pytest.approx(2 / 3)}
+    assert summary["rates"]["valid / parsed"]["value"] == 1.0
+    assert summary["protocol"]["thresholds"]["oxidation_states"] == "smact14"
+    assert "pymatgen" in summary["versions"]
+
+
+def test_run_validation_inputs(tmp_path, nacl, perovskite):
+    folder = tmp_path / "cifs"
+    folder.mkdir()
+    (folder / "nacl.cif").write_text(_cif(nacl))
+    (folder / "sto.cif").write_text(_cif(perovskite))
+    (folder / "bad.cif").write_text("data_bad\n_cell_length_a 3\n")
+    out = tmp_path / "out"
+    s = run_validation(folder, out, n_jobs=1, check_bonds=False)
+    assert (s["n"], s["parsed"], s["valid"]) == (3, 2, 2)
+    rows = pd.read_parquet(out / "validity.parquet")
+    assert sorted(rows["id"]) == ["bad", "nacl", "sto"]
+    assert json.loads((out / "validity_summary.json").read_text())["valid"] == 2
+    assert rows.set_index("id").loc["nacl", "cif"].startswith("# generated using pymatgen")
+
+    zpath = tmp_path / "cifs.zip"
+    with zipfile.ZipFile(zpath, "w") as zf:
+        zf.writestr("x/nacl.cif", _cif(nacl))
+        zf.writestr("sto.cif", _cif(perovskite))
+    s = run_validation(zpath, tmp_path / "out_zip", n_jobs=1, check_bonds=False)
+    assert (s["n"], s["valid"]) == (2, 2)
+    assert sorted(pd.read_parquet(tmp_path / "out_zip" / "validity.parquet")["id"]) == ["sto", "x/nacl"]
+
+    cat = tmp_path / "all.cif"
+    cat.write_text(_cif(nacl) + "\n" + _cif(perovskite) + "\ndata_trunc\n_cell_length_a 4.0\n")
+    s = run_validation(cat, tmp_path / "out_cat", n_jobs=1, check_bonds=False)
+    assert (s["n"], s["parsed"]) == (3, 2)
+
+    from llamat_cif.cif import to_text
+
+    samples = pd.DataFrame({
+        "id": ["s0", "s1", "s2"],
+        "text": [to_text(nacl, "llamat"), to_text(perovskite, "cif"), "not a crystal"],
+        "fmt": ["llamat", "cif", "llamat"],
+        "cif": [_cif(nacl), _cif(perovskite), ""],
+        "target_formula": ["NaCl", "", "KCl"],
+        "target_spacegroup": ["", "221", ""],
+    })
+    csv = tmp_path / "samples.csv"
+    samples.to_csv(csv, index=False)
+    s = run_validation(csv, tmp_path / "run", n_jobs=1, check_bonds=False)
+    rows = pd.read_parquet(tmp_path / "run" / "validity.parquet").set_index("id")
+    assert rows.loc["s0", "fmt"] == "llamat" and bool(rows.loc["s0", "formula_match"]) is True
+    assert int(rows.loc["s1", "target_spacegroup"]) == 221 and bool(rows.loc["s1", "spacegroup_match"]) is True
+    assert bool(rows.loc["s2", "condition_adherent"]) is False
+    assert s["condition_requested"] == 3 and s["condition_adherent"] == 2
+
+
+def test_pool_kills_a_structure_that_overruns(nacl):
+    """With the soft limit off (as if stuck in C code), the hard limit kills the worker; the batch goes on."""
+    import numpy as np
+
+    from llamat_cif.validators.core import Thresholds
+    from llamat_cif.validators.pool import ValidationPool
+
+    rng = np.random.default_rng(0)
+    big = Structure(Lattice.cubic(40.0), ["Si"] * 600, rng.random((600, 3)))  # CrystalNN: tens of seconds
+    tasks = [(0, {"id": "ok", "text": _cif(nacl)}), (1, {"id": "slow", "text": _cif(big)}),
+             (2, {"id": "ok2", "text": _cif(nacl)})]
+    with ValidationPool(1, Thresholds(), timeout_s=1.0, soft_timeout_s=None, batch_size=3) as pool:
+        pool.hard_timeout_s = 2.0
+        got = dict(pool.map(tasks))
+        assert pool.n_killed == 1
+    assert got[0]["valid"] and got[2]["valid"]
+    assert got[1]["error"].startswith("timeout") and got[1]["valid"] is False
+
+
+@requires_data
+def test_real_mp20_rows_are_valid():
+    from llamat_cif.data import load_split
+
+    df = load_split("mp20", "test", limit=40)
+    rows, s = validate_table(df, check_bonds=False)
+    assert s["parsed"] == 40 and s["structurally_valid"] == 40
+    assert 28 <= s["compositionally_valid"] <= 40
+    assert rows["self_consistent"].fillna(False).all()
