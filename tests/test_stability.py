@@ -85,7 +85,9 @@ def test_reference_hull_reproduces_mp_e_hull(mp_hull):
     from llamat_cif.paths import data_dir
 
     df = pd.read_csv(data_dir() / "hull/mp20_formation_energy_reference.DERIVED.csv.gz")
-    df = df[df["mp_e_above_hull"].notna()].sample(25, random_state=1)
+    df = df[df["mp_e_above_hull"].notna()]
+    # binaries and ternaries keep the phase diagrams small (test time), the scale check is the same
+    df = df[df["composition"].str.split().str.len() <= 3].sample(12, random_state=1)
     diffs = []
     for comp, ef, mp in df[["composition", "formation_energy_per_atom", "mp_e_above_hull"]].itertuples(index=False):
         c = Composition(comp)
@@ -158,7 +160,8 @@ def test_pbe_potential_refused_on_mp_hull():
 
 def test_displaced_atoms_relax_back(chgnet, nacl):
     cfg = RelaxConfig(fmax=0.02, max_steps=400)
-    ref = relax_structure(nacl, chgnet, cfg, sid="ref")
+    prim = nacl.get_primitive_structure()  # 2 atoms: fast, and a relative shift still costs energy
+    ref = relax_structure(prim, chgnet, cfg, sid="ref")
     assert ref["error"] is None and ref["converged"]
     relaxed_ref = Structure.from_str(ref["relaxed_cif"], fmt="cif")
     pushed = relaxed_ref.copy()

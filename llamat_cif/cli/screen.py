@@ -1,0 +1,74 @@
+"""``llamat-cif screen``: generate, validate, deduplicate, relax, E_hull, S.U.N., funnel table."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from llamat_cif.cli._common import console, data_dir_option, fail, seed_option
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-n", "n", type=int, default=20, show_default=True, help="Samples to generate.")
+@click.option("--model", default="default", show_default=True, help="Generator name or local checkpoint path.")
+@click.option("--potential", default="chgnet", show_default=True, help="ML potential name or path.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
+              help="Run folder (rerun with the same folder to resume).")
+@click.option("--formula", default=None, help="Condition generation on a formula.")
+@click.option("--spacegroup", type=int, default=None, help="Condition generation on a space group number.")
+@click.option("--temperature", type=float, default=1.0, show_default=True)
+@click.option("--top-p", type=float, default=0.95, show_default=True)
+@click.option("--top-k", type=int, default=0, show_default=True)
+@click.option("--batch-size", type=int, default=32, show_default=True, help="Generation batch size.")
+@click.option("--fmax", type=float, default=0.1, show_default=True, help="FIRE force threshold, eV/Å.")
+@click.option("--max-steps", type=int, default=500, show_default=True, help="FIRE steps per structure.")
+@click.option("--time-limit", type=float, default=300.0, show_default=True, help="Seconds per relaxation.")
+@click.option("--hull", "hull_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="User hull file (default: MP-20 reference hull).")
+@click.option("--workers", type=int, default=1, show_default=True, help="Processes for validation/relaxation.")
+@click.option("--device", default=None, help="cpu / cuda (default: cuda when available).")
+@click.option("--progress/--no-progress", default=True)
+@seed_option
+@data_dir_option
+def screen(n, model, potential, out_dir, formula, spacegroup, temperature, top_p, top_k, batch_size, fmax,
+           max_steps, time_limit, hull_path, workers, device, progress, seed, data_dir) -> None:
+    """Generate N crystals and screen them down to stable, unique, novel candidates.
+
+    Stages: generate -> validate -> deduplicate -> relax (FIRE) -> E_hull (MP-20 reference hull)
+    -> S.U.N. -> funnel. Each stage streams into --out; rerunning resumes.
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from llamat_cif.screen import ScreenConfig, run_screen
+    from llamat_cif.stability import HullError, PotentialError, RelaxConfig
+
+    cfg = ScreenConfig(n=n, out_dir=out_dir, model=model, potential=potential, seed=seed, formula=formula,
+                       spacegroup=spacegroup, temperature=temperature, top_p=top_p, top_k=top_k,
+                       batch_size=batch_size, relax=RelaxConfig(fmax=fmax, max_steps=max_steps, time_limit_s=time_limit),
+                       hull=hull_path, n_workers=workers, device=device)
+    try:
+        funnel = run_screen(cfg, data_dir=data_dir, progress=progress,
+                            on_stage=lambda stage, msg: console.print(f"[bold]{stage}[/]: {msg}"))
+    except (PotentialError, HullError, FileNotFoundError) as exc:
+        fail(str(exc))
+    print_funnel(funnel)
+    console.print(f"results in {out_dir}: samples.csv, validity.parquet, stability.parquet, sun.json, funnel.json")
+
+
+def print_funnel(funnel: dict) -> None:
+    """The funnel as a rich table (counts and share of all generated)."""
+    from rich.table import Table
+
+    t = Table(title=f"screening funnel (share of {funnel['stages'][0]['denominator']} generated)")
+    t.add_column("stage")
+    t.add_column("count", justify="right")
+    t.add_column("share", justify="right")
+    for s in funnel["stages"]:
+        share = f"{100 * s['rate']:.1f}%" if s["rate"] is not None else "-"
+        t.add_row(s["stage"], str(s["numerator"]), share)
+    m = funnel["msun"]
+    t.add_row("M.S.U.N. (metastable, unique, novel)", str(m["numerator"]),
+              f"{100 * m['rate']:.1f}%" if m["rate"] is not None else "-")
+    console.print(t)
+    if funnel.get("novelty_reference"):
+        console.print(f"novelty vs {funnel['novelty_reference']}")

@@ -1,0 +1,94 @@
+"""``llamat-cif stability``: relax structures with an ML potential and score E_hull."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import click
+
+from llamat_cif.cli._common import console, data_dir_option, fail, seed_option
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("input_path", metavar="INPUT", type=click.Path(exists=True))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Output folder [INPUT itself when it is a run folder].")
+@click.option("--potential", default="chgnet", show_default=True,
+              help="'chgnet', a CHGNet checkpoint, or a matgl folder / name under $LLAMAT_CIF_MODELS/matgl.")
+@click.option("--hull", "hull_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="User hull: PhaseDiagram JSON or a JSON list of entries (default: MP-20 reference hull).")
+@click.option("--fmax", type=float, default=0.1, show_default=True, help="FIRE force threshold, eV/Å.")
+@click.option("--max-steps", type=int, default=500, show_default=True, help="FIRE steps per structure.")
+@click.option("--time-limit", type=float, default=300.0, show_default=True, help="Seconds per structure.")
+@click.option("--workers", type=int, default=1, show_default=True, help="Worker processes (CPU).")
+@click.option("--batch-size", type=int, default=8, show_default=True, help="Rows per append to the output.")
+@click.option("--device", default=None, help="cpu / cuda (default: cuda when available).")
+@click.option("--limit", type=int, default=None, help="Score only the first N structures.")
+@click.option("--progress/--no-progress", default=True)
+@seed_option
+@data_dir_option
+def stability(input_path, out_dir, potential, hull_path, fmax, max_steps, time_limit, workers, batch_size, device,
+              limit, progress, seed, data_dir) -> None:
+    """Relax INPUT's structures (FIRE + FrechetCellFilter) and compute E_hull.
+
+    INPUT: a run folder with samples.csv (valid rows only when validity.parquet exists), a CSV
+    with a `cif` column, a folder of .cif files, or one .cif file. Rows stream to
+    OUT/stability.parquet after every batch; rerunning resumes. The relaxation is deterministic,
+    --seed is recorded only.
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from pathlib import Path
+
+    from llamat_cif.stability import (
+        HullError,
+        PotentialError,
+        RelaxConfig,
+        StabilityConfig,
+        read_structures_input,
+        run_stability,
+    )
+
+    try:
+        items = read_structures_input(input_path)
+    except (FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    if limit is not None:
+        items = items.iloc[:limit]
+    out = Path(out_dir) if out_dir else (Path(input_path) if Path(input_path).is_dir() else None)
+    if out is None:
+        fail("--out is required when INPUT is a file")
+    cfg = StabilityConfig(potential=potential, hull=hull_path,
+                          relax=RelaxConfig(fmax=fmax, max_steps=max_steps, time_limit_s=time_limit),
+                          n_workers=workers, batch_size=batch_size, device=device)
+    console.print(f"{len(items)} structures -> {out / 'stability.parquet'} (potential {potential}, fmax {fmax})")
+    try:
+        run_stability(items, out, cfg, data_dir=data_dir, progress=progress)
+    except (PotentialError, HullError) as exc:
+        fail(str(exc))
+    summary = json.loads((out / "stability_summary.json").read_text())
+    _print_summary(summary, seed)
+
+
+def _print_summary(summary: dict, seed: int) -> None:
+    from rich.table import Table
+
+    t = Table(title="stability")
+    t.add_column("quantity")
+    t.add_column("value", justify="right")
+    t.add_row("structures", str(summary["n_structures"]))
+    t.add_row("errors", str(summary["n_errors"]))
+    c = summary["converged"]
+    t.add_row("converged / relaxed", f"{c['numerator']} / {c['denominator']}")
+    for key, label in (("metastable", "E_hull < {thr} eV/atom"), ("stable", "E_hull <= {thr} eV/atom")):
+        r = summary[key]
+        pct = f"{100 * r['rate']:.1f}%" if r["rate"] is not None else "-"
+        t.add_row(label.format(thr=r["threshold_ev_atom"]), f"{r['numerator']} / {r['denominator']} ({pct})")
+    if summary.get("median_e_hull") is not None:
+        t.add_row("median E_hull (eV/atom)", f"{summary['median_e_hull']:.3f}")
+    if summary.get("median_wall_s") is not None:
+        t.add_row("median s / relaxation", f"{summary['median_wall_s']:.2f}")
+    console.print(t)
+    p = summary["protocol"]
+    console.print(f"potential {p['potential']} ({p['energy_scale']} scale, MP2020 applied: "
+                  f"{p['mp2020_correction_applied']}); hull: {p['hull']}; seed {seed}")

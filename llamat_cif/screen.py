@@ -1,0 +1,258 @@
+"""The main job: generate -> validate -> deduplicate -> relax -> E_hull -> S.U.N. -> funnel.
+
+Every stage writes its output into the run folder and a rerun skips whatever is already there, so
+an interrupted screen resumes where it stopped without losing or duplicating rows:
+
+=============  =====================================  ==========================================
+stage          output in ``out_dir``                  resume unit
+=============  =====================================  ==========================================
+generate       ``samples.csv``                        rows (``llamat_cif.sample.generate``)
+validate       ``validity.parquet`` + summary         chunks (``llamat_cif.validators``)
+deduplicate    ``dedup.csv``                          recomputed (deterministic, cheap)
+relax + E_hull ``stability.parquet`` + summary        rows, appended per batch
+S.U.N.         ``sun.parquet``, ``sun.json``          recomputed from the stability rows
+funnel         ``funnel.json``                        recomputed
+=============  =====================================  ==========================================
+
+The resolved configuration is written to ``screen_config.json`` beside the results.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from llamat_cif.stability.pipeline import StabilityConfig, rate, run_stability
+from llamat_cif.stability.relax import RelaxConfig
+
+
+@dataclass(frozen=True)
+class ScreenConfig:
+    """Settings of one screen run (written to ``screen_config.json``).
+
+    Attributes:
+        n: samples to generate.
+        out_dir: run folder.
+        model: generator name or path (``llamat_cif.sample``).
+        potential: ML potential (``llamat_cif.stability.load_potential``).
+        seed: generation seed.
+        formula / spacegroup: optional generation conditions.
+        temperature / top_p / top_k / batch_size / constrained: sampling settings.
+        relax: relaxer settings.
+        hull: user hull file (None: MP-20 reference hull).
+        n_workers: processes for validation and relaxation.
+        dedup_before_relax: relax one representative per group of matching valid structures.
+        novelty_reference: training structures for novelty ("mp20" = MP-20 train, available subset).
+        e_hull_stable / e_hull_metastable: thresholds, eV/atom.
+        device: generator / potential device (None: automatic).
+    """
+
+    n: int
+    out_dir: str
+    model: str = "default"
+    potential: str = "chgnet"
+    seed: int = 0
+    formula: str | None = None
+    spacegroup: int | None = None
+    temperature: float = 1.0
+    top_p: float = 0.95
+    top_k: int = 0
+    batch_size: int = 32
+    constrained: bool = True
+    relax: RelaxConfig = field(default_factory=RelaxConfig)
+    hull: str | None = None
+    n_workers: int = 1
+    dedup_before_relax: bool = True
+    novelty_reference: str | None = "mp20"
+    e_hull_stable: float = 0.0
+    e_hull_metastable: float = 0.1
+    device: str | None = None
+
+
+Hook = Callable[[str, str], None]  # (stage, message)
+
+
+def run_screen(config: ScreenConfig, *, data_dir: str | Path | None = None, progress: bool = True,
+               on_stage: Hook | None = None) -> dict:
+    """Run (or resume) every stage and return the funnel dict (also ``out_dir/funnel.json``)."""
+    out = Path(config.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "screen_config.json").write_text(json.dumps(_config_dict(config), indent=2, default=str))
+    say = on_stage or (lambda stage, msg: None)
+    timings: dict[str, float] = {}
+
+    t = time.time()
+    samples = stage_generate(config, progress=progress)
+    timings["generate"] = time.time() - t
+    say("generate", f"{len(samples)} samples in samples.csv")
+
+    t = time.time()
+    validity = stage_validate(config, data_dir=data_dir, progress=progress)
+    timings["validate"] = time.time() - t
+    n_valid = int(validity["valid"].fillna(False).astype(bool).sum())
+    say("validate", f"{n_valid} / {len(validity)} valid")
+
+    t = time.time()
+    dedup = stage_dedup(config, samples, validity)
+    timings["deduplicate"] = time.time() - t
+    say("deduplicate", f"{int(dedup['unique'].sum())} unique of {len(dedup)} valid")
+
+    t = time.time()
+    stab = stage_stability(config, samples, dedup, data_dir=data_dir, progress=progress)
+    timings["relax_ehull"] = time.time() - t
+    say("relax + E_hull", f"{len(stab)} rows in stability.parquet")
+
+    t = time.time()
+    sun = stage_sun(config, stab, n_generated=len(samples), data_dir=data_dir)
+    timings["sun"] = time.time() - t
+
+    funnel = build_funnel(config, samples, validity, dedup, stab, sun)
+    funnel["wall_s_this_run"] = timings
+    (out / "funnel.json").write_text(json.dumps(funnel, indent=2, default=str))
+    return funnel
+
+
+def _config_dict(config: ScreenConfig) -> dict:
+    d = asdict(config)
+    d["relax"] = config.relax.protocol()
+    return d
+
+
+# ------------------------------------------------------------------------------------ stages
+
+
+def stage_generate(config: ScreenConfig, *, progress: bool = True) -> pd.DataFrame:
+    """Generate (or finish generating) ``samples.csv``; skipped when it already has ``n`` rows."""
+    path = Path(config.out_dir) / "samples.csv"
+    if path.exists():
+        df = pd.read_csv(path, dtype={"id": str}, keep_default_na=False)
+        if len(df) >= config.n:
+            return df
+    from llamat_cif.sample import SampleConfig, generate
+
+    sc = SampleConfig(n=config.n, model=config.model, out_dir=str(config.out_dir), formula=config.formula,
+                      spacegroup=config.spacegroup, temperature=config.temperature, top_p=config.top_p,
+                      top_k=config.top_k, batch_size=config.batch_size, seed=config.seed,
+                      constrained=config.constrained, device=config.device)
+    generate(sc)
+    return pd.read_csv(path, dtype={"id": str}, keep_default_na=False)
+
+
+def stage_validate(config: ScreenConfig, *, data_dir: str | Path | None = None, progress: bool = True) -> pd.DataFrame:
+    """Validate ``samples.csv`` into ``validity.parquet`` (the validators resume by chunk)."""
+    from llamat_cif.validators.run import run_validation
+
+    out = Path(config.out_dir)
+    run_validation(out / "samples.csv", out, n_jobs=max(1, config.n_workers), keep_cif=True, resume=True,
+                   progress=progress)
+    v = pd.read_parquet(out / "validity.parquet")
+    v["id"] = v["id"].astype(str)
+    return v
+
+
+def stage_dedup(config: ScreenConfig, samples: pd.DataFrame, validity: pd.DataFrame) -> pd.DataFrame:
+    """Group valid structures that match each other; one representative per group is relaxed.
+
+    Writes ``dedup.csv`` (``id, unique, duplicate_of``) over the valid rows.
+    """
+    from llamat_cif.stability.sun import _parse, unique_representatives
+
+    valid = validity[validity["valid"].fillna(False).astype(bool)]
+    cifs = _valid_cifs(samples, valid)
+    ids = list(cifs)
+    if config.dedup_before_relax:
+        rep = unique_representatives(ids, [_parse(cifs[i]) for i in ids])
+    else:
+        rep = {i: i for i in ids}
+    df = pd.DataFrame({"id": ids, "unique": [rep[i] == i for i in ids],
+                       "duplicate_of": [None if rep[i] == i else rep[i] for i in ids]})
+    df.to_csv(Path(config.out_dir) / "dedup.csv", index=False)
+    return df
+
+
+def _valid_cifs(samples: pd.DataFrame, valid: pd.DataFrame) -> dict[str, str]:
+    """CIF per valid id: the validator's parsed CIF, else samples.csv's ``cif`` column."""
+    by_sample = dict(zip(samples["id"].astype(str), samples.get("cif", pd.Series([""] * len(samples))), strict=True))
+    vcif = dict(zip(valid["id"], valid["cif"], strict=True)) if "cif" in valid.columns else {}
+    out = {}
+    for i in valid["id"]:
+        c = vcif.get(i)
+        out[i] = c if isinstance(c, str) and c.strip() else by_sample.get(i, "")
+    return out
+
+
+def stage_stability(config: ScreenConfig, samples: pd.DataFrame, dedup: pd.DataFrame, *,
+                    data_dir: str | Path | None = None, progress: bool = True) -> pd.DataFrame:
+    """Relax and score the unique valid structures into ``stability.parquet`` (resumes by row)."""
+    out = Path(config.out_dir)
+    validity = pd.read_parquet(out / "validity.parquet")
+    validity["id"] = validity["id"].astype(str)
+    cifs = _valid_cifs(samples, validity[validity["id"].isin(set(dedup["id"]))])
+    todo = dedup[dedup["unique"]]["id"].tolist()
+    items = pd.DataFrame({"id": todo, "cif": [cifs[i] for i in todo]})
+    sc = StabilityConfig(potential=config.potential, hull=config.hull, relax=config.relax,
+                         n_workers=config.n_workers, batch_size=1 if len(items) < 64 else 8, device=config.device,
+                         e_hull_metastable=config.e_hull_metastable)
+    return run_stability(items, out, sc, data_dir=data_dir, progress=progress)
+
+
+def stage_sun(config: ScreenConfig, stab: pd.DataFrame, *, n_generated: int,
+              data_dir: str | Path | None = None) -> pd.DataFrame:
+    """Stable / unique / novel flags (``sun.parquet``) and rates over all generated (``sun.json``)."""
+    from llamat_cif.stability.sun import TrainingSet, load_chemical_systems, sun_summary, sun_table
+
+    training = TrainingSet.mp20_train(data_dir) if config.novelty_reference == "mp20" else None
+    try:
+        systems = load_chemical_systems(data_dir)
+    except FileNotFoundError:
+        systems = None
+    ok = stab[stab["error"].isna() | (stab["error"] == "")] if len(stab) else stab
+    flags = sun_table(ok, training=training, chemical_systems=systems, e_hull_stable=config.e_hull_stable,
+                      e_hull_metastable=config.e_hull_metastable) if len(ok) else pd.DataFrame(
+        columns=["id", "unique", "novel", "stable", "metastable", "sun", "msun"])
+    out = Path(config.out_dir)
+    flags.to_parquet(out / "sun.parquet", index=False)
+    summary = sun_summary(flags, n_generated=n_generated, training_name=training.name if training else None,
+                          e_hull_stable=config.e_hull_stable, e_hull_metastable=config.e_hull_metastable)
+    (out / "sun.json").write_text(json.dumps(summary, indent=2, default=str))
+    return flags
+
+
+# ------------------------------------------------------------------------------------ funnel
+
+
+def build_funnel(config: ScreenConfig, samples: pd.DataFrame, validity: pd.DataFrame, dedup: pd.DataFrame,
+                 stab: pd.DataFrame, sun: pd.DataFrame) -> dict:
+    """Counts at each stage; every rate is over all generated samples."""
+    n = len(samples)
+    decoded = int((samples["cif"].astype(str).str.strip() != "").sum()) if "cif" in samples else 0
+    ok = stab[stab["error"].isna() | (stab["error"] == "")] if len(stab) else stab
+
+    def cnt(df: pd.DataFrame, col: str) -> int:
+        return int(df[col].fillna(False).astype(bool).sum()) if len(df) and col in df else 0
+
+    stages = [
+        ("generated", n),
+        ("decoded (parsed to a structure)", decoded),
+        ("valid (structural + compositional)", cnt(validity, "valid")),
+        ("unique before relaxation", cnt(dedup, "unique")),
+        ("relaxed without error", len(ok)),
+        ("converged (FIRE, fmax)", cnt(ok, "converged")),
+        (f"metastable (E_hull < {config.e_hull_metastable})", cnt(sun, "metastable")),
+        (f"stable (E_hull <= {config.e_hull_stable})", cnt(sun, "stable")),
+        ("stable & unique after relaxation", int((sun["stable"] & sun["unique"]).sum()) if len(sun) else 0),
+        ("S.U.N. (stable, unique, novel)", cnt(sun, "sun")),
+    ]
+    return {
+        "denominator_is": "all generated samples",
+        "stages": [{"stage": s, **rate(c, n)} for s, c in stages],
+        "msun": rate(cnt(sun, "msun"), n),
+        "chemsys_novel": rate(cnt(sun, "chemsys_novel"), n),
+        "novelty_reference": "MP-20 train, available subset (n=8344)" if config.novelty_reference == "mp20" else None,
+        "config": _config_dict(config),
+    }
