@@ -1,0 +1,319 @@
+"""CDVAE structure and composition fingerprints, computed once per structure set and cached.
+
+* Structure fingerprint: the mean over sites of matminer's ``CrystalNNFingerprint.from_preset("ops")``
+  (61 numbers per site), as in CDVAE ``eval_utils`` / ``Crystal.get_fingerprints``.
+* Composition fingerprint: matminer's Magpie ``ElementProperty`` statistics (132 numbers) of the cell
+  composition. They are stored *unscaled*; scaling happens in :mod:`llamat_cif.benchmarks.coverage`.
+
+CrystalNN is slow (0.1-0.5 s per structure), so fingerprints are cached on disk in chunks of
+consecutive structures, ``<cache>/chunks/<hash>.npz``, each named by the hash of its own CIF texts:
+an interrupted job resumes at the first missing chunk, a chunk is never reused for different
+structures, and sets that share leading structures share chunks. The set key (hash of all CIF texts
+in order) names per-set side files such as the structure table.
+The cache root is ``$LLAMAT_CIF_CACHE/fingerprints`` or ``~/.cache/llamat-cif/fingerprints``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+CACHE_ENV = "LLAMAT_CIF_CACHE"
+FINGERPRINT_VERSION = "cdvae-ops-magpie-v1"  # bump when the fingerprint definition changes
+STRUCT_DIM = 61  # CrystalNN "ops" preset: 24 CN weights + 37 order parameters
+COMP_DIM = 132  # Magpie: 22 elemental properties x 6 statistics
+DEFAULT_CHUNK = 64  # small chunks: an interrupted job loses at most ~30 s of work
+
+
+def cache_dir(override: str | os.PathLike | None = None) -> Path:
+    """Resolve the fingerprint cache folder: ``override`` > ``$LLAMAT_CIF_CACHE/fingerprints`` > ``~/.cache``."""
+    if override:
+        return Path(override).expanduser().resolve()
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser().resolve() / "fingerprints"
+    root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return root / "llamat-cif" / "fingerprints"
+
+
+def _hash_texts(texts: Sequence[str]) -> str:
+    h = hashlib.sha256(FINGERPRINT_VERSION.encode())
+    for t in texts:
+        # the length prefix keeps ["ab", "c"] and ["a", "bc"] apart
+        b = (t or "").encode()
+        h.update(len(b).to_bytes(8, "little"))
+        h.update(b)
+    return h.hexdigest()
+
+
+def set_key(cifs: Sequence[str]) -> str:
+    """Cache key of a structure set: hash of its CIF texts in order (plus the fingerprint version)."""
+    return _hash_texts(cifs)[:24]
+
+
+@dataclass
+class Fingerprints:
+    """Fingerprints of a structure set, row-aligned with the input.
+
+    Attributes:
+        struct: ``(n, 61)`` mean CrystalNN "ops" site fingerprints; NaN rows where it failed.
+        comp: ``(n, 132)`` raw Magpie statistics; NaN rows where it failed.
+        ok: ``(n,)`` True where both fingerprints exist (CDVAE drops the others from coverage).
+        error: per-row error text, empty when ok.
+        key: the set's cache key.
+        seconds: wall time spent computing (0 when fully cached).
+        computed: number of structures fingerprinted in this call (not read from the cache).
+    """
+
+    struct: np.ndarray
+    comp: np.ndarray
+    ok: np.ndarray
+    error: list[str]
+    key: str
+    seconds: float = 0.0
+    computed: int = 0
+
+    def __len__(self) -> int:
+        return len(self.ok)
+
+    def scatter(self, index: np.ndarray, n: int) -> Fingerprints:
+        """Place these rows at positions ``index`` of an ``n``-row set; other rows are missing."""
+        struct = np.full((n, STRUCT_DIM), np.nan)
+        comp = np.full((n, COMP_DIM), np.nan)
+        ok = np.zeros(n, bool)
+        err = ["not fingerprinted"] * n
+        struct[index], comp[index], ok[index] = self.struct, self.comp, self.ok
+        for j, i in enumerate(index):
+            err[i] = self.error[j]
+        return Fingerprints(struct, comp, ok, err, self.key, self.seconds, self.computed)
+
+    def subset(self, mask: np.ndarray) -> Fingerprints:
+        """Rows selected by a boolean mask or index array (cache metadata kept)."""
+        idx = np.arange(len(self))[mask]
+        return Fingerprints(self.struct[idx], self.comp[idx], self.ok[idx],
+                            [self.error[i] for i in idx], self.key, self.seconds, self.computed)
+
+
+class _Featurizers:
+    """matminer featurizers are built lazily (importing matminer takes seconds)."""
+
+    _cnn = None
+    _magpie = None
+
+    @classmethod
+    def get(cls):
+        if cls._cnn is None:
+            from matminer.featurizers.composition import ElementProperty
+            from matminer.featurizers.site import CrystalNNFingerprint
+
+            cls._cnn = CrystalNNFingerprint.from_preset("ops")
+            cls._magpie = ElementProperty.from_preset("magpie", impute_nan=False)
+        return cls._cnn, cls._magpie
+
+
+def fingerprint_structure(structure) -> tuple[np.ndarray, np.ndarray]:
+    """CDVAE fingerprints of one pymatgen ``Structure``.
+
+    Returns:
+        ``(struct_fp (61,), comp_fp (132,))``.
+
+    Raises:
+        Exception: whatever CrystalNN/Magpie raise; callers turn it into an error row.
+    """
+    cnn, magpie = _Featurizers.get()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # CrystalNN warns about missing oxidation states per site
+        comp = np.asarray(magpie.featurize(structure.composition), dtype=float)
+        sites = np.asarray([cnn.featurize(structure, i) for i in range(len(structure))], dtype=float)
+    return sites.mean(axis=0), comp
+
+
+def _fingerprint_cif(cif: str) -> tuple[np.ndarray, np.ndarray, str]:
+    from pymatgen.core import Structure
+
+    nan_s, nan_c = np.full(STRUCT_DIM, np.nan), np.full(COMP_DIM, np.nan)
+    if not cif or not isinstance(cif, str):
+        return nan_s, nan_c, "no structure"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            s = Structure.from_str(cif, fmt="cif")
+        fs, fc = fingerprint_structure(s)
+    except Exception as exc:  # noqa: BLE001 - one bad structure must not stop the set
+        return nan_s, nan_c, f"{type(exc).__name__}: {exc}"[:300]
+    if fs.shape != (STRUCT_DIM,) or fc.shape != (COMP_DIM,):
+        return nan_s, nan_c, f"unexpected fingerprint shape {fs.shape}/{fc.shape}"
+    if not np.all(np.isfinite(fs)):
+        return nan_s, nan_c, "non-finite structure fingerprint"
+    return fs, fc, ""
+
+
+def _fingerprint_chunk(part: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    rows = [_fingerprint_cif(c) for c in part]
+    if not rows:
+        return np.empty((0, STRUCT_DIM)), np.empty((0, COMP_DIM)), []
+    return np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows]), [r[2] for r in rows]
+
+
+def _read_chunk(path: Path, n: int) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            fs, fc, err = z["struct"], z["comp"], [str(e) for e in z["error"]]
+    except Exception:  # noqa: BLE001 - a torn or foreign file: recompute the chunk
+        return None
+    return (fs, fc, err) if len(fs) == n else None
+
+
+def compute_fingerprints(
+    cifs: Sequence[str],
+    *,
+    cache: str | os.PathLike | None = None,
+    use_cache: bool = True,
+    chunk_size: int = DEFAULT_CHUNK,
+    progress: Callable[[int, int], None] | None = None,
+    show_progress: bool = False,
+    label: str = "fingerprints",
+    workers: int = 1,
+) -> Fingerprints:
+    """Fingerprint a set of structures given as CIF text, reading/writing the chunked cache.
+
+    Args:
+        cifs: CIF text per structure (empty/None for a structure that did not decode: error row).
+        cache: cache folder (default :func:`cache_dir`).
+        use_cache: read and write the cache; False computes everything in memory.
+        chunk_size: structures per cache file (unit of resumption).
+        progress: optional callback ``(done, total)`` after every chunk.
+        show_progress: show a rich progress bar.
+        label: progress-bar text.
+        workers: processes; chunks are farmed out when > 1 (the machine is shared: default 1).
+
+    Returns:
+        :class:`Fingerprints` aligned with ``cifs``.
+    """
+    cifs = ["" if (c is None or (isinstance(c, float) and np.isnan(c))) else str(c) for c in cifs]
+    n = len(cifs)
+    key = set_key(cifs)
+    # chunks are content-addressed and shared between sets: a prefix of a set (``--limit``) or a
+    # set that shares leading structures reuses them
+    folder = cache_dir(cache) / "chunks"
+    if use_cache:
+        folder.mkdir(parents=True, exist_ok=True)
+    struct = np.full((n, STRUCT_DIM), np.nan)
+    comp = np.full((n, COMP_DIM), np.nan)
+    errors = [""] * n
+    starts = list(range(0, n, chunk_size))
+    t0 = time.perf_counter()
+    computed = 0
+
+    bar = None
+    if show_progress:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                       TimeElapsedColumn(), TimeRemainingColumn())
+        bar.start()
+        task = bar.add_task(label, total=n)
+    try:
+        done = 0
+        pending: list[tuple[int, int, Path, list[str]]] = []
+        for ci, start in enumerate(starts):
+            part = cifs[start:start + chunk_size]
+            path = folder / f"{_hash_texts(part)[:16]}.npz"
+            cached = _read_chunk(path, len(part)) if use_cache else None
+            if cached is None:
+                pending.append((ci, start, path, part))
+                continue
+            fs, fc, err = cached
+            struct[start:start + len(part)] = fs
+            comp[start:start + len(part)] = fc
+            errors[start:start + len(part)] = err
+            done += len(part)
+        if bar is not None:
+            bar.update(task, completed=done)
+        pool = None
+        if workers > 1 and len(pending) > 1:
+            from concurrent.futures import ProcessPoolExecutor
+
+            pool = ProcessPoolExecutor(max_workers=workers)
+            results = pool.map(_fingerprint_chunk, [p[3] for p in pending])
+        else:
+            results = (_fingerprint_chunk(p[3]) for p in pending)
+        try:
+            for (_ci, start, path, part), (fs, fc, err) in zip(pending, results, strict=True):
+                struct[start:start + len(part)] = fs
+                comp[start:start + len(part)] = fc
+                errors[start:start + len(part)] = err
+                computed += len(part)
+                if use_cache:
+                    tmp = path.with_name(path.name + ".tmp.npz")
+                    np.savez(tmp, struct=fs, comp=fc, error=np.asarray(err, dtype=str))
+                    os.replace(tmp, path)  # atomic: a killed job never leaves a half-written chunk
+                done += len(part)
+                if bar is not None:
+                    bar.update(task, completed=done)
+                if progress is not None:
+                    progress(done, n)
+        finally:
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
+    finally:
+        if bar is not None:
+            bar.stop()
+    ok = np.array([e == "" for e in errors]) & np.all(np.isfinite(struct), axis=1)
+    return Fingerprints(struct, comp, ok, errors, key, time.perf_counter() - t0, computed)
+
+
+def reference_cifs(reference: str, *, data_dir: str | os.PathLike | None = None,
+                   limit: int | None = None):
+    """Load a named reference set as a table (``id``, ``cif``, properties).
+
+    ``reference`` is ``<dataset>-<split>`` (``mp20-test``, ``perov5-test``, ``carbon24-test``...).
+    """
+    from llamat_cif.data import load_split
+
+    name, _, split = reference.rpartition("-")
+    if not name:
+        name, split = reference, "test"
+    return load_split(name, split, data_dir=data_dir, limit=limit)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m llamat_cif.benchmarks.fingerprints mp20-test [--limit N]``: warm the cache."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("reference", default="mp20-test", nargs="?")
+    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--cache", default=None)
+    args = ap.parse_args(argv)
+    df = reference_cifs(args.reference, limit=args.limit)
+    t0 = time.perf_counter()
+
+    def report(done: int, total: int) -> None:
+        el = time.perf_counter() - t0
+        print(f"{done}/{total} structures, {el:.0f} s", flush=True)
+
+    fp = compute_fingerprints(df["cif"].tolist(), cache=args.cache, progress=report)
+    rate = fp.computed / fp.seconds if fp.seconds > 0 and fp.computed else float("nan")
+    print(f"key={fp.key} n={len(fp)} ok={int(fp.ok.sum())} computed={fp.computed} "
+          f"seconds={fp.seconds:.1f} fingerprints_per_s={rate:.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

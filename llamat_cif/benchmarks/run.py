@@ -1,0 +1,355 @@
+"""The benchmark run: read a generation run folder, compute every metric, write metrics.json + report.
+
+Inputs (run-folder contract): ``samples.csv`` (id, text, fmt, cif, error, target_formula, ...),
+optionally ``validity.parquet`` and ``stability.parquet`` / ``sun.json``. Outputs in ``out``:
+``metrics.json``, ``per_element.csv``, ``report.md`` and ``figures/*.png``.
+
+Coverage protocols written to ``metrics.json``:
+
+* ``coverage`` (headline): generated = *valid* samples (their fingerprints), reference = every
+  reference structure with a fingerprint; recall over reference, precision over valid generated;
+  CDVAE's independent nearest neighbours. ``coverage_joint``: the same with one partner within both
+  cutoffs.
+* ``coverage_cdvae`` (``fingerprint_scope="parsed"`` only): every parsed sample takes part and the
+  precision denominator is all generated samples, as in CDVAE's ``compute_cov``.
+* ``coverage_crystal_text_llm``: invalid reference structures are dropped too (SMACT-invalid MP-20
+  entries), as crystal-text-llm's ``basic_eval.py`` does; needs the validators.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from llamat_cif.benchmarks.coverage import coverage, cutoffs_for
+from llamat_cif.benchmarks.csp import csp_match
+from llamat_cif.benchmarks.elements import per_element_coverage
+from llamat_cif.benchmarks.fingerprints import compute_fingerprints, reference_cifs
+from llamat_cif.benchmarks.metric import Metric
+from llamat_cif.benchmarks.properties import structure_table, wasserstein
+from llamat_cif.benchmarks.stability_metrics import (
+    funnel,
+    load_stability,
+    stability_rates,
+    sun_rate,
+)
+from llamat_cif.benchmarks.validity import load_or_compute_validity, validity_rates
+
+PACKAGES = ("llamat-cif", "numpy", "scipy", "pandas", "pymatgen", "matminer", "pymatviz", "smact",
+            "matplotlib", "chgnet")
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    """Everything that defines a benchmark run (written into ``metrics.json``).
+
+    Attributes:
+        samples: run folder with ``samples.csv``.
+        out: output folder (default: the run folder).
+        reference: ``<dataset>-<split>`` of the reference set (``mp20-test``: MP-20 test, available subset).
+        seed: seeds the subsampling when ``max_samples`` cuts the set.
+        max_samples: use at most this many samples (random subset, seeded); None: all.
+        struct_cutoff, comp_cutoff: coverage cutoffs; None: CDVAE's for the reference dataset.
+        fingerprint_scope: ``"valid"`` fingerprints valid samples only (fast, the headline needs
+            nothing else); ``"parsed"`` also the parsed-but-invalid ones (adds ``coverage_cdvae``).
+        csp_ks: best-of-k budgets for formula-conditioned samples.
+        metastable_threshold, stable_threshold: E_hull thresholds (eV/atom).
+        workers: processes for fingerprinting.
+        data_dir, cache_dir: overrides of the data folder and fingerprint cache.
+        reference_limit: use only the first N reference structures (tests, quick looks).
+        figures: draw the PNG figures.
+    """
+
+    samples: str
+    out: str | None = None
+    reference: str = "mp20-test"
+    seed: int = 0
+    max_samples: int | None = None
+    struct_cutoff: float | None = None
+    comp_cutoff: float | None = None
+    fingerprint_scope: str = "valid"
+    csp_ks: tuple[int, ...] = (1, 20)
+    metastable_threshold: float = 0.1
+    stable_threshold: float = 0.0
+    workers: int = 1
+    data_dir: str | None = None
+    cache_dir: str | None = None
+    reference_limit: int | None = None
+    figures: bool = True
+
+
+def _versions() -> dict[str, str | None]:
+    out = {}
+    for p in PACKAGES:
+        try:
+            out[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            out[p] = None
+    out["python"] = platform.python_version()
+    return out
+
+
+def _hardware() -> dict[str, Any]:
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
+            "machine": platform.machine()}
+
+
+def read_samples(run_dir: Path) -> pd.DataFrame:
+    """``samples.csv`` with string columns (empty strings for missing text)."""
+    path = Path(run_dir) / "samples.csv"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: a run folder holds samples.csv (llamat-cif generate)")
+    df = pd.read_csv(path, dtype={"id": str}, keep_default_na=False)
+    if "cif" not in df.columns:
+        raise ValueError(f"{path} has no 'cif' column (columns: {list(df.columns)})")
+    if "id" not in df.columns:
+        df.insert(0, "id", [f"s{i:06d}" for i in range(len(df))])
+    return df
+
+
+class _Progress:
+    """Rich progress for the slow steps; silent when ``show`` is False."""
+
+    def __init__(self, show: bool):
+        self.show = show
+
+    def log(self, msg: str) -> None:
+        if self.show:
+            from rich.console import Console
+
+            Console(stderr=True).print(f"[dim]{time.strftime('%H:%M:%S')}[/] {msg}", highlight=False)
+
+
+def run_benchmark(cfg: BenchmarkConfig, *, show_progress: bool = True) -> dict[str, Any]:
+    """Compute every metric for a run folder and write ``metrics.json`` (+ report when ``figures``).
+
+    Returns:
+        The ``metrics.json`` content.
+    """
+    t0 = time.perf_counter()
+    say = _Progress(show_progress).log
+    run_dir = Path(cfg.samples)
+    out = Path(cfg.out) if cfg.out else run_dir
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+
+    def lap(name: str, since: float) -> float:
+        now = time.perf_counter()
+        timings[name] = round(now - since, 3)
+        return now
+
+    # ---- samples and validity
+    t = time.perf_counter()
+    samples = read_samples(run_dir)
+    n_total = len(samples)
+    if cfg.max_samples is not None and n_total > cfg.max_samples:
+        rng = np.random.default_rng(cfg.seed)
+        keep = np.sort(rng.choice(n_total, cfg.max_samples, replace=False))
+        samples = samples.iloc[keep].reset_index(drop=True)
+    n_gen = len(samples)
+    validity, validity_protocol = load_or_compute_validity(run_dir, samples)
+    valid = validity["valid"].to_numpy(bool)
+    parsed = validity["parsed"].to_numpy(bool)
+    metrics: dict[str, Metric] = dict(validity_rates(validity))
+    t = lap("validity", t)
+    say(f"{n_gen} samples ({n_total} in samples.csv), parsed {parsed.sum()}, valid {valid.sum()}")
+
+    # ---- reference set
+    ref = reference_cifs(cfg.reference, data_dir=cfg.data_dir, limit=cfg.reference_limit)
+    ref_cifs = ref["cif"].tolist()
+    sc_default, cc_default = cutoffs_for(cfg.reference)
+    struct_cutoff = cfg.struct_cutoff if cfg.struct_cutoff is not None else sc_default
+    comp_cutoff = cfg.comp_cutoff if cfg.comp_cutoff is not None else cc_default
+
+    # ---- descriptors (cached) and fingerprints (cached)
+    gen_cifs = samples["cif"].tolist()
+    gen_tab = structure_table(gen_cifs, cache=cfg.cache_dir)
+    ref_tab = structure_table(ref_cifs, cache=cfg.cache_dir)
+    t = lap("structure_tables", t)
+    say(f"reference {cfg.reference}: {len(ref)} structures; fingerprinting (cached per set)")
+    ref_fp = compute_fingerprints(ref_cifs, cache=cfg.cache_dir, show_progress=show_progress,
+                                  label=f"fingerprints {cfg.reference}", workers=cfg.workers)
+    t = lap("fingerprints_reference", t)
+    scope = valid if cfg.fingerprint_scope == "valid" else parsed
+    if cfg.fingerprint_scope not in ("valid", "parsed"):
+        raise ValueError("fingerprint_scope must be 'valid' or 'parsed'")
+    # only the structures in scope are fingerprinted (CrystalNN can crawl on overlapping atoms);
+    # the set is keyed by their CIF text, so a re-run with the same samples reads the cache
+    scope_idx = np.flatnonzero(scope)
+    fp_part = compute_fingerprints([gen_cifs[i] for i in scope_idx], cache=cfg.cache_dir,
+                                   show_progress=show_progress, label="fingerprints generated",
+                                   workers=cfg.workers)
+    gen_fp = fp_part.scatter(scope_idx, n_gen)
+    t = lap("fingerprints_generated", t)
+    fp_rate = gen_fp.computed / gen_fp.seconds if gen_fp.computed and gen_fp.seconds > 0 else None
+
+    # ---- coverage
+    cov_kw = {"struct_cutoff": struct_cutoff, "comp_cutoff": comp_cutoff}
+    main = coverage(gen_fp.struct, gen_fp.comp, ref_fp.struct, ref_fp.comp, gen_mask=valid & gen_fp.ok,
+                    n_generated=int(valid.sum()), precision_denominator_name="valid generated",
+                    name="coverage", **cov_kw)
+    joint = coverage(gen_fp.struct, gen_fp.comp, ref_fp.struct, ref_fp.comp, gen_mask=valid & gen_fp.ok,
+                     n_generated=int(valid.sum()), precision_denominator_name="valid generated",
+                     pairing="joint", name="coverage_joint", **cov_kw)
+    for m in main.metrics() + [joint.recall, joint.precision]:
+        metrics[m.name] = m
+    if cfg.fingerprint_scope == "parsed":
+        cd = coverage(gen_fp.struct, gen_fp.comp, ref_fp.struct, ref_fp.comp, gen_mask=parsed & gen_fp.ok,
+                      n_generated=n_gen, precision_denominator_name="generated", name="coverage_cdvae",
+                      **cov_kw)
+        metrics[cd.recall.name], metrics[cd.precision.name] = cd.recall, cd.precision
+    ref_valid = _reference_validity(ref, cfg)
+    if ref_valid is not None:
+        ct = coverage(gen_fp.struct, gen_fp.comp, ref_fp.struct, ref_fp.comp, gen_mask=valid & gen_fp.ok,
+                      ref_mask=ref_valid, precision_denominator_name="valid generated with fingerprint",
+                      name="coverage_crystal_text_llm", **cov_kw)
+        metrics[ct.recall.name], metrics[ct.precision.name] = ct.recall, ct.precision
+    t = lap("coverage", t)
+
+    # ---- per element
+    per_el = per_element_coverage(ref_tab["elements"].tolist(), main.ref_covered,
+                                  gen_tab["elements"].tolist(), main.gen_precise,
+                                  ref_mask=main.ref_mask, gen_mask=valid)
+    per_el.to_csv(out / "per_element.csv", index=False)
+
+    # ---- property distributions (valid generated vs reference)
+    metrics["wdist_density"] = wasserstein("wdist_density", gen_tab.loc[valid, "density"],
+                                           ref_tab.loc[ref_tab["parsed"], "density"], unit="g/cm^3",
+                                           protocol={"generated": "valid", "reference": "all parsed"})
+    metrics["wdist_num_elems"] = wasserstein("wdist_num_elems", gen_tab.loc[valid, "n_elements"],
+                                             ref_tab.loc[ref_tab["parsed"], "n_elements"], unit="elements",
+                                             protocol={"generated": "valid", "reference": "all parsed"})
+
+    # ---- stability
+    stab, stab_summary, sun = load_stability(run_dir)
+    stab_protocol = {k: stab_summary[k] for k in ("protocol", "potential", "hull", "relaxer", "thresholds")
+                     if k in stab_summary}
+    sun_metric = None
+    e_form_gen = None
+    if stab is not None:
+        ids = set(samples["id"].astype(str))
+        stab = stab[stab["id"].isin(ids)] if "id" in stab.columns else stab
+        metrics.update(stability_rates(stab, n_gen, metastable_threshold=cfg.metastable_threshold,
+                                       stable_threshold=cfg.stable_threshold, protocol=stab_protocol))
+        if "e_form_per_atom" in stab.columns and "formation_energy_per_atom" in ref.columns:
+            e_form_gen = pd.to_numeric(stab["e_form_per_atom"], errors="coerce")
+            metrics["wdist_e_form"] = wasserstein(
+                "wdist_e_form", e_form_gen, ref["formation_energy_per_atom"], unit="eV/atom",
+                protocol={"generated": "stability step e_form_per_atom (ML potential, relaxed)",
+                          "reference": f"{cfg.reference} formation_energy_per_atom (DFT, Materials Project)",
+                          **stab_protocol})
+    sun_metric = sun_rate(stab, sun, n_gen)
+    if sun_metric is not None:
+        metrics["sun_rate"] = sun_metric
+    steps = funnel(n_gen, validity, stab, sun=sun_metric, metastable_threshold=cfg.metastable_threshold,
+                   stable_threshold=cfg.stable_threshold) if stab is not None else None
+    t = lap("stability", t)
+
+    # ---- CSP for formula-conditioned samples
+    if "target_formula" in samples.columns and samples["target_formula"].astype(str).str.len().gt(0).any():
+        say("formula-conditioned samples: CSP match rate (StructureMatcher)")
+        csp_in = samples.assign(valid=valid)
+        ref_csp = ref.assign(formula=ref_tab["formula"].values)
+        metrics.update(csp_match(csp_in, ref_csp, ks=cfg.csp_ks))
+        t = lap("csp", t)
+
+    wall = time.perf_counter() - t0
+    result: dict[str, Any] = {
+        "run": str(run_dir),
+        "reference": {
+            "name": cfg.reference,
+            "description": _reference_description(cfg.reference, len(ref)),
+            "n": len(ref),
+            "n_with_fingerprint": int(ref_fp.ok.sum()),
+        },
+        "samples": {"in_file": n_total, "used": n_gen, "parsed": int(parsed.sum()), "valid": int(valid.sum()),
+                    "fingerprinted": int(gen_fp.ok.sum())},
+        "metrics": {k: m.to_dict() for k, m in metrics.items()},
+        "funnel": steps,
+        "protocol": {
+            "config": asdict(cfg),
+            "coverage": {**main.protocol, "headline": "generated = valid samples; recall over reference; "
+                         "precision over valid generated (crystal-text-llm denominator)"},
+            "validity": validity_protocol,
+            "stability": stab_protocol,
+            "seed": cfg.seed,
+            "versions": _versions(),
+            "hardware": _hardware(),
+            "wall_time_s": round(wall, 2),
+            "timings_s": timings,
+            "fingerprints_per_s_generated": fp_rate,
+            "fingerprint_cache": {"reference_key": ref_fp.key, "generated_key": gen_fp.key},
+        },
+    }
+    (out / "metrics.json").write_text(json.dumps(result, indent=2, default=_json_default))
+    if cfg.figures:
+        from llamat_cif.benchmarks.report import write_report
+
+        write_report(out, result, per_el, gen_tab[valid], ref_tab[ref_tab["parsed"]],
+                     e_form_gen=e_form_gen,
+                     e_form_ref=ref["formation_energy_per_atom"] if "formation_energy_per_atom" in ref else None)
+        result["protocol"]["wall_time_s"] = round(time.perf_counter() - t0, 2)
+        (out / "metrics.json").write_text(json.dumps(result, indent=2, default=_json_default))
+    return result
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, (np.bool_,)):
+        return bool(o)
+    if isinstance(o, Path):
+        return str(o)
+    return str(o)
+
+
+def _reference_description(reference: str, n: int) -> str:
+    if reference.startswith("mp20-test"):
+        return f"MP-20 test, available subset (n={n})"
+    return f"{reference} (n={n})"
+
+
+def _reference_validity(ref: pd.DataFrame, cfg: BenchmarkConfig) -> np.ndarray | None:
+    """Validity of the reference structures (for the crystal-text-llm protocol), None if unavailable."""
+    try:
+        from llamat_cif.validators import validate_table  # noqa: F401
+    except ImportError:
+        return None
+    from llamat_cif.benchmarks.fingerprints import cache_dir, set_key
+
+    path = cache_dir(cfg.cache_dir) / set_key(ref["cif"].tolist()) / "validity.parquet"
+    try:
+        if path.exists():
+            v = pd.read_parquet(path)
+        else:
+            from llamat_cif.benchmarks.validity import normalise_validity
+            from llamat_cif.validators import validate_table
+
+            v = normalise_validity(validate_table(ref[["id", "cif"]]))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            v.to_parquet(path, index=False)
+        return v["valid"].to_numpy(bool) if len(v) == len(ref) else None
+    except Exception:  # noqa: BLE001 - an optional variant must not sink the run
+        return None
+
+
+__all__ = ["BenchmarkConfig", "run_benchmark", "read_samples"]

@@ -1,0 +1,105 @@
+"""Validity rates from the validators' table, over generated and over parsed structures.
+
+The benchmark reads ``DIR/validity.parquet`` written by ``llamat-cif validate`` (or computes it with
+:func:`llamat_cif.validators.validate_table` when absent). This module only *counts*: the checks and
+their thresholds (CDVAE: interatomic distance >= 0.5 A, volume >= 0.1 A^3, SMACT charge neutrality)
+live in :mod:`llamat_cif.validators` and are copied into the protocol from their summary.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from llamat_cif.benchmarks.metric import Metric, rate
+
+# accepted spellings of the validators' columns -> our canonical name
+_ALIASES = {
+    "parsed": ("parsed", "parse_ok", "is_parsed"),
+    "structurally_valid": ("structurally_valid", "struct_valid", "structural_valid", "structural"),
+    "compositionally_valid": ("compositionally_valid", "comp_valid", "compositional_valid", "compositional"),
+    "valid": ("valid", "is_valid"),
+}
+
+
+def _as_bool(col: pd.Series) -> np.ndarray:
+    # None / NaN (check not applicable or not run) counts as not passed
+    return col.map(lambda v: bool(v) if v is not None and not (isinstance(v, float) and np.isnan(v)) else False).to_numpy(bool)
+
+
+def normalise_validity(table: pd.DataFrame) -> pd.DataFrame:
+    """Map a validators table onto columns ``id, parsed, structurally_valid, compositionally_valid, valid``.
+
+    ``valid`` defaults to structural and compositional validity together when the table lacks it.
+
+    Raises:
+        ValueError: when neither a ``valid`` column nor both component columns are present.
+    """
+    out = pd.DataFrame({"id": table["id"].astype(str)}) if "id" in table.columns else pd.DataFrame(index=table.index)
+    for canon, names in _ALIASES.items():
+        for n in names:
+            if n in table.columns:
+                out[canon] = _as_bool(table[n])
+                break
+    if "valid" not in out.columns:
+        if {"structurally_valid", "compositionally_valid"} <= set(out.columns):
+            out["valid"] = out["structurally_valid"] & out["compositionally_valid"]
+        else:
+            raise ValueError(f"validity table has no 'valid' column (columns: {list(table.columns)})")
+    if "parsed" not in out.columns:
+        out["parsed"] = out["valid"] | out.get("structurally_valid", out["valid"])
+    return out
+
+
+def load_or_compute_validity(run_dir: Path, samples: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """Validity per sample, aligned with ``samples`` (by ``id``), plus its protocol.
+
+    Reads ``validity.parquet`` (and ``validity_summary.json`` for the protocol) when present,
+    else runs :func:`llamat_cif.validators.validate_table` on the samples.
+    """
+    import json
+
+    path = Path(run_dir) / "validity.parquet"
+    protocol: dict = {}
+    if path.exists():
+        table = pd.read_parquet(path)
+        summary = Path(run_dir) / "validity_summary.json"
+        if summary.exists():
+            try:
+                s = json.loads(summary.read_text())
+                protocol = {k: s[k] for k in ("thresholds", "protocol", "versions") if k in s}
+            except (OSError, ValueError):
+                pass
+        protocol["source"] = str(path.name)
+    else:
+        from llamat_cif.validators import validate_table  # imported late: a sibling package
+
+        table = validate_table(samples)
+        protocol["source"] = "computed by llamat_cif.validators.validate_table"
+    v = normalise_validity(table)
+    if "id" in v.columns and "id" in samples.columns:
+        v = samples[["id"]].astype(str).merge(v.drop_duplicates("id"), on="id", how="left")
+        for c in v.columns:
+            if c != "id":
+                v[c] = v[c].fillna(False).astype(bool)
+    return v, protocol
+
+
+def validity_rates(validity: pd.DataFrame) -> dict[str, Metric]:
+    """Parse and validity rates over generated, and valid over parsed.
+
+    Args:
+        validity: normalised table (see :func:`normalise_validity`), one row per generated sample.
+    """
+    n = len(validity)
+    parsed = int(validity["parsed"].sum())
+    out = {"parse_rate": rate("parse_rate", parsed, n, "generated")}
+    for col in ("structurally_valid", "compositionally_valid", "valid"):
+        if col in validity.columns:
+            k = int(validity[col].sum())
+            out[f"{col}_rate"] = rate(f"{col}_rate", k, n, "generated")
+            out[f"{col}_rate_over_parsed"] = rate(f"{col}_rate_over_parsed", k, parsed, "parsed")
+    return out
+
