@@ -1,0 +1,275 @@
+"""Benchmarks: coverage self-consistency, brute-force agreement, per-element counts, CSP, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import requires_data
+
+from llamat_cif.benchmarks.coverage import (
+    coverage,
+    coverage_bruteforce,
+    cutoffs_for,
+    scale_composition,
+)
+from llamat_cif.benchmarks.csp import csp_match
+from llamat_cif.benchmarks.elements import per_element_coverage
+from llamat_cif.benchmarks.fingerprints import compute_fingerprints
+from llamat_cif.benchmarks.metric import rate
+from llamat_cif.benchmarks.properties import describe_cif, wasserstein
+
+N_SMALL = 30  # real MP-20 structures with few sites: CrystalNN costs ~0.05 s per site
+
+
+@pytest.fixture(scope="module")
+def small_set():
+    """30 real MP-20 test structures with 3-6 sites, as (ids, cifs, structures)."""
+    from pymatgen.core import Structure
+
+    from llamat_cif.data import load_split
+
+    df = load_split("mp20", "test", limit=400)
+    ids, cifs, structs = [], [], []
+    for sid, cif in zip(df["id"], df["cif"], strict=True):
+        s = Structure.from_str(cif, fmt="cif")
+        if 3 <= len(s) <= 6:
+            ids.append(sid)
+            cifs.append(cif)
+            structs.append(s)
+        if len(ids) == N_SMALL:
+            break
+    assert len(ids) == N_SMALL
+    return ids, cifs, structs
+
+
+@pytest.fixture(scope="module")
+def fingerprint_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("fp-cache")
+
+
+@pytest.fixture(scope="module")
+def real_fp(small_set, fingerprint_cache):
+    return compute_fingerprints(small_set[1], cache=fingerprint_cache)
+
+
+@pytest.fixture(scope="module")
+def scrambled_fp(small_set, fingerprint_cache):
+    """Same lattices and species, fractional coordinates drawn at random."""
+    from pymatgen.core import Structure
+
+    rng = np.random.default_rng(7)
+    cifs = []
+    for s in small_set[2]:
+        cifs.append(Structure(s.lattice, s.species, rng.random((len(s), 3))).to(fmt="cif"))
+    return compute_fingerprints(cifs, cache=fingerprint_cache)
+
+
+# --------------------------------------------------------------------------- self-consistency
+
+
+@requires_data
+def test_reference_against_itself_gives_full_coverage(real_fp, small_set):
+    assert real_fp.ok.all()
+    for pairing in ("independent", "joint"):
+        res = coverage(real_fp.struct, real_fp.comp, real_fp.struct, real_fp.comp, pairing=pairing)
+        assert (res.recall.numerator, res.recall.denominator) == (N_SMALL, N_SMALL)
+        assert (res.precision.numerator, res.precision.denominator) == (N_SMALL, N_SMALL)
+        assert res.recall.value == res.precision.value == 1.0
+        assert res.amsd_recall.value == pytest.approx(0.0, abs=1e-6)
+    # and element by element
+    els = [describe_cif(c)["elements"] for c in small_set[1]]
+    pe = per_element_coverage(els, res.ref_covered, els, res.gen_precise)
+    assert (pe["recall"] == 1.0).all() and (pe["precision"] == 1.0).all()
+    assert np.allclose(pe["freq_generated"], pe["freq_reference"])
+
+
+@requires_data
+def test_scrambled_coordinates_score_low(real_fp, scrambled_fp):
+    """Random positions keep the composition but destroy the local environments."""
+    res = coverage(scrambled_fp.struct, scrambled_fp.comp, real_fp.struct, real_fp.comp,
+                   gen_mask=scrambled_fp.ok, n_generated=len(scrambled_fp))
+    # compositions are identical, so every failure comes from the structural fingerprint
+    assert res.amcd_recall.value == pytest.approx(0.0, abs=1e-6)
+    assert res.recall.value <= 0.5
+    assert res.precision.value <= 0.5
+    assert res.amsd_precision.value > 0.4
+
+
+@requires_data
+def test_vectorised_coverage_equals_bruteforce_loop(real_fp, scrambled_fp):
+    gs = np.vstack([real_fp.struct[:12], scrambled_fp.struct])
+    gc = np.vstack([real_fp.comp[:12], scrambled_fp.comp])
+    # reference: the other real structures plus a jittered copy of the first ones
+    rng = np.random.default_rng(1)
+    rs = np.vstack([real_fp.struct[12:], real_fp.struct[:6] + rng.normal(0, 0.15, (6, real_fp.struct.shape[1]))])
+    rc = np.vstack([real_fp.comp[12:], real_fp.comp[:6] * rng.uniform(0.9, 1.1, (6, real_fp.comp.shape[1]))])
+    for sc, cc in ((0.4, 10.0), (0.2, 4.0), (0.8, 2.0)):
+        for pairing in ("independent", "joint"):
+            res = coverage(gs, gc, rs, rc, struct_cutoff=sc, comp_cutoff=cc, pairing=pairing,
+                           chunk_size=7)  # small chunks exercise the blocking
+            ref_cov, gen_pre = coverage_bruteforce(gs, gc, rs, rc, struct_cutoff=sc, comp_cutoff=cc,
+                                                   pairing=pairing)
+            assert np.array_equal(res.ref_covered, ref_cov), (sc, cc, pairing)
+            assert np.array_equal(res.gen_precise, gen_pre), (sc, cc, pairing)
+    # the sample must not be trivial: some but not all covered at the MP-20 cutoffs
+    ref_cov, gen_pre = coverage_bruteforce(gs, gc, rs, rc, struct_cutoff=0.4, comp_cutoff=10.0)
+    assert 0 < ref_cov.sum() < len(ref_cov) and 0 < gen_pre.sum() < len(gen_pre)
+
+
+# --------------------------------------------------------------------------- definitions
+
+
+def test_joint_pairing_is_stricter_than_cdvae_independent_minima():
+    # reference r is 0.1 away structurally from g1 (far in composition) and compositionally from g2
+    gen_s = np.array([[0.0, 0.1], [5.0, 5.0]])
+    gen_c = np.zeros((2, 132))
+    gen_c[0, 0] = 1000.0  # scaled distance ~61: far
+    ref_s = np.array([[0.0, 0.0]])
+    ref_c = np.zeros((1, 132))
+    kw = {"struct_cutoff": 0.4, "comp_cutoff": 10.0, "comp_scaled": True}
+    ind = coverage(gen_s, gen_c, ref_s, ref_c, pairing="independent", **kw)
+    joint = coverage(gen_s, gen_c, ref_s, ref_c, pairing="joint", **kw)
+    assert ind.recall.value == 1.0  # nearest structure g1, nearest composition g2
+    assert joint.recall.value == 0.0  # no single generated crystal is within both cutoffs
+
+
+def test_precision_denominators_are_explicit():
+    s = np.zeros((4, 3))
+    s[3] = 9.0  # far away
+    c = np.zeros((4, 132))
+    ref_s, ref_c = np.zeros((1, 3)), np.zeros((1, 132))
+    # rows 0-2 valid; row 2 has no fingerprint (NaN) -> counted as a miss over valid
+    s[2] = np.nan
+    valid = np.array([True, True, True, False])
+    res = coverage(s, c, ref_s, ref_c, gen_mask=valid, n_generated=int(valid.sum()), comp_scaled=True)
+    assert (res.precision.numerator, res.precision.denominator) == (2, 3)
+    assert res.precision.denominator_name == "valid generated"
+    cd = coverage(s, c, ref_s, ref_c, n_generated=4, precision_denominator_name="generated", comp_scaled=True)
+    assert (cd.precision.numerator, cd.precision.denominator) == (2, 4)
+
+
+def test_cdvae_cutoffs_and_scaler():
+    assert cutoffs_for("mp20-test") == (0.4, 10.0)
+    assert cutoffs_for("perov5-test") == (0.2, 4.0)
+    assert cutoffs_for("carbon24-test") == (0.2, 4.0)
+    from llamat_cif.benchmarks._cdvae_scaler import COMP_SCALER_MEANS, COMP_SCALER_STDS
+
+    x = np.array([COMP_SCALER_MEANS]) + np.array([COMP_SCALER_STDS])
+    x[0, 5] = np.nan
+    z = scale_composition(x)
+    assert np.allclose(np.delete(z[0], 5), 1.0) and z[0, 5] == 0.0
+
+
+def test_per_element_known_counts():
+    ref_el = ["Na Cl", "Na O", "Fe O", "Fe"]
+    ref_cov = np.array([True, False, True, True])
+    gen_el = ["Na Cl", "Fe O", "Fe O", "Cu"]
+    gen_pre = np.array([True, True, False, False])
+    pe = per_element_coverage(ref_el, ref_cov, gen_el, gen_pre).set_index("element")
+    assert list(pe.index) == ["O", "Na", "Cl", "Fe", "Cu"]  # by atomic number
+    assert pe.loc["Na", "recall"] == 0.5 and pe.loc["Na", "n_reference"] == 2
+    assert pe.loc["Fe", "recall"] == 1.0 and pe.loc["Fe", "n_generated"] == 2
+    assert pe.loc["Fe", "precision"] == 0.5
+    assert pe.loc["Cu", "n_reference"] == 0 and np.isnan(pe.loc["Cu", "recall"])
+    assert pe.loc["Cu", "precision"] == 0.0
+    assert pe.loc["O", "freq_reference"] == 0.5 and pe.loc["O", "freq_generated"] == 0.5
+
+
+def test_wasserstein_and_rate_known_answers():
+    assert wasserstein("w", [0.0, 1.0], [0.0, 1.0], unit="x").value == 0.0
+    m = wasserstein("w", [1.0, 2.0, np.nan], [0.0, 1.0], unit="g/cm^3")
+    assert m.value == pytest.approx(1.0) and m.counts == {"generated": 2, "reference": 2}
+    r = rate("valid_rate", 3, 4, "generated")
+    assert r.value == 0.75 and r.to_dict()["denominator_name"] == "generated"
+    assert rate("x", 0, 0, "parsed").value is None
+
+
+def test_describe_cif_never_raises(nacl):
+    assert describe_cif(nacl.to(fmt="cif"))["elements"] == "Cl Na"
+    bad = describe_cif("data_x\n_cell_length_a oops\n")
+    assert bad["parsed"] is False and bad["error"]
+    assert describe_cif(None)["error"] == "no structure"
+
+
+def test_csp_best_of_k(nacl, perovskite):
+    from pymatgen.core import Lattice, Structure
+
+    near = nacl.copy()
+    near.perturb(0.05, min_distance=0.01)
+    wrong = Structure(Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.25, 0.1, 0.0]])  # not rock salt
+    reference = pd.DataFrame({"id": ["r1", "r2"], "cif": [nacl.to(fmt="cif"), perovskite.to(fmt="cif")],
+                              "formula": ["NaCl", "SrTiO3"]})
+    samples = pd.DataFrame({
+        "id": ["s0", "s1", "s2", "s3"],
+        "cif": [wrong.to(fmt="cif"), near.to(fmt="cif"), perovskite.to(fmt="cif"), ""],
+        "target_formula": ["NaCl", "NaCl", "SrTiO3", "KBr"],  # KBr: no reference structure
+        "valid": [True, True, True, False],
+    })
+    out = csp_match(samples, reference, ks=(1, 2))
+    assert (out["csp_match_rate@1"].numerator, out["csp_match_rate@1"].denominator) == (1, 2)
+    assert (out["csp_match_rate@2"].numerator, out["csp_match_rate@2"].denominator) == (2, 2)
+    assert out["csp_rmse@1"].value == pytest.approx(0.0, abs=1e-6)  # the perovskite itself
+    assert 0 < out["csp_rmse@2"].value < 0.1
+    assert out["csp_match_rate@1"].counts["targets_in_samples"] == 3
+
+
+# --------------------------------------------------------------------------- cache and CLI
+
+
+def test_fingerprint_cache_resumes(tmp_path, nacl, perovskite, diamond):
+    cifs = [nacl.to(fmt="cif"), "not a cif", perovskite.to(fmt="cif"), diamond.to(fmt="cif")]
+    first = compute_fingerprints(cifs, cache=tmp_path, chunk_size=1)
+    assert first.computed == 4 and first.ok.tolist() == [True, False, True, True]
+    assert first.error[1]
+    chunks = sorted((tmp_path / "chunks").glob("*.npz"))
+    assert len(chunks) == 4
+    chunks[0].unlink()  # as if the job had been killed before writing it
+    again = compute_fingerprints(cifs, cache=tmp_path, chunk_size=1)
+    assert again.computed == 1
+    assert np.allclose(again.struct[first.ok], first.struct[first.ok])
+    # diamond: every carbon is tetrahedral, so the CN=4 weight of the mean fingerprint is 1
+    assert first.struct[3].max() == pytest.approx(1.0)
+
+
+@requires_data
+def test_cli_benchmark_end_to_end(tmp_path, monkeypatch):
+    """The first 12 reference structures as 'samples': recall over them and precision are exactly 1."""
+    from click.testing import CliRunner
+
+    from llamat_cif.cli import main
+    from llamat_cif.data import load_split
+
+    monkeypatch.setenv("LLAMAT_CIF_CACHE", str(tmp_path / "cache"))
+    ref = load_split("mp20", "test", limit=12)
+    run = tmp_path / "run"
+    run.mkdir()
+    ids = [f"s{i:06d}" for i in range(14)]
+    cifs = list(ref["cif"]) + ["", "garbage"]
+    pd.DataFrame({"id": ids, "text": cifs, "fmt": "cif", "cif": cifs, "error": [""] * 12 + ["no decode"] * 2,
+                  "target_formula": "", "target_spacegroup": "", "seed": 0, "n_tokens": 0}).to_csv(
+        run / "samples.csv", index=False)
+    ok = [True] * 12 + [False, False]
+    pd.DataFrame({"id": ids, "parsed": ok, "structurally_valid": ok, "compositionally_valid": ok,
+                  "valid": ok}).to_parquet(run / "validity.parquet")
+    out = tmp_path / "bench"
+    res = CliRunner().invoke(main, ["benchmark", "--samples", str(run), "--reference", "mp20-test",
+                                    "--reference-limit", "12", "--out", str(out), "--seed", "3"])
+    assert res.exit_code == 0, res.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    m = metrics["metrics"]
+    assert (m["valid_rate"]["numerator"], m["valid_rate"]["denominator"]) == (12, 14)
+    assert (m["coverage_recall"]["numerator"], m["coverage_recall"]["denominator"]) == (12, 12)
+    assert (m["coverage_precision"]["numerator"], m["coverage_precision"]["denominator"]) == (12, 12)
+    assert m["wdist_density"]["value"] == pytest.approx(0.0, abs=1e-9)
+    assert metrics["protocol"]["seed"] == 3
+    assert metrics["protocol"]["coverage"]["struct_cutoff"] == 0.4
+    assert "numpy" in metrics["protocol"]["versions"] and metrics["protocol"]["hardware"]["cpu_count"]
+    for f in ("ptable_recall.png", "ptable_precision.png", "hist_density.png"):
+        assert (out / "figures" / f).stat().st_size > 10_000
+    report = (out / "report.md").read_text()
+    assert "figures/ptable_recall.png" in report and "MP-20 test, available subset (n=12)" in report
+    per_el = pd.read_csv(out / "per_element.csv")
+    assert (per_el.loc[per_el["n_reference"] > 0, "recall"] == 1.0).all()
