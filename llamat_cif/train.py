@@ -806,12 +806,8 @@ def prepare_model(
     if base_model is not None:
         from transformers import AutoModelForCausalLM
 
-        path = Path(base_model).expanduser()
-        if not (path / "config.json").is_file():
-            raise ModelLoadError(f"--base-model {base_model}: not a local Hugging Face model folder "
-                                 f"(no config.json); models are never downloaded")
         model = AutoModelForCausalLM.from_pretrained(
-            path.resolve(), local_files_only=True, **dtype_kwargs(load_dtype or torch.float32))
+            local_model_dir(base_model), local_files_only=True, **dtype_kwargs(load_dtype or torch.float32))
         if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
             model.resize_token_embeddings(len(tokenizer))
     else:
@@ -834,6 +830,15 @@ def prepare_model(
     return model
 
 
+def local_model_dir(base_model: str | os.PathLike) -> Path:
+    """The resolved folder of a local Hugging Face model, or a clear :class:`ModelLoadError`."""
+    path = Path(base_model).expanduser()
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"base model {base_model}: not a local Hugging Face model folder "
+                             f"(no config.json); models are never downloaded")
+    return path.resolve()
+
+
 def _tokenizer_for(base_model: str | os.PathLike | None, fallback: Any | None) -> Any:
     if base_model is None:
         if fallback is None:
@@ -841,7 +846,7 @@ def _tokenizer_for(base_model: str | os.PathLike | None, fallback: Any | None) -
         return fallback
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(Path(base_model).expanduser().resolve(), local_files_only=True)
+    tok = AutoTokenizer.from_pretrained(local_model_dir(base_model), local_files_only=True)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok

@@ -106,6 +106,8 @@ def train(corpus, instructions, base_model, model_config, out_dir, max_steps, ba
     except ValueError as exc:
         fail(str(exc))
     try:
+        if base_model:
+            T.local_model_dir(base_model)  # fail before any slow data preparation
         if corpus:
             result = T.train_from_corpus(corpus, config, model_config=model_config, base_model=base_model,
                                          text_dir=text_dir, text_fraction=text_fraction, resume=resume,
