@@ -1,0 +1,560 @@
+"""SIE metrics as LLaMat defines them (M3RG-IITD/llamat, ``evaluation_codes/*_eval.py``).
+
+Our own implementation of the published definitions, one small function per idea:
+
+doping (Cruse et al. 2022 scheme, LLaMat ``doping_eval.py``)
+    Word-level scores for ``basemats`` and ``dopants``: each entity dict's values are joined with
+    spaces and split into words (duplicates kept). A gold word is a true positive when it appears
+    among the predicted words (else a false negative); a predicted word absent from the gold words
+    is a false positive. F1 = TP / (TP + (FP + FN) / 2), summed over sentences (micro).
+    Link triplets: for every dopant -> base-material link, every (base word, dopant word) pair.
+    Jaro-Winkler similarity between ``str()`` of the gold and predicted dicts (the prediction with
+    missing keys added as ``[]``) and exact match of the predicted dict with the gold one.
+    Only sentences with at least one annotation are scored; the others are reported apart.
+
+mof1 / mof2 (Dunn et al. 2022 scheme, LLaMat ``mof1_eval.py`` / ``mof2_eval.py``)
+    Per entity type, the set of words over all records of an answer; TP = |gold & pred|,
+    FN = |gold - pred|, FP = |pred - gold|, micro-summed over abstracts. Links: for every record
+    whose root (``formula`` for mof1, ``name_of_mof`` for mof2) is a non-empty string, the set of
+    ``root|||word`` pairs for each other entity type; precision/recall over the pooled sets, F1 0
+    when nothing is correct. LLaMat leaves a link type out when either side retrieved nothing; here
+    it is undefined only without gold links (no predicted links against gold links scores 0, so
+    an empty output cannot dodge the score). Exact match compares
+    the records sorted by ``formula`` with keys sorted; predictions get missing keys filled (``""``
+    or ``[""]``) and extra keys removed first. Jaro-Winkler uses ``long_tolerance``.
+
+discomat (Gupta et al. 2022, LLaMat ``discomat_eval.py``)
+    Exact match of the predicted dict; binary F1 of ``comp_table`` and ``regex_table`` (a missing
+    key predicts 0); for ``gid`` (material-id row/column, compared as lists), ``composition`` and
+    ``chemical`` (row and column index lists, compared sorted) one positive per gold key present,
+    predicted positive when the prediction matches; F1 over those.
+
+Unparsable outputs. LLaMat's scripts treat them unevenly (the doping and discomat scripts drop
+them, mof2 keeps them as empty predictions, mof1 drops JSON failures). Here every score has one
+strict denominator: an unparsable output is scored as an empty prediction with similarity 0, and
+the unparsable count is reported beside it. ``skip_unparsable=True`` gives the
+drop-them protocol of LLaMat's doping and discomat scripts for comparison with published numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import jellyfish
+
+from llamat_cif.text_tasks.tasks import DOPING_KEYS, TaskSpec, is_empty_answer
+
+LINK_DELIMITER = "|||"
+
+
+@dataclass(frozen=True)
+class Rate:
+    """A score with the counts it comes from.
+
+    Attributes:
+        value: The score (``None`` when undefined, e.g. nothing retrieved).
+        numerator: Count above the line (for F1: 2 TP).
+        denominator: Count below the line (for F1: 2 TP + FP + FN).
+        note: What the denominator counts.
+    """
+
+    value: float | None
+    numerator: float
+    denominator: float
+    note: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain dict for JSON."""
+        return asdict(self)
+
+
+def ratio(numerator: float, denominator: float, note: str = "") -> Rate:
+    """``numerator / denominator``; 0 when the denominator is 0 (a strict, defined default)."""
+    value = numerator / denominator if denominator else 0.0
+    return Rate(value, numerator, denominator, note)
+
+
+@dataclass(frozen=True)
+class PRF:
+    """True/false positive and false negative counts with derived precision, recall and F1."""
+
+    tp: int = 0
+    fp: int = 0
+    fn: int = 0
+
+    def __add__(self, other: PRF) -> PRF:
+        return PRF(self.tp + other.tp, self.fp + other.fp, self.fn + other.fn)
+
+    @property
+    def precision(self) -> float:
+        """TP / (TP + FP), 0 when nothing was predicted."""
+        return self.tp / (self.tp + self.fp) if self.tp + self.fp else 0.0
+
+    @property
+    def recall(self) -> float:
+        """TP / (TP + FN), 0 when there is no gold."""
+        return self.tp / (self.tp + self.fn) if self.tp + self.fn else 0.0
+
+    @property
+    def f1(self) -> float:
+        """TP / (TP + (FP + FN) / 2) (= harmonic mean of P and R); 0 when TP is 0."""
+        return 2 * self.tp / (2 * self.tp + self.fp + self.fn) if self.tp else 0.0
+
+    def rates(self, what: str) -> dict[str, Rate]:
+        """Precision, recall and F1 as :class:`Rate` objects with their counts."""
+        return {
+            "precision": Rate(self.precision, self.tp, self.tp + self.fp, f"{what}: TP/(TP+FP)"),
+            "recall": Rate(self.recall, self.tp, self.tp + self.fn, f"{what}: TP/(TP+FN)"),
+            "f1": Rate(self.f1, 2 * self.tp, 2 * self.tp + self.fp + self.fn, f"{what}: 2TP/(2TP+FP+FN)"),
+        }
+
+
+# ----------------------------------------------------------------------------------------- doping
+
+
+def doping_words(entities: dict[str, str]) -> list[str]:
+    """Words of an entity dict: values joined by spaces, split on spaces, blanks dropped."""
+    return [w for w in " ".join(entities.values()).split(" ") if w]
+
+
+def word_counts(gold_words: Sequence[str], pred_words: Sequence[str]) -> PRF:
+    """LLaMat doping word matching (lists, duplicates counted).
+
+    >>> word_counts(["Eu", "YVO4"], ["Eu", "Eu", "Y"])
+    PRF(tp=1, fp=1, fn=1)
+    """
+    pred_set, gold_set = set(pred_words), set(gold_words)
+    tp = sum(1 for w in gold_words if w in pred_set)
+    fn = len(gold_words) - tp
+    fp = sum(1 for w in pred_words if w not in gold_set)
+    return PRF(tp, fp, fn)
+
+
+def doping_triplets(entry: dict[str, Any]) -> list[str]:
+    """``"<base word> <dopant word>"`` for every word pair of every dopant -> base link.
+
+    Links naming an id absent from ``basemats``/``dopants`` are skipped, as in LLaMat.
+    """
+    out: list[str] = []
+    for did, bids in entry.get("dopants2basemats", {}).items():
+        for bid in bids:
+            base = entry.get("basemats", {}).get(bid)
+            dopant = entry.get("dopants", {}).get(did)
+            if base is None or dopant is None:
+                continue
+            out += [f"{b} {d}" for b in base.split(" ") for d in dopant.split(" ") if b and d]
+    return out
+
+
+def triplet_counts(gold: Sequence[str], pred: Sequence[str]) -> tuple[int, int, int]:
+    """``(n_correct, n_pred, n_gold)``: gold triplets (with repeats) found among the predicted."""
+    pred_set = set(pred)
+    return sum(1 for t in gold if t in pred_set), len(pred), len(gold)
+
+
+def triplet_rates(n_correct: int, n_pred: int, n_gold: int) -> dict[str, Rate]:
+    """Link precision n_correct/n_pred, recall n_correct/n_gold, F1 (0 when either is 0)."""
+    p = n_correct / n_pred if n_pred else 0.0
+    r = n_correct / n_gold if n_gold else 0.0
+    f1 = 2 * p * r / (p + r) if p and r else 0.0
+    return {
+        "precision": Rate(p, n_correct, n_pred, "links: correct / predicted triplets"),
+        "recall": Rate(r, n_correct, n_gold, "links: correct / gold triplets"),
+        "f1": Rate(f1, 2 * n_correct, n_pred + n_gold, "links: 2 correct / (predicted + gold)"),
+    }
+
+
+def jaro_winkler(gold: str, pred: str, *, long_tolerance: bool = False) -> float:
+    """Jaro-Winkler similarity (jellyfish), as LLaMat computes it on ``str()`` of the structures."""
+    return float(jellyfish.jaro_winkler_similarity(gold, pred, long_tolerance=long_tolerance))
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list | tuple):
+        return " ".join(_as_text(v) for v in value)
+    return "" if value is None else str(value)
+
+
+def normalize_doping(pred: Any) -> dict[str, Any]:
+    """A predicted doping dict reduced to the typed shape the metrics read.
+
+    Entity values become strings (lists joined), an entity list becomes a dict keyed by position,
+    link targets become lists of string ids, anything else becomes empty.
+    """
+    pred = pred if isinstance(pred, dict) else {}
+    out: dict[str, Any] = {}
+    for key in ("basemats", "dopants"):
+        ents = pred.get(key, {})
+        if isinstance(ents, list):
+            ents = {str(i): v for i, v in enumerate(ents)}
+        out[key] = {str(k): _as_text(v) for k, v in ents.items()} if isinstance(ents, dict) else {}
+    links = pred.get("dopants2basemats", {})
+    norm_links: dict[str, list[str]] = {}
+    if isinstance(links, dict):
+        for did, bids in links.items():
+            bids = bids if isinstance(bids, list) else [bids]
+            norm_links[str(did)] = [str(b) for b in bids if b is not None]
+    out["dopants2basemats"] = norm_links
+    return out
+
+
+def score_doping(
+    golds: Sequence[dict[str, Any]],
+    preds: Sequence[Any | None],
+    *,
+    skip_unparsable: bool = False,
+) -> dict[str, Any]:
+    """Doping scores over annotated sentences, plus a separate count for unannotated ones.
+
+    Args:
+        golds: Gold answers (dicts with ``basemats``, ``dopants``, ``dopants2basemats``).
+        preds: Parsed predictions, ``None`` where the output was unparsable.
+        skip_unparsable: Leave unparsable outputs out of every score (LLaMat's doping script)
+            instead of scoring them as empty predictions with similarity 0.
+
+    Returns:
+        ``{"metrics": {...Rate...}, "counts": {...}}``.
+    """
+    counts = {"n_examples": len(golds), "n_annotated": 0, "n_scored": 0, "n_unparsable": 0}
+    totals = {k: PRF() for k in ("basemats", "dopants")}
+    trip = [0, 0, 0]
+    sims: list[float] = []
+    exact = 0
+    empty_gold = {"n": 0, "pred_empty": 0, "pred_nonempty": 0, "unparsable": 0}
+    for gold, pred in zip(golds, preds, strict=True):
+        if all(not gold.get(k) for k in DOPING_KEYS):
+            empty_gold["n"] += 1
+            if pred is None:
+                empty_gold["unparsable"] += 1
+            elif any(normalize_doping(pred)[k] for k in DOPING_KEYS):
+                empty_gold["pred_nonempty"] += 1
+            else:
+                empty_gold["pred_empty"] += 1
+            continue
+        counts["n_annotated"] += 1
+        if pred is None:
+            counts["n_unparsable"] += 1
+            if skip_unparsable:
+                continue
+        counts["n_scored"] += 1
+        norm = normalize_doping(pred)
+        for key in totals:
+            totals[key] += word_counts(doping_words(gold[key]), doping_words(norm[key]))
+        c, n_p, n_g = triplet_counts(doping_triplets(gold), doping_triplets(norm))
+        trip = [trip[0] + c, trip[1] + n_p, trip[2] + n_g]
+        if pred is None:
+            sims.append(0.0)
+            continue
+        # LLaMat compares str() of the prediction after adding absent keys as empty lists.
+        filled = dict(pred)
+        for key in DOPING_KEYS:
+            filled.setdefault(key, [])
+        sims.append(jaro_winkler(str(gold), str(filled)))
+        exact += int(pred == gold)
+    n = counts["n_scored"]
+    metrics: dict[str, Rate] = {}
+    for key, prf in totals.items():
+        for name, rate in prf.rates(f"{key} words").items():
+            metrics[f"{key}_{name}"] = rate
+    for name, rate in triplet_rates(*trip).items():
+        metrics[f"triplets_{name}"] = rate
+    metrics["similarity"] = ratio(sum(sims), n, "mean Jaro-Winkler over scored sentences")
+    metrics["exact_match"] = ratio(exact, n, "exact dict matches / scored sentences")
+    metrics["parsable"] = ratio(
+        counts["n_annotated"] - counts["n_unparsable"], counts["n_annotated"], "parsed / annotated sentences"
+    )
+    counts["empty_gold"] = empty_gold
+    return {"metrics": metrics, "counts": counts}
+
+
+# ------------------------------------------------------------------------------------- mof1 / mof2
+
+
+def entity_words(text: str) -> list[str]:
+    """Words of one entity string: split on spaces, stripped, blanks dropped."""
+    return [w for w in (p.strip() for p in text.split(" ")) if w]
+
+
+def entity_word_sets(records: Sequence[dict[str, Any]], spec: TaskSpec) -> dict[str, set[str]]:
+    """Word sets per entity type and ``root|||word`` link sets per ``root|||type``.
+
+    The root (``formula`` / ``name_of_mof``) links as one whole string, only when it is a
+    non-empty string; self-links (a word equal to the root) are left out.
+    """
+    non_root = [k for k in spec.entity_keys if k != spec.root_key]
+    link_keys = [f"{spec.root_key}{LINK_DELIMITER}{k}" for k in non_root]
+    out: dict[str, set[str]] = {k: set() for k in list(spec.entity_keys) + link_keys}
+    for rec in records:
+        for key in spec.entity_keys:
+            for text in _strings(rec.get(key, "")):
+                out[key].update(entity_words(text))
+        root = rec.get(spec.root_key, "")
+        if not (isinstance(root, str) and root):
+            continue
+        for key in non_root:
+            words = [w for text in _strings(rec.get(key, "")) for w in entity_words(text)]
+            out[f"{spec.root_key}{LINK_DELIMITER}{key}"].update(
+                f"{root}{LINK_DELIMITER}{w}" for w in words if w != root
+            )
+    return out
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value] if value else []
+    if isinstance(value, list):
+        return [v for v in value if isinstance(v, str) and v]
+    return []
+
+
+def set_counts(gold: set[str], pred: set[str]) -> PRF:
+    """TP = |gold & pred|, FP = |pred - gold|, FN = |gold - pred|."""
+    tp = len(gold & pred)
+    return PRF(tp, len(pred) - tp, len(gold) - tp)
+
+
+def normalize_records(pred: Any, spec: TaskSpec) -> list[dict[str, Any]]:
+    """Predicted records in the task's schema, as LLaMat prepares them before scoring.
+
+    Non-dict items are dropped, absent keys are filled (``""`` for string keys, ``[""]`` for
+    list keys), keys outside the schema are removed, non-string scalars become strings.
+    """
+    if not isinstance(pred, list):
+        return []
+    out = []
+    for rec in pred:
+        if not isinstance(rec, dict):
+            continue
+        clean: dict[str, Any] = {}
+        for key in spec.entity_keys:
+            val = rec.get(key, "" if key in spec.string_keys else [""])
+            if isinstance(val, list):
+                val = [v if isinstance(v, str) else _as_text(v) for v in val]
+            elif not isinstance(val, str):
+                val = _as_text(val)
+            clean[key] = val
+        out.append(clean)
+    return out
+
+
+def records_equivalent(gold: Sequence[dict[str, Any]], pred: Sequence[dict[str, Any]]) -> bool:
+    """LLaMat exact match: records sorted by ``formula`` (stable), keys sorted, ``str()`` equal."""
+
+    def canon(records: Sequence[dict[str, Any]]) -> str:
+        ordered = sorted(records, key=lambda r: str(r.get("formula", "")))
+        return str([dict(sorted(r.items())) for r in ordered])
+
+    return canon(gold) == canon(pred)
+
+
+def score_entities(
+    golds: Sequence[list[dict[str, Any]]],
+    preds: Sequence[Any | None],
+    spec: TaskSpec,
+    *,
+    skip_unparsable: bool = False,
+) -> dict[str, Any]:
+    """mof1 / mof2 scores over abstracts with at least one gold record.
+
+    Args:
+        golds: Gold record lists.
+        preds: Parsed predictions (lists of records), ``None`` where unparsable.
+        spec: The task (entity keys and root).
+        skip_unparsable: Leave unparsable outputs out (LLaMat's mof1 script) instead of scoring
+            them as empty predictions.
+
+    Returns:
+        ``{"metrics": {...}, "counts": {...}}``; ``parsable`` counts outputs that parsed to a
+        non-empty record list, as LLaMat's mof scripts do.
+    """
+    non_root = [k for k in spec.entity_keys if k != spec.root_key]
+    link_keys = [f"{spec.root_key}{LINK_DELIMITER}{k}" for k in non_root]
+    ent = {k: PRF() for k in spec.entity_keys}
+    links = {k: [0, 0, 0] for k in link_keys}
+    counts = {"n_examples": len(golds), "n_annotated": 0, "n_scored": 0, "n_unparsable": 0, "n_empty_pred": 0}
+    sims: list[float] = []
+    exact = 0
+    empty_gold = {"n": 0, "pred_empty": 0, "pred_nonempty": 0, "unparsable": 0}
+    for gold, pred in zip(golds, preds, strict=True):
+        if gold == []:
+            empty_gold["n"] += 1
+            key = "unparsable" if pred is None else ("pred_nonempty" if normalize_records(pred, spec) else "pred_empty")
+            empty_gold[key] += 1
+            continue
+        counts["n_annotated"] += 1
+        if pred is None:
+            counts["n_unparsable"] += 1
+            if skip_unparsable:
+                continue
+        counts["n_scored"] += 1
+        norm = normalize_records(pred, spec)
+        if pred is not None and not norm:
+            counts["n_empty_pred"] += 1
+        gold_sets = entity_word_sets(gold, spec)
+        pred_sets = entity_word_sets(norm, spec)
+        for key in spec.entity_keys:
+            ent[key] += set_counts(gold_sets[key], pred_sets[key])
+        for key in link_keys:
+            c = len(gold_sets[key] & pred_sets[key])
+            links[key] = [links[key][0] + c, links[key][1] + len(pred_sets[key]), links[key][2] + len(gold_sets[key])]
+        sims.append(0.0 if pred is None else jaro_winkler(str(gold), str(pred), long_tolerance=True))
+        exact += int(pred is not None and records_equivalent(normalize_records(gold, spec), norm))
+    n = counts["n_scored"]
+    metrics: dict[str, Rate] = {}
+    for key, prf in ent.items():
+        for name, rate in prf.rates(f"{key} words").items():
+            metrics[f"{key}_{name}"] = rate
+    for key, (c, n_p, n_g) in links.items():
+        short = key.replace(LINK_DELIMITER, "->")
+        if n_g == 0:
+            metrics[f"link:{short}_f1"] = Rate(None, 2 * c, n_p + n_g, "undefined: no gold links")
+            continue
+        rates = triplet_rates(c, n_p, n_g)
+        metrics[f"link:{short}_f1"] = Rate(rates["f1"].value, 2 * c, n_p + n_g, f"links {short}: P={rates['precision'].value:.3f} R={rates['recall'].value:.3f}")
+    metrics["similarity"] = ratio(sum(sims), n, "mean Jaro-Winkler over scored abstracts")
+    metrics["exact_match"] = ratio(exact, n, "exact record-list matches / scored abstracts")
+    metrics["parsable"] = ratio(
+        counts["n_annotated"] - counts["n_unparsable"] - counts["n_empty_pred"],
+        counts["n_annotated"],
+        "outputs parsed to >=1 record / annotated abstracts",
+    )
+    counts["empty_gold"] = empty_gold
+    return {"metrics": metrics, "counts": counts}
+
+
+# ----------------------------------------------------------------------------------------- discomat
+
+DISCOMAT_GROUPS: dict[str, tuple[tuple[str, ...], bool]] = {
+    # group -> (answer keys, compare sorted?) ; LLaMat compares material-id indices as given
+    "gid": (("gid_row_index", "gid_col_index"), False),
+    "composition": (("composition_row_index", "composition_col_index"), True),
+    "chemical": (("chemical_row_index", "chemical_col_index"), True),
+}
+
+
+def binary_counts(y_true: Sequence[int], y_pred: Sequence[int]) -> PRF:
+    """Counts for the positive class 1 (sklearn ``f1_score`` semantics)."""
+    tp = sum(1 for t, p in zip(y_true, y_pred, strict=True) if t == 1 and p == 1)
+    fp = sum(1 for t, p in zip(y_true, y_pred, strict=True) if t != 1 and p == 1)
+    fn = sum(1 for t, p in zip(y_true, y_pred, strict=True) if t == 1 and p != 1)
+    return PRF(tp, fp, fn)
+
+
+def table_flag(pred: dict[str, Any] | None, key: str) -> int:
+    """The 0/1 flag a prediction gives for ``comp_table``/``regex_table`` (absent -> 0)."""
+    if not isinstance(pred, dict):
+        return 0
+    val = pred.get(key)
+    if isinstance(val, list):
+        val = val[0] if val else 0
+    return 1 if val == 1 else 0
+
+
+def index_match(gold: list[int], pred: Any, *, sort: bool) -> bool:
+    """Whether a predicted index list equals the gold one (absent/invalid -> no match)."""
+    if not isinstance(pred, list):
+        return False
+    if not sort:
+        return pred == gold
+    try:
+        return sorted(pred) == sorted(gold)
+    except TypeError:  # mixed types in the prediction
+        return False
+
+
+def score_discomat(
+    golds: Sequence[dict[str, Any]],
+    preds: Sequence[Any | None],
+    *,
+    skip_unparsable: bool = False,
+) -> dict[str, Any]:
+    """DiSCoMaT scores: exact match, table-type F1s and row/column F1s.
+
+    Args:
+        golds: Gold answer dicts.
+        preds: Parsed prediction dicts, ``None`` where unparsable.
+        skip_unparsable: Leave unparsable outputs out (LLaMat's discomat script) instead of
+            scoring them as empty predictions.
+    """
+    counts = {"n_examples": len(golds), "n_scored": 0, "n_unparsable": 0}
+    exact = 0
+    y: dict[str, tuple[list[int], list[int]]] = {k: ([], []) for k in ("comp_table", "regex_table", *DISCOMAT_GROUPS)}
+    for gold, pred in zip(golds, preds, strict=True):
+        if pred is None:
+            counts["n_unparsable"] += 1
+            if skip_unparsable:
+                continue
+        counts["n_scored"] += 1
+        exact += int(pred == gold)
+        for key in ("comp_table", "regex_table"):
+            y[key][0].append(gold[key][0])
+            y[key][1].append(table_flag(pred, key))
+        p = pred if isinstance(pred, dict) else {}
+        for group, (keys, sort) in DISCOMAT_GROUPS.items():
+            for key in keys:
+                if key in gold:
+                    y[group][0].append(1)
+                    y[group][1].append(int(index_match(gold[key], p.get(key, []), sort=sort)))
+    metrics: dict[str, Rate] = {}
+    metrics["exact_match"] = ratio(exact, counts["n_scored"], "exact dict matches / scored tables")
+    for key, (t, p) in y.items():
+        metrics[f"{key}_f1"] = binary_counts(t, p).rates(key)["f1"]
+    metrics["parsable"] = ratio(counts["n_examples"] - counts["n_unparsable"], counts["n_examples"], "parsed / tables")
+    return {"metrics": metrics, "counts": counts}
+
+
+# ------------------------------------------------------------------------------------------ dispatch
+
+
+def score_task(
+    spec: TaskSpec,
+    golds: Sequence[Any],
+    preds: Sequence[Any | None],
+    *,
+    skip_unparsable: bool = False,
+) -> dict[str, Any]:
+    """Score parsed predictions against gold answers with the task's LLaMat metrics."""
+    if len(golds) != len(preds):
+        raise ValueError(f"{len(golds)} gold answers but {len(preds)} predictions")
+    if spec.kind == "doping":
+        return score_doping(golds, preds, skip_unparsable=skip_unparsable)
+    if spec.kind == "entities":
+        return score_entities(golds, preds, spec, skip_unparsable=skip_unparsable)
+    if spec.kind == "discomat":
+        return score_discomat(golds, preds, skip_unparsable=skip_unparsable)
+    raise ValueError(f"unknown task kind {spec.kind!r}")
+
+
+HEADLINE: dict[str, tuple[str, ...]] = {
+    # The columns LLaMat's papers report for each task.
+    "doping": ("basemats_f1", "dopants_f1", "triplets_f1", "similarity", "exact_match", "parsable"),
+    "mof1": ("name_f1", "formula_f1", "acronym_f1", "description_f1", "structure_or_phase_f1", "applications_f1", "exact_match", "parsable"),
+    "mof2": ("name_of_mof_f1", "mof_formula_f1", "mof_description_f1", "guest_species_f1", "applications_f1", "exact_match", "parsable"),
+    "discomat": ("comp_table_f1", "regex_table_f1", "composition_f1", "chemical_f1", "gid_f1", "exact_match", "parsable"),
+}
+
+__all__ = [
+    "HEADLINE",
+    "PRF",
+    "Rate",
+    "binary_counts",
+    "doping_triplets",
+    "doping_words",
+    "entity_word_sets",
+    "is_empty_answer",
+    "jaro_winkler",
+    "normalize_doping",
+    "normalize_records",
+    "records_equivalent",
+    "score_discomat",
+    "score_doping",
+    "score_entities",
+    "score_task",
+    "set_counts",
+    "triplet_counts",
+    "word_counts",
+]
