@@ -216,6 +216,18 @@ def test_csp_best_of_k(nacl, perovskite):
     assert out["csp_match_rate@1"].counts["targets_in_samples"] == 3
 
 
+@requires_data
+def test_symmetry_shortcut_matches_every_site(perovskite, small_set):
+    from llamat_cif.benchmarks.fingerprints import equivalent_site_groups, fingerprint_structure
+
+    assert sorted(len(g) for g in equivalent_site_groups(perovskite)) == [1, 1, 3]  # Sr, Ti, 3 O
+    for s in [perovskite, *small_set[2][:4]]:
+        fast, comp = fingerprint_structure(s)
+        full, comp_full = fingerprint_structure(s, symprec=None)
+        assert np.allclose(fast, full, atol=1e-3)
+        assert np.array_equal(np.nan_to_num(comp), np.nan_to_num(comp_full))
+
+
 # --------------------------------------------------------------------------- cache and CLI
 
 

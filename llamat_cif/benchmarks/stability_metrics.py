@@ -18,7 +18,10 @@ from llamat_cif.benchmarks.metric import Metric, rate
 
 
 def load_stability(run_dir: Path) -> tuple[pd.DataFrame | None, dict, dict]:
-    """``(stability table or None, stability summary, sun.json)`` from a run folder."""
+    """``(stability table or None, stability summary, sun.json)`` from a run folder.
+
+    The S.U.N. flags (``sun.parquet``: unique, novel, stable, sun...) are merged into the table by id.
+    """
     run_dir = Path(run_dir)
     table = None
     p = run_dir / "stability.parquet"
@@ -26,6 +29,13 @@ def load_stability(run_dir: Path) -> tuple[pd.DataFrame | None, dict, dict]:
         table = pd.read_parquet(p)
         if "id" in table.columns:
             table["id"] = table["id"].astype(str)
+            flags_path = run_dir / "sun.parquet"
+            if flags_path.exists():
+                flags = pd.read_parquet(flags_path)
+                keep = [c for c in ("id", "unique", "novel", "sun", "msun") if c in flags.columns]
+                if "id" in keep and len(keep) > 1:
+                    flags["id"] = flags["id"].astype(str)
+                    table = table.merge(flags[keep].drop_duplicates("id"), on="id", how="left")
     summary, sun = {}, {}
     for name, target in (("stability_summary.json", summary), ("sun.json", sun)):
         f = run_dir / name
@@ -78,35 +88,38 @@ def stability_rates(
     }
 
 
-def sun_rate(table: pd.DataFrame | None, sun: dict, n_generated: int) -> Metric | None:
-    """S.U.N. rate (stable, unique, novel over generated) from ``stability.parquet`` or ``sun.json``.
+def sun_rates(table: pd.DataFrame | None, sun: dict, n_generated: int) -> dict[str, Metric]:
+    """S.U.N. and related rates over all generated samples.
 
-    Boolean columns ``sun`` (or ``stable``, ``unique`` and ``novel`` together) in the table win;
-    else ``sun.json``'s count (``n_sun``/``sun``/``numerator``) over ``n_generated`` is used.
+    ``sun.json`` from the stability step (``{"sun": {"numerator", "denominator"}, "msun": ...}``) is
+    read first; otherwise boolean columns ``sun`` (or ``stable`` & ``unique`` & ``novel``) of the
+    stability / S.U.N. table are counted over ``n_generated``.
+
+    Returns:
+        ``{"sun_rate": ..., "msun_rate": ..., "unique_rate": ..., "novel_rate": ...}`` (those available).
     """
-    proto = {k: v for k, v in sun.items() if not isinstance(v, (list, dict))} if sun else {}
-    if table is not None:
-        cols = set(table.columns)
-        flags = None
-        if "sun" in cols:
-            flags = table["sun"].fillna(False).astype(bool)
-        elif {"stable", "unique", "novel"} <= cols:
-            flags = (table["stable"].fillna(False).astype(bool) & table["unique"].fillna(False).astype(bool)
-                     & table["novel"].fillna(False).astype(bool))
-        if flags is not None:
-            return rate("sun_rate", int(flags.sum()), n_generated, "generated",
-                        protocol={"source": "stability.parquet", **proto})
-    for key in ("n_sun", "sun", "numerator", "sun_count"):
-        v = sun.get(key)
-        if isinstance(v, (int, np.integer)) or (isinstance(v, float) and float(v).is_integer() and v >= 1):
-            den = sun.get("denominator") or sun.get("n_generated") or n_generated
-            return rate("sun_rate", int(v), int(den), "generated", protocol={"source": "sun.json", **proto})
-    if "sun_rate" in sun and isinstance(sun["sun_rate"], dict):
-        d = sun["sun_rate"]
-        if "numerator" in d and "denominator" in d:
-            return rate("sun_rate", int(d["numerator"]), int(d["denominator"]),
-                        str(d.get("denominator_name", "generated")), protocol={"source": "sun.json", **proto})
-    return None
+    proto = dict(sun.get("protocol", {})) if isinstance(sun.get("protocol"), dict) else {}
+    out: dict[str, Metric] = {}
+    for key in ("sun", "msun", "unique", "novel", "chemsys_novel"):
+        d = sun.get(key)
+        if isinstance(d, dict) and d.get("numerator") is not None and d.get("denominator"):
+            out[f"{key}_rate"] = rate(f"{key}_rate", int(d["numerator"]), int(d["denominator"]),
+                                      "generated", protocol={"source": "sun.json", **proto,
+                                                             **{k: v for k, v in d.items() if k not in
+                                                                ("numerator", "denominator", "rate")}})
+    if "sun_rate" in out or table is None:
+        return out
+    cols = set(table.columns)
+    flags = None
+    if "sun" in cols:
+        flags = table["sun"].fillna(False).astype(bool)
+    elif {"stable", "unique", "novel"} <= cols:
+        flags = (table["stable"].fillna(False).astype(bool) & table["unique"].fillna(False).astype(bool)
+                 & table["novel"].fillna(False).astype(bool))
+    if flags is not None:
+        out["sun_rate"] = rate("sun_rate", int(flags.sum()), n_generated, "generated",
+                               protocol={"source": "S.U.N. flags table"})
+    return out
 
 
 def funnel(

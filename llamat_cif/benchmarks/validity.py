@@ -53,6 +53,16 @@ def normalise_validity(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def run_validators(table: pd.DataFrame, column: str | None = None) -> tuple[pd.DataFrame, dict]:
+    """Run :func:`llamat_cif.validators.validate_table` (one process) and return ``(rows, summary)``."""
+    from llamat_cif.validators import validate_table  # imported late: a sibling package
+
+    out = validate_table(table, column=column)
+    if isinstance(out, tuple):
+        return out[0], dict(out[1])
+    return out, {}
+
+
 def load_or_compute_validity(run_dir: Path, samples: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     """Validity per sample, aligned with ``samples`` (by ``id``), plus its protocol.
 
@@ -74,9 +84,8 @@ def load_or_compute_validity(run_dir: Path, samples: pd.DataFrame) -> tuple[pd.D
                 pass
         protocol["source"] = str(path.name)
     else:
-        from llamat_cif.validators import validate_table  # imported late: a sibling package
-
-        table = validate_table(samples)
+        table, summary = run_validators(samples)
+        protocol.update({k: summary[k] for k in ("thresholds", "protocol", "versions") if k in summary})
         protocol["source"] = "computed by llamat_cif.validators.validate_table"
     v = normalise_validity(table)
     if "id" in v.columns and "id" in samples.columns:
