@@ -219,7 +219,7 @@ def compositional_validity(
     details: dict = {"oxidation_states": ox_set}
     if not amounts:
         return CheckResult(False, "empty composition", details)
-    if any(not math.isfinite(v) or abs(v - round(v)) > 1e-6 for v in amounts.values()):
+    if any(not math.isfinite(v) or abs(v - round(v)) > 1e-6 or round(v) < 1 for v in amounts.values()):
         return CheckResult(False, "non-integer element counts (partial occupancy?)", details)
     from pymatgen.core import Element
 

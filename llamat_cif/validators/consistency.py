@@ -31,6 +31,17 @@ from llamat_cif.validators.result import CheckResult
 _ELEMENT_PREFIX = re.compile(r"^([A-Z][a-z]?)")
 
 
+def _as_int(x: Any) -> int | None:
+    """A CIF number as an int (``None`` for non-numbers, NaN, inf, fractions)."""
+    try:
+        v = float(str(x).split("(")[0])
+    except (TypeError, ValueError):
+        return None
+    if not math.isfinite(v) or v != int(v) or abs(v) > 1e9:
+        return None
+    return int(v)
+
+
 def _first(cif_data: dict[str, Any] | None, *tags: str) -> Any:
     if not cif_data:
         return None
@@ -68,24 +79,15 @@ def stated_formulas(cif_text: str, cif_data: dict[str, Any] | None) -> dict[str,
 def stated_spacegroup(cif_data: dict[str, Any] | None) -> int | None:
     """International Tables number the CIF states (number tags first, then the H-M symbol)."""
     v = _first(cif_data, "_symmetry_Int_Tables_number", "_space_group_IT_number")
-    if v is not None:
-        try:
-            n = int(float(str(v)))
-            if 1 <= n <= 230:
-                return n
-        except ValueError:
-            pass
+    n = _as_int(v) if v is not None else None
+    if n is not None and 1 <= n <= 230:
+        return n
     sym = _first(cif_data, "_symmetry_space_group_name_H-M", "_space_group_name_H-M_alt")
     if sym:
-        from pymatgen.symmetry.groups import SpaceGroup
+        from llamat_cif.validators._symmetry import spacegroup
 
-        try:
-            return SpaceGroup(str(sym).strip().strip("'\"")).int_number
-        except Exception:  # noqa: BLE001
-            try:
-                return SpaceGroup(str(sym).replace(" ", "").strip("'\"")).int_number
-            except Exception:  # noqa: BLE001
-                return None
+        sg = spacegroup(str(sym))
+        return int(sg.int_number) if sg is not None else None
     return None
 
 
@@ -100,11 +102,8 @@ def stated_multiplicities(cif_data: dict[str, Any] | None) -> dict[str, int] | N
     out: dict[str, int] = {}
     for s, m in zip(syms, mults, strict=True):
         em = _ELEMENT_PREFIX.match(str(s).strip())
-        try:
-            k = int(float(str(m)))
-        except ValueError:
-            return None
-        if not em:
+        k = _as_int(m)
+        if not em or k is None:
             return None
         out[em.group(1)] = out.get(em.group(1), 0) + k
     return out

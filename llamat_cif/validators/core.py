@@ -171,7 +171,8 @@ def _run_checks(row: dict[str, Any], text: Any, fmt: str | None, target_formula:
         row["spacegroup"] = sg
         sc = self_consistency(parsed_text(text) if parsed.fmt == "cif" else None, s, cif_data=parsed.cif_data,
                               symprec=t.symprec, detected_spacegroup=sg, p1_is_claim=t.p1_is_claim,
-                              check_bonds=t.check_bonds, bond_tolerance=t.bond_tolerance,
+                              # bonds of overlapping atoms mean nothing and make CrystalNN slow
+                              check_bonds=t.check_bonds and bool(sv.ok), bond_tolerance=t.bond_tolerance,
                               h_factor=t.h_factor, min_bond_score=t.min_bond_score)
         for k in ("formula_consistent", "multiplicity_consistent", "spacegroup_consistent",
                   "stated_spacegroup", "n_bonds"):

@@ -70,6 +70,9 @@ def _parse_cif(text: str, out: Parsed) -> None:
     if (problem := _stated_cell_problem(text)) is not None:
         out.error = problem
         return
+    from llamat_cif.validators._symmetry import keep_alive_for
+
+    keep_alive_for(text)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
