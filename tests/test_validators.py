@@ -388,8 +388,9 @@ def test_pool_kills_a_structure_that_overruns(nacl):
     from llamat_cif.validators.core import Thresholds
     from llamat_cif.validators.pool import ValidationPool
 
-    rng = np.random.default_rng(0)
-    big = Structure(Lattice.cubic(40.0), ["Si"] * 600, rng.random((600, 3)))  # CrystalNN: tens of seconds
+    # 576 Si on a 2.4 Å grid: structurally valid, so CrystalNN runs on every site (tens of seconds)
+    grid = np.array([[i, j, k] for i in range(8) for j in range(8) for k in range(9)], dtype=float)
+    big = Structure(Lattice.orthorhombic(19.2, 19.2, 21.6), ["Si"] * len(grid), grid / [8, 8, 9])
     tasks = [(0, {"id": "ok", "text": _cif(nacl)}), (1, {"id": "slow", "text": _cif(big)}),
              (2, {"id": "ok2", "text": _cif(nacl)})]
     with ValidationPool(1, Thresholds(), timeout_s=1.0, soft_timeout_s=None, batch_size=3) as pool:
