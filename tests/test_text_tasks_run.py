@@ -165,3 +165,24 @@ def test_cli_rejects_untrainable_task(tmp_path):
 
     r = CliRunner().invoke(main, ["text", "train", "--task", "discomat", "--out", str(tmp_path)])
     assert r.exit_code != 0
+
+
+def test_cli_lora_on_local_base_then_eval_adapter(tiny_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from llamat_cif.cli import main
+
+    run = tmp_path / "lora"
+    r = CliRunner().invoke(main, ["text", "train", "--task", "doping", "--base-model", str(tiny_dir), "--limit", "6",
+                                  "--max-steps", "1", "--batch-size", "2", "--val-fraction", "0", "--no-progress",
+                                  "--out", str(run)])
+    assert r.exit_code == 0, r.output
+    adapter = run / "final"
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    assert Path(cfg["base_model_name_or_path"]).resolve() == tiny_dir.resolve() and cfg["r"] == 8
+    tcfg = json.loads((run / "train_config.json").read_text())
+    assert 0 < tcfg["resolved"]["trainable_params"] < tcfg["resolved"]["params"]
+    r = CliRunner().invoke(main, ["text", "eval", "--task", "doping", "--model", str(adapter), "--limit", "2",
+                                  "--max-new-tokens", "3", "--no-progress", "--out", str(tmp_path / "ev")])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "ev" / "config.json").read_text())["is_peft_adapter"] is True
