@@ -268,13 +268,18 @@ def test_cli_benchmark_end_to_end(tmp_path, monkeypatch):
                   "valid": ok}).to_parquet(run / "validity.parquet")
     out = tmp_path / "bench"
     res = CliRunner().invoke(main, ["benchmark", "--samples", str(run), "--reference", "mp20-test",
-                                    "--reference-limit", "12", "--out", str(out), "--seed", "3"])
+                                    "--reference-limit", "12", "--out", str(out), "--seed", "3",
+                                    "--fingerprint-scope", "parsed"])
     assert res.exit_code == 0, res.output
     metrics = json.loads((out / "metrics.json").read_text())
     m = metrics["metrics"]
     assert (m["valid_rate"]["numerator"], m["valid_rate"]["denominator"]) == (12, 14)
     assert (m["coverage_recall"]["numerator"], m["coverage_recall"]["denominator"]) == (12, 12)
     assert (m["coverage_precision"]["numerator"], m["coverage_precision"]["denominator"]) == (12, 12)
+    # CDVAE's denominator: all generated samples, the two undecodable ones included
+    assert (m["coverage_cdvae_precision"]["numerator"], m["coverage_cdvae_precision"]["denominator"]) == (12, 14)
+    assert m["coverage_crystal_text_llm_recall"]["value"] == 1.0
+    assert m["coverage_crystal_text_llm_recall"]["denominator"] <= 12
     assert m["wdist_density"]["value"] == pytest.approx(0.0, abs=1e-9)
     assert metrics["protocol"]["seed"] == 3
     assert metrics["protocol"]["coverage"]["struct_cutoff"] == 0.4

@@ -57,6 +57,8 @@ def structure_table(
     *,
     cache: str | os.PathLike | None = None,
     use_cache: bool = True,
+    show_progress: bool = False,
+    label: str = "parsing structures",
 ) -> pd.DataFrame:
     """Describe every structure of a set (row-aligned), cached beside its fingerprints.
 
@@ -69,7 +71,12 @@ def structure_table(
         df = pd.read_parquet(path)
         if len(df) == len(cifs):
             return df
-    df = pd.DataFrame([describe_cif(c) for c in cifs], columns=TABLE_COLUMNS)
+    it = cifs
+    if show_progress and len(cifs) > 500:
+        from rich.progress import track
+
+        it = track(cifs, description=label, transient=True)
+    df = pd.DataFrame([describe_cif(c) for c in it], columns=TABLE_COLUMNS)
     if use_cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")

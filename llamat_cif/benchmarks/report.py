@@ -238,8 +238,8 @@ def write_report(
         f"Reference: **{ref_name}** ({result['reference']['n_with_fingerprint']} with fingerprints)  ",
         f"Samples: {s['used']} used of {s['in_file']} in samples.csv; parsed {s['parsed']}, valid {s['valid']}, "
         f"fingerprinted {s['fingerprinted']}  ",
-        f"Seed {p['seed']}; wall time {p['wall_time_s']} s on {p['hardware']['cpu']} "
-        f"({p['hardware']['cpu_count']} CPUs)",
+        f"Seed {p['seed']}; metrics computed in {p['wall_time_s']} s (figures not included) on "
+        f"{p['hardware']['cpu']} ({p['hardware']['cpu_count']} CPUs)",
         "",
         "## Metrics",
         "",

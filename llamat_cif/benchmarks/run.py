@@ -180,8 +180,10 @@ def run_benchmark(cfg: BenchmarkConfig, *, show_progress: bool = True) -> dict[s
 
     # ---- descriptors (cached) and fingerprints (cached)
     gen_cifs = samples["cif"].tolist()
-    gen_tab = structure_table(gen_cifs, cache=cfg.cache_dir)
-    ref_tab = structure_table(ref_cifs, cache=cfg.cache_dir)
+    gen_tab = structure_table(gen_cifs, cache=cfg.cache_dir, show_progress=show_progress,
+                              label="parsing samples")
+    ref_tab = structure_table(ref_cifs, cache=cfg.cache_dir, show_progress=show_progress,
+                              label=f"parsing {cfg.reference}")
     t = lap("structure_tables", t)
     say(f"reference {cfg.reference}: {len(ref)} structures; fingerprinting (cached per set)")
     ref_fp = compute_fingerprints(ref_cifs, cache=cfg.cache_dir, show_progress=show_progress,
@@ -258,8 +260,10 @@ def run_benchmark(cfg: BenchmarkConfig, *, show_progress: bool = True) -> dict[s
     sun_metrics = sun_rates(stab, sun, n_gen)
     metrics.update(sun_metrics)
     sun_metric = sun_metrics.get("sun_rate")
-    steps = funnel(n_gen, validity, stab, sun=sun_metric, metastable_threshold=cfg.metastable_threshold,
-                   stable_threshold=cfg.stable_threshold) if stab is not None else None
+    steps = _screen_funnel(run_dir, n_gen)
+    if steps is None and stab is not None:
+        steps = funnel(n_gen, validity, stab, sun=sun_metric, metastable_threshold=cfg.metastable_threshold,
+                       stable_threshold=cfg.stable_threshold)
     t = lap("stability", t)
 
     # ---- CSP for formula-conditioned samples
@@ -267,7 +271,7 @@ def run_benchmark(cfg: BenchmarkConfig, *, show_progress: bool = True) -> dict[s
         say("formula-conditioned samples: CSP match rate (StructureMatcher)")
         csp_in = samples.assign(valid=valid)
         ref_csp = ref.assign(formula=ref_tab["formula"].values)
-        metrics.update(csp_match(csp_in, ref_csp, ks=cfg.csp_ks))
+        metrics.update(_csp_with_progress(csp_in, ref_csp, cfg.csp_ks, show_progress))
         t = lap("csp", t)
 
     wall = time.perf_counter() - t0
@@ -308,6 +312,33 @@ def run_benchmark(cfg: BenchmarkConfig, *, show_progress: bool = True) -> dict[s
         result["protocol"]["wall_time_s"] = round(time.perf_counter() - t0, 2)
         (out / "metrics.json").write_text(json.dumps(result, indent=2, default=_json_default))
     return result
+
+
+def _csp_with_progress(samples: pd.DataFrame, ref: pd.DataFrame, ks: tuple[int, ...],
+                       show: bool) -> dict[str, Metric]:
+    if not show:
+        return csp_match(samples, ref, ks=ks)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("CSP targets"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  transient=True) as bar:
+        task = bar.add_task("csp", total=None)
+        return csp_match(samples, ref, ks=ks,
+                         progress=lambda done, total: bar.update(task, completed=done, total=total))
+
+
+def _screen_funnel(run_dir: Path, n_gen: int) -> list[tuple[str, int]] | None:
+    """The screen's own funnel (``funnel.json``) when it covers exactly the samples benchmarked."""
+    path = Path(run_dir) / "funnel.json"
+    if not path.exists():
+        return None
+    try:
+        stages = json.loads(path.read_text()).get("stages", [])
+        steps = [(str(st["stage"]), int(st["numerator"])) for st in stages]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    # a subsampled benchmark (--max-samples) no longer matches the screen's counts
+    return steps if steps and steps[0][1] == n_gen else None
 
 
 def _json_default(o: Any) -> Any:
