@@ -91,7 +91,9 @@ class TrainConfig:
     keep_checkpoints: int = 2
     log_every: int = 10
     seed: int = 0
-    precision: str = "auto"  # auto | bf16 | fp32 (bf16 = autocast; master weights stay fp32)
+    # auto | bf16 | fp32; bf16 = autocast, master weights stay fp32. auto = bf16 on GPUs and on CPUs
+    # with native bf16 only: on AVX2 CPUs bf16 is emulated and measured 2.5-4x slower than fp32
+    precision: str = "auto"
     block_size: int = CONTEXT_LENGTH
     num_workers: int = 0
     # bf16 halves the saved size (the shipped model must stay under ~24 MB); "fp32" keeps it exact
@@ -450,17 +452,32 @@ def lr_at(step: int, config: TrainConfig) -> float:
     return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` -> ``bf16`` where bf16 autocast is fast (CUDA with bf16, any CPU), else ``fp32``.
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere it is emulated."""
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        fn = getattr(torch.cpu, probe, None)
+        try:
+            if fn is not None and fn():
+                return True
+        except RuntimeError:
+            continue
+    return False
 
-    On the 2-core CPUs of this project bf16 autocast measured ~1.9x the fp32 throughput for the
-    ``small`` model (see the module report); on GPUs without bf16 we fall back to fp32.
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> ``bf16`` where bf16 autocast is fast, else ``fp32``.
+
+    Fast means a CUDA GPU with bf16, or a CPU with native bf16 (AVX512-BF16/AMX). On the AVX2-only
+    2-core machines of this project bf16 autocast measured 2.5-4x *slower* than fp32 for the
+    ``small`` model (oneDNN emulates bf16 there), so ``auto`` picks fp32 on such CPUs.
     """
     if precision != "auto":
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if device.type == "cpu" else "fp32"
+    if device.type == "cpu":
+        return "bf16" if cpu_has_fast_bf16() else "fp32"
+    return "fp32"
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -868,7 +885,8 @@ def train_from_corpus(
 
     From scratch, the corpus' own token arrays and tokenizer are used. Continuing a checkpoint with
     a different tokenizer, the documents (``documents.train.jsonl``) are re-tokenized with the
-    checkpoint's tokenizer and 2% of them held out for validation. With ``text_dir``, plain-text
+    checkpoint's tokenizer (``documents.val.jsonl`` for validation, else 2% of the training
+    documents held out). With ``text_dir``, plain-text
     files make up ``text_fraction`` of the training blocks.
     """
     corpus_dir = Path(corpus_dir)
@@ -887,12 +905,14 @@ def train_from_corpus(
         if (corpus_dir / "val.tokens.npy").is_file():
             val_stream = PackedStream(*load_corpus_arrays(corpus_dir, "val"), bs, shuffle=False)
     else:
-        docs = read_documents(corpus_dir, "train")
-        n_val = max(1, len(docs) // 50)
-        rng = np.random.default_rng(config.seed)
-        order = rng.permutation(len(docs))
-        val_docs = [docs[i] for i in order[:n_val]]
-        train_docs = [docs[i] for i in order[n_val:]]
+        train_docs = read_documents(corpus_dir, "train")
+        if (corpus_dir / "documents.val.jsonl").is_file():
+            val_docs = read_documents(corpus_dir, "val")
+        else:  # hold out 2% of the training documents
+            n_val = max(1, len(train_docs) // 50)
+            order = np.random.default_rng(config.seed).permutation(len(train_docs))
+            val_docs = [train_docs[i] for i in order[:n_val]]
+            train_docs = [train_docs[i] for i in order[n_val:]]
         train_stream = PackedStream.from_texts(train_docs, tokenizer, bs, seed=config.seed)
         val_stream = PackedStream.from_texts(val_docs, tokenizer, bs, shuffle=False)
         describe["retokenized"] = {"train_docs": len(train_docs), "val_docs": len(val_docs)}

@@ -26,7 +26,7 @@ from llamat_cif.cli._common import console, data_dir_option, fail, seed_option
 @click.option("--weight-decay", type=float, default=None, help="AdamW weight decay [0.1; LoRA 0].")
 @click.option("--block-size", type=int, default=1024, show_default=True, help="Sequence length.")
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default="auto", show_default=True,
-              help="bf16 autocast (auto: on CPUs and bf16 GPUs).")
+              help="bf16 autocast (auto: on bf16 GPUs and CPUs with native bf16; fp32 on AVX2-only CPUs).")
 @click.option("--save-dtype", type=click.Choice(["bf16", "fp32"]), default=None,
               help="dtype of the saved final weights [bf16; LoRA fp32].")
 @click.option("--eval-every", type=int, default=200, show_default=True)
