@@ -159,7 +159,7 @@ def test_pbe_potential_refused_on_mp_hull():
 
 
 def test_displaced_atoms_relax_back(chgnet, nacl):
-    cfg = RelaxConfig(fmax=0.02, max_steps=400)
+    cfg = RelaxConfig(fmax=0.05, max_steps=400)
     prim = nacl.get_primitive_structure()  # 2 atoms: fast, and a relative shift still costs energy
     ref = relax_structure(prim, chgnet, cfg, sid="ref")
     assert ref["error"] is None and ref["converged"]
@@ -172,8 +172,8 @@ def test_displaced_atoms_relax_back(chgnet, nacl):
     row = relax_structure(pushed, chgnet, cfg, sid="pushed")
     assert row["error"] is None
     assert row["converged"] is True and row["n_steps"] > 0
-    assert row["energy_initial_per_atom"] > row["energy_per_atom"] + 0.005  # pushing cost energy...
-    assert row["energy_per_atom"] == pytest.approx(ref["energy_per_atom"], abs=2e-3)  # ...relaxing gave it back
+    assert row["energy_initial_per_atom"] > row["energy_per_atom"] + 0.003  # pushing cost ~5 meV/atom...
+    assert row["energy_per_atom"] == pytest.approx(ref["energy_per_atom"], abs=1e-3)  # ...relaxing gave it back
     back = Structure.from_str(row["relaxed_cif"], fmt="cif")
     d_ref = relaxed_ref.distance_matrix[relaxed_ref.distance_matrix > 0].min()
     assert back.distance_matrix[back.distance_matrix > 0].min() == pytest.approx(d_ref, abs=0.02)
@@ -266,3 +266,22 @@ def test_compositional_novelty_vs_mp20():
     assert frozenset({"Na", "Cl"}) in systems
     assert frozenset({"He", "Ne"}) not in systems
     assert 1000 < len(systems) < 45229
+
+
+@requires_data
+def test_stability_cli_on_cif_folder(tmp_path, nacl):
+    from click.testing import CliRunner
+
+    from llamat_cif.cli import main
+
+    src = tmp_path / "cifs"
+    src.mkdir()
+    (src / "nacl.cif").write_text(nacl.to(fmt="cif"))
+    (src / "broken.cif").write_text("data_broken\n_cell_length_a 1\n")
+    res = CliRunner().invoke(main, ["stability", str(src), "--out", str(tmp_path / "out"), "--no-progress",
+                                    "--max-steps", "50"])
+    assert res.exit_code == 0, res.output
+    df = pd.read_parquet(tmp_path / "out" / "stability.parquet").set_index("id")
+    assert set(df.index) == {"nacl", "broken"}
+    assert df.loc["broken", "error"] and df.loc["nacl", "e_hull"] < 0.05
+    assert "E_hull < 0.1" in res.output
