@@ -77,6 +77,10 @@ class ScreenConfig:
 Hook = Callable[[str, str], None]  # (stage, message)
 
 
+class ScreenError(RuntimeError):
+    """A stage cannot run (e.g. no generator and no samples.csv)."""
+
+
 def run_screen(config: ScreenConfig, *, data_dir: str | Path | None = None, progress: bool = True,
                on_stage: Hook | None = None) -> dict:
     """Run (or resume) every stage and return the funnel dict (also ``out_dir/funnel.json``)."""
@@ -133,7 +137,13 @@ def stage_generate(config: ScreenConfig, *, progress: bool = True) -> pd.DataFra
         df = pd.read_csv(path, dtype={"id": str}, keep_default_na=False)
         if len(df) >= config.n:
             return df
-    from llamat_cif.sample import SampleConfig, generate
+    try:
+        from llamat_cif.sample import SampleConfig, generate
+    except ImportError as exc:
+        raise ScreenError(
+            f"cannot generate: {exc}. Put an existing samples.csv (columns id, text, fmt, cif, ...) "
+            f"into {config.out_dir} to screen it, or install the generation module."
+        ) from exc
 
     sc = SampleConfig(n=config.n, model=config.model, out_dir=str(config.out_dir), formula=config.formula,
                       spacegroup=config.spacegroup, temperature=config.temperature, top_p=config.top_p,

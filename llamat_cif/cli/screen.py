@@ -39,7 +39,7 @@ def screen(n, model, potential, out_dir, formula, spacegroup, temperature, top_p
     -> S.U.N. -> funnel. Each stage streams into --out; rerunning resumes.
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from llamat_cif.screen import ScreenConfig, run_screen
+    from llamat_cif.screen import ScreenConfig, ScreenError, run_screen
     from llamat_cif.stability import HullError, PotentialError, RelaxConfig
 
     cfg = ScreenConfig(n=n, out_dir=out_dir, model=model, potential=potential, seed=seed, formula=formula,
@@ -49,7 +49,7 @@ def screen(n, model, potential, out_dir, formula, spacegroup, temperature, top_p
     try:
         funnel = run_screen(cfg, data_dir=data_dir, progress=progress,
                             on_stage=lambda stage, msg: console.print(f"[bold]{stage}[/]: {msg}"))
-    except (PotentialError, HullError, FileNotFoundError) as exc:
+    except (PotentialError, HullError, ScreenError, FileNotFoundError) as exc:
         fail(str(exc))
     print_funnel(funnel)
     console.print(f"results in {out_dir}: samples.csv, validity.parquet, stability.parquet, sun.json, funnel.json")
