@@ -92,3 +92,18 @@ def test_screen_interrupted_and_resumed(tmp_path, samples, monkeypatch):
     sj = json.loads((tmp_path / "sun.json").read_text())
     assert sj["denominator_is"] == "all generated samples" and sj["sun"]["denominator"] == 6
     assert json.loads((tmp_path / "screen_config.json").read_text())["relax"]["optimizer"] == "FIRE"
+
+
+@requires_data
+@pytest.mark.slow
+def test_screen_end_to_end_with_generator(tmp_path):
+    """generate -> ... -> funnel with the shipped default model (needs llamat_cif.sample)."""
+    pytest.importorskip("llamat_cif.sample")
+    cfg = ScreenConfig(n=4, out_dir=str(tmp_path), batch_size=4, seed=0, relax=RelaxConfig(max_steps=100))
+    funnel = run_screen(cfg, progress=False)
+    samples = pd.read_csv(tmp_path / "samples.csv", dtype={"id": str})
+    assert len(samples) == 4 and not samples["id"].duplicated().any()
+    counts = [s["numerator"] for s in funnel["stages"]]
+    assert counts[0] == 4 and all(a >= b for a, b in zip(counts[:5], counts[1:6], strict=True))
+    again = run_screen(cfg, progress=False)  # a finished run resumes to the same funnel
+    assert [s["numerator"] for s in again["stages"]] == counts
