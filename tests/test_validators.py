@@ -296,6 +296,22 @@ def test_million_atoms_refused_before_building():
     assert r["parsed"] is False and "max_sites" in r["error"]
 
 
+def test_symmetry_blow_up_refused_before_expansion():
+    import random
+    import time
+
+    rng = random.Random(0)
+    head = ("data_x\n_symmetry_space_group_name_H-M Fm-3m\n_cell_length_a 30\n_cell_length_b 30\n_cell_length_c 30\n"
+            "_cell_angle_alpha 90\n_cell_angle_beta 90\n_cell_angle_gamma 90\nloop_\n_atom_site_type_symbol\n"
+            "_atom_site_label\n_atom_site_fract_x\n_atom_site_fract_y\n_atom_site_fract_z\n_atom_site_occupancy\n")
+    rows = "".join(f"Na Na{i} {rng.random():.4f} {rng.random():.4f} {rng.random():.4f} 1\n" for i in range(60))
+    validate_one(head + "Na Na0 0 0 0 1\n", check_bonds=False)  # builds Fm-3m once
+    t0 = time.perf_counter()
+    r = validate_one(head + rows, check_bonds=False)
+    assert time.perf_counter() - t0 < 2.0  # pymatgen's own expansion takes ~20 s here
+    assert r["parsed"] is False and "symmetry expansion" in r["error"]
+
+
 def test_partial_occupancy_is_an_error_row(nacl):
     s = nacl.copy()
     s.replace_species({"Na": {"Na": 0.5, "K": 0.5}})
@@ -410,3 +426,27 @@ def test_real_mp20_rows_are_valid():
     assert s["parsed"] == 40 and s["structurally_valid"] == 40
     assert 28 <= s["compositionally_valid"] <= 40
     assert rows["self_consistent"].fillna(False).all()
+
+
+@pytest.mark.slow
+def test_100k_rows_stream_with_bounded_memory(tmp_path):
+    """100k texts (1% real crystals, the rest junk) through the pool: the master's memory stays flat."""
+    import random
+
+    def rss_mb() -> float:
+        with open("/proc/self/status") as fh:
+            return next(int(ln.split()[1]) / 1024 for ln in fh if ln.startswith("VmRSS"))
+
+    rng = random.Random(0)
+    good = "5.6 5.6 5.6\n90 90 90\nNa\n0.00 0.00 0.00\nCl\n0.50 0.50 0.50\n"
+    texts = [good if i % 100 == 0 else f"junk {i} " * rng.randint(1, 40) for i in range(100_000)]
+    csv = tmp_path / "in.csv"
+    pd.DataFrame({"id": [f"r{i}" for i in range(len(texts))], "text": texts, "fmt": "llamat"}).to_csv(csv, index=False)
+    del texts
+    base = rss_mb()
+    samples: list[float] = []
+    s = run_validation(csv, tmp_path / "out", n_jobs=2, chunk_size=1000, check_bonds=False,
+                       progress=lambda n: samples.append(rss_mb()))
+    assert (s["n"], s["parsed"], s["valid"]) == (100_000, 1000, 1000)
+    assert max(samples) - base < 150  # measured: +20 MB
+    assert len(pd.read_parquet(tmp_path / "out" / "validity.parquet", columns=["id"])) == 100_000
