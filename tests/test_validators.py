@@ -397,6 +397,29 @@ def test_run_validation_inputs(tmp_path, nacl, perovskite):
     assert s["condition_requested"] == 3 and s["condition_adherent"] == 2
 
 
+def test_interrupted_run_resumes_from_finished_chunks(tmp_path, nacl):
+    texts = [_cif(nacl) if i % 10 == 0 else f"junk {i}" for i in range(250)]
+    csv = tmp_path / "in.csv"
+    pd.DataFrame({"id": [f"r{i}" for i in range(250)], "cif": texts}).to_csv(csv, index=False)
+
+    def stop(n: int) -> None:
+        if n >= 200:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_validation(csv, tmp_path / "out", chunk_size=100, check_bonds=False, progress=stop)
+    assert (tmp_path / "out" / "validity.parts" / "part-000000.parquet").exists()
+    s = run_validation(csv, tmp_path / "out", chunk_size=100, check_bonds=False)
+    assert s["rows_reused_from_interrupted_run"] == 100
+    assert (s["n"], s["parsed"], s["valid"]) == (250, 25, 25)
+    rows = pd.read_parquet(tmp_path / "out" / "validity.parquet")
+    assert rows["id"].tolist() == [f"r{i}" for i in range(250)]
+    assert not (tmp_path / "out" / "validity.parts").exists()
+    # other settings: the old parts are not reused
+    s2 = run_validation(csv, tmp_path / "out", chunk_size=100, check_bonds=False, min_distance=0.4)
+    assert s2["rows_reused_from_interrupted_run"] == 0
+
+
 def test_pool_kills_a_structure_that_overruns(nacl):
     """With the soft limit off (as if stuck in C code), the hard limit kills the worker; the batch goes on."""
     import numpy as np
