@@ -96,7 +96,12 @@ def main() -> None:
         "command": f"python benchmarks/validate_speed.py --suite {args.suite} --jobs {args.jobs}"
                    + (f" --limit {args.limit}" if args.limit else ""),
         "wall_s_including_startup": round(wall, 2),
-        "machine_note": "2-core VM shared with other jobs at the time of measurement; throughput is a lower bound",
+        "machine_note": "2-core VM shared with 5 other agents' jobs at the time of measurement; the wall-clock "
+                        "throughput is a lower bound",
+        # what two otherwise idle cores would do: each worker spends cpu_s_per_structure CPU seconds
+        # per structure, independent of the machine's load (pool overhead not included)
+        "cpu_bound_structures_per_s_on_2_cores": (2 / summary["cpu_s_per_structure"])
+        if summary.get("cpu_s_per_structure") else None,
         "load_average_after": os.getloadavg(),
         "compositional_failures": {
             "count": len(comp_fail),
@@ -143,7 +148,9 @@ def report(s: dict) -> str:
         f"Command: `{s['command']}`  ",
         f"Wall time {s['wall_s']} s for {s['n']} structures with {s['n_jobs']} worker processes: "
         f"**{s['structures_per_s']:.1f} structures/s** ({s['machine_note']}; load average after: "
-        f"{', '.join(f'{x:.1f}' for x in s['load_average_after'])}).",
+        f"{', '.join(f'{x:.1f}' for x in s['load_average_after'])}).  ",
+        f"CPU time {s['cpu_s_per_structure'] * 1000:.1f} ms per structure per worker: "
+        f"**{s['cpu_bound_structures_per_s_on_2_cores']:.1f} structures/s on 2 otherwise idle cores**.",
         "",
         "| rate | numerator | denominator | value |",
         "|---|---|---|---|",

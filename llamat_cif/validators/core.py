@@ -89,6 +89,7 @@ COLUMNS: dict[str, str] = {
     "spacegroup_match": "bool",
     "condition_adherent": "bool",
     "time_s": "float64",
+    "cpu_s": "float64",
     "cif": "string",
 }
 
@@ -234,7 +235,7 @@ def validate_one(
     """
     t = thresholds.pop("_thresholds", None) or Thresholds.from_kwargs(**thresholds)
     row = empty_row(id, fmt or "?")
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     try:
         with time_limit(timeout_s):
             _run_checks(row, text, fmt, target_formula, target_spacegroup, t, keep_cif)
@@ -247,6 +248,8 @@ def validate_one(
     except Exception as exc:  # noqa: BLE001 - one bad structure must never stop a batch
         _fail(row, f"check crashed: {type(exc).__name__}: {str(exc)[:300]}")
     row["time_s"] = time.perf_counter() - t0
+    # CPU seconds do not depend on how busy a shared machine is; wall seconds do
+    row["cpu_s"] = time.process_time() - c0
     return row
 
 

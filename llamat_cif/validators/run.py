@@ -98,6 +98,7 @@ class SummaryCounter:
 
     c: dict[str, int] = field(default_factory=dict)
     time_s: float = 0.0
+    cpu_s: float = 0.0
 
     def add(self, key: str, n: int) -> None:
         self.c[key] = self.c.get(key, 0) + int(n)
@@ -125,6 +126,7 @@ class SummaryCounter:
         self.add("parsed_and_self_consistent", int(((df["parsed"].astype("boolean") == True)  # noqa: E712
                                                       & (df["self_consistent"].astype("boolean") == True)).fillna(False).sum()))  # noqa: E712
         self.time_s += float(pd.to_numeric(df["time_s"], errors="coerce").fillna(0).sum())
+        self.cpu_s += float(pd.to_numeric(df["cpu_s"], errors="coerce").fillna(0).sum())
 
     def get(self, key: str) -> int:
         return self.c.get(key, 0)
@@ -173,6 +175,8 @@ class SummaryCounter:
             "versions": package_versions(),
             "hardware": hardware(),
             "check_time_s_total": round(self.time_s, 3),
+            "check_cpu_s_total": round(self.cpu_s, 3),
+            "cpu_s_per_structure": (self.cpu_s / n) if n else None,
         }
         if extra:
             out.update(extra)
