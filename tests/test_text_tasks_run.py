@@ -186,3 +186,25 @@ def test_cli_lora_on_local_base_then_eval_adapter(tiny_dir, tmp_path):
                                   "--max-new-tokens", "3", "--no-progress", "--out", str(tmp_path / "ev")])
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "ev" / "config.json").read_text())["is_peft_adapter"] is True
+
+
+def test_batched_generation_equals_one_by_one(tiny_dir):
+    """Left padding must not change greedy answers (prompts of different lengths in one batch)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from llamat_cif.text_tasks.evaluate import generate_batch
+
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    # a wide initialisation so that different prompts give different answers
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, max_position_embeddings=4096, initializer_range=0.5,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg).eval()
+    prompts = [build_prompt(e) for e in load_task("doping", "test", limit=3).examples]
+    assert len({len(tok(p)["input_ids"]) for p in prompts}) == 3
+    batched = generate_batch(model, tok, prompts, max_new_tokens=6)
+    single = [generate_batch(model, tok, [p], max_new_tokens=6)[0] for p in prompts]
+    assert batched == single
+    assert len({text for text, _ in batched}) > 1
