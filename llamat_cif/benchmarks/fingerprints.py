@@ -191,6 +191,15 @@ def _fingerprint_chunk(part: list[str]) -> tuple[np.ndarray, np.ndarray, list[st
     return np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows]), [r[2] for r in rows]
 
 
+def _cached_or_computed(path: Path, part: list[str], use_cache: bool):
+    # re-read the cache just before computing: a second process may be filling the same set
+    # from the other end (``reverse=True``), so two processes share the work without overlap
+    cached = _read_chunk(path, len(part)) if use_cache else None
+    if cached is not None:
+        return (*cached, True)
+    return (*_fingerprint_chunk(part), False)
+
+
 def _read_chunk(path: Path, n: int) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
     if not path.exists():
         return None
@@ -212,6 +221,7 @@ def compute_fingerprints(
     show_progress: bool = False,
     label: str = "fingerprints",
     workers: int = 1,
+    reverse: bool = False,
 ) -> Fingerprints:
     """Fingerprint a set of structures given as CIF text, reading/writing the chunked cache.
 
@@ -224,6 +234,7 @@ def compute_fingerprints(
         show_progress: show a rich progress bar.
         label: progress-bar text.
         workers: processes; chunks are farmed out when > 1 (the machine is shared: default 1).
+        reverse: work through missing chunks from the end (a second process on the same set).
 
     Returns:
         :class:`Fingerprints` aligned with ``cifs``.
@@ -280,19 +291,24 @@ def compute_fingerprints(
             from concurrent.futures import ProcessPoolExecutor
 
             pool = ProcessPoolExecutor(max_workers=workers)
-            results = pool.map(_fingerprint_chunk, [p[3] for p in pending])
+            results = ((*r, False) for r in pool.map(_fingerprint_chunk, [p[3] for p in pending]))
         else:
-            results = (_fingerprint_chunk(p[3]) for p in pending)
+            if reverse:
+                pending.reverse()
+            results = (_cached_or_computed(p[2], p[3], use_cache) for p in pending)
         try:
-            for (_ci, start, path, part), (fs, fc, err) in zip(pending, results, strict=True):
+            for (_ci, start, path, part), (fs, fc, err, was_cached) in zip(pending, results, strict=True):
                 struct[start:start + len(part)] = fs
                 comp[start:start + len(part)] = fc
                 errors[start:start + len(part)] = err
-                computed += len(part)
-                if use_cache:
-                    tmp = path.with_name(path.name + ".tmp.npz")
-                    np.savez(tmp, struct=fs, comp=fc, error=np.asarray(err, dtype=str))
-                    os.replace(tmp, path)  # atomic: a killed job never leaves a half-written chunk
+                if not was_cached:
+                    computed += len(part)
+                    if use_cache:
+                        # atomic and per-process: a killed job never leaves a half-written chunk,
+                        # and two processes on one set never write the same temporary file
+                        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
+                        np.savez(tmp, struct=fs, comp=fc, error=np.asarray(err, dtype=str))
+                        os.replace(tmp, path)
                 done += len(part)
                 if bar is not None:
                     bar.update(task, completed=done)
@@ -330,6 +346,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("reference", default="mp20-test", nargs="?")
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--cache", default=None)
+    ap.add_argument("--reverse", action="store_true", help="fill missing chunks from the end")
     args = ap.parse_args(argv)
     df = reference_cifs(args.reference, limit=args.limit)
     t0 = time.perf_counter()
@@ -338,7 +355,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         el = time.perf_counter() - t0
         print(f"{done}/{total} structures, {el:.0f} s", flush=True)
 
-    fp = compute_fingerprints(df["cif"].tolist(), cache=args.cache, progress=report)
+    fp = compute_fingerprints(df["cif"].tolist(), cache=args.cache, progress=report, reverse=args.reverse)
     rate = fp.computed / fp.seconds if fp.seconds > 0 and fp.computed else float("nan")
     print(f"key={fp.key} n={len(fp)} ok={int(fp.ok.sum())} computed={fp.computed} "
           f"seconds={fp.seconds:.1f} fingerprints_per_s={rate:.3f}", flush=True)
