@@ -187,6 +187,19 @@ def test_wasserstein_and_rate_known_answers():
     assert rate("x", 0, 0, "parsed").value is None
 
 
+def test_validity_rates_from_a_validators_table():
+    from llamat_cif.benchmarks.validity import normalise_validity, validity_rates
+
+    t = pd.DataFrame({"id": ["a", "b", "c", "d"], "parsed": [True, True, True, False],
+                      "structurally_valid": pd.array([True, True, None, False], dtype="boolean"),
+                      "compositionally_valid": [True, False, True, None],
+                      "valid": pd.array([True, False, pd.NA, False], dtype="boolean")})
+    r = validity_rates(normalise_validity(t))
+    assert (r["valid_rate"].numerator, r["valid_rate"].denominator) == (1, 4)
+    assert (r["valid_rate_over_parsed"].numerator, r["valid_rate_over_parsed"].denominator) == (1, 3)
+    assert r["structurally_valid_rate"].numerator == 2 and r["parse_rate"].value == 0.75
+
+
 def test_describe_cif_never_raises(nacl):
     assert describe_cif(nacl.to(fmt="cif"))["elements"] == "Cl Na"
     bad = describe_cif("data_x\n_cell_length_a oops\n")

@@ -25,8 +25,11 @@ _ALIASES = {
 
 
 def _as_bool(col: pd.Series) -> np.ndarray:
-    # None / NaN (check not applicable or not run) counts as not passed
-    return col.map(lambda v: bool(v) if v is not None and not (isinstance(v, float) and np.isnan(v)) else False).to_numpy(bool)
+    # None / NaN / pd.NA (check not applicable or not run) counts as not passed
+    try:
+        return col.astype("boolean").fillna(False).to_numpy(bool)
+    except (TypeError, ValueError):
+        return col.map(lambda v: False if pd.isna(v) else bool(v)).to_numpy(bool)
 
 
 def normalise_validity(table: pd.DataFrame) -> pd.DataFrame:
