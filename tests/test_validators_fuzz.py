@@ -117,7 +117,7 @@ def test_fuzz_random_text_and_bytes(text):
     assert row["parsed"] is False or row["n_sites"] >= 1
 
 
-@settings(FUZZ, max_examples=1000)
+@settings(FUZZ, max_examples=800)
 @given(mutated(CIF_BASES))
 def test_fuzz_mutated_cifs(text):
     _run(text, check_bonds=False)
