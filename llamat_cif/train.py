@@ -590,7 +590,9 @@ def run_training(
     out_dir = Path(config.out_dir)
     # Autocast is done here rather than by accelerate's mixed_precision so that one process can run
     # fp32 and bf16 trainings one after another (accelerate's state is a process-wide singleton).
-    accelerator = Accelerator(mixed_precision="no")
+    # several processes without CUDA (torchrun / accelerate launch on CPUs): gloo DDP on CPU
+    multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    accelerator = Accelerator(mixed_precision="no", cpu=multi_cpu)
     device = accelerator.device
     precision = resolve_precision(config.precision, device)
     use_bf16 = precision == "bf16"
@@ -740,6 +742,9 @@ def run_training(
     if final_step < config.max_steps:
         return result
     accelerator.wait_for_everyone()
+    result.final_dir = out_dir / "final"
+    if config.lora is not None and config.merge:
+        result.merged_dir = out_dir / "merged"
     if is_main:
         unwrapped = accelerator.unwrap_model(model)
         save_dtype = torch.bfloat16 if config.save_dtype == "bf16" else torch.float32
@@ -747,13 +752,10 @@ def run_training(
         if config.lora is not None:
             # the adapter is small: keep it exact; the merged model follows save_dtype
             _save_final(unwrapped, tokenizer, final, torch.float32)
-            if config.merge:
-                merged = unwrapped.merge_and_unload()
-                result.merged_dir = out_dir / "merged"
-                _save_final(merged, tokenizer, result.merged_dir, save_dtype)
+            if result.merged_dir is not None:
+                _save_final(unwrapped.merge_and_unload(), tokenizer, result.merged_dir, save_dtype)
         else:
             _save_final(unwrapped, tokenizer, final, save_dtype)
-        result.final_dir = final
         summary = {"step": final_step, "train_loss": last_loss, "val_loss": val_loss,
                    "tokens_seen": tokens_seen, "wall_s": round(wall, 2), "params": n_params,
                    "trainable_params": n_train, "precision": precision,

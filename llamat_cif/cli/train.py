@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from llamat_cif.cli._common import console, data_dir_option, fail, seed_option
@@ -132,6 +134,8 @@ def train(corpus, instructions, base_model, model_config, out_dir, max_steps, ba
                                            "fmt": fmt, "task_counts": counts}})
     except (FileNotFoundError, ModelLoadError, ValueError) as exc:
         fail(str(exc))
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # under torchrun / accelerate launch only the main process reports
     val = f"{result.val_loss:.4f}" if result.val_loss is not None else "-"
     trn = f"{result.train_loss:.4f}" if result.train_loss is not None else "-"
     console.print(f"step {result.step}/{config.max_steps}  train loss {trn}  val loss {val}  "
