@@ -590,7 +590,7 @@ def run_training(
     out_dir = Path(config.out_dir)
     # Autocast is done here rather than by accelerate's mixed_precision so that one process can run
     # fp32 and bf16 trainings one after another (accelerate's state is a process-wide singleton).
-    # several processes without CUDA (torchrun / accelerate launch on CPUs): gloo DDP on CPU
+    # Several processes without CUDA (torchrun / accelerate launch on CPUs) run gloo DDP on CPU.
     multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     accelerator = Accelerator(mixed_precision="no", cpu=multi_cpu)
     device = accelerator.device
@@ -643,6 +643,10 @@ def run_training(
     if ckpt is not None:
         accelerator.load_state(str(ckpt))
         state = json.loads((ckpt / "trainer_state.json").read_text())
+        if int(state.get("world_size", world)) != world:
+            # the data position is laid out per process; another world size would re-read items
+            raise ValueError(f"cannot resume {ckpt}: it was written by {state['world_size']} "
+                             f"process(es), this run has {world}")
         start_step = int(state["step"])
         tokens_seen = int(state["tokens_seen"])
         elapsed_before = float(state["wall_s"])
@@ -681,7 +685,7 @@ def run_training(
         accelerator.save_state(str(folder))
         if is_main:
             (folder / "trainer_state.json").write_text(json.dumps(
-                {"step": step, "tokens_seen": tokens_seen, "wall_s": wall,
+                {"step": step, "tokens_seen": tokens_seen, "wall_s": wall, "world_size": world,
                  "data_position": int((step * config.grad_accum * world) * config.batch_size)}))
             for old in _checkpoints(out_dir)[:-config.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)

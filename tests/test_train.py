@@ -17,6 +17,7 @@ from llamat_cif.train import (
     SupervisedStream,
     TrainConfig,
     _process_indices,
+    config_from_dict,
     latest_checkpoint,
     lr_at,
     read_log,
@@ -157,6 +158,7 @@ def test_resume_is_exact(toy_corpus, tmp_path):
     assert [r["loss"] for r in log_a] == [r["loss"] for r in log_b]
     cfg = json.loads((tmp_path / "b" / "train_config.json").read_text())
     assert cfg["resumed_from"].endswith("step_0000004") and cfg["config"]["max_steps"] == 8
+    assert config_from_dict(cfg["config"]) == tiny_config(tmp_path / "b")  # the run can be repeated
 
 
 def test_resume_refuses_changed_settings(toy_corpus, tmp_path):
