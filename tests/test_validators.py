@@ -335,6 +335,17 @@ def test_soft_timeout_gives_error_row(nacl, monkeypatch):
     assert r["error"].startswith("timeout") and r["valid"] is False
 
 
+def test_timeout_in_bond_check_keeps_cdvae_verdicts(nacl, monkeypatch):
+    import time as _time
+
+    import llamat_cif.validators.consistency as consistency
+
+    monkeypatch.setattr(consistency, "bond_length_score", lambda *a, **k: _time.sleep(5))
+    r = validate_one(_cif(nacl), timeout_s=0.5)
+    assert r["valid"] is True and r["parsed"] is True
+    assert r["self_consistent"] is None and "timeout" in r["error"]
+
+
 # --------------------------------------------------------------------------------- batches
 
 

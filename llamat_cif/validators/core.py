@@ -15,6 +15,7 @@ from llamat_cif.validators.composition import compositional_validity, resolve_ox
 from llamat_cif.validators.conditions import condition_adherence
 from llamat_cif.validators.consistency import detect_spacegroup, self_consistency
 from llamat_cif.validators.parse import MAX_CHARS, parse_text
+from llamat_cif.validators.result import CheckResult
 from llamat_cif.validators.structural import MAX_LATTICE_LENGTH, MAX_SITES, structural_validity
 
 
@@ -101,8 +102,12 @@ def empty_row(id_: str, fmt: str = "?") -> dict[str, Any]:
     return row
 
 
-class StructureTimeout(Exception):
-    """Raised inside a check when the per-structure time limit is reached."""
+class StructureTimeout(BaseException):  # noqa: N818
+    """Raised inside a check when the per-structure time limit is reached.
+
+    A ``BaseException`` (like ``KeyboardInterrupt``) so that the many ``except Exception`` blocks
+    in pymatgen and in the checks cannot swallow it.
+    """
 
 
 @contextlib.contextmanager
@@ -170,11 +175,16 @@ def _run_checks(row: dict[str, Any], text: Any, fmt: str | None, target_formula:
         row["valid"] = bool(sv.ok and cv.ok)
         sg = detect_spacegroup(s, symprec=t.symprec)
         row["spacegroup"] = sg
-        sc = self_consistency(parsed_text(text) if parsed.fmt == "cif" else None, s, cif_data=parsed.cif_data,
-                              symprec=t.symprec, detected_spacegroup=sg, p1_is_claim=t.p1_is_claim,
-                              # bonds of overlapping atoms mean nothing and make CrystalNN slow
-                              check_bonds=t.check_bonds and bool(sv.ok), bond_tolerance=t.bond_tolerance,
-                              h_factor=t.h_factor, min_bond_score=t.min_bond_score)
+        try:
+            sc = self_consistency(parsed_text(text) if parsed.fmt == "cif" else None, s, cif_data=parsed.cif_data,
+                                  symprec=t.symprec, detected_spacegroup=sg, p1_is_claim=t.p1_is_claim,
+                                  # bonds of overlapping atoms mean nothing and make CrystalNN slow
+                                  check_bonds=t.check_bonds and bool(sv.ok), bond_tolerance=t.bond_tolerance,
+                                  h_factor=t.h_factor, min_bond_score=t.min_bond_score)
+        except StructureTimeout as exc:
+            # the CDVAE verdicts are already known; only the slow CrystalNN part is lost
+            sc = CheckResult(None, f"timeout: {exc}", {})
+            row["error"] = f"timeout in self-consistency (validity kept): {exc}"
         for k in ("formula_consistent", "multiplicity_consistent", "spacegroup_consistent",
                   "stated_spacegroup", "n_bonds"):
             row[k] = sc.details.get(k)
