@@ -21,7 +21,7 @@ from llamat_cif.text_tasks.metrics import (
     word_counts,
 )
 from llamat_cif.text_tasks.parsing import parse_output, parse_prediction
-from llamat_cif.text_tasks.tasks import TASKS, TaskError, load_task
+from llamat_cif.text_tasks.tasks import TASKS, TaskError, answer_keys, load_task
 
 _TEXT = Path(os.environ.get("LLAMAT_CIF_DATA", "/nonexistent")) / "text"
 requires_text = pytest.mark.skipif(not (_TEXT / "doping_test.jsonl").is_file(), reason="needs $LLAMAT_CIF_DATA/text")
@@ -213,7 +213,12 @@ def test_parse_output_tolerant(text, expected):
     assert res.ok and res.value == expected
 
 
-@pytest.mark.parametrize("text", ["", "   ", None, "no structure here", '{"a": 1', "<|im_end|>{}"])
+@pytest.mark.parametrize("text", [
+    "", "   ", None, "no structure here", '{"a": 1', "<|im_end|>{}",
+    # fragments inside a broken answer are not the answer
+    '{"basemats": {"b0": "dopants": "dopants2basemats": {}}',
+    '[{"name": "x", "description": [], "formula": "A"',
+])
 def test_parse_output_failures_do_not_raise(text):
     res = parse_output(text)
     assert not res.ok and res.value is None and res.error
@@ -223,6 +228,12 @@ def test_parse_prediction_shapes():
     assert parse_prediction("entities", '{"name": "x"}').value == [{"name": "x"}]
     assert parse_prediction("doping", '[{"basemats": {}}]').value == {"basemats": {}}
     assert not parse_prediction("doping", "[1, 2]").ok
+    keys = answer_keys(TASKS["doping"])
+    assert parse_prediction("doping", 'I think {"dopants": {}} fits', keys).ok
+    assert not parse_prediction("doping", "{}", keys).ok  # none of the task's keys
+    assert not parse_prediction("doping", '{"answer": "Al"}', keys).ok
+    assert parse_prediction("entities", "[]", MOF1.entity_keys).value == []  # "nothing to extract"
+    assert not parse_prediction("entities", '[{"colour": "red"}]', MOF1.entity_keys).ok
 
 
 # ---------------------------------------------------------------------------------------- loaders
@@ -274,7 +285,7 @@ def test_shared_sets_load_clean_and_echo_scores_one():
         ts = load_task(name, "test")
         golds = [e.answer for e in ts.examples]
         # round-trip through the answer text a model would write
-        echo = [parse_prediction(ts.task.kind, json.dumps(g)).value for g in golds]
+        echo = [parse_prediction(ts.task.kind, json.dumps(g), answer_keys(ts.task)).value for g in golds]
         m = score_task(ts.task, golds, echo)["metrics"]
         heads = [k for k in m if k.endswith("_f1") and V(m[k]) is not None and m[k].denominator > 0]
         assert heads and all(V(m[k]) == 1.0 for k in heads), name

@@ -38,7 +38,6 @@ def main() -> None:
     args = ap.parse_args()
 
     rec = json.loads((args.eval / "doping" / "metrics.json").read_text())
-    summary = json.loads((args.eval / "summary.json").read_text())
     config = json.loads((args.eval / "config.json").read_text())
     ours = {}
     for protocol in ("strict", "llamat_drop_unparsable"):
@@ -54,7 +53,7 @@ def main() -> None:
         "unparsable_reasons": rec["unparsable_reasons"],
         "empty_gold_sentences": rec["strict"]["counts"]["empty_gold"],
         "scores": ours,
-        "eval_wall_s": summary["wall_s"].get("doping"),
+        "eval_generation_s": rec["generation"]["seconds_all_rows"],
         "eval_generation": rec["generation"],
         "eval_hardware": config["hardware"],
         "versions": config["versions"],

@@ -27,7 +27,14 @@ from typing import Any
 from llamat_cif.text_tasks.metrics import HEADLINE, Rate, score_task
 from llamat_cif.text_tasks.parsing import cut_at_stop, parse_prediction
 from llamat_cif.text_tasks.prompts import IM_END, build_prompt, has_chat_template, stop_strings
-from llamat_cif.text_tasks.tasks import TASKS, TaskSet, TextExample, get_task, load_task
+from llamat_cif.text_tasks.tasks import (
+    TASKS,
+    TaskSet,
+    TextExample,
+    answer_keys,
+    get_task,
+    load_task,
+)
 
 #: Progress callback: (task, n_done, n_total).
 Progress = Callable[[str, int, int], None]
@@ -290,7 +297,7 @@ def score_rows(taskset: TaskSet, examples: Sequence[TextExample], rows: dict[str
     methods: Counter[str] = Counter()
     for ex in examples:
         row = rows[ex.id]
-        res = parse_prediction(spec.kind, row.get("output", ""))
+        res = parse_prediction(spec.kind, row.get("output", ""), answer_keys(spec))
         golds.append(ex.answer)
         preds.append(res.value if res.ok else None)
         if res.ok:

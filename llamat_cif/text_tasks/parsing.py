@@ -109,10 +109,12 @@ def _load(text: str) -> tuple[Any, str]:
 
 
 def _bracket_spans(text: str):
-    """Yield balanced ``{...}`` / ``[...]`` substrings, outermost first, left to right.
+    """Yield the top-level balanced ``{...}`` / ``[...]`` substrings, left to right.
 
-    Quotes are tracked so that brackets inside string values do not count; a span whose brackets
-    never balance is skipped.
+    Quotes are tracked so that brackets inside string values do not count. Only outermost spans
+    are tried: the ``{}`` inside a broken answer such as ``{"b0": "x": {}}`` is a fragment, not
+    the model's answer, so a span that fails to parse is skipped whole, and an opening bracket that
+    never closes ends the search (everything after it is inside a truncated structure).
     """
     pairs = {"{": "}", "[": "]"}
     start = 0
@@ -123,12 +125,9 @@ def _bracket_spans(text: str):
         begin = min(positions)
         end = _match(text, begin, pairs)
         if end is None:
-            start = begin + 1
-            continue
+            return
         yield text[begin : end + 1]
-        # Also try spans nested inside (e.g. the dict inside "[note] {...}" prose), by moving on
-        # one character rather than past the whole span.
-        start = begin + 1
+        start = end + 1
 
 
 def _match(text: str, begin: int, pairs: dict[str, str]) -> int | None:
@@ -160,13 +159,16 @@ def _match(text: str, begin: int, pairs: dict[str, str]) -> int | None:
     return None
 
 
-def parse_prediction(kind: str, text: str | None) -> ParseResult:
+def parse_prediction(kind: str, text: str | None, keys: tuple[str, ...] = ()) -> ParseResult:
     """Parse a model output into the structure a task's metrics expect.
 
     Args:
         kind: Task kind (:attr:`llamat_cif.text_tasks.tasks.TaskSpec.kind`): ``doping`` and
             ``discomat`` expect a dict, ``entities`` a list of records.
         text: Raw generated text.
+        keys: The task's answer keys. When given, a dict answer must use at least one of them
+            and a non-empty record list must hold at least one dict that does, so that a stray
+            ``{}`` or an unrelated dict in the output is not taken for an answer.
 
     Returns:
         A :class:`ParseResult`. A lone dict is accepted for an entity list (wrapped in a list) and
@@ -175,13 +177,18 @@ def parse_prediction(kind: str, text: str | None) -> ParseResult:
     res = parse_output(text, (dict, list))
     if not res.ok:
         return res
-    value = res.value
+    value, method = res.value, res.method
     if kind == "entities":
         if isinstance(value, dict):
-            return ParseResult([value], True, method=res.method + "+wrapped")
-        return res
+            value, method = [value], method + "+wrapped"
+        if keys and value and not any(isinstance(r, dict) and set(r) & set(keys) for r in value):
+            return ParseResult(None, False, "no record with the task's keys")
+        return ParseResult(value, True, method=method)
     if isinstance(value, list):
         if len(value) == 1 and isinstance(value[0], dict):
-            return ParseResult(value[0], True, method=res.method + "+unwrapped")
-        return ParseResult(None, False, "expected a dict, got a list")
-    return res
+            value, method = value[0], method + "+unwrapped"
+        else:
+            return ParseResult(None, False, "expected a dict, got a list")
+    if keys and not set(value) & set(keys):
+        return ParseResult(None, False, "dict has none of the task's keys")
+    return ParseResult(value, True, method=method)

@@ -311,6 +311,15 @@ def validate_answer(spec: TaskSpec, answer: Any) -> None:
         raise ValueError(f"unknown task kind {spec.kind!r}")
 
 
+def answer_keys(spec: TaskSpec) -> tuple[str, ...]:
+    """Keys a task's answers use (a parsed prediction must use at least one of them)."""
+    if spec.kind == "doping":
+        return DOPING_KEYS
+    if spec.kind == "discomat":
+        return ("comp_table", "regex_table", *DISCOMAT_INDEX_KEYS)
+    return spec.entity_keys
+
+
 def is_empty_answer(spec: TaskSpec, answer: Any) -> bool:
     """True for gold answers with nothing annotated (LLaMat leaves these out of the SIE scores).
 
