@@ -73,7 +73,12 @@ def main() -> None:
     for protocol, label in (("strict", "strict"), ("llamat_drop_unparsable", "LLaMat protocol")):
         row = ours[protocol]
         print(f"| {args.name} ({label}) | " + " | ".join(
-            f"{row[c]['value']:.3f} ({row[c]['numerator']:g}/{row[c]['denominator']:g})" for c in COLUMNS) + " |")
+            _cell(row[c]) for c in COLUMNS) + " |")
+
+
+def _cell(rate: dict) -> str:
+    counts = f"({rate['numerator']:g}/{rate['denominator']:g})"
+    return f"n/a {counts}" if not rate["denominator"] else f"{rate['value']:.3f} {counts}"
 
 
 if __name__ == "__main__":
