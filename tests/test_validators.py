@@ -496,3 +496,20 @@ def test_100k_rows_stream_with_bounded_memory(tmp_path):
     assert (s["n"], s["parsed"], s["valid"]) == (100_000, 1000, 1000)
     assert max(samples) - base < 150  # measured: +20 MB
     assert len(pd.read_parquet(tmp_path / "out" / "validity.parquet", columns=["id"])) == 100_000
+
+
+@requires_data
+def test_canonical_cifs_of_real_crystals_are_self_consistent():
+    """Positive control: the project's canonical CIF states space group and multiplicities; all must agree."""
+    from llamat_cif.cif import to_text
+    from llamat_cif.data import iter_structures
+
+    n = 0
+    for _, s, _ in iter_structures("mp20", "test", limit=25):
+        r = validate_one(to_text(s, "cif"), check_bonds=False)
+        assert r["parsed"] and r["structurally_valid"], r["error"]
+        assert r["formula_consistent"] is True and r["multiplicity_consistent"] is True
+        if r["stated_spacegroup"] != 1:
+            assert r["spacegroup_consistent"] is True, (r["formula"], r["self_consistency_reason"])
+            n += 1
+    assert n >= 12
