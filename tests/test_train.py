@@ -264,3 +264,20 @@ def test_two_process_ddp_resume_is_exact(toy_corpus, tmp_path):
     wa = load_file(tmp_path / "a" / "final" / "model.safetensors")
     wb = load_file(tmp_path / "b" / "final" / "model.safetensors")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_corpus_training_runs_without_pymatgen(toy_corpus, tmp_path):
+    """The GPU training machine has no pymatgen: `python -m llamat_cif.train --corpus` must not need it."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "nopmg"
+    code = (
+        "import sys, runpy; sys.modules['pymatgen'] = None; "  # any `import pymatgen` now fails
+        f"sys.argv = ['llamat_cif.train', '--corpus', {str(toy_corpus)!r}, '--config', 'tiny', "
+        f"'--max-steps', '1', '--batch-size', '2', '--block-size', '32', '--out', {str(out)!r}, '--no-progress']; "
+        "runpy.run_module('llamat_cif.train', run_name='__main__')"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (out / "final" / "model.safetensors").is_file()
