@@ -46,7 +46,10 @@ class ScreenConfig:
         relax: relaxer settings.
         hull: user hull file (None: MP-20 reference hull).
         n_workers: processes for validation and relaxation.
-        dedup_before_relax: relax one representative per group of matching valid structures.
+        relax_filter: which validated rows go on to relaxation: ``"valid"`` (structural and
+            compositional, CDVAE), ``"structural"`` (charge balance not required: intermetallics
+            and SMACT-unbalanced compounds are relaxed too) or ``"parsed"`` (everything that decoded).
+        dedup_before_relax: relax one representative per group of matching structures.
         novelty_reference: training structures for novelty ("mp20" = MP-20 train, available subset).
         e_hull_stable / e_hull_metastable: thresholds, eV/atom.
         device: generator / potential device (None: automatic).
@@ -67,6 +70,7 @@ class ScreenConfig:
     relax: RelaxConfig = field(default_factory=RelaxConfig)
     hull: str | None = None
     n_workers: int = 1
+    relax_filter: str = "valid"
     dedup_before_relax: bool = True
     novelty_reference: str | None = "mp20"
     e_hull_stable: float = 0.0
@@ -99,12 +103,12 @@ def run_screen(config: ScreenConfig, *, data_dir: str | Path | None = None, prog
     validity = stage_validate(config, data_dir=data_dir, progress=progress)
     timings["validate"] = time.time() - t
     n_valid = int(validity["valid"].fillna(False).astype(bool).sum())
-    say("validate", f"{n_valid} / {len(validity)} valid")
+    say("validate", f"{n_valid} / {len(validity)} valid; relaxing rows that pass: {config.relax_filter}")
 
     t = time.time()
     dedup = stage_dedup(config, samples, validity)
     timings["deduplicate"] = time.time() - t
-    say("deduplicate", f"{int(dedup['unique'].sum())} unique of {len(dedup)} valid")
+    say("deduplicate", f"{int(dedup['unique'].sum())} unique of {len(dedup)} passing {config.relax_filter}")
 
     t = time.time()
     stab = stage_stability(config, samples, dedup, data_dir=data_dir, progress=progress)
@@ -149,7 +153,7 @@ def stage_generate(config: ScreenConfig, *, progress: bool = True) -> pd.DataFra
                       spacegroup=config.spacegroup, temperature=config.temperature, top_p=config.top_p,
                       top_k=config.top_k, batch_size=config.batch_size, seed=config.seed,
                       constrained=config.constrained, device=config.device)
-    generate(sc)
+    generate(sc, progress=progress)
     return pd.read_csv(path, dtype={"id": str}, keep_default_na=False)
 
 
@@ -166,23 +170,35 @@ def stage_validate(config: ScreenConfig, *, data_dir: str | Path | None = None, 
 
 
 def stage_dedup(config: ScreenConfig, samples: pd.DataFrame, validity: pd.DataFrame) -> pd.DataFrame:
-    """Group valid structures that match each other; one representative per group is relaxed.
+    """Group passing structures that match each other; one representative per group is relaxed.
 
-    Writes ``dedup.csv`` (``id, unique, duplicate_of``) over the valid rows.
+    Writes ``dedup.csv`` (``id, unique, duplicate_of``) over the rows passing ``config.relax_filter``.
     """
     from llamat_cif.stability.sun import _parse, unique_representatives
 
-    valid = validity[validity["valid"].fillna(False).astype(bool)]
+    valid = validity[passing(validity, config.relax_filter)]
     cifs = _valid_cifs(samples, valid)
     ids = list(cifs)
     if config.dedup_before_relax:
         rep = unique_representatives(ids, [_parse(cifs[i]) for i in ids])
     else:
         rep = {i: i for i in ids}
-    df = pd.DataFrame({"id": ids, "unique": [rep[i] == i for i in ids],
-                       "duplicate_of": [None if rep[i] == i else rep[i] for i in ids]})
+    # explicit dtypes: with no valid rows an untyped empty column would break boolean indexing
+    df = pd.DataFrame({"id": pd.Series(ids, dtype=object),
+                       "unique": pd.Series([rep[i] == i for i in ids], dtype=bool),
+                       "duplicate_of": pd.Series([None if rep[i] == i else rep[i] for i in ids], dtype=object)})
     df.to_csv(Path(config.out_dir) / "dedup.csv", index=False)
     return df
+
+
+FILTER_COLUMNS = {"valid": "valid", "structural": "structurally_valid", "parsed": "parsed"}
+
+
+def passing(validity: pd.DataFrame, relax_filter: str) -> pd.Series:
+    """Boolean mask of validity rows that go on to relaxation under ``relax_filter``."""
+    if relax_filter not in FILTER_COLUMNS:
+        raise ScreenError(f"relax_filter must be one of {sorted(FILTER_COLUMNS)}, got {relax_filter!r}")
+    return validity[FILTER_COLUMNS[relax_filter]].fillna(False).astype(bool)
 
 
 def _valid_cifs(samples: pd.DataFrame, valid: pd.DataFrame) -> dict[str, str]:
@@ -203,7 +219,7 @@ def stage_stability(config: ScreenConfig, samples: pd.DataFrame, dedup: pd.DataF
     validity = pd.read_parquet(out / "validity.parquet")
     validity["id"] = validity["id"].astype(str)
     cifs = _valid_cifs(samples, validity[validity["id"].isin(set(dedup["id"]))])
-    todo = dedup[dedup["unique"]]["id"].tolist()
+    todo = dedup.loc[dedup["unique"].astype(bool), "id"].tolist()
     items = pd.DataFrame({"id": todo, "cif": [cifs[i] for i in todo]})
     sc = StabilityConfig(potential=config.potential, hull=config.hull, relax=config.relax,
                          n_workers=config.n_workers, batch_size=1 if len(items) < 64 else 8, device=config.device,
@@ -250,7 +266,7 @@ def build_funnel(config: ScreenConfig, samples: pd.DataFrame, validity: pd.DataF
         ("generated", n),
         ("decoded (parsed to a structure)", decoded),
         ("valid (structural + compositional)", cnt(validity, "valid")),
-        ("unique before relaxation", cnt(dedup, "unique")),
+        (f"passing '{config.relax_filter}' and unique before relaxation", cnt(dedup, "unique")),
         ("relaxed without error", len(ok)),
         ("converged (FIRE, fmax)", cnt(ok, "converged")),
         (f"metastable (E_hull < {config.e_hull_metastable})", cnt(sun, "metastable")),

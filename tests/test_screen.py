@@ -81,7 +81,7 @@ def test_screen_interrupted_and_resumed(tmp_path, samples, monkeypatch):
     assert stages["decoded (parsed to a structure)"] == 5
     # the supercell of sample 0 is the same crystal: not relaxed a second time
     assert dedup.set_index("id").loc["s000004", "duplicate_of"] == "s000000"
-    assert stages["unique before relaxation"] == stages["valid (structural + compositional)"] - 1
+    assert stages["passing 'valid' and unique before relaxation"] == stages["valid (structural + compositional)"] - 1
     assert stages["relaxed without error"] == len(unique_valid)
     sun = pd.read_parquet(tmp_path / "sun.parquet").set_index("id")
     # the MP-20 *train* structure (LiMnIr2) is not novel, the MP-20 test ones are

@@ -285,3 +285,9 @@ def test_stability_cli_on_cif_folder(tmp_path, nacl):
     assert set(df.index) == {"nacl", "broken"}
     assert df.loc["broken", "error"] and df.loc["nacl", "e_hull"] < 0.05
     assert "E_hull < 0.1" in res.output
+
+
+def test_overlapping_atoms_refused_before_relaxation(chgnet):
+    s = Structure(Lattice.cubic(4.0), ["Na", "Cl"], [[0, 0, 0], [0.005, 0, 0]])  # 0.02 Å apart
+    row = relax_structure(s, chgnet, RelaxConfig(), sid="overlap")
+    assert "closer than 0.5" in row["error"] and row["wall_s"] < 5

@@ -26,13 +26,15 @@ from llamat_cif.cli._common import console, data_dir_option, fail, seed_option
 @click.option("--time-limit", type=float, default=300.0, show_default=True, help="Seconds per relaxation.")
 @click.option("--hull", "hull_path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="User hull file (default: MP-20 reference hull).")
+@click.option("--relax-filter", type=click.Choice(["valid", "structural", "parsed"]), default="valid",
+              show_default=True, help="Which samples are relaxed: CDVAE-valid, structurally valid, or all parsed.")
 @click.option("--workers", type=int, default=1, show_default=True, help="Processes for validation/relaxation.")
 @click.option("--device", default=None, help="cpu / cuda (default: cuda when available).")
 @click.option("--progress/--no-progress", default=True)
 @seed_option
 @data_dir_option
 def screen(n, model, potential, out_dir, formula, spacegroup, temperature, top_p, top_k, batch_size, fmax,
-           max_steps, time_limit, hull_path, workers, device, progress, seed, data_dir) -> None:
+           max_steps, time_limit, hull_path, relax_filter, workers, device, progress, seed, data_dir) -> None:
     """Generate N crystals and screen them down to stable, unique, novel candidates.
 
     Stages: generate -> validate -> deduplicate -> relax (FIRE) -> E_hull (MP-20 reference hull)
@@ -45,7 +47,7 @@ def screen(n, model, potential, out_dir, formula, spacegroup, temperature, top_p
     cfg = ScreenConfig(n=n, out_dir=out_dir, model=model, potential=potential, seed=seed, formula=formula,
                        spacegroup=spacegroup, temperature=temperature, top_p=top_p, top_k=top_k,
                        batch_size=batch_size, relax=RelaxConfig(fmax=fmax, max_steps=max_steps, time_limit_s=time_limit),
-                       hull=hull_path, n_workers=workers, device=device)
+                       hull=hull_path, relax_filter=relax_filter, n_workers=workers, device=device)
     try:
         funnel = run_screen(cfg, data_dir=data_dir, progress=progress,
                             on_stage=lambda stage, msg: console.print(f"[bold]{stage}[/]: {msg}"))

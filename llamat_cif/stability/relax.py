@@ -34,6 +34,8 @@ class RelaxConfig:
         max_steps: FIRE steps before giving up (row kept, ``converged=False``).
         time_limit_s: wall-time limit per structure; exceeded -> error row.
         relax_cell: also relax the cell (FrechetCellFilter); False relaxes positions only.
+        min_distance: atoms closer than this (Å) are refused before relaxation: overlapping
+            atoms make graph potentials slow and their relaxations meaningless (CDVAE's 0.5 Å).
         max_volume_ratio: volume growing or shrinking by more than this factor counts as exploding.
         min_energy_per_atom: energies below this (eV/atom) count as exploding; no real solid is
             below about -15 eV/atom on the MP scale.
@@ -43,6 +45,7 @@ class RelaxConfig:
     max_steps: int = 500
     time_limit_s: float = 300.0
     relax_cell: bool = True
+    min_distance: float = 0.5
     max_volume_ratio: float = 5.0
     min_energy_per_atom: float = -50.0
 
@@ -96,6 +99,8 @@ def relax_structure(structure: Any, potential: Potential, config: RelaxConfig = 
         s = _to_structure(structure)
         row["formula"] = s.composition.reduced_formula
         row["n_sites"] = len(s)
+        if config.min_distance > 0 and len(s) and any(len(nb) for nb in s.get_all_neighbors(config.min_distance)):
+            raise RelaxationError(f"atoms closer than {config.min_distance} Å; not relaxed")
         atoms = AseAtomsAdaptor.get_atoms(s)
         atoms.calc = potential.calculator()
         n = len(atoms)
