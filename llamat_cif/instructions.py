@@ -279,12 +279,17 @@ def build_task_mix(
     tasks: Sequence[str] | None = None,
     weights: dict[str, float] | None = None,
     seed: int = 0,
+    n_jobs: int = 1,
+    progress: bool = False,
+    total: int | None = None,
 ) -> TaskMix:
     """Build the task mix from ``(id, Structure | None, properties)`` records.
 
     Each structure contributes an example of task ``t`` with probability ``weights[t]``
     (:data:`DEFAULT_WEIGHTS`; a weight above 1 gives that many examples on average).
     A structure that cannot be written or read is skipped with its reason, never fatal.
+    Structure ``i`` draws from its own generator seeded with ``(seed, i)``, so the mix is the
+    same whatever ``n_jobs``.
 
     Args:
         records: e.g. :func:`llamat_cif.data.iter_structures`.
@@ -292,32 +297,58 @@ def build_task_mix(
         tasks: subset of :data:`TASKS` (default all).
         weights: per-task inclusion rates overriding the defaults.
         seed: makes the mix reproducible.
+        n_jobs: worker processes (writing and re-reading CIFs is ~0.2 s of CPU per structure).
+        progress: show a rich progress bar.
+        total: number of records, for the progress bar.
     """
-    tasks = list(tasks or TASKS)
+    tasks = tuple(tasks or TASKS)
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
         raise ValueError(f"unknown task(s) {unknown}; choose from {TASKS}")
     w = {**DEFAULT_WEIGHTS, **(weights or {})}
-    rng = np.random.default_rng(seed)
+    jobs = ((i, sid, structure, props, fmt, tasks, w, seed)
+            for i, (sid, structure, props) in enumerate(records))
     mix = TaskMix()
-    with warnings.catch_warnings():
-        # pymatgen reports every snap of a rounded coordinate to a special position; expected here
-        warnings.simplefilter("ignore", UserWarning)
-        _fill_mix(mix, records, fmt, tasks, w, rng)
+    from rich.progress import Progress
+
+    with Progress(disable=not progress) as bar:
+        task_id = bar.add_task(f"instruction mix ({fmt})", total=total)
+        if n_jobs > 1:
+            from concurrent.futures import ProcessPoolExecutor
+
+            with ProcessPoolExecutor(n_jobs) as pool:
+                results = pool.map(_structure_examples, jobs, chunksize=16)
+                _collect(mix, results, bar, task_id)
+        else:
+            _collect(mix, map(_structure_examples, jobs), bar, task_id)
     return mix
 
 
-def _fill_mix(mix: TaskMix, records: Iterable[tuple[str, Any, dict[str, Any]]], fmt: str,
-              tasks: Sequence[str], w: dict[str, float], rng: np.random.Generator) -> None:
+def _collect(mix: TaskMix, results: Iterable[tuple[str, list[InstructionExample], str | None]],
+             bar: Any, task_id: Any) -> None:
+    for sid, made, error in results:
+        mix.n_structures += 1
+        if error is None:
+            mix.examples.extend(made)
+        else:
+            mix.skipped.append((sid, error))
+        bar.advance(task_id)
+
+
+def _structure_examples(job: tuple) -> tuple[str, list[InstructionExample], str | None]:
+    """All examples of one structure, or none and the reason (runs in a worker process)."""
+    i, sid, structure, props, fmt, tasks, w, seed = job
+    sid = str(sid)
+    if structure is None:
+        return sid, [], str(props.get("error", "unreadable structure"))
     from llamat_cif.cif import from_text, to_text
 
-    for sid, structure, props in records:
-        mix.n_structures += 1
-        if structure is None:
-            mix.skipped.append((str(sid), str(props.get("error", "unreadable structure"))))
-            continue
-        made: list[InstructionExample] = []  # all of a structure's examples, or none
-        try:
+    rng = np.random.default_rng([seed, i])
+    made: list[InstructionExample] = []
+    try:
+        with warnings.catch_warnings():
+            # pymatgen reports each snap of a rounded coordinate to a special position: expected
+            warnings.simplefilter("ignore", UserWarning)
             text = to_text(structure, fmt)
             written = None
             for task in tasks:
@@ -325,13 +356,13 @@ def _fill_mix(mix: TaskMix, records: Iterable[tuple[str, Any, dict[str, Any]]], 
                 for _ in range(n):
                     if written is None and task != "generate":
                         written = from_text(text, fmt)
-                    ex = make_example(task, structure, props, sid=str(sid), fmt=fmt, rng=rng,
-                                      text=text, written=written)
+                    ex = make_example(task, structure, props, sid=sid, fmt=fmt, rng=rng, text=text,
+                                      written=written)
                     if ex is not None:
                         made.append(ex)
-            mix.examples.extend(made)
-        except Exception as exc:  # noqa: BLE001 - one bad structure must not stop the mix
-            mix.skipped.append((str(sid), f"{type(exc).__name__}: {exc}"))
+    except Exception as exc:  # noqa: BLE001 - one bad structure must not stop the mix
+        return sid, [], f"{type(exc).__name__}: {exc}"
+    return sid, made, None
 
 
 def task_mix_from_dataset(
@@ -344,12 +375,20 @@ def task_mix_from_dataset(
     tasks: Sequence[str] | None = None,
     weights: dict[str, float] | None = None,
     seed: int = 0,
+    n_jobs: int = 1,
+    progress: bool = False,
 ) -> list[InstructionExample]:
-    """The task mix of a registered dataset split (see :mod:`llamat_cif.data`)."""
-    from llamat_cif.data import iter_structures
+    """The task mix of a registered dataset split (see :mod:`llamat_cif.data`).
 
+    Raises:
+        ValueError: when no structure of the split gives an example.
+    """
+    from llamat_cif.data import iter_structures, load_split
+
+    total = len(load_split(name, split, data_dir=data_dir, limit=limit)) if progress else None
     mix = build_task_mix(iter_structures(name, split, data_dir=data_dir, limit=limit), fmt=fmt,
-                         tasks=tasks, weights=weights, seed=seed)
+                         tasks=tasks, weights=weights, seed=seed, n_jobs=n_jobs, progress=progress,
+                         total=total)
     if not mix.examples:
         reasons = "; ".join(f"{i}: {r}" for i, r in mix.skipped[:3])
         raise ValueError(f"no instruction examples from {name}/{split} ({mix.n_structures} structures; {reasons})")

@@ -32,7 +32,9 @@ import math
 import os
 import platform
 import re
+import shlex
 import shutil
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -632,6 +634,7 @@ def run_training(
                      "train_items_per_epoch": train_data.epoch_size(),
                      "train_tokens_per_epoch": train_data.tokens_per_epoch()},
         "data": describe or {},
+        "command": " ".join(shlex.quote(a) for a in sys.argv),
         "versions": _versions(),
         "hardware": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                      "torch_threads": torch.get_num_threads(),

@@ -228,6 +228,14 @@ def test_task_mix_survives_bad_records(nacl):
     assert mix.counts()["generate"] == 1 and mix.counts()["conditional"] == 1
 
 
+def test_task_mix_same_with_workers(nacl, perovskite):
+    records = [("a", nacl, {"band_gap": 1.0}), ("b", perovskite, {}), ("c", nacl, {})]
+    one = build_task_mix(records, fmt="llamat", seed=3)
+    two = build_task_mix(records, fmt="llamat", seed=3, n_jobs=2)
+    assert one.examples == two.examples and one.n_structures == two.n_structures == 3
+    assert build_task_mix(records, fmt="llamat", seed=4).examples != one.examples
+
+
 def test_split_by_structure():
     from llamat_cif.instructions import InstructionExample
 

@@ -58,6 +58,8 @@ from llamat_cif.cli._common import console, data_dir_option, fail, seed_option
 @click.option("--tasks", default=None, help="Comma-separated instruction tasks (default: all).")
 @click.option("--val-fraction", type=float, default=0.02, show_default=True,
               help="Share of instruction examples held out for the validation loss.")
+@click.option("--jobs", type=int, default=2, show_default=True,
+              help="Worker processes building the instruction mix.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 @data_dir_option
 @seed_option
@@ -65,7 +67,7 @@ def train(corpus, instructions, base_model, model_config, out_dir, max_steps, ba
           lr, warmup_steps, min_lr_ratio, weight_decay, block_size, precision, save_dtype, eval_every,
           eval_batches, save_every, log_every, num_workers, resume, stop_after, text_dir,
           text_fraction, use_lora, lora_r, lora_alpha, lora_dropout, lora_targets, merge, dataset,
-          split, limit, fmt, tasks, val_fraction, progress, data_dir, seed) -> None:
+          split, limit, fmt, tasks, val_fraction, jobs, progress, data_dir, seed) -> None:
     """Train a generator: from scratch / continued on --corpus, or LoRA on --instructions.
 
     \b
@@ -119,7 +121,8 @@ def train(corpus, instructions, base_model, model_config, out_dir, max_steps, ba
 
             task_list = [t.strip() for t in tasks.split(",")] if tasks else None
             examples = task_mix_from_dataset(dataset, split, data_dir=data_dir, limit=limit, fmt=fmt,
-                                             tasks=task_list, seed=seed)
+                                             tasks=task_list, seed=seed, n_jobs=jobs,
+                                             progress=progress)
             train_ex, val_ex = split_examples(examples, val_fraction=val_fraction, seed=seed)
             counts: dict[str, int] = {}
             for ex in train_ex:
