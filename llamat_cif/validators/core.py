@@ -59,7 +59,12 @@ class Thresholds:
         return asdict(self)
 
 
-#: Output columns in order, with their Arrow types (nullable booleans mean "not applicable").
+#: Output columns in order, with their Arrow types. A null boolean means "not applicable" (no target
+#: requested, nothing stated to compare). ``error`` is empty for clean rows; it is filled for every
+#: row that did not parse and may be filled for parsed rows (e.g. a timeout in the bond check).
+#: ``spacegroup`` is spglib's at ``symprec``; ``stated_spacegroup`` the CIF's own; ``cif`` the parsed
+#: structure as a pymatgen P1 CIF (``keep_cif=True``) for the stability stage; ``time_s`` / ``cpu_s``
+#: wall and CPU seconds spent on the row.
 COLUMNS: dict[str, str] = {
     "id": "string",
     "fmt": "string",
