@@ -674,6 +674,7 @@ def run_training(
         # would see a different dropout stream than an uninterrupted one
         generator=torch.Generator().manual_seed(config.seed),
         persistent_workers=False,
+        pin_memory=device.type == "cuda",
     )
     batches = iter(loader)
 
@@ -706,7 +707,9 @@ def run_training(
             loss_sum, step_tokens = 0.0, 0
             for micro in range(config.grad_accum):
                 batch = next(batches)
-                batch = {k: v.to(device) for k, v in batch.items()}
+                # counted on the host copy: no device sync per micro-batch
+                step_tokens += int(batch["attention_mask"].sum()) * world
+                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
                 sync = micro == config.grad_accum - 1
                 ctx = contextlib.nullcontext() if sync else accelerator.no_sync(model)
                 with ctx:
@@ -714,7 +717,6 @@ def run_training(
                         loss = model(**batch).loss
                     accelerator.backward(loss / config.grad_accum)
                 loss_sum += float(loss.detach())
-                step_tokens += int(batch["attention_mask"].sum()) * world
             if config.grad_clip > 0:
                 accelerator.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
