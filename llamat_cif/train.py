@@ -168,10 +168,11 @@ class PackedStream(Stream):
         block_size: tokens per block. A corpus shorter than one block gives one short block.
         seed: shuffling seed.
         shuffle: ``False`` keeps corpus order (validation).
+        keep_tail: also serve the last, shorter block (validation: every held-out token counts).
     """
 
     def __init__(self, tokens: np.ndarray, offsets: np.ndarray, block_size: int, *, seed: int = 0,
-                 shuffle: bool = True) -> None:
+                 shuffle: bool = True, keep_tail: bool = False) -> None:
         tokens = np.asarray(tokens)
         offsets = np.asarray(offsets, dtype=np.int64)
         if tokens.ndim != 1 or offsets.ndim != 1 or len(offsets) < 2:
@@ -184,7 +185,8 @@ class PackedStream(Stream):
         self.lengths = np.diff(offsets)
         self.total = int(len(tokens))
         self.block_size = min(block_size, self.total)
-        self.n_blocks = self.total // self.block_size
+        self.n_blocks = (-(-self.total // self.block_size) if keep_tail
+                         else self.total // self.block_size)
         self.seed, self.shuffle = seed, shuffle
         self._cache: tuple[int, np.ndarray, np.ndarray] | None = None
 
@@ -196,7 +198,7 @@ class PackedStream(Stream):
         return self.n_blocks
 
     def tokens_per_epoch(self) -> int:
-        return self.n_blocks * self.block_size
+        return min(self.n_blocks * self.block_size, self.total)
 
     def _epoch(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         if self._cache is not None and self._cache[0] == epoch:
@@ -225,10 +227,10 @@ class PackedStream(Stream):
 
     @classmethod
     def from_texts(cls, texts: Sequence[str], tokenizer: Any, block_size: int, *, seed: int = 0,
-                   shuffle: bool = True) -> PackedStream:
+                   shuffle: bool = True, keep_tail: bool = False) -> PackedStream:
         """Tokenize documents as ``[bos] + ids + [eos]`` and pack them."""
         tokens, offsets = tokenize_documents(texts, tokenizer)
-        return cls(tokens, offsets, block_size, seed=seed, shuffle=shuffle)
+        return cls(tokens, offsets, block_size, seed=seed, shuffle=shuffle, keep_tail=keep_tail)
 
 
 def tokenize_documents(texts: Sequence[str], tokenizer: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -541,6 +543,8 @@ def evaluate(model: torch.nn.Module, stream: Stream, config: TrainConfig, collat
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
             out = model(**batch)
         n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+        if n == 0:  # e.g. a one-token tail block: nothing to predict (the loss would be NaN)
+            continue
         total += float(out.loss) * n
         count += n
     if was_training:
@@ -914,7 +918,8 @@ def train_from_corpus(
         train_stream: Stream = PackedStream(*load_corpus_arrays(corpus_dir, "train"), bs, seed=config.seed)
         val_stream: Stream | None = None
         if (corpus_dir / "val.tokens.npy").is_file():
-            val_stream = PackedStream(*load_corpus_arrays(corpus_dir, "val"), bs, shuffle=False)
+            val_stream = PackedStream(*load_corpus_arrays(corpus_dir, "val"), bs, shuffle=False,
+                                      keep_tail=True)
     else:
         train_docs = read_documents(corpus_dir, "train")
         if (corpus_dir / "documents.val.jsonl").is_file():
@@ -925,7 +930,7 @@ def train_from_corpus(
             val_docs = [train_docs[i] for i in order[:n_val]]
             train_docs = [train_docs[i] for i in order[n_val:]]
         train_stream = PackedStream.from_texts(train_docs, tokenizer, bs, seed=config.seed)
-        val_stream = PackedStream.from_texts(val_docs, tokenizer, bs, shuffle=False)
+        val_stream = PackedStream.from_texts(val_docs, tokenizer, bs, shuffle=False, keep_tail=True)
         describe["retokenized"] = {"train_docs": len(train_docs), "val_docs": len(val_docs)}
     describe["train_tokens"] = train_stream.tokens_per_epoch()
     if text_dir is not None and text_fraction > 0:

@@ -94,6 +94,10 @@ def test_packed_stream_covers_each_token_once_per_epoch():
     # a new epoch packs differently, and the same index always gives the same block
     assert any(not np.array_equal(stream[i]["input_ids"], stream[3 + i]["input_ids"]) for i in range(3))
     assert np.array_equal(PackedStream(tokens, offsets, 9, seed=3)[4]["input_ids"], stream[4]["input_ids"])
+    # validation keeps corpus order and the short tail block: every held-out token is scored
+    val = PackedStream(tokens, offsets, 10, shuffle=False, keep_tail=True)
+    assert val.epoch_size() == 3 and len(val[2]["input_ids"]) == 7
+    assert np.concatenate([val[i]["input_ids"] for i in range(3)]).tolist() == tokens.tolist()
 
 
 def test_mixed_stream_fraction_and_determinism():
