@@ -34,7 +34,9 @@ import platform
 import re
 import shlex
 import shutil
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -445,6 +447,7 @@ class TrainResult:
     params: int = 0
     trainable_params: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+    stopped: str | None = None  # why the run ended before max_steps (None: it completed)
 
 
 def lr_at(step: int, config: TrainConfig) -> float:
@@ -572,8 +575,13 @@ def run_training(
     stop_after: int | None = None,
     describe: dict[str, Any] | None = None,
     progress: bool = True,
+    time_limit_s: float | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``train_data`` for ``config.max_steps`` optimizer steps.
+
+    SIGINT (Ctrl-C) and SIGTERM (``timeout``, schedulers) end the run gracefully: the current step
+    finishes, a checkpoint is written, and ``resume=True`` later continues exactly. A second signal
+    stops at once.
 
     Args:
         config: the run's settings; ``out_dir`` receives logs, checkpoints and ``final/``.
@@ -586,9 +594,12 @@ def run_training(
             the schedule still runs to ``max_steps`` when resumed.
         describe: extra provenance (data, model source) for ``train_config.json``.
         progress: show a rich progress bar on the main process.
+        time_limit_s: stop gracefully (with a checkpoint) once this much wall time has passed in
+            this call, e.g. to fit a job limit; resume to continue.
 
     Returns:
-        A :class:`TrainResult`; ``final_dir`` is ``None`` when stopped before ``max_steps``.
+        A :class:`TrainResult`; ``final_dir`` is ``None`` when stopped before ``max_steps``
+        (``stopped`` says why).
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -705,7 +716,10 @@ def run_training(
     val_loss: float | None = None
     window_tokens, window_t = 0, time.perf_counter()
     bar = _progress(is_main and progress)
-    with bar:
+    stop = _GracefulStop()
+    deadline = None if time_limit_s is None else time.perf_counter() + time_limit_s
+    done, stopped = start_step, None
+    with stop.installed(), bar:
         task = bar.add_task("train", total=config.max_steps, completed=start_step, loss="")
         for step in range(start_step, end_step):
             loss_sum, step_tokens = 0.0, 0
@@ -732,7 +746,12 @@ def run_training(
                 last_loss = float(accelerator.reduce(torch.tensor(last_loss, device=device), "mean"))
             tokens_seen += step_tokens
             window_tokens += step_tokens
-            if done % config.log_every == 0 or done == end_step:
+            want_stop = stop.reason or (
+                "time limit" if deadline is not None and time.perf_counter() > deadline else None)
+            if world > 1:  # every process must stop at the same step (checkpointing is collective)
+                any_stop = accelerator.reduce(torch.tensor(float(want_stop is not None), device=device), "sum")
+                want_stop = (want_stop or "another process stopped") if float(any_stop) > 0 else None
+            if done % config.log_every == 0 or done == end_step or want_stop:
                 now = time.perf_counter()
                 log({"step": done, "loss": round(last_loss, 6), "lr": scheduler.get_last_lr()[0],
                      "tokens": tokens_seen, "tokens_per_s": round(window_tokens / max(now - window_t, 1e-9), 1),
@@ -742,16 +761,21 @@ def run_training(
                 val_loss = evaluate(model, val_data, config, collate, device, use_bf16)
                 log({"step": done, "val_loss": round(val_loss, 6),
                      "wall_s": round(elapsed_before + time.perf_counter() - t0, 2)})
-            if done % config.save_every == 0 or done == end_step:
+            if done % config.save_every == 0 or done == end_step or want_stop:
                 save_checkpoint(done, elapsed_before + time.perf_counter() - t0)
             bar.update(task, completed=done, loss=f"loss {last_loss:.4f}"
                        + (f"  val {val_loss:.4f}" if val_loss is not None else ""))
+            if want_stop and done < end_step:
+                stopped = want_stop
+                break
     wall = elapsed_before + time.perf_counter() - t0
-    final_step = max(end_step, start_step)
+    final_step = done
+    if stopped is None and final_step < config.max_steps:
+        stopped = "stop_after"
 
     result = TrainResult(out_dir=out_dir, final_dir=None, step=final_step, train_loss=last_loss,
                          val_loss=val_loss, tokens_seen=tokens_seen, wall_s=wall, params=n_params,
-                         trainable_params=n_train, history=history)
+                         trainable_params=n_train, history=history, stopped=stopped)
     if final_step < config.max_steps:
         return result
     accelerator.wait_for_everyone()
@@ -776,6 +800,34 @@ def run_training(
         (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
     accelerator.wait_for_everyone()
     return result
+
+
+class _GracefulStop:
+    """SIGINT/SIGTERM -> finish the step, checkpoint, return; a second signal interrupts at once."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[_GracefulStop]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self  # signal handlers can only be set from the main thread
+            return
+        sigs = (signal.SIGINT, signal.SIGTERM)
+        previous = {s: signal.getsignal(s) for s in sigs}
+
+        def handler(signum: int, frame: Any) -> None:
+            if self.reason is not None:
+                raise KeyboardInterrupt
+            self.reason = signal.Signals(signum).name
+
+        for s in sigs:
+            signal.signal(s, handler)
+        try:
+            yield self
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
 
 
 def _progress(enabled: bool) -> Any:
@@ -895,6 +947,7 @@ def train_from_corpus(
     resume: bool = False,
     stop_after: int | None = None,
     progress: bool = True,
+    time_limit_s: float | None = None,
 ) -> TrainResult:
     """Pretrain on a built corpus: from scratch (``model_config``) or continued (``base_model``).
 
@@ -944,7 +997,7 @@ def train_from_corpus(
                           lora=config.lora, seed=config.seed, block_size=bs)
     return run_training(config, model=model, tokenizer=tokenizer, train_data=train_stream,
                         val_data=val_stream, resume=resume, stop_after=stop_after,
-                        describe=describe, progress=progress)
+                        describe=describe, progress=progress, time_limit_s=time_limit_s)
 
 
 def train_supervised(
@@ -959,6 +1012,7 @@ def train_supervised(
     stop_after: int | None = None,
     describe: dict[str, Any] | None = None,
     progress: bool = True,
+    time_limit_s: float | None = None,
 ) -> TrainResult:
     """Finetune on ``(prompt, completion)`` pairs with the loss on the completion only.
 
@@ -973,6 +1027,7 @@ def train_supervised(
         stop_after: stop after this many steps (checkpointed), as if interrupted.
         describe: provenance merged into ``train_config.json``.
         progress: show a progress bar.
+        time_limit_s: stop gracefully (checkpointed) after this much wall time.
     """
     tok = _tokenizer_for(base_model, tokenizer)
     train_stream = SupervisedStream(pairs, tok, config.block_size, seed=config.seed)
@@ -983,7 +1038,8 @@ def train_supervised(
     model = prepare_model(tok, base_model=base_model, model_config=model_config, lora=config.lora,
                           seed=config.seed, block_size=config.block_size)
     return run_training(config, model=model, tokenizer=tok, train_data=train_stream, val_data=val_stream,
-                        resume=resume, stop_after=stop_after, describe=info, progress=progress)
+                        resume=resume, stop_after=stop_after, describe=info, progress=progress,
+                        time_limit_s=time_limit_s)
 
 
 def with_out_dir(config: TrainConfig, out_dir: str | os.PathLike) -> TrainConfig:

@@ -285,3 +285,42 @@ def test_corpus_training_runs_without_pymatgen(toy_corpus, tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     assert (out / "final" / "model.safetensors").is_file()
+
+
+class _SignalAt(PackedStream):
+    """A packed stream that sends this process SIGINT when item ``at`` is read (like a Ctrl-C)."""
+
+    def __init__(self, base: PackedStream, at: int) -> None:
+        self.__dict__.update(base.__dict__)
+        self.at = at
+
+    def __getitem__(self, k):
+        if k == self.at:
+            import signal
+
+            signal.raise_signal(signal.SIGINT)
+        return super().__getitem__(k)
+
+
+def test_ctrl_c_checkpoints_and_resumes_exactly(toy_corpus, tmp_path):
+    from transformers import AutoTokenizer
+
+    from llamat_cif.train import load_corpus_arrays, prepare_model, run_training
+
+    tok = AutoTokenizer.from_pretrained(toy_corpus / "tokenizer")
+    cfg_a, cfg_b = tiny_config(tmp_path / "a"), tiny_config(tmp_path / "b")
+    base = PackedStream(*load_corpus_arrays(toy_corpus, "train"), 64, seed=cfg_a.seed)
+
+    def run(cfg, data, **kw):
+        model = prepare_model(tok, model_config="tiny", seed=cfg.seed, block_size=64)
+        return run_training(cfg, model=model, tokenizer=tok, train_data=data, progress=False, **kw)
+
+    straight = run(cfg_a, base)
+    # item 20 is read in step 3 (8 items per step): the step finishes, then the run stops
+    cut = run(cfg_b, _SignalAt(base, 20))
+    assert cut.stopped == "SIGINT" and cut.step == 3 and cut.final_dir is None
+    assert latest_checkpoint(tmp_path / "b").name == "step_0000003"
+    resumed = run(cfg_b, base, resume=True)
+    assert resumed.stopped is None and resumed.train_loss == straight.train_loss
+    timed = run(tiny_config(tmp_path / "c"), base, time_limit_s=0.0)
+    assert timed.stopped == "time limit" and timed.step == 1

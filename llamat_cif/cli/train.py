@@ -39,6 +39,8 @@ from llamat_cif.cli._common import console, data_dir_option, fail, seed_option
 @click.option("--resume", is_flag=True, help="Continue from the newest checkpoint in --out.")
 @click.option("--stop-after", type=int, default=None,
               help="Stop (checkpointed) after this many steps; --resume continues the same schedule.")
+@click.option("--time-limit", type=float, default=None,
+              help="Minutes; then stop gracefully with a checkpoint (--resume continues).")
 @click.option("--text-dir", type=click.Path(exists=True, file_okay=False), default=None,
               help="Plain-text files mixed into pretraining (continued pretraining).")
 @click.option("--text-fraction", type=float, default=0.03, show_default=True,
@@ -65,7 +67,7 @@ from llamat_cif.cli._common import console, data_dir_option, fail, seed_option
 @seed_option
 def train(corpus, instructions, base_model, model_config, out_dir, max_steps, batch_size, grad_accum,
           lr, warmup_steps, min_lr_ratio, weight_decay, block_size, precision, save_dtype, eval_every,
-          eval_batches, save_every, log_every, num_workers, resume, stop_after, text_dir,
+          eval_batches, save_every, log_every, num_workers, resume, stop_after, time_limit, text_dir,
           text_fraction, use_lora, lora_r, lora_alpha, lora_dropout, lora_targets, merge, dataset,
           split, limit, fmt, tasks, val_fraction, jobs, progress, data_dir, seed) -> None:
     """Train a generator: from scratch / continued on --corpus, or LoRA on --instructions.
@@ -109,13 +111,14 @@ def train(corpus, instructions, base_model, model_config, out_dir, max_steps, ba
             lora=lora, merge=merge, **settings)
     except ValueError as exc:
         fail(str(exc))
+    limit_s = None if time_limit is None else 60.0 * time_limit
     try:
         if base_model:
             T.local_model_dir(base_model)  # fail before any slow data preparation
         if corpus:
             result = T.train_from_corpus(corpus, config, model_config=model_config, base_model=base_model,
                                          text_dir=text_dir, text_fraction=text_fraction, resume=resume,
-                                         stop_after=stop_after, progress=progress)
+                                         stop_after=stop_after, progress=progress, time_limit_s=limit_s)
         else:
             from llamat_cif.instructions import split_examples, task_mix_from_dataset
 
@@ -132,7 +135,7 @@ def train(corpus, instructions, base_model, model_config, out_dir, max_steps, ba
             result = T.train_supervised(
                 [(e.prompt, e.completion) for e in train_ex], config, base_model=base_model,
                 val_pairs=[(e.prompt, e.completion) for e in val_ex] or None, resume=resume,
-                stop_after=stop_after, progress=progress,
+                stop_after=stop_after, progress=progress, time_limit_s=limit_s,
                 describe={"instructions": {"dataset": dataset, "split": split, "limit": limit,
                                            "fmt": fmt, "task_counts": counts}})
     except (FileNotFoundError, ModelLoadError, ValueError) as exc:
@@ -147,6 +150,7 @@ def train(corpus, instructions, base_model, model_config, out_dir, max_steps, ba
     if result.final_dir:
         console.print(f"final model: [bold]{result.final_dir}[/]")
     else:
-        console.print(f"stopped at step {result.step}; continue with --resume --out {out_dir}")
+        console.print(f"stopped at step {result.step} ({result.stopped}); continue with the same "
+                      f"options plus --resume")
     if result.merged_dir:
         console.print(f"merged model: [bold]{result.merged_dir}[/]")
