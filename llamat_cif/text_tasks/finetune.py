@@ -81,7 +81,7 @@ class TextTrainConfig:
     val_fraction: float = 0.05
     limit: int | None = None
     seed: int = 0
-    # fp32, not bf16 autocast: on this project's shared 2-core CPUs bf16 measured 2-7x slower
+    # fp32, not bf16 autocast: on this project's shared 2-core CPUs bf16 measured 2-3x slower
     # per step for the tiny/small sizes (no native bf16 matmul on those cores).
     precision: str = "fp32"
     chat_template: str = "auto"
