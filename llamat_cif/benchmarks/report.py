@@ -1,9 +1,9 @@
 """The benchmark report: ``report.md`` with PNG figures (matplotlib, no browser needed).
 
 Periodic-table heatmaps are drawn with matplotlib on pymatviz's periodic-table layout
-(``pymatviz.df_ptable`` rows/columns). pymatviz 0.18's own ``ptable_heatmap`` returns a plotly
-figure whose PNG export needs kaleido and a browser; we write that one as an interactive HTML file
-beside the PNG instead.
+(``pymatviz.df_ptable`` rows/columns). pymatviz 0.18's own ``ptable_heatmap`` is plotly-only: its PNG
+export needs kaleido and a browser, and with plotly 7.1 it fails outright
+(``plotly.figure_factory.create_annotated_heatmap`` no longer exists).
 """
 
 from __future__ import annotations
@@ -90,20 +90,6 @@ def ptable_png(
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
-
-
-def ptable_html(values: dict[str, float], path: Path, *, title: str) -> Path | None:
-    """The same heatmap as an interactive pymatviz/plotly HTML file (None if pymatviz fails)."""
-    try:
-        import pymatviz as pmv
-
-        fig = pmv.ptable_heatmap({k: v for k, v in values.items() if v is not None and np.isfinite(v)},
-                                 fmt=".2f")
-        fig.update_layout(title=title)
-        fig.write_html(path, include_plotlyjs="cdn")
-        return path
-    except Exception:  # noqa: BLE001 - the PNG is the deliverable; the HTML is a bonus
-        return None
 
 
 def histogram_png(gen: pd.Series, ref: pd.Series, path: Path, *, xlabel: str, title: str,
@@ -213,8 +199,6 @@ def write_report(
                               fmt="{:+.1f}", title="Element frequency: log2(generated / reference) "
                               "(-4 = absent or >16x rarer)",
                               cbar_label="log2 frequency ratio"))
-    ptable_html(rec, figs / "ptable_recall.html", title="Coverage recall per element")
-    ptable_html(prec, figs / "ptable_precision.html", title="Coverage precision per element")
     written.append(histogram_png(gen_valid["density"], ref_parsed["density"], figs / "hist_density.png",
                                  xlabel="density (g/cm$^3$)", title="Density"))
     written.append(histogram_png(gen_valid["n_elements"], ref_parsed["n_elements"],
