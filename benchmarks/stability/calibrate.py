@@ -3,7 +3,10 @@
 Relaxes a seeded random sample of "MP-20 test, available subset (n=7342)" with the pipeline's
 potential and FIRE settings, scores E_hull on the MP-20 reference hull, and compares with MP's own
 ``e_above_hull``. Every structure is below 0.08 eV/atom on MP's hull, so a well-calibrated pipeline
-calls nearly all of them metastable (< 0.1 eV/atom).
+calls nearly all of them metastable (< 0.1 eV/atom). The reference hull holds the MP-20 materials
+themselves at their MP formation energies, as MP's own hull does, so a structure's pipeline E_hull
+differs from MP's by how far its CHGNet formation energy differs from MP's (plus hull phases that
+MP-20 lacks).
 
 Resumable: rows stream to ``benchmarks/stability/calibration_rows.parquet``; rerunning skips done ids.
 
