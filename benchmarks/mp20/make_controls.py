@@ -13,7 +13,7 @@ from pymatgen.core import Structure
 from llamat_cif.data import load_split
 from llamat_cif.validators.core import validate_one
 
-n = int(sys.argv[1]) if len(sys.argv) > 1 else 300
+n = int(sys.argv[1]) if len(sys.argv) > 1 else 200
 root = Path(sys.argv[2]) if len(sys.argv) > 2 else Path("/tmp/bench_dev")
 df = load_split("mp20", "train", limit=n)
 rng = np.random.default_rng(0)
