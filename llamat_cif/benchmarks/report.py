@@ -267,8 +267,9 @@ def write_report(
         lines += ["## Screening funnel", "", "| step | count |", "|---|---|"]
         lines += [f"| {a} | {b} |" for a, b in result["funnel"]]
         lines += ["", "![funnel](figures/funnel.png)", ""]
-    lines += ["## Protocol", "", "```json", _json_dump({k: p[k] for k in ("coverage", "validity", "stability",
-                                                                        "versions", "timings_s")}), "```", ""]
+    lines += ["## Protocol", "", "```json", _json_dump({k: p.get(k) for k in ("generation", "coverage", "validity",
+                                                                            "stability", "versions", "timings_s")}),
+              "```", ""]
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path

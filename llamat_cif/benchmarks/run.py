@@ -291,6 +291,7 @@ def run_benchmark(cfg: BenchmarkConfig, *, show_progress: bool = True) -> dict[s
             "config": asdict(cfg),
             "coverage": {**main.protocol, "headline": "generated = valid samples; recall over reference; "
                          "precision over valid generated (crystal-text-llm denominator)"},
+            "generation": _generation_config(run_dir),
             "validity": validity_protocol,
             "stability": stab_protocol,
             "seed": cfg.seed,
@@ -325,6 +326,19 @@ def _csp_with_progress(samples: pd.DataFrame, ref: pd.DataFrame, ks: tuple[int, 
         task = bar.add_task("csp", total=None)
         return csp_match(samples, ref, ks=ks,
                          progress=lambda done, total: bar.update(task, completed=done, total=total))
+
+
+def _generation_config(run_dir: Path) -> dict:
+    """How the samples were made (``sample_config.json`` / ``screen_config.json``), when recorded."""
+    out = {}
+    for name in ("sample_config.json", "screen_config.json"):
+        path = Path(run_dir) / name
+        if path.exists():
+            try:
+                out[name.removesuffix(".json")] = json.loads(path.read_text())
+            except (OSError, ValueError):
+                out[name.removesuffix(".json")] = "unreadable"
+    return out
 
 
 def _screen_funnel(run_dir: Path, n_gen: int) -> list[tuple[str, int]] | None:
