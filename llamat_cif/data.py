@@ -355,9 +355,12 @@ def verify(data_dir: str | Path | None = None) -> list[VerifyResult]:
                 if len(parts) != 2:
                     continue
                 digest, rel = parts[0], parts[1].strip().lstrip("*")
-                p = (sums.parent / rel).resolve()
-                if p.is_relative_to(root):
-                    expected[p] = digest
+                # paths may be relative to the sums file's folder or to its parent (a bundle root)
+                for base in (sums.parent, sums.parent.parent):
+                    p = (base / rel).resolve()
+                    if p.is_relative_to(root) and p.exists():
+                        expected[p] = digest
+                        break
             break
     out = []
     for p, digest in sorted(expected.items()):

@@ -1,0 +1,265 @@
+"""Batched, seeded, conditional, grammar-constrained crystal generation.
+
+:func:`generate` samples ``n`` documents from a generator model in batches (KV cache, left padding),
+decodes each into a ``Structure``, and appends the batch to ``out_dir/samples.csv`` (plus one CIF per
+structure in ``out_dir/cifs/``) as soon as it is done. An interrupted run resumes at the next batch:
+batch ``k`` is always drawn with seed ``(seed, k)``, so a resumed run writes exactly the rows an
+uninterrupted one would, with no duplicates and no gaps.
+
+With ``constrained=True`` (default) a logits processor walks every sequence through the document
+grammar of :mod:`llamat_cif.grammar`: only text that parses can be written, the composition follows
+the requested (or self-declared) formula, and sites closer than ``min_distance`` are refused.
+``constrained=False`` samples the bare model (to measure what the constraint adds).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+SAMPLE_COLUMNS = ["id", "text", "fmt", "cif", "error", "target_formula", "target_spacegroup", "seed",
+                  "batch", "n_tokens", "constrained"]
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """One sampling run (written to ``out_dir/sample_config.json``)."""
+
+    n: int
+    out_dir: str
+    model: str = "default"
+    formula: str | None = None  # reduced formula the samples must have, e.g. "LiFePO4"
+    spacegroup: int | None = None  # space-group number the samples must declare
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    batch_size: int = 32
+    seed: int = 0
+    constrained: bool = True
+    min_distance: float | None = 0.5  # Å; constraint on site placement (None: off)
+    max_new_tokens: int = 1000
+    device: str | None = None
+    fmt: str | None = None  # representation; None: from the model's training corpus (cif default)
+    threads: int | None = 1  # CPU threads for torch; 1 is fastest for small models on a busy machine
+    targets: str | None = None  # CSV with target_formula[, target_spacegroup]: one sample per row (n = rows)
+
+
+class GrammarLogitsProcessor:
+    """``transformers`` logits processor that masks every token the grammar does not allow."""
+
+    def __init__(self, decoders: list, prompt_len: int, pad_id: int) -> None:
+        self.decoders = decoders
+        self.seen = prompt_len
+        self.pad_id = pad_id
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        if input_ids.shape[1] > self.seen:  # the token chosen at the previous step
+            for d, t in zip(self.decoders, input_ids[:, -1].tolist(), strict=True):
+                d.advance(t)
+            self.seen = input_ids.shape[1]
+        mask = torch.full_like(scores, float("-inf"))
+        for i, d in enumerate(self.decoders):
+            if d.done:
+                mask[i, self.pad_id] = 0.0  # finished: transformers pads the row anyway
+            else:
+                mask[i, d.allowed()] = 0.0
+        return scores + mask
+
+
+def parse_formula(formula: str) -> dict[str, float]:
+    """Reduced composition of a formula string (clear error on nonsense)."""
+    from pymatgen.core import Composition
+
+    try:
+        comp = Composition(formula)
+    except Exception as exc:  # noqa: BLE001
+        raise ValueError(f"cannot read formula {formula!r}: {exc}") from exc
+    if len(comp) == 0:
+        raise ValueError(f"empty formula {formula!r}")
+    red = comp.reduced_composition
+    return {el.symbol: amt for el, amt in red.items()}
+
+
+def model_format(model_dir: Path) -> str:
+    """Representation a model was trained on (from its train_config.json), ``cif`` by default."""
+    cfg = model_dir / "train_config.json"
+    if cfg.is_file():
+        info = json.loads(cfg.read_text())
+        fmt = (info.get("describe") or {}).get("corpus_stats", {}).get("format") or info.get("corpus_stats", {}).get("format")
+        if fmt in ("cif", "llamat"):
+            return fmt
+    return "cif"
+
+
+def _prompt(cfg: SampleConfig, fmt: str, formula: dict | None) -> str:
+    """Header text for an unconstrained conditional prompt (constrained runs force it instead)."""
+    from pymatgen.core import Composition
+
+    lines = ""
+    if formula:
+        lines += f"# formula: {Composition(formula).formula}\n"
+    if cfg.spacegroup:
+        lines += f"# spacegroup: {cfg.spacegroup}\n"
+    return lines
+
+
+def _read_done(path: Path) -> int:
+    if not path.is_file():
+        return 0
+    with open(path, newline="") as fh:
+        return sum(1 for _ in csv.DictReader(fh))
+
+
+def _check_resume(out: Path, cfg: SampleConfig) -> None:
+    saved = out / "sample_config.json"
+    if saved.is_file():
+        old = json.loads(saved.read_text())
+        keys = ("model", "formula", "spacegroup", "temperature", "top_p", "top_k", "batch_size", "seed",
+                "constrained", "min_distance", "fmt")
+        diff = {k: (old.get(k), asdict(cfg).get(k)) for k in keys if old.get(k) != asdict(cfg).get(k)}
+        if diff:
+            raise ValueError(f"{out} holds a run with other settings {diff}; use a new --out to start afresh")
+
+
+def generate(cfg: SampleConfig, *, progress: bool = True, model=None, tokenizer=None):
+    """Sample ``cfg.n`` structures into ``cfg.out_dir`` (resumable); returns the samples table.
+
+    Args:
+        cfg: the run settings.
+        progress: show a rich progress bar.
+        model, tokenizer: an already loaded generator (else ``load_generator(cfg.model)``).
+    """
+    import pandas as pd
+    import torch
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from llamat_cif.cif import CrystalTextError, from_text, structure_to_cif
+    from llamat_cif.grammar import GRAMMARS, Conditions, Decoder, Stats, Vocab
+    from llamat_cif.model import load_generator, resolve_model_path
+
+    if cfg.n < 1:
+        raise ValueError("n must be >= 1")
+    if cfg.threads:
+        # Small models are launch-overhead bound on CPU; extra OpenMP threads only spin-wait
+        # (measured here: 59 ms/step with 1 thread, 1.3 s/step with 2 on a loaded 2-core machine).
+        torch.set_num_threads(cfg.threads)
+    formula = parse_formula(cfg.formula) if cfg.formula else None
+    targets: list[tuple[str | None, int | None]] | None = None
+    if cfg.targets:
+        tdf = pd.read_csv(cfg.targets, keep_default_na=False)
+        if "target_formula" not in tdf.columns and "target_spacegroup" not in tdf.columns:
+            raise ValueError(f"{cfg.targets}: needs a target_formula and/or target_spacegroup column")
+        targets = [(str(r.get("target_formula") or "") or None,
+                    int(r["target_spacegroup"]) if str(r.get("target_spacegroup", "")).strip() else None)
+                   for r in tdf.to_dict("records")]
+        cfg = SampleConfig(**{**asdict(cfg), "n": len(targets)})
+    if cfg.spacegroup is not None and not 1 <= cfg.spacegroup <= 230:
+        raise ValueError(f"space group must be 1..230, got {cfg.spacegroup}")
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "cifs").mkdir(exist_ok=True)
+    if model is None:
+        model_dir = resolve_model_path(cfg.model)
+        model, tokenizer = load_generator(str(model_dir), device=cfg.device)
+        fmt = cfg.fmt or model_format(model_dir)
+    else:
+        fmt = cfg.fmt or "cif"
+    cfg = SampleConfig(**{**asdict(cfg), "fmt": fmt})
+    _check_resume(out, cfg)
+    (out / "sample_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    samples = out / "samples.csv"
+    done = _read_done(samples)
+    device = next(model.parameters()).device
+    model.eval()
+    tokenizer.padding_side = "left"
+    vocab = Vocab(tokenizer) if cfg.constrained else None
+    stats = Stats()
+    cond = Conditions(formula=formula, spacegroup=cfg.spacegroup, min_distance=cfg.min_distance)
+    grammar = GRAMMARS[fmt]
+    prompt = "" if cfg.constrained else _prompt(cfg, fmt, formula)
+    n_batches = -(-cfg.n // cfg.batch_size)
+    t0 = time.time()
+    new_rows = 0
+    tokens_out = 0
+    write_header = done == 0
+    cols = [TextColumn("[bold]generate"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(), TextColumn("{task.fields[note]}")]
+    with Progress(*cols, disable=not progress) as bar, open(samples, "a", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=SAMPLE_COLUMNS)
+        if write_header:
+            writer.writeheader()
+        task = bar.add_task("gen", total=cfg.n, completed=done, note="")
+        for b in range(done // cfg.batch_size, n_batches):
+            start = b * cfg.batch_size
+            size = min(cfg.batch_size, cfg.n - start)
+            if size <= 0:
+                break
+            torch.manual_seed(int(np.random.SeedSequence([cfg.seed, b]).generate_state(1)[0]))
+            enc = tokenizer([tokenizer.bos_token + prompt] * size, return_tensors="pt",
+                            add_special_tokens=False, padding=True).to(device)
+            kwargs = dict(max_new_tokens=cfg.max_new_tokens, do_sample=cfg.temperature > 0,
+                          pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                          use_cache=True)
+            if cfg.temperature > 0:
+                kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k or None)
+            row_targets = [targets[start + i] if targets else (cfg.formula, cfg.spacegroup) for i in range(size)]
+            if targets and not cfg.constrained:
+                raise ValueError("--targets needs constrained decoding (prompts per row are not batched)")
+            if cfg.constrained:
+                conds = [cond if not targets else
+                         Conditions(formula=parse_formula(f) if f else None, spacegroup=g,
+                                    min_distance=cfg.min_distance) for f, g in row_targets]
+                decoders = [Decoder(grammar(vocab, c, stats), vocab, stats) for c in conds]
+                kwargs["logits_processor"] = [GrammarLogitsProcessor(decoders, enc["input_ids"].shape[1],
+                                                                     tokenizer.pad_token_id)]
+            with torch.no_grad():
+                gen = model.generate(**enc, **kwargs)
+            new = gen[:, enc["input_ids"].shape[1]:]
+            rows = []
+            for i in range(size):
+                ids = [t for t in new[i].tolist() if t not in (tokenizer.pad_token_id,)]
+                n_tok = len(ids)
+                tokens_out += n_tok
+                text = prompt + tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+                sid = f"s{start + i:06d}"
+                row = {"id": sid, "text": text, "fmt": fmt, "cif": "", "error": "",
+                       "target_formula": row_targets[i][0] or "", "target_spacegroup": row_targets[i][1] or "",
+                       "seed": cfg.seed, "batch": b, "n_tokens": n_tok, "constrained": cfg.constrained}
+                if tokenizer.eos_token_id not in new[i].tolist():
+                    row["error"] = f"no end of structure within {cfg.max_new_tokens} tokens"
+                try:
+                    s = from_text(text, fmt)
+                    row["cif"] = structure_to_cif(s)
+                    (out / "cifs" / f"{sid}.cif").write_text(row["cif"])
+                except (CrystalTextError, ValueError) as exc:
+                    row["error"] = (row["error"] + "; " if row["error"] else "") + str(exc)[:500]
+                except Exception as exc:  # noqa: BLE001 - a bad sample never stops the run
+                    row["error"] = f"{type(exc).__name__}: {exc}"[:500]
+                rows.append(row)
+            writer.writerows(rows)
+            fh.flush()
+            new_rows += size
+            el = time.time() - t0
+            bar.update(task, advance=size, note=f"{new_rows / el:.2f} structures/s, {tokens_out / el:.0f} tok/s")
+    wall = time.time() - t0
+    df = pd.read_csv(samples, keep_default_na=False)
+    summary = {
+        "attempted": int(len(df)),
+        "decoded": int((df["cif"] != "").sum()),
+        "with_error": int((df["error"] != "").sum()),
+        "this_session": {"new_rows": new_rows, "wall_s": round(wall, 2), "tokens": tokens_out,
+                         "structures_per_s": round(new_rows / wall, 3) if wall else None,
+                         "tokens_per_s": round(tokens_out / wall, 1) if wall else None,
+                         "constraint_fallbacks": stats.fallbacks, "distance_vetoes": stats.distance_vetoes},
+        "device": str(device),
+        "config": asdict(cfg),
+    }
+    (out / "sample_summary.json").write_text(json.dumps(summary, indent=2))
+    return df
