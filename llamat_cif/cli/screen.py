@@ -7,6 +7,7 @@ import os
 import click
 
 from llamat_cif.cli._common import console, data_dir_option, fail, seed_option
+from llamat_cif.stability.relax import quiet_warnings
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -41,6 +42,7 @@ def screen(n, model, potential, out_dir, formula, spacegroup, temperature, top_p
     -> S.U.N. -> funnel. Each stage streams into --out; rerunning resumes.
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    quiet_warnings()
     from llamat_cif.screen import ScreenConfig, ScreenError, run_screen
     from llamat_cif.stability import HullError, PotentialError, RelaxConfig
 

@@ -8,6 +8,7 @@ import os
 import click
 
 from llamat_cif.cli._common import console, data_dir_option, fail, seed_option
+from llamat_cif.stability.relax import quiet_warnings
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -38,6 +39,7 @@ def stability(input_path, out_dir, potential, hull_path, fmax, max_steps, time_l
     --seed is recorded only.
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    quiet_warnings()
     from pathlib import Path
 
     from llamat_cif.stability import (

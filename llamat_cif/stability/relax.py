@@ -53,6 +53,19 @@ class RelaxConfig:
         return {"optimizer": "FIRE", "cell_filter": "FrechetCellFilter" if self.relax_cell else None, **asdict(self)}
 
 
+def quiet_warnings() -> None:
+    """Silence per-call warnings that would flood a long run's output (none changes a result).
+
+    CHGNet warns on every call about a tensor-to-scalar conversion inside its own code, and
+    pymatgen reports each rounded fractional coordinate of every CIF it parses.
+    """
+    import warnings
+
+    warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad")
+    warnings.filterwarnings("ignore", message="Issues encountered while parsing CIF")
+    warnings.filterwarnings("ignore", category=UserWarning, module="pymatgen.io.cif")
+
+
 class RelaxationError(RuntimeError):
     """Guard tripped: NaN, exploding energy/volume, or time limit."""
 
@@ -152,6 +165,7 @@ def _init_worker(potential_spec: str, device: str | None, energy_scale: str | No
 
     torch.set_num_threads(1)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    quiet_warnings()
     _WORKER["potential"] = load_potential(potential_spec, device=device, energy_scale=energy_scale)
 
 
