@@ -436,6 +436,12 @@ def wyckoff_subspaces(number: int, m: int) -> tuple[tuple[np.ndarray, np.ndarray
     return tuple(out)
 
 
+@lru_cache(maxsize=200_000)
+def solve_values(number: int, m: int, typed: tuple[tuple[int, float], ...], target: int):
+    """Memoised :func:`_solve_values` on the Wyckoff subspaces of (space group, multiplicity)."""
+    return _solve_values(wyckoff_subspaces(number, m), dict(typed), target)
+
+
 def _solve_values(subspaces, typed: dict[int, float], target: int, tol: float = 2.5e-4):
     """Values the ``target`` coordinate can take on the subspaces, given typed coordinates.
 
@@ -590,25 +596,26 @@ def cif_grammar(v: Vocab, cond: Conditions, stats: Stats, *, header: bool = True
         def orbit_ok(xv: float, yv: float | None = None, m=m, subs=subs) -> bool:
             """Some completion of the typed coordinates is an admissible site (orbit size m,
             distances): a lookahead so that z is not left with nowhere to go."""
+            xv = round(xv, 4)
             if yv is None:
-                ys_ = _solve_values(subs, {0: xv}, 1)
-                ys_ = _PROBE if ys_ is None else ys_
+                ys_ = solve_values(sg, m, ((0, xv),), 1)
+                ys_ = _PROBE[::2] if ys_ is None else ys_
             else:
-                ys_ = [yv]
+                ys_ = [round(yv, 4)]
             for yy in ys_:
-                zs_ = _solve_values(subs, {0: xv, 1: float(yy)}, 2)
-                for zz in (_PROBE if zs_ is None else zs_):
+                zs_ = solve_values(sg, m, ((0, xv), (1, round(float(yy), 4))), 2)
+                for zz in (_PROBE[::2] if zs_ is None else zs_):
                     if site_ok(np.array([xv, float(yy), float(zz)])):
                         return True
             return False
 
-        xs = _solve_values(subs, {}, 0) if subs else None
+        xs = solve_values(sg, m, (), 0) if subs else None
         x, _ = yield Num(0.0, 0.9999, 4, (" ",), max_int_digits=1, values=xs,
                          accept=lambda xv: orbit_ok(xv), probe=False)
-        ys = _solve_values(subs, {0: x}, 1) if subs else None
+        ys = solve_values(sg, m, ((0, round(x, 4)),), 1) if subs else None
         y, _ = yield Num(0.0, 0.9999, 4, (" ",), max_int_digits=1, values=ys if ys is None or len(ys) else None,
                          accept=lambda yv, x=x: orbit_ok(x, yv), probe=False)
-        zs = _solve_values(subs, {0: x, 1: y}, 2) if subs else None
+        zs = solve_values(sg, m, ((0, round(x, 4)), (1, round(y, 4))), 2) if subs else None
         zs = zs if zs is None or len(zs) else None
         placed_now = placed
 

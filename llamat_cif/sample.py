@@ -92,9 +92,10 @@ def model_format(model_dir: Path) -> str:
     cfg = model_dir / "train_config.json"
     if cfg.is_file():
         info = json.loads(cfg.read_text())
-        fmt = (info.get("describe") or {}).get("corpus_stats", {}).get("format") or info.get("corpus_stats", {}).get("format")
-        if fmt in ("cif", "llamat"):
-            return fmt
+        for section in ("data", "describe"):
+            fmt = ((info.get(section) or {}).get("corpus_stats") or {}).get("format")
+            if fmt in ("cif", "llamat"):
+                return fmt
     return "cif"
 
 
