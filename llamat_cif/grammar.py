@@ -274,17 +274,26 @@ def _formula_items(comp: dict[str, float]) -> list[tuple[str, int]]:
             sorted(c.items(), key=lambda kv: (kv[0].X if not math.isnan(kv[0].X) else 99, kv[0].symbol))]
 
 
-def formula_field(v: Vocab, cond: Conditions, *, end: str = "\n",
-                  min_atoms_per_el: Callable[[int], int] | None = None) -> Generator[Spec, object, dict[str, int]]:
-    """Write "El<n> El<n> ..." (pymatgen order when conditioned) and return the counts."""
+def formula_field(v: Vocab, cond: Conditions, *, end: str = "\n", spacegroup: int | None = None,
+                  stats: Stats | None = None) -> Generator[Spec, object, dict[str, int]]:
+    """Write "El<n> El<n> ..." (pymatgen order when conditioned) and return the counts.
+
+    With a known space group, every count must be a sum of its Wyckoff multiplicities.
+    """
     counts: dict[str, int] = {}
+    reach = reachable_counts(spacegroup, cond.max_atoms) if spacegroup else None
     if cond.formula:
         items = _formula_items(cond.formula)
         max_k = max(1, cond.max_atoms // sum(n for _, n in items))
+        ks = [k for k in range(1, max_k + 1) if reach is None or all(n * k in reach for _, n in items)]
+        if not ks:  # the requested formula cannot fill this space group within max_atoms
+            if stats is not None:
+                stats.fallbacks += 1
+            ks = list(range(1, max_k + 1))
         first_el, first_n = items[0]
         yield Lit(first_el)
         kval, _ = yield Num(1, first_n * max_k, 0, (" " if len(items) > 1 else end,),
-                            allowed=frozenset(first_n * k for k in range(1, max_k + 1)))
+                            allowed=frozenset(first_n * k for k in ks))
         k = int(kval) // first_n
         counts[first_el] = first_n * k
         rest = " ".join(f"{el}{n * k}" for el, n in items[1:])
@@ -299,7 +308,9 @@ def formula_field(v: Vocab, cond: Conditions, *, end: str = "\n",
         el = yield Choice(options)
         last = len(counts) + 1 >= cond.max_elements
         ends = (end,) if last else (" ", end)
-        n, how = yield Num(1, min(cond.max_count, remaining_atoms - 0), 0, ends)
+        hi = min(cond.max_count, remaining_atoms)
+        allowed = frozenset(c for c in reach if 1 <= c <= hi) if reach is not None else None
+        n, how = yield Num(1, hi, 0, ends, allowed=allowed or None)
         counts[el] = int(n)
         total += int(n)
         if how == end or total >= cond.max_atoms:
@@ -331,21 +342,30 @@ def min_distance(frac_new: np.ndarray, frac_old: np.ndarray, matrix: np.ndarray)
 # --------------------------------------------------------------------------------- header
 
 
-def header_fields(v: Vocab, cond: Conditions, *, want_formula: bool, want_sg: bool):
-    """Both header lines, in the order the model picks; returns (counts, spacegroup number)."""
+def header_fields(v: Vocab, cond: Conditions, *, want_formula: bool, want_sg: bool,
+                  symmetric: bool = True, stats: Stats | None = None):
+    """Both header lines, in the order the model picks; returns (counts, spacegroup number).
+
+    With ``symmetric`` (the CIF grammar) formula and space group are kept compatible: counts that
+    the group's Wyckoff multiplicities can add up to, or a group that can hold the counts.
+    """
     counts, sg = None, cond.spacegroup
     keys = [k for k, want in (("formula", want_formula), ("spacegroup", want_sg)) if want and k in v.header]
+    sg_written = False
     while keys:
         key = yield Choice({v.header[k]: k for k in keys})
         keys.remove(key)
         if key == "formula":
-            counts = yield from formula_field(v, cond)
+            known = sg if (symmetric and (sg_written or cond.spacegroup)) else None
+            counts = yield from formula_field(v, cond, spacegroup=known, stats=stats)
         else:
             if cond.spacegroup:
                 yield Lit(f"{cond.spacegroup}\n")
             else:
-                n, _ = yield Num(1, 230, 0, ("\n",))
+                allowed = compatible_spacegroups(counts) if (symmetric and counts) else None
+                n, _ = yield Num(1, 230, 0, ("\n",), allowed=allowed)
                 sg = int(n)
+            sg_written = True
     return counts, sg
 
 
@@ -371,8 +391,37 @@ def orbit(p: np.ndarray, ops: tuple[np.ndarray, np.ndarray], decimals: int = 3) 
     return np.unique(np.round(imgs, decimals) % 1.0, axis=0)
 
 
+@lru_cache(maxsize=1)
+def _orbit_table() -> dict[int, frozenset[int]]:
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent / "resources" / "orbit_sizes.json"
+    if path.is_file():
+        return {int(k): frozenset(v) for k, v in json.loads(path.read_text())["sizes"].items()}
+    return {}
+
+
+def reachable_counts(number: int, limit: int = 200) -> frozenset[int]:
+    """Atom counts of one element a cell of this space group can hold (sums of orbit sizes)."""
+    return _reachable(tuple(sorted(orbit_sizes(number))), limit)
+
+
+def compatible_spacegroups(counts: dict[str, int]) -> frozenset[int]:
+    """Space groups in which every element count is a sum of Wyckoff multiplicities."""
+    top = max(counts.values())
+    return frozenset(n for n in range(1, 231) if all(c in reachable_counts(n, top) for c in counts.values()))
+
+
 @lru_cache(maxsize=256)
 def orbit_sizes(number: int) -> frozenset[int]:
+    """Wyckoff multiplicities of a space group (precomputed table, else :func:`_orbit_sizes`)."""
+    table = _orbit_table()
+    return table[number] if number in table else _orbit_sizes(number)
+
+
+@lru_cache(maxsize=256)
+def _orbit_sizes(number: int) -> frozenset[int]:
     """Multiplicities a Wyckoff orbit can have: |G| / |site stabiliser| (divisors of |G| that occur
     on a grid of special points; a superset is harmless, the orbit check at the last digit is exact)."""
     rots, trans = space_group_ops(number)
@@ -513,7 +562,7 @@ def cif_grammar(v: Vocab, cond: Conditions, stats: Stats, *, header: bool = True
 
     if not header:
         raise ValueError("the CIF grammar needs the conditioning header (the formula comes first)")
-    counts, sg = yield from header_fields(v, cond, want_formula=True, want_sg=True)
+    counts, sg = yield from header_fields(v, cond, want_formula=True, want_sg=True, stats=stats)
     comp = Composition(counts)
     yield Lit(f"data_{comp.reduced_formula}\n_symmetry_space_group_name_H-M ")
     if sg:
@@ -655,7 +704,7 @@ def llamat_grammar(v: Vocab, cond: Conditions, stats: Stats, *, header: bool = T
     """The P1 LLaMat/Gruver text: lengths, angles, then element and coordinate lines."""
     counts = None
     if header:
-        counts, _ = yield from header_fields(v, cond, want_formula=True, want_sg=True)
+        counts, _ = yield from header_fields(v, cond, want_formula=True, want_sg=True, symmetric=False)
     a, _ = yield Num(1.0, 60.0, 1, (" ",), max_int_digits=2)
     b, _ = yield Num(1.0, 60.0, 1, (" ",), max_int_digits=2)
     c, _ = yield Num(1.0, 60.0, 1, ("\n",), max_int_digits=2)

@@ -38,3 +38,48 @@ def test_save_and_load_like_any_hf_tokenizer(tmp_path, nacl):
     assert again(text, add_special_tokens=False)["input_ids"] == encode(tok, text)
     assert (again.bos_token, again.eos_token, again.pad_token) == ("<s>", "</s>", "<pad>")
     assert is_cif_tokenizer(again)
+
+
+def _corpus_docs(split, limit):
+    import warnings
+
+    from pymatgen.core import Structure
+
+    from llamat_cif.corpus import make_document
+    from llamat_cif.data import load_split
+
+    warnings.filterwarnings("ignore")
+    df = load_split("mp20", split, limit=limit)
+    for rec in df.to_dict("records"):
+        s = Structure.from_str(rec["cif"], fmt="cif")
+        for fmt in ("cif", "llamat"):
+            yield make_document(s, fmt, props=rec, header=("formula", "spacegroup"))
+
+
+def _assert_exact(docs):
+    tok = build_tokenizer()
+    n = 0
+    for d in docs:
+        assert decode(tok, encode(tok, d)) == d
+        assert tok.unk_token_id not in encode(tok, d)
+        n += 1
+    return n
+
+
+def test_real_documents_round_trip_exactly():
+    from tests.conftest import _has_data
+
+    if not _has_data():
+        import pytest
+
+        pytest.skip("needs the shared data")
+    assert _assert_exact(_corpus_docs("test", 100)) == 200
+
+
+import pytest  # noqa: E402
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("split", ["test", "train"])
+def test_every_mp20_document_round_trips_exactly(split):
+    assert _assert_exact(_corpus_docs(split, None)) > 14000
