@@ -626,6 +626,25 @@ def cif_grammar(v: Vocab, cond: Conditions, stats: Stats, *, header: bool = True
         if not mults:  # unreachable remainder (should not happen): allow any orbit size <= r
             stats.fallbacks += 1
             mults = frozenset(m for m in sizes if m <= r) or frozenset({min(sizes)})
+
+        def placeable(mm: int, placed_now=placed) -> bool:
+            """A multiplicity whose Wyckoff positions are all points needs one still free."""
+            subs_m = wyckoff_subspaces(sg, mm)
+            if not subs_m or any(b.shape[1] > 0 for _, b in subs_m):
+                return True
+            for p0, _ in subs_m:
+                pts = orbit(p0, ops)
+                if len(pts) != mm:
+                    continue
+                if cond.min_distance is None or min_distance(pts, placed_now, matrix).min() >= cond.min_distance:
+                    return True
+            return False
+
+        free = frozenset(mm for mm in mults if placeable(mm))
+        if free:
+            mults = free
+        else:
+            stats.fallbacks += 1
         m, _ = yield Num(1, max(mults), 0, (" ",), allowed=mults)
         m = int(m)
         subs = wyckoff_subspaces(sg, m)

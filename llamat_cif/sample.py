@@ -83,6 +83,8 @@ def parse_formula(formula: str) -> dict[str, float]:
         raise ValueError(f"cannot read formula {formula!r}: {exc}") from exc
     if len(comp) == 0:
         raise ValueError(f"empty formula {formula!r}")
+    if not comp.valid:  # pymatgen reads unknown symbols as dummy species
+        raise ValueError(f"formula {formula!r} has unknown element symbols")
     red = comp.reduced_composition
     return {el.symbol: amt for el, amt in red.items()}
 
@@ -112,7 +114,7 @@ def _prompt(cfg: SampleConfig, fmt: str, formula: dict | None) -> str:
 
 
 def _read_done(path: Path) -> int:
-    if not path.is_file():
+    if not path.is_file() or path.stat().st_size == 0:
         return 0
     with open(path, newline="") as fh:
         return sum(1 for _ in csv.DictReader(fh))
@@ -196,6 +198,7 @@ def generate(cfg: SampleConfig, *, progress: bool = True, model=None, tokenizer=
         writer = csv.DictWriter(fh, fieldnames=SAMPLE_COLUMNS)
         if write_header:
             writer.writeheader()
+            fh.flush()
         task = bar.add_task("gen", total=cfg.n, completed=done, note="")
         for b in range(done // cfg.batch_size, n_batches):
             start = b * cfg.batch_size
