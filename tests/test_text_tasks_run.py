@@ -149,8 +149,9 @@ def test_cli_train_from_scratch_then_eval(tmp_path):
     summary = json.loads((run / "train_summary.json").read_text())
     assert summary["step"] == 2 and summary["val_loss"] is not None
     cfg = json.loads((run / "train_config.json").read_text())
-    assert cfg["data"]["text_tasks"]["doping"] == {"file": str(_TEXT / "doping_train.jsonl"), "examples": 12,
-                                                  "train": 10, "val": 2, "malformed": []}
+    rec = dict(cfg["data"]["text_tasks"]["doping"])
+    assert Path(rec.pop("file")).resolve() == (_TEXT / "doping_train.jsonl").resolve()
+    assert rec == {"examples": 12, "train": 10, "val": 2, "malformed": []}
     r = CliRunner().invoke(main, ["text", "eval", "--task", "doping", "--model", str(run / "final"), "--limit", "2",
                                   "--max-new-tokens", "4", "--no-progress", "--out", str(tmp_path / "ev")])
     assert r.exit_code == 0, r.output
