@@ -234,7 +234,7 @@ def split_status(name: str, split: str, data_dir: str | Path | None = None) -> S
         return SplitStatus(ds.name, split, "full", (p,), sp.full_rows, sp.full_rows, (), sp.note if not sp.pieces else "")
     if sp.pieces:
         found = [_find(root, pc.path) for pc in sp.pieces]
-        missing = tuple(str(root / pc.path) for pc, f in zip(sp.pieces, found) if f is None)
+        missing = tuple(str(root / pc.path) for pc, f in zip(sp.pieces, found, strict=True) if f is None)
         files = tuple(f for f in found if f is not None)
         src = "available subset" if not missing else ("partial" if files else "missing")
         return SplitStatus(ds.name, split, src, files, sp.available_rows, sp.full_rows, missing, sp.note)
