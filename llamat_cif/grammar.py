@@ -51,7 +51,9 @@ class Num:
     allowed: frozenset[int] | None = None  # integer fields: the only admissible values
     accept: Callable[[float], bool] | None = None  # veto on complete values (checked at last digit)
     values: np.ndarray | None = None  # fractional fields: the only admissible values (+- 0.6e-4)
-    probe: bool = True  # also test sampled completions of non-final digits with ``accept``
+    probe: bool | str = True  # test non-final digits with ``accept`` on 11 points of their interval;
+    # "hi": on the interval's top only (for monotone checks such as "the cell is large enough")
+    ends_for: Callable[[float], tuple[str, ...]] | None = None  # integer fields: ends per value
 
 
 @dataclass
@@ -68,7 +70,8 @@ class Stats:
     """Counts of constraint interventions, summed over a run."""
 
     fallbacks: int = 0  # the constraint found no admissible continuation and let the model choose
-    distance_vetoes: int = 0
+    distance_vetoes: int = 0  # tokens refused by the look-ahead (distances, orbits, room left)
+    optimistic: int = 0  # look-ahead searches that ran out of budget and answered "yes"
 
 
 class Vocab:
@@ -117,13 +120,14 @@ class Decoder:
             self.stats.distance_vetoes += len(spec.values) - len(ok)
             if len(ok):
                 spec = Num(spec.lo, spec.hi, spec.decimals, spec.ends, spec.max_int_digits, spec.allowed,
-                           None, ok, spec.probe)
+                           None, ok, spec.probe, spec.ends_for)
             else:
                 self.stats.fallbacks += 1
                 spec = Num(spec.lo, spec.hi, spec.decimals, spec.ends, spec.max_int_digits, spec.allowed,
-                           None, spec.values, spec.probe)
+                           None, spec.values, spec.probe, spec.ends_for)
         self.spec = spec
         self.buf = ""
+        self._checked: dict[int, bool] = {}
         if isinstance(spec, Lit):
             self.lit, self.lit_pos = self.v.encode(spec.text), 0
             if not self.lit:
@@ -137,6 +141,7 @@ class Decoder:
 
     # -------------------------------------------------------------------------------- allowed
     def allowed(self) -> list[int]:
+        """Tokens the grammar's syntax and ranges allow next (cheap; see :meth:`check`)."""
         s = self.spec
         if isinstance(s, End):
             return [self.v.eos]
@@ -145,6 +150,65 @@ class Decoder:
         if isinstance(s, Choice):
             return list(s.options)
         return self._num_allowed(s)
+
+    def needs_check(self) -> bool:
+        """Whether tokens from :meth:`allowed` must still pass the (expensive) :meth:`check`."""
+        return isinstance(self.spec, Num) and self.spec.accept is not None
+
+    def check(self, tid: int) -> bool:
+        """The look-ahead veto: does some completion of the field after ``tid`` pass ``accept``?
+
+        Fractional digits test their whole interval (the last digit exactly, earlier ones on
+        probe points); an integer field tests its value at the end token. Memoised per position.
+        """
+        s = self.spec
+        if not self.needs_check():
+            return True
+        if tid in self._checked:
+            return self._checked[tid]
+        ok = True
+        buf = self.buf
+        if tid in self.v.digit_of and "." in buf:
+            frac = buf.split(".")[1]
+            step = 10.0 ** -(len(frac) + 1)
+            lo = float(buf + self.v.digit_of[tid])
+            hi = lo + step - 10.0**-s.decimals
+            ok = self._interval_accepts(s, lo, hi, exact=len(frac) + 1 == s.decimals)
+        elif tid == self.v.dot and s.probe:
+            lo = float(buf)
+            ok = self._interval_accepts(s, lo, min(s.hi, lo + 1 - 10.0**-s.decimals), exact=False)
+        elif tid not in self.v.digit_of and tid != self.v.dot and s.decimals == 0 and buf:
+            ok = bool(s.accept(float(buf)))
+        if not ok:
+            self.stats.distance_vetoes += 1
+        self._checked[tid] = ok
+        return ok
+
+    def _interval_accepts(self, s: Num, lo: float, hi: float, *, exact: bool) -> bool:
+        if exact:
+            return bool(s.accept(lo))
+        if not s.probe:
+            return True
+        if s.probe == "hi":
+            return bool(s.accept(hi))
+        pts = np.linspace(lo, hi, 11)
+        if s.values is not None:  # only the admissible values inside the interval
+            tol = 0.6e-4
+            pts = s.values[(s.values >= lo - tol) & (s.values <= hi + tol)]
+        return any(s.accept(float(p)) for p in np.round(pts, s.decimals))
+
+    def allowed_checked(self) -> list[int]:
+        """:meth:`allowed` filtered by :meth:`check` (all of them: for tests and non-sampling
+        drivers; the sampler checks lazily). With nothing left the syntax-only set is returned
+        and a fallback is counted."""
+        al = self.allowed()
+        if not self.needs_check() or len(al) < 2:
+            return al
+        ok = [t for t in al if self.check(t)]
+        if not ok:
+            self.stats.fallbacks += 1
+            return al
+        return ok
 
     def _num_allowed(self, s: Num) -> list[int]:
         out = []
@@ -161,30 +225,17 @@ class Decoder:
             if buf and s.decimals > 0 and self._interval_ok(s, float(buf), float(buf) + 1 - 10.0**-s.decimals):
                 out.append(self.v.dot)
             if buf and s.decimals == 0 and self._value_ok(s, float(buf)):
-                out += [self.v.id_of[e] for e in s.ends]
+                ends = s.ends_for(float(buf)) if s.ends_for is not None else s.ends
+                out += [self.v.id_of[e] for e in ends]
         else:
             frac = buf.split(".")[1]
             if len(frac) < s.decimals:
-                last = len(frac) + 1 == s.decimals
                 step = 10.0 ** -(len(frac) + 1)
                 for d, tid in self.v.digits.items():
                     lo = float(buf + d)
                     hi = lo + step - 10.0**-s.decimals
-                    if not self._interval_ok(s, lo, hi):
-                        continue
-                    if s.accept is not None and (last or s.probe):
-                        # last digit: exact; earlier: some completion in the interval must pass
-                        probes = [lo] if last else np.linspace(lo, hi, 11)
-                        if not any(s.accept(float(p)) for p in probes):
-                            self.stats.distance_vetoes += 1
-                            continue
-                    out.append(tid)
-                if not out and last:
-                    # Every final digit was vetoed: let the model choose among in-range digits
-                    # rather than stall (counted, reported with the run).
-                    self.stats.fallbacks += 1
-                    out = [tid for d, tid in self.v.digits.items()
-                           if self._interval_ok(s, float(buf + d), float(buf + d))]
+                    if self._interval_ok(s, lo, hi):
+                        out.append(tid)
             else:
                 out += [self.v.id_of[e] for e in s.ends]
         if not out:
@@ -244,8 +295,10 @@ class Decoder:
         else:
             if tid in self.v.digit_of:
                 self.buf += self.v.digit_of[tid]
+                self._checked = {}
             elif tid == self.v.dot:
                 self.buf += "."
+                self._checked = {}
             else:
                 end = self.v.tok.convert_ids_to_tokens(tid)
                 self._send((float(self.buf) if self.buf else 0.0, end))
@@ -264,6 +317,7 @@ class Conditions:
     max_atoms: int = 64  # per written cell (CIF: conventional cell)
     max_elements: int = 6
     max_count: int = 96  # per element in a cell
+    charge_balanced: bool = False  # a self-chosen formula must be SMACT-valid (CDVAE compositional validity)
 
 
 def _formula_items(comp: dict[str, float]) -> list[tuple[str, int]]:
@@ -285,7 +339,8 @@ def formula_field(v: Vocab, cond: Conditions, *, end: str = "\n", spacegroup: in
     if cond.formula:
         items = _formula_items(cond.formula)
         max_k = max(1, cond.max_atoms // sum(n for _, n in items))
-        ks = [k for k in range(1, max_k + 1) if reach is None or all(n * k in reach for _, n in items)]
+        ks = [k for k in range(1, max_k + 1) if reach is None or (
+            all(n * k in reach for _, n in items) and _allocatable(spacegroup, tuple(n * k for _, n in items)))]
         if not ks:  # the requested formula cannot fill this space group within max_atoms
             if stats is not None:
                 stats.fallbacks += 1
@@ -303,20 +358,65 @@ def formula_field(v: Vocab, cond: Conditions, *, end: str = "\n", spacegroup: in
         return counts
     total = 0
     while True:
-        remaining_atoms = cond.max_atoms - total
-        options = {i: e for i, e in v.elements.items() if e not in counts}
-        el = yield Choice(options)
         last = len(counts) + 1 >= cond.max_elements
-        ends = (end,) if last else (" ", end)
-        hi = min(cond.max_count, remaining_atoms)
-        allowed = frozenset(c for c in reach if 1 <= c <= hi) if reach is not None else None
-        n, how = yield Num(1, hi, 0, ends, allowed=allowed or None)
+        hi = min(cond.max_count, cond.max_atoms - total)
+        have = tuple(counts.values())
+        base = [c for c in (sorted(reach) if reach is not None else range(1, hi + 1)) if 1 <= c <= hi]
+
+        def holds(cs: tuple[int, ...]) -> bool:
+            return reach is None or _allocatable(spacegroup, cs)
+
+        def can_end(el: str, c: int, have=have, counts=counts) -> bool:
+            """The formula may stop after ``el``<c>: the group holds it (and it is charge-balanced)."""
+            return holds(have + (c,)) and (not cond.charge_balanced or _balanced({**counts, el: c}))
+
+        def can_continue(c: int, have=have, last=last, total=total) -> bool:
+            """Another element may follow ``c``: room in the cell and in the group's positions."""
+            room = cond.max_atoms - total - c
+            return (not last and room >= 1
+                    and any(holds(have + (c, c2)) for c2 in (reach or range(1, room + 1)) if 1 <= c2 <= room))
+
+        options = {i: e for i, e in v.elements.items() if e not in counts}
+        if cond.charge_balanced and last:
+            options = {i: e for i, e in options.items() if any(can_end(e, c) for c in base)} or options
+        el = yield Choice(options)
+        allowed = frozenset(c for c in base if can_end(el, c) or can_continue(c))
+        if not allowed:
+            if stats is not None:
+                stats.fallbacks += 1
+            allowed = frozenset(base) or frozenset({1})
+
+        def ends_for(c: float, el=el, can_continue=can_continue, can_end=can_end) -> tuple[str, ...]:
+            c = int(c)
+            ends = tuple(e for e, ok in ((" ", can_continue(c)), (end, can_end(el, c))) if ok)
+            return ends or (end,)
+
+        n, how = yield Num(1, max(allowed), 0, (" ", end), allowed=allowed, ends_for=ends_for)
         counts[el] = int(n)
         total += int(n)
         if how == end or total >= cond.max_atoms:
             if how != end:
                 yield Lit(end)
             return counts
+
+
+@lru_cache(maxsize=100_000)
+def _balanced_cached(items: tuple[tuple[str, int], ...]) -> bool:
+    from llamat_cif.validators.composition import compositional_validity
+
+    return bool(compositional_validity(dict(items)).ok)
+
+
+def _balanced(counts: dict[str, int]) -> bool:
+    """CDVAE compositional validity (SMACT charge balance + Pauling test, alloys valid)."""
+    return _balanced_cached(tuple(sorted(counts.items())))
+
+
+def _cell_shape_ok(al: float, be: float, ga: float, min_factor: float = 0.2) -> bool:
+    """Triclinic angles that make a real, not too flat cell: V / (abc) >= ``min_factor``."""
+    ca, cb, cg = (math.cos(math.radians(t)) for t in (al, be, ga))
+    g = 1 - ca * ca - cb * cb - cg * cg + 2 * ca * cb * cg
+    return g > 0 and math.sqrt(g) >= min_factor
 
 
 def _lattice_matrix(a, b, c, al, be, ga) -> np.ndarray:
@@ -362,7 +462,7 @@ def header_fields(v: Vocab, cond: Conditions, *, want_formula: bool, want_sg: bo
             if cond.spacegroup:
                 yield Lit(f"{cond.spacegroup}\n")
             else:
-                allowed = compatible_spacegroups(counts) if (symmetric and counts) else None
+                allowed = _spacegroups_for(tuple(counts.values())) if (symmetric and counts) else None
                 n, _ = yield Num(1, 230, 0, ("\n",), allowed=allowed)
                 sg = int(n)
             sg_written = True
@@ -411,6 +511,19 @@ def compatible_spacegroups(counts: dict[str, int]) -> frozenset[int]:
     """Space groups in which every element count is a sum of Wyckoff multiplicities."""
     top = max(counts.values())
     return frozenset(n for n in range(1, 231) if all(c in reachable_counts(n, top) for c in counts.values()))
+
+
+def _allocatable(number: int, counts: tuple[int, ...]) -> bool:
+    from llamat_cif.placement import allocatable
+
+    return allocatable(number, tuple(sorted(counts, reverse=True)))
+
+
+@lru_cache(maxsize=4096)
+def _spacegroups_for(counts: tuple[int, ...]) -> frozenset[int] | None:
+    """Groups whose Wyckoff positions can hold these element counts (special points used once)."""
+    ok = frozenset(n for n in compatible_spacegroups(dict(enumerate(counts))) if _allocatable(n, counts))
+    return ok or None
 
 
 @lru_cache(maxsize=256)
@@ -572,22 +685,40 @@ def cif_grammar(v: Vocab, cond: Conditions, stats: Stats, *, header: bool = True
         symbol = yield Choice({i: s for s, i in v.sg_id.items()})
         sg = v.sg_symbols.index(symbol) + 1
     yield Lit(f"\n_symmetry_Int_Tables_number {sg}\n_cell_length_a ")
+    from llamat_cif.placement import Placement
+
     system = crystal_system(sg)
     rhombo_hex = symbol.startswith("R")
-    a, _ = yield Num(1.0, 60.0, 3, ("\n",), max_int_digits=2)
-    if system in ("tetragonal", "trigonal", "hexagonal", "cubic") or rhombo_hex:
-        b = a
-        yield Lit(f"_cell_length_b {a:.3f}\n_cell_length_c ")
-    else:
-        yield Lit("_cell_length_b ")
-        b, _ = yield Num(1.0, 60.0, 3, ("\n",), max_int_digits=2)
-        yield Lit("_cell_length_c ")
+    hexagonal_axes = system in ("trigonal", "hexagonal") or rhombo_hex
+    count_list = list(counts.values())
+
+    def room(a, b, c, al=90.0, be=90.0, ga=90.0) -> bool:
+        """The whole composition still fits this lattice (checked on the last lattice number)."""
+        return Placement(sg, _lattice_matrix(a, b, c, al, be, ga), cond.min_distance).fits(count_list)
+
+    def length(accept=None):
+        return Num(1.0, 60.0, 3, ("\n",), max_int_digits=2, accept=accept, probe="hi")
+
     if system == "cubic":
-        c = a
-        yield Lit(f"{a:.3f}\n")
+        a, _ = yield length(lambda x: room(x, x, x))
+        b = c = a
+        yield Lit(f"_cell_length_b {a:.3f}\n_cell_length_c {a:.3f}\n")
     else:
-        c, _ = yield Num(1.0, 60.0, 3, ("\n",), max_int_digits=2)
-    if system in ("trigonal", "hexagonal") or rhombo_hex:
+        a, _ = yield length()
+        if system in ("tetragonal", "trigonal", "hexagonal") or rhombo_hex:
+            b = a
+            yield Lit(f"_cell_length_b {a:.3f}\n_cell_length_c ")
+        else:
+            yield Lit("_cell_length_b ")
+            b, _ = yield length()
+            yield Lit("_cell_length_c ")
+        if system in ("triclinic", "monoclinic"):
+            c, _ = yield length()
+        elif hexagonal_axes:
+            c, _ = yield length(lambda x, a=a: room(a, a, x, 90.0, 90.0, 120.0))
+        else:
+            c, _ = yield length(lambda x, a=a, b=b: room(a, b, x))
+    if hexagonal_axes:
         al, be, ga = 90.0, 90.0, 120.0
         yield Lit("_cell_angle_alpha 90.00\n_cell_angle_beta 90.00\n_cell_angle_gamma 120.00\n")
     elif system == "triclinic":
@@ -596,11 +727,12 @@ def cif_grammar(v: Vocab, cond: Conditions, stats: Stats, *, header: bool = True
         yield Lit("_cell_angle_beta ")
         be, _ = yield Num(30.0, 150.0, 2, ("\n",))
         yield Lit("_cell_angle_gamma ")
-        ga, _ = yield Num(30.0, 150.0, 2, ("\n",))
+        ga, _ = yield Num(30.0, 150.0, 2, ("\n",),
+                          accept=lambda x, al=al, be=be: _cell_shape_ok(al, be, x) and room(a, b, c, al, be, x))
     elif system == "monoclinic":
         al, ga = 90.0, 90.0
         yield Lit("_cell_angle_alpha 90.00\n_cell_angle_beta ")
-        be, _ = yield Num(30.0, 150.0, 2, ("\n",))
+        be, _ = yield Num(30.0, 150.0, 2, ("\n",), accept=lambda x: room(a, b, c, 90.0, x, 90.0))
         yield Lit("_cell_angle_gamma 90.00\n")
     else:
         al = be = ga = 90.0
@@ -612,98 +744,58 @@ def cif_grammar(v: Vocab, cond: Conditions, stats: Stats, *, header: bool = True
     yield Lit(f"_chemical_formula_sum '{sum_formula}'\n_cell_volume {volume:.2f}\n"
               f"_cell_formula_units_Z {int(round(z))}\nloop_\n" + "\n".join(CIF_SITE_TAGS) + "\n")
 
-    ops = space_group_ops(sg)
-    sizes = sorted(orbit_sizes(sg))
-    reach = _reachable(tuple(sizes), max(counts.values()))
+    # Sites: every offered element, multiplicity and coordinate keeps a completion of the whole
+    # composition in reach (llamat_cif.placement); a fallback is counted where none is found.
+    place = Placement(sg, matrix, cond.min_distance)
     remaining = dict(counts)
-    placed = np.zeros((0, 3))
     i = 0
     while any(remaining.values()):
-        el = yield Choice({v.element_id[e]: e for e, r in remaining.items() if r > 0})
+
+        def rest_after(el: str, m: int) -> list[int]:
+            return [r - (m if e == el else 0) for e, r in remaining.items()]
+
+        mult_ok = {e: frozenset(m for m in place.sizes if m <= r and place.multiplicity_ok(m, rest_after(e, m)))
+                   for e, r in remaining.items() if r > 0}
+        options = {v.element_id[e]: e for e, ms in mult_ok.items() if ms}
+        if not options:
+            stats.fallbacks += 1
+            options = {v.element_id[e]: e for e in mult_ok}
+        el = yield Choice(options)
         yield Lit(f" {el}{i} ")
         r = remaining[el]
-        mults = frozenset(m for m in sizes if m <= r and (r - m) in reach)
-        if not mults:  # unreachable remainder (should not happen): allow any orbit size <= r
-            stats.fallbacks += 1
-            mults = frozenset(m for m in sizes if m <= r) or frozenset({min(sizes)})
-
-        def placeable(mm: int, placed_now=placed) -> bool:
-            """A multiplicity whose Wyckoff positions are all points needs one still free."""
-            subs_m = wyckoff_subspaces(sg, mm)
-            if not subs_m or any(b.shape[1] > 0 for _, b in subs_m):
-                return True
-            for p0, _ in subs_m:
-                pts = orbit(p0, ops)
-                if len(pts) != mm:
-                    continue
-                if cond.min_distance is None or min_distance(pts, placed_now, matrix).min() >= cond.min_distance:
-                    return True
-            return False
-
-        free = frozenset(mm for mm in mults if placeable(mm))
-        if free:
-            mults = free
-        else:
-            stats.fallbacks += 1
+        mults = mult_ok[el] or frozenset(m for m in place.sizes if m <= r) or frozenset({min(place.sizes)})
         m, _ = yield Num(1, max(mults), 0, (" ",), allowed=mults)
         m = int(m)
+        rest = rest_after(el, m)
         subs = wyckoff_subspaces(sg, m)
 
-        placed_before = placed
-
-        def site_ok(p: np.ndarray, m=m, placed_before=placed_before) -> bool:
-            pts = orbit(p, ops)
-            if len(pts) != m:
-                return False
-            if cond.min_distance is None:
-                return True
-            if len(pts) > 1 and min_distance(pts[:1], pts[1:], matrix).min() < cond.min_distance:
-                return False
-            return bool(min_distance(pts, placed_before, matrix).min() >= cond.min_distance)
-
-        def orbit_ok(xv: float, yv: float | None = None, m=m, subs=subs) -> bool:
-            """Some completion of the typed coordinates is an admissible site (orbit size m,
-            distances): a lookahead so that z is not left with nowhere to go."""
+        def completions(xv: float, yv: float | None = None, m=m) -> np.ndarray:
+            """Points of orbit size m (candidates) that start with the typed coordinates."""
             xv = round(xv, 4)
-            if yv is None:
-                ys_ = solve_values(sg, m, ((0, xv),), 1)
-                ys_ = _PROBE[::2] if ys_ is None else ys_
-            else:
-                ys_ = [round(yv, 4)]
+            ys_ = solve_values(sg, m, ((0, xv),), 1) if yv is None else np.array([round(yv, 4)])
+            ys_ = _PROBE[::2] if ys_ is None else ys_
+            pts = []
             for yy in ys_:
                 zs_ = solve_values(sg, m, ((0, xv), (1, round(float(yy), 4))), 2)
                 for zz in (_PROBE[::2] if zs_ is None else zs_):
-                    if site_ok(np.array([xv, float(yy), float(zz)])):
-                        return True
-            return False
+                    pts.append((xv, float(yy), float(zz)))
+            return np.array(pts).reshape(-1, 3)
 
         xs = solve_values(sg, m, (), 0) if subs else None
         x, _ = yield Num(0.0, 0.9999, 4, (" ",), max_int_digits=1, values=xs,
-                         accept=lambda xv: orbit_ok(xv), probe=False)
+                         accept=lambda xv, m=m, rest=rest: place.any_site_fits(completions(xv), m, rest))
         ys = solve_values(sg, m, ((0, round(x, 4)),), 1) if subs else None
         y, _ = yield Num(0.0, 0.9999, 4, (" ",), max_int_digits=1, values=ys if ys is None or len(ys) else None,
-                         accept=lambda yv, x=x: orbit_ok(x, yv), probe=False)
+                         accept=lambda yv, x=x, m=m, rest=rest: place.any_site_fits(completions(x, yv), m, rest))
         zs = solve_values(sg, m, ((0, round(x, 4)), (1, round(y, 4))), 2) if subs else None
         zs = zs if zs is None or len(zs) else None
-        placed_now = placed
-
-        def accept(zv: float, x=x, y=y, m=m, placed_now=placed_now) -> bool:
-            pts = orbit(np.array([x, y, zv]), ops)
-            if len(pts) != m:
-                return False  # the stated multiplicity must be the orbit the reader will generate
-            if cond.min_distance is None:
-                return True
-            if len(pts) > 1:
-                own = min_distance(pts[:1], pts[1:], matrix)
-                if own.min() < cond.min_distance:
-                    return False
-            return bool(min_distance(pts, placed_now, matrix).min() >= cond.min_distance)
-
-        zv, _ = yield Num(0.0, 0.9999, 4, (" ",), max_int_digits=1, accept=accept, values=zs)
+        zv, _ = yield Num(0.0, 0.9999, 4, (" ",), max_int_digits=1, values=zs,
+                          accept=lambda zv, x=x, y=y, m=m, rest=rest: place.site_fits(np.array([x, y, zv]), m, rest))
         yield Lit("1\n")
-        placed = np.vstack([placed, orbit(np.array([x, y, zv]), ops)])
+        place.place(np.array([x, y, zv]))
         remaining[el] = max(0, r - m)
         i += 1
+    stats.optimistic += place.optimistic
     yield End()
 
 

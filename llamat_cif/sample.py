@@ -17,7 +17,7 @@ from __future__ import annotations
 import csv
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +42,7 @@ class SampleConfig:
     seed: int = 0
     constrained: bool = True
     min_distance: float | None = 0.5  # Å; constraint on site placement (None: off)
+    charge_balanced: bool = False  # constraint: a self-chosen formula must be SMACT-valid
     max_new_tokens: int = 1000
     device: str | None = None
     fmt: str | None = None  # representation; None: from the model's training corpus (cif default)
@@ -50,12 +51,24 @@ class SampleConfig:
 
 
 class GrammarLogitsProcessor:
-    """``transformers`` logits processor that masks every token the grammar does not allow."""
+    """``transformers`` logits processor that masks every token the grammar does not allow.
 
-    def __init__(self, decoders: list, prompt_len: int, pad_id: int) -> None:
+    Syntax and ranges are cheap and are applied as a mask. The look-ahead checks (distances,
+    orbit sizes, room for the rest of the composition) are expensive, so where a field has them the
+    processor samples the token itself from the model's distribution over the syntactically allowed
+    tokens (temperature, top-k, top-p as configured), checks only the sampled token, and on a veto
+    removes it and samples again: this draws from the model's distribution restricted to the tokens
+    that pass, without checking the others. The chosen token is then the only one left unmasked.
+    """
+
+    def __init__(self, decoders: list, prompt_len: int, pad_id: int, *, temperature: float = 1.0,
+                 top_k: int = 0, top_p: float = 1.0) -> None:
         self.decoders = decoders
         self.seen = prompt_len
         self.pad_id = pad_id
+        self.temperature = temperature
+        self.top_k = top_k
+        self.top_p = top_p
 
     def __call__(self, input_ids, scores):
         import torch
@@ -68,9 +81,37 @@ class GrammarLogitsProcessor:
         for i, d in enumerate(self.decoders):
             if d.done:
                 mask[i, self.pad_id] = 0.0  # finished: transformers pads the row anyway
+                continue
+            allowed = d.allowed()
+            if d.needs_check() and len(allowed) > 1:
+                mask[i, self._pick(d, allowed, scores[i])] = 0.0
             else:
-                mask[i, d.allowed()] = 0.0
+                mask[i, allowed] = 0.0
         return scores + mask
+
+    def _pick(self, d, allowed: list[int], row) -> int:
+        import torch
+
+        logits = row[allowed].float()
+        order = torch.argsort(logits, descending=True).tolist()
+        if self.temperature > 0:
+            probs = torch.softmax(logits / self.temperature, -1)
+            if self.top_k:
+                probs[order[self.top_k:]] = 0.0
+            if self.top_p < 1.0:
+                cum = torch.cumsum(probs[order], 0)
+                cut = int(torch.searchsorted(cum, torch.tensor(self.top_p)).item()) + 1
+                probs[order[cut:]] = 0.0
+            while float(probs.sum()) > 0:
+                j = int(torch.multinomial(probs, 1).item())
+                if d.check(allowed[j]):
+                    return allowed[j]
+                probs[j] = 0.0
+        for j in order:  # greedy, or nothing in the nucleus passes: the model's next best
+            if d.check(allowed[j]):
+                return allowed[j]
+        d.stats.fallbacks += 1  # no admissible token: let the model's choice through (counted)
+        return allowed[order[0]]
 
 
 def parse_formula(formula: str) -> dict[str, float]:
@@ -125,8 +166,10 @@ def _check_resume(out: Path, cfg: SampleConfig) -> None:
     if saved.is_file():
         old = json.loads(saved.read_text())
         keys = ("model", "formula", "spacegroup", "temperature", "top_p", "top_k", "batch_size", "seed",
-                "constrained", "min_distance", "fmt")
-        diff = {k: (old.get(k), asdict(cfg).get(k)) for k in keys if old.get(k) != asdict(cfg).get(k)}
+                "constrained", "min_distance", "charge_balanced", "fmt")
+        default = {f.name: f.default for f in fields(SampleConfig)}  # keys added since the run began
+        diff = {k: (old.get(k, default[k]), asdict(cfg).get(k)) for k in keys
+                if old.get(k, default[k]) != asdict(cfg).get(k)}
         if diff:
             raise ValueError(f"{out} holds a run with other settings {diff}; use a new --out to start afresh")
 
@@ -184,7 +227,8 @@ def generate(cfg: SampleConfig, *, progress: bool = True, model=None, tokenizer=
     tokenizer.padding_side = "left"
     vocab = Vocab(tokenizer) if cfg.constrained else None
     stats = Stats()
-    cond = Conditions(formula=formula, spacegroup=cfg.spacegroup, min_distance=cfg.min_distance)
+    cond = Conditions(formula=formula, spacegroup=cfg.spacegroup, min_distance=cfg.min_distance,
+                      charge_balanced=cfg.charge_balanced)
     grammar = GRAMMARS[fmt]
     prompt = "" if cfg.constrained else _prompt(cfg, fmt, formula)
     n_batches = -(-cfg.n // cfg.batch_size)
@@ -219,10 +263,12 @@ def generate(cfg: SampleConfig, *, progress: bool = True, model=None, tokenizer=
             if cfg.constrained:
                 conds = [cond if not targets else
                          Conditions(formula=parse_formula(f) if f else None, spacegroup=g,
-                                    min_distance=cfg.min_distance) for f, g in row_targets]
+                                    min_distance=cfg.min_distance, charge_balanced=cfg.charge_balanced)
+                         for f, g in row_targets]
                 decoders = [Decoder(grammar(vocab, c, stats), vocab, stats) for c in conds]
-                kwargs["logits_processor"] = [GrammarLogitsProcessor(decoders, enc["input_ids"].shape[1],
-                                                                     tokenizer.pad_token_id)]
+                kwargs["logits_processor"] = [GrammarLogitsProcessor(
+                    decoders, enc["input_ids"].shape[1], tokenizer.pad_token_id,
+                    temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)]
             with torch.no_grad():
                 gen = model.generate(**enc, **kwargs)
             new = gen[:, enc["input_ids"].shape[1]:]
@@ -261,7 +307,8 @@ def generate(cfg: SampleConfig, *, progress: bool = True, model=None, tokenizer=
         "this_session": {"new_rows": new_rows, "wall_s": round(wall, 2), "tokens": tokens_out,
                          "structures_per_s": round(new_rows / wall, 3) if wall else None,
                          "tokens_per_s": round(tokens_out / wall, 1) if wall else None,
-                         "constraint_fallbacks": stats.fallbacks, "distance_vetoes": stats.distance_vetoes},
+                         "constraint_fallbacks": stats.fallbacks, "lookahead_vetoes": stats.distance_vetoes,
+                         "lookahead_optimistic": stats.optimistic},
         "device": str(device),
         "config": asdict(cfg),
     }

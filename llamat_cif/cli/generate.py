@@ -27,12 +27,15 @@ from llamat_cif.cli._common import console, fail, seed_option
               help="Grammar-constrained decoding (parsable text, requested composition, min distance).")
 @click.option("--min-distance", type=float, default=0.5, show_default=True,
               help="Å; the constraint refuses sites closer than this (0 = off).")
+@click.option("--charge-balanced", is_flag=True, default=False,
+              help="Constrained runs: a formula the model chooses must be SMACT charge-balanced "
+                   "(CDVAE compositional validity). Off by default, so validity measures the model.")
 @click.option("--max-new-tokens", type=int, default=1000, show_default=True)
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available).")
 @click.option("--threads", type=int, default=1, show_default=True, help="torch CPU threads.")
 @seed_option
 def generate(n, model, out_dir, formula, spacegroup, targets, temperature, top_p, top_k, batch_size,
-             constrained, min_distance, max_new_tokens, device, threads, seed) -> None:
+             constrained, min_distance, charge_balanced, max_new_tokens, device, threads, seed) -> None:
     """Sample structures into OUT/samples.csv and OUT/cifs/ (resumes an interrupted run)."""
     from llamat_cif.model import ModelLoadError
     from llamat_cif.sample import SampleConfig
@@ -40,7 +43,7 @@ def generate(n, model, out_dir, formula, spacegroup, targets, temperature, top_p
 
     cfg = SampleConfig(n=n, out_dir=out_dir, model=model, formula=formula, spacegroup=spacegroup,
                        temperature=temperature, top_p=top_p, top_k=top_k, batch_size=batch_size, seed=seed,
-                       constrained=constrained, min_distance=min_distance or None,
+                       constrained=constrained, min_distance=min_distance or None, charge_balanced=charge_balanced,
                        max_new_tokens=max_new_tokens, device=device, threads=threads, targets=targets)
     try:
         df = run(cfg)

@@ -1,0 +1,316 @@
+"""Where the atoms of a symmetric CIF can still go: the look-ahead behind constrained decoding.
+
+The CIF grammar (:mod:`llamat_cif.grammar`) lets the model write a structure one site line at a
+time: element, Wyckoff multiplicity, then x, y, z. A choice can be locally fine and still leave no
+way to finish the document: a formula whose counts need more special points than the group has,
+a site placed on the last free special point another element needed, a coordinate prefix from
+which every completion sits too close to a mirror image. This module answers "can the rest still
+be placed?" so that the grammar only offers choices that keep a completion in reach.
+
+Two levels:
+
+* :func:`allocatable` (no lattice yet): can every element count be written as a sum of Wyckoff
+  multiplicities, when each zero-dimensional Wyckoff position (a fixed point orbit such as 1a or
+  8c) holds at most one site and positions with free parameters may be used repeatedly?
+* :class:`Placement` (lattice known): the same question with geometry. It keeps the atoms placed so
+  far and searches for concrete positions of all remaining atoms (orbit of the right size, every
+  distance at least ``min_distance`` including symmetry copies), by depth-first search over
+  multiplicities and candidate points (the special points plus a fixed set of probe points on
+  each Wyckoff subspace with free parameters). A search that runs out of its node budget answers
+  "yes" (optimistic) and is counted, so the grammar never stalls on an expensive question.
+
+Elements play no role in the geometry (one distance threshold for all pairs), so the remaining
+work is a multiset of counts, which keeps the memo small.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from llamat_cif.grammar import (
+    _SHIFTS,
+    min_distance,
+    orbit,
+    orbit_sizes,
+    space_group_ops,
+    wyckoff_subspaces,
+)
+
+#: Fractional distance below which a symmetry image is the point itself. Coordinates are written
+#: with 4 decimals and read back by pymatgen, which snaps 0.3333 / 0.6667 to 1/3 / 2/3 and merges
+#: images closer than 1e-4; so an image either coincides exactly (after that snap) or must be a
+#: separate atom at least ``min_distance`` away: nothing in between is admissible.
+SAME_TOL = 2e-5
+
+
+def snap(p: np.ndarray) -> np.ndarray:
+    """Fractional coordinates as pymatgen's CIF reader takes them (1/3 and 2/3 made exact)."""
+    p = np.array(p, dtype=float)
+    for c in (1 / 3, 2 / 3):
+        p[np.abs(p / c - 1) <= 1e-4] = c
+    return p
+
+def _radical_inverse(i: int, base: int) -> float:
+    f, r = 1.0, 0.0
+    while i > 0:
+        f /= base
+        r += f * (i % base)
+        i //= base
+    return r
+
+
+#: Probe points per dimension of a Wyckoff subspace with free parameters: enough that a cell full
+#: of one general position (64 atoms of P1) finds room for every atom in the look-ahead search.
+_N_PROBES = {1: 16, 2: 48, 3: 96}
+
+
+@lru_cache(maxsize=3)
+def _probe_params(dim: int) -> np.ndarray:
+    """Halton points in [0, 1)^dim, shifted off the special values 0, 1/4, 1/3, 1/2 ..."""
+    bases = (2, 3, 5)[:dim]
+    pts = np.array([[_radical_inverse(i, b) for b in bases] for i in range(1, _N_PROBES[dim] + 1)])
+    return (pts + 0.0371) % 1.0
+
+
+@lru_cache(maxsize=512)
+def wyckoff_table(number: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Per multiplicity m: (distinct zero-dimensional orbit representatives, probe points on the
+    subspaces with free parameters). Either array may be empty (shape (0, 3))."""
+    ops = space_group_ops(number)
+    table: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for m in sorted(orbit_sizes(number)):
+        fixed, probes, seen = [], [], set()
+        for p0, basis in wyckoff_subspaces(number, m):
+            if basis.shape[1] == 0:
+                pts = orbit(np.asarray(p0, dtype=float), ops)
+                if len(pts) != m:
+                    continue
+                key = frozenset(map(tuple, np.round(pts, 3) % 1.0))
+                if key not in seen:
+                    seen.add(key)
+                    fixed.append(np.asarray(p0, dtype=float) % 1.0)
+            else:
+                t = _probe_params(basis.shape[1])
+                probes.extend(list((p0[None, :] + t @ basis.T) % 1.0))
+        table[m] = (np.array(fixed).reshape(-1, 3), np.array(probes).reshape(-1, 3))
+    return table
+
+
+ALLOCATION_TABLE = Path(__file__).resolve().parent / "resources" / "wyckoff_allocation.json"
+
+
+def allocation_entry(number: int) -> tuple[frozenset[int], tuple[int, ...], tuple[int, ...]]:
+    """(multiplicities with free parameters, sizes of the other Wyckoff positions, how many
+    distinct zero-dimensional positions of each of those sizes) computed from the operations."""
+    table = wyckoff_table(number)
+    unlimited = frozenset(m for m, (_, probes) in table.items() if len(probes))
+    points = sorted((m, len(fixed)) for m, (fixed, _) in table.items() if m not in unlimited and len(fixed))
+    return unlimited, tuple(m for m, _ in points), tuple(n for _, n in points)
+
+
+def write_allocation_table(path: Path = ALLOCATION_TABLE) -> None:
+    """Precompute :func:`allocation_entry` for all 230 groups (building it takes ~1 min)."""
+    rows = {}
+    for n in range(1, 231):
+        unlimited, sizes, counts = allocation_entry(n)
+        rows[str(n)] = {"free": sorted(unlimited), "point_sizes": list(sizes), "points": list(counts)}
+    path.write_text(json.dumps({"note": "llamat_cif.placement.write_allocation_table()", "groups": rows}))
+
+
+@lru_cache(maxsize=1)
+def _allocation_table() -> dict[int, tuple[frozenset[int], tuple[int, ...], tuple[int, ...]]]:
+    if not ALLOCATION_TABLE.is_file():
+        return {}
+    rows = json.loads(ALLOCATION_TABLE.read_text())["groups"]
+    return {int(k): (frozenset(r["free"]), tuple(r["point_sizes"]), tuple(r["points"])) for k, r in rows.items()}
+
+
+@lru_cache(maxsize=200_000)
+def allocatable(number: int, counts: tuple[int, ...]) -> bool:
+    """Can the element ``counts`` be distributed over the Wyckoff positions of the space group?
+
+    Each zero-dimensional Wyckoff position takes at most one site; positions with free parameters
+    take any number. Distances are ignored (the lattice is not known yet).
+    """
+    entry = _allocation_table().get(number) or allocation_entry(number)
+    unlimited, point_sizes, points = entry
+    return _allocate(tuple(sorted((c for c in counts if c > 0), reverse=True)), unlimited, points, point_sizes)
+
+
+@lru_cache(maxsize=200_000)
+def _allocate(counts: tuple[int, ...], unlimited: frozenset[int], free_points: tuple[int, ...],
+              point_sizes: tuple[int, ...]) -> bool:
+    if not counts:
+        return True
+    r, rest = counts[0], counts[1:]
+    # unlimited sizes first (they use up nothing), largest first
+    for m in sorted(unlimited, reverse=True):
+        if m <= r and _allocate(tuple(sorted(rest + ((r - m),) if r > m else rest, reverse=True)),
+                                unlimited, free_points, point_sizes):
+            return True
+    for j, m in enumerate(point_sizes):
+        if m <= r and free_points[j] > 0:
+            left = free_points[:j] + (free_points[j] - 1,) + free_points[j + 1:]
+            nxt = tuple(sorted(rest + ((r - m),) if r > m else rest, reverse=True))
+            if _allocate(nxt, unlimited, left, point_sizes):
+                return True
+    return False
+
+
+class Placement:
+    """Geometric look-ahead for one CIF being written (space group and lattice fixed).
+
+    Args:
+        number: space-group number (spglib default setting, as written by the canonical CIF).
+        matrix: lattice matrix (rows a, b, c in Å).
+        min_distance: smallest admissible distance between atoms (Å); ``None`` still keeps sites
+            apart by 0.05 Å so that the text parses (no two sites on one point).
+        budget: search nodes per question before answering optimistically.
+    """
+
+    def __init__(self, number: int, matrix: np.ndarray, min_distance: float | None = 0.5,
+                 budget: int = 400) -> None:
+        self.number = number
+        self.rots, self.trans = space_group_ops(number)
+        self.ops = (self.rots, self.trans)
+        self.matrix = np.asarray(matrix, dtype=float)
+        self.dmin = float(min_distance) if min_distance else 0.05
+        self.table = wyckoff_table(number)
+        self.sizes = sorted(self.table)
+        self.placed = np.zeros((0, 3))
+        self.budget = budget
+        self.unlimited = frozenset(m for m, (_, probes) in self.table.items() if len(probes))
+        self.point_sizes = tuple(sorted(m for m, (fixed, _) in self.table.items()
+                                        if m not in self.unlimited and len(fixed)))
+        self.optimistic = 0  # questions answered "yes" because the budget ran out
+        self._memo: dict[tuple, bool] = {}
+        self._nodes = 0
+
+    # ------------------------------------------------------------------------------ geometry
+    def check(self, pts: np.ndarray, m: int, placed: np.ndarray | None = None) -> np.ndarray:
+        """Boolean mask: the orbit of each point has exactly ``m`` members, its symmetry copies are
+        at least ``min_distance`` apart, and it keeps ``min_distance`` from the placed atoms."""
+        pts = snap(np.atleast_2d(np.asarray(pts, dtype=float)))
+        if len(pts) == 0:
+            return np.zeros(0, dtype=bool)
+        placed = self.placed if placed is None else placed
+        imgs = np.einsum("kij,nj->nki", self.rots, pts) + self.trans[None]
+        d = imgs - pts[:, None, :]
+        d -= np.round(d)
+        same = (np.abs(d) < SAME_TOL).all(-1)  # (n, k)
+        nstab = same.sum(1)
+        size_ok = len(self.rots) == m * nstab
+        cart = (d[:, :, None, :] + _SHIFTS[None, None]) @ self.matrix
+        own = np.sqrt((cart**2).sum(-1)).min(-1)  # (n, k)
+        own[same] = np.inf
+        ok = size_ok & (own.min(1) >= self.dmin)
+        if len(placed) and ok.any():
+            idx = np.nonzero(ok)[0]
+            ok[idx] = min_distance(pts[idx], placed, self.matrix) >= self.dmin
+        return ok
+
+    def orbit_of(self, p: np.ndarray) -> np.ndarray:
+        """The distinct symmetry images of ``p`` as the reader will generate them."""
+        p = snap(np.asarray(p, dtype=float))
+        imgs = np.mod(np.einsum("kij,j->ki", self.rots, p) + self.trans, 1.0)
+        keep: list[np.ndarray] = []
+        for q in imgs:
+            if not any(np.abs((q - k) - np.round(q - k)).max() < SAME_TOL for k in keep):
+                keep.append(q)
+        return np.array(keep)
+
+    def candidates(self, m: int) -> np.ndarray:
+        fixed, probes = self.table.get(m, (np.zeros((0, 3)), np.zeros((0, 3))))
+        return np.vstack([probes, fixed])  # free positions first: special points are scarce
+
+    # ------------------------------------------------------------------------------ search
+    def fits(self, counts, placed: np.ndarray | None = None) -> bool:
+        """Can atoms in these per-element ``counts`` all still be placed (after ``placed``)?"""
+        placed = self.placed if placed is None else placed
+        key = tuple(sorted((int(c) for c in counts if c > 0), reverse=True))
+        if not key:
+            return True
+        if not allocatable(self.number, key):
+            return False
+        self._nodes = 0
+        try:
+            return self._fits(key, placed)
+        except _Budget:
+            self.optimistic += 1
+            return True
+
+    def _fits(self, counts: tuple[int, ...], placed: np.ndarray) -> bool:
+        if not counts:
+            return True
+        memo_key = (counts, np.round(placed, 3).tobytes())
+        if memo_key in self._memo:
+            return self._memo[memo_key]
+        self._nodes += 1
+        if self._nodes > self.budget:
+            raise _Budget
+        if not self._still_allocatable(counts, placed):
+            self._memo[memo_key] = False
+            return False
+        r, rest = counts[0], counts[1:]
+        result = False
+        for m in reversed(self.sizes):
+            if m > r:
+                continue
+            nxt = tuple(sorted(rest + ((r - m),) if r > m else rest, reverse=True))
+            if not allocatable(self.number, nxt):
+                continue
+            for p in self._first_ok(self.candidates(m), m, placed, 3):
+                if self._fits(nxt, np.vstack([placed, self.orbit_of(p)])):
+                    result = True
+                    break
+            if result:
+                break
+        self._memo[memo_key] = result
+        return result
+
+    def _first_ok(self, cands: np.ndarray, m: int, placed: np.ndarray, k: int, chunk: int = 24) -> list[np.ndarray]:
+        """Up to ``k`` admissible candidates, checked in chunks (most questions need one)."""
+        found: list[np.ndarray] = []
+        for start in range(0, len(cands), chunk):
+            part = cands[start:start + chunk]
+            found.extend(part[self.check(part, m, placed)])
+            if len(found) >= k:
+                break
+        return found[:k]
+
+    def _still_allocatable(self, counts: tuple[int, ...], placed: np.ndarray) -> bool:
+        """:func:`allocatable` with only the special points that are still free."""
+        free = tuple(int(self.check(self.table[m][0], m, placed).sum()) for m in self.point_sizes)
+        return _allocate(counts, self.unlimited, free, self.point_sizes)
+
+    def site_fits(self, p: np.ndarray, m: int, rest_counts, placed: np.ndarray | None = None) -> bool:
+        """Is ``p`` an admissible site of multiplicity ``m`` after which ``rest_counts`` still fit?"""
+        placed = self.placed if placed is None else placed
+        if not self.check(p[None, :], m, placed)[0]:
+            return False
+        return self.fits(rest_counts, np.vstack([placed, self.orbit_of(p)]))
+
+    def any_site_fits(self, pts: np.ndarray, m: int, rest_counts, tries: int = 3) -> bool:
+        """Does one of the candidate points make an admissible site with a completion?"""
+        if len(pts) == 0:
+            return False
+        for p in self._first_ok(pts, m, self.placed, tries):
+            if self.fits(rest_counts, np.vstack([self.placed, self.orbit_of(p)])):
+                return True
+        return False
+
+    def multiplicity_ok(self, m: int, rest_counts) -> bool:
+        """Can a site of multiplicity ``m`` go somewhere now and leave ``rest_counts`` placeable?"""
+        return self.any_site_fits(self.candidates(m), m, rest_counts)
+
+    def place(self, p: np.ndarray) -> None:
+        self.placed = np.vstack([self.placed, self.orbit_of(p)])
+        self._memo.clear()
+
+
+class _Budget(Exception):
+    pass
