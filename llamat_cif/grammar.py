@@ -462,7 +462,12 @@ def header_fields(v: Vocab, cond: Conditions, *, want_formula: bool, want_sg: bo
             if cond.spacegroup:
                 yield Lit(f"{cond.spacegroup}\n")
             else:
-                allowed = _spacegroups_for(tuple(counts.values())) if (symmetric and counts) else None
+                allowed = None
+                if symmetric and counts:
+                    allowed = _spacegroups_for(tuple(counts.values()))
+                elif symmetric and cond.formula:  # the formula comes next: groups that can hold it
+                    allowed = _spacegroups_for_formula(tuple(n for _, n in _formula_items(cond.formula)),
+                                                       cond.max_atoms)
                 n, _ = yield Num(1, 230, 0, ("\n",), allowed=allowed)
                 sg = int(n)
             sg_written = True
@@ -523,6 +528,16 @@ def _allocatable(number: int, counts: tuple[int, ...]) -> bool:
 def _spacegroups_for(counts: tuple[int, ...]) -> frozenset[int] | None:
     """Groups whose Wyckoff positions can hold these element counts (special points used once)."""
     ok = frozenset(n for n in compatible_spacegroups(dict(enumerate(counts))) if _allocatable(n, counts))
+    return ok or None
+
+
+@lru_cache(maxsize=4096)
+def _spacegroups_for_formula(amounts: tuple[int, ...], max_atoms: int) -> frozenset[int] | None:
+    """Groups that can hold some multiple k of a reduced formula within ``max_atoms``."""
+    top = max(1, max_atoms // sum(amounts))
+    ok = frozenset(n for n in range(1, 231) if any(
+        all(a * k in reachable_counts(n, a * k) for a in amounts) and _allocatable(n, tuple(a * k for a in amounts))
+        for k in range(1, top + 1)))
     return ok or None
 
 

@@ -1,0 +1,116 @@
+"""Look-ahead of constrained decoding: Wyckoff allocation and placement, with known answers, and a
+random-policy drive of the whole CIF grammar (every choice uniform among the offered tokens), which
+must always end in a document that parses, keeps its atoms apart and has the declared composition."""
+
+import random
+import warnings
+
+import numpy as np
+import pytest
+from pymatgen.core import Composition
+
+from llamat_cif.cif import from_text
+from llamat_cif.grammar import Conditions, Decoder, Stats, Vocab, _lattice_matrix, cif_grammar
+from llamat_cif.placement import Placement, _allocation_table, allocatable, allocation_entry
+from llamat_cif.tokenizer import build_tokenizer
+from llamat_cif.validators.composition import compositional_validity
+
+
+def test_allocation_respects_special_points():
+    # Pm-3m: two 1-fold points (1a, 1b), two 3-fold points (3c, 3d); 6, 8, 12, ... have free parameters
+    assert allocatable(221, (4, 18, 1))  # 3c+1a, 12h+6e, 1b
+    assert not allocatable(221, (1, 1, 1))  # a third 1-fold site does not exist
+    assert not allocatable(221, (3, 3, 3))  # 3 = 3c, 3d or 1+1+1: one element is left out
+    assert allocatable(221, (3, 3, 1))
+    # P422: four 1-fold points; every other multiplicity is even
+    assert allocatable(89, (8, 7, 1, 7))
+    assert not allocatable(89, (7, 7, 1, 7, 1))  # five odd counts need five 1-fold points
+    assert allocatable(1, (64,))  # P1: general position only, any number of sites
+
+
+def test_precomputed_allocation_table_matches_the_operations():
+    table = _allocation_table()
+    assert len(table) == 230
+    for n in (2, 89, 166, 194, 221, 225, 227):
+        assert table[n] == allocation_entry(n), n
+
+
+def test_site_check_reads_orbits_as_pymatgen_does():
+    fcc = Placement(225, np.eye(3) * 4.0)
+    assert fcc.check(np.array([[0.0, 0.0, 0.0]]), 4)[0]
+    assert not fcc.check(np.array([[0.0, 0.0, 0.0]]), 8)[0]  # 4a has 4 members, not 8
+    assert fcc.check(np.array([[0.2424, 0.0, 0.0]]), 24)[0]  # 24e
+    assert not fcc.check(np.array([[0.04, 0.0, 0.0]]), 24)[0]  # 24e copies 0.32 A apart
+    fcc.place(np.array([0.0, 0.0, 0.0]))
+    assert not fcc.check(np.array([[0.0, 0.0, 0.0]]), 4)[0]  # occupied
+    assert fcc.check(np.array([[0.5, 0.5, 0.5]]), 4)[0]  # 4b is free
+    # P422: (0.9999, y, 1/2) is not on the 4n line x=0; its 8 images come in pairs 0.0007 A apart
+    tet = Placement(89, _lattice_matrix(3.464, 3.464, 41.109, 90, 90, 90))
+    assert not tet.check(np.array([[0.9999, 0.2255, 0.5]]), 4)[0]
+    assert not tet.check(np.array([[0.9999, 0.2255, 0.5]]), 8)[0]
+    # P6_3/mmc: 2c (1/3, 2/3, 1/4) written with 4 decimals is still a 2-fold site
+    hcp = Placement(194, _lattice_matrix(3.2, 3.2, 5.2, 90, 90, 120))
+    assert hcp.check(np.array([[0.3333, 0.6667, 0.25]]), 2)[0]
+    assert len(hcp.orbit_of(np.array([0.3333, 0.6667, 0.25]))) == 2
+
+
+def test_fits_knows_when_a_cell_is_full():
+    assert Placement(1, np.eye(3) * 10.0).fits([64])
+    assert Placement(1, np.eye(3) * 10.0).fits([20, 20, 24])
+    assert not Placement(1, np.eye(3) * 1.0).fits([64])  # 1 A^3 holds a dozen atoms 0.5 A apart
+    p = Placement(221, np.eye(3) * 4.0)
+    p.place(np.array([0.0, 0.0, 0.0]))
+    assert p.fits([1])
+    p.place(np.array([0.5, 0.5, 0.5]))
+    assert not p.fits([1])  # both 1-fold points are taken
+
+
+@pytest.fixture(scope="module")
+def vocab():
+    return Vocab(build_tokenizer())
+
+
+def _drive(vocab, cond, rng):
+    stats = Stats()
+    d = Decoder(cif_grammar(vocab, cond, stats), vocab, stats)
+    ids = []
+    while not d.done and len(ids) < 3000:
+        t = rng.choice(d.allowed_checked())
+        ids.append(t)
+        d.advance(t)
+    return vocab.tok.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False), stats
+
+
+def _assert_sound(text):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        s = from_text(text, "cif")
+    formula = text.splitlines()[[ln.startswith("# formula:") for ln in text.splitlines()].index(True)]
+    assert s.composition == Composition(formula.split(":", 1)[1]), text  # orbits = declared multiplicities
+    if len(s) > 1:
+        assert (s.distance_matrix + np.eye(len(s)) * 9).min() >= 0.5 - 1e-3, text
+    return s
+
+
+def test_random_choices_always_give_a_sound_crystal(vocab):
+    rng = random.Random(0)
+    for _ in range(10):
+        text, stats = _drive(vocab, Conditions(max_atoms=16), rng)
+        _assert_sound(text)
+        assert stats.fallbacks == 0, text
+
+
+def test_random_choices_meet_a_requested_formula(vocab):
+    rng = random.Random(1)
+    for formula in ("Cs2KPdF6", "Zn2SbN3", "NaCl", "SrTiO3"):
+        comp = Composition(formula)
+        text, _ = _drive(vocab, Conditions(formula={e.symbol: a for e, a in comp.items()}), rng)
+        assert _assert_sound(text).composition.reduced_formula == comp.reduced_formula
+
+
+def test_charge_balanced_formulas(vocab):
+    rng = random.Random(2)
+    for _ in range(5):
+        text, stats = _drive(vocab, Conditions(max_atoms=12, max_elements=3, charge_balanced=True), rng)
+        s = _assert_sound(text)
+        assert compositional_validity(s.composition).ok, text
