@@ -114,3 +114,12 @@ def test_charge_balanced_formulas(vocab):
         text, stats = _drive(vocab, Conditions(max_atoms=12, max_elements=3, charge_balanced=True), rng)
         s = _assert_sound(text)
         assert compositional_validity(s.composition).ok, text
+
+
+def test_target_formula_limits_the_space_group():
+    from llamat_cif.grammar import _spacegroups_for_formula
+
+    # KLaSiS4 in Fm-3m would need three 4-fold sites (only 4a and 4b exist) or three 8-fold ones
+    assert 225 not in _spacegroups_for_formula((1, 1, 1, 4), 64)
+    assert 225 in _spacegroups_for_formula((1, 1), 64)  # rock salt
+    assert 1 in _spacegroups_for_formula((1, 1, 1, 4), 64)
