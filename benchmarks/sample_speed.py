@@ -54,7 +54,8 @@ def main() -> None:
             summ = json.loads((out / "sample_summary.json").read_text())
             rows.append({"constrained": constrained, "batch_size": bs, "n": n, "wall_s": round(wall, 2),
                          "structures_per_s": round(n / wall, 3), "tokens_per_s": round(df["n_tokens"].sum() / wall, 1),
-                         "decoded": summ["decoded"], "fallbacks": summ["this_session"]["constraint_fallbacks"]})
+                         "decoded": summ["decoded"], "fallbacks": summ["this_session"]["constraint_fallbacks"],
+                         "lookahead_vetoes": summ["this_session"].get("lookahead_vetoes")})
             shutil.rmtree(out)
     t = Table(title=f"sampling speed: {model_dir.name} ({fmt}) on {device}")
     for k in rows[0]:

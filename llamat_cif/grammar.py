@@ -7,15 +7,22 @@ of :mod:`llamat_cif.cif` exactly, so every finished sequence parses, and they ho
 to the requested (or self-declared) formula, the lattice to the space group's crystal system, the
 site multiplicities to the group's orbit sizes, and — once the lattice is known — refuse a site that
 would sit closer than ``min_distance`` to an atom already placed (periodic images and, in the CIF
-grammar, symmetry copies included).
+grammar, symmetry copies included). The CIF grammar also looks ahead (:mod:`llamat_cif.placement`):
+it only offers a choice from which the whole composition can still be placed, so a finished
+sequence cannot end up with overlapping sites or a composition other than the one it declared.
+
+A spec's ``accept`` check can be expensive: :meth:`Decoder.allowed` gives the cheap syntactic set
+and :meth:`Decoder.check` the look-ahead verdict for one token, so a sampler can check only the
+tokens it actually draws (see :class:`llamat_cif.sample.GrammarLogitsProcessor`).
 
 Field specs:
 
 * :class:`Lit` — fixed text (forced token by token);
 * :class:`Choice` — one token out of a set (elements, space-group symbols, header keys);
 * :class:`Num` — a non-negative decimal number written digit by digit, within ``[lo, hi]``, with a
-  fixed number of decimals, ended by one of ``ends``; an optional ``accept`` callback vetoes the
-  last digit (used for the distance and orbit checks);
+  fixed number of decimals, ended by one of ``ends``; an optional ``accept`` callback vetoes
+  values (the last digit exactly, earlier digits on probe points of their interval: distances,
+  orbit sizes, room for the rest of the composition);
 * :class:`End` — end of document (EOS).
 """
 
