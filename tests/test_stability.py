@@ -279,8 +279,9 @@ def test_stability_cli_on_cif_folder(tmp_path, nacl):
     (src / "nacl.cif").write_text(nacl.to(fmt="cif"))
     (src / "broken.cif").write_text("data_broken\n_cell_length_a 1\n")
     res = CliRunner().invoke(main, ["stability", str(src), "--out", str(tmp_path / "out"), "--no-progress",
-                                    "--max-steps", "50"])
+                                    "--max-steps", "50", "--seed", "7"])
     assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "out" / "stability_summary.json").read_text())["seed"] == 7
     df = pd.read_parquet(tmp_path / "out" / "stability.parquet").set_index("id")
     assert set(df.index) == {"nacl", "broken"}
     assert df.loc["broken", "error"] and df.loc["nacl", "e_hull"] < 0.05

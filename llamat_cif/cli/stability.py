@@ -69,6 +69,8 @@ def stability(input_path, out_dir, potential, hull_path, fmax, max_steps, time_l
     except (PotentialError, HullError) as exc:
         fail(str(exc))
     summary = json.loads((out / "stability_summary.json").read_text())
+    summary["seed"] = seed  # the relaxation is deterministic; the seed is recorded with the run
+    (out / "stability_summary.json").write_text(json.dumps(summary, indent=2))
     _print_summary(summary, seed)
 
 
