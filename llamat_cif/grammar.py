@@ -28,6 +28,7 @@ Field specs:
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
@@ -441,9 +442,8 @@ def min_distance(frac_new: np.ndarray, frac_old: np.ndarray, matrix: np.ndarray)
         return np.full(len(frac_new), np.inf)
     d = frac_new[:, None, :] - frac_old[None, :, :]
     d -= np.round(d)
-    d = d[:, :, None, :] + _SHIFTS[None, None, :, :]
-    cart = d @ matrix
-    return np.sqrt((cart**2).sum(-1)).min(axis=(1, 2))
+    diff = (d @ matrix)[:, :, None, :] + (_SHIFTS @ matrix)[None, None, :, :]
+    return np.sqrt(np.einsum("npsk,npsk->nps", diff, diff).min(axis=(1, 2)))
 
 
 # --------------------------------------------------------------------------------- header
@@ -605,8 +605,7 @@ def wyckoff_subspaces(number: int, m: int) -> tuple[tuple[np.ndarray, np.ndarray
                 if b.shape[1] == 0:
                     on = np.abs(diff).max() < 1e-6
                 else:
-                    t, *_ = np.linalg.lstsq(b, diff, rcond=None)
-                    r = diff - b @ t
+                    r = diff - b @ (b.T @ diff)  # b is orthonormal: the least-squares residual
                     on = np.abs(r - np.round(r)).max() < 1e-6
                 if on:
                     break
@@ -626,61 +625,55 @@ def solve_values(number: int, m: int, typed: tuple[tuple[int, float], ...], targ
     return _solve_values(wyckoff_subspaces(number, m), dict(typed), target)
 
 
+#: Integer shifts tried for each typed coordinate (a subspace point may wrap around the cell).
+_WRAPS = {n: np.array(list(itertools.product(range(-2, 3), repeat=n)), dtype=float) for n in (1, 2, 3)}
+
+
 def _solve_values(subspaces, typed: dict[int, float], target: int, tol: float = 2.5e-4):
     """Values the ``target`` coordinate can take on the subspaces, given typed coordinates.
 
     Returns ``None`` when some subspace leaves it free, else a sorted array of admissible values
-    (mod 1). Typed coordinates are 4-decimal roundings, hence the tolerance.
+    (mod 1). Typed coordinates are 4-decimal roundings, hence the tolerance. For each subspace
+    ``p0 + B t`` the typed coordinates are solved for ``t`` under every integer wrap at once.
     """
-    import itertools
+    from scipy.linalg import null_space
 
+    idx = list(typed)
+    tv = np.array([typed[i] for i in idx], dtype=float)
     vals: list[float] = []
     for p0, b in subspaces:
-        idx = list(typed)
         if b.shape[1] == 0:
-            diff = np.array([typed[i] - p0[i] for i in idx])
+            diff = tv - p0[idx]
             if np.all(np.abs(diff - np.round(diff)) < tol):
                 vals.append(p0[target] % 1.0)
             continue
-        bt = b[idx] if idx else np.zeros((0, b.shape[1]))
-        # free in the target direction once typed coordinates are held: a null direction of bt
-        # with a non-zero target component
-        if idx:
-            from scipy.linalg import null_space
-
-            ns = null_space(bt) if bt.size else np.eye(b.shape[1])
-        else:
-            ns = np.eye(b.shape[1])
-        if ns.size and np.abs(b[target] @ ns).max() > 1e-6:
-            # only if the typed coordinates are reachable at all
-            if not idx:
-                return None
-            ok = False
-            for ks in itertools.product(range(-2, 3), repeat=len(idx)):
-                rhs = np.array([typed[i] + k - p0[i] for i, k in zip(idx, ks, strict=True)])
-                t, *_ = np.linalg.lstsq(bt, rhs, rcond=None)
-                if np.abs(bt @ t - rhs).max() < tol:
-                    ok = True
-                    break
-            if ok:
-                return None
-            continue
         if not idx:
+            if np.abs(b[target]).max() > 1e-6:
+                return None  # the target coordinate is a free parameter here
             vals.append(p0[target] % 1.0)
             continue
-        for ks in itertools.product(range(-2, 3), repeat=len(idx)):
-            rhs = np.array([typed[i] + k - p0[i] for i, k in zip(idx, ks, strict=True)])
-            t, *_ = np.linalg.lstsq(bt, rhs, rcond=None)
-            if np.abs(bt @ t - rhs).max() < tol:
-                vals.append(float((p0[target] + b[target] @ t) % 1.0))
+        bt = b[idx]
+        rhs = tv[None, :] + _WRAPS[len(idx)] - p0[idx][None, :]  # (wraps, typed)
+        t = rhs @ np.linalg.pinv(bt).T  # least-squares parameters per wrap
+        hit = np.abs(t @ bt.T - rhs).max(1) < tol
+        ns = null_space(bt)
+        if ns.size and np.abs(b[target] @ ns).max() > 1e-6:
+            if hit.any():
+                return None  # typed coordinates reachable and the target still free
+            continue
+        vals.extend(float((p0[target] + b[target] @ tt) % 1.0) for tt in t[hit])
     if not vals:
         return np.zeros(0)
     v = np.round(np.array(vals), 4) % 1.0
     return np.unique(v)
 
 
-#: Probe values for free coordinates in the lookahead: off the special values 0, 1/4, 1/3, 1/2 ...
-_PROBE = np.linspace(0.0123, 0.9877, 9)
+#: Probe values for free coordinates in the look-ahead: odd sixteenths (0.0625 from every multiple
+#: of 1/8, >= 0.02 from 1/6, 1/3 ...) in a spread-out order, then four 24ths. A probe near a
+#: special value collapses the orbit, meets its own symmetry copy, or blocks the special point
+#: another element needs.
+_PROBE = np.array([9, 5, 13, 3, 11, 7, 15, 1], dtype=float) / 16
+_PROBE = np.concatenate([_PROBE, np.array([7, 17, 1, 23]) / 24])
 
 
 def crystal_system(number: int) -> str:
@@ -795,11 +788,11 @@ def cif_grammar(v: Vocab, cond: Conditions, stats: Stats, *, header: bool = True
             """Points of orbit size m (candidates) that start with the typed coordinates."""
             xv = round(xv, 4)
             ys_ = solve_values(sg, m, ((0, xv),), 1) if yv is None else np.array([round(yv, 4)])
-            ys_ = _PROBE[::2] if ys_ is None else ys_
+            ys_ = _PROBE if ys_ is None else ys_
             pts = []
             for yy in ys_:
                 zs_ = solve_values(sg, m, ((0, xv), (1, round(float(yy), 4))), 2)
-                for zz in (_PROBE[::2] if zs_ is None else zs_):
+                for zz in (_PROBE if zs_ is None else zs_):
                     pts.append((xv, float(yy), float(zz)))
             return np.array(pts).reshape(-1, 3)
 

@@ -73,7 +73,7 @@ def _probe_params(dim: int) -> np.ndarray:
     """Halton points in [0, 1)^dim, shifted off the special values 0, 1/4, 1/3, 1/2 ..."""
     bases = (2, 3, 5)[:dim]
     pts = np.array([[_radical_inverse(i, b) for b in bases] for i in range(1, _N_PROBES[dim] + 1)])
-    return (pts + 0.0371) % 1.0
+    return (pts + 0.0703) % 1.0
 
 
 @lru_cache(maxsize=512)
@@ -187,7 +187,8 @@ class Placement:
         self.point_sizes = tuple(sorted(m for m, (fixed, _) in self.table.items()
                                         if m not in self.unlimited and len(fixed)))
         self.optimistic = 0  # questions answered "yes" because the budget ran out
-        self._memo: dict[tuple, bool] = {}
+        self._memo: dict[tuple, list[np.ndarray] | None] = {}
+        self._certs: dict[tuple[int, ...], np.ndarray] = {}
         self._nodes = 0
 
     # ------------------------------------------------------------------------------ geometry
@@ -202,12 +203,13 @@ class Placement:
         d = imgs - pts[:, None, :]
         d -= np.round(d)
         same = (np.abs(d) < SAME_TOL).all(-1)  # (n, k)
-        nstab = same.sum(1)
-        size_ok = len(self.rots) == m * nstab
-        cart = (d[:, :, None, :] + _SHIFTS[None, None]) @ self.matrix
-        own = np.sqrt((cart**2).sum(-1)).min(-1)  # (n, k)
-        own[same] = np.inf
-        ok = size_ok & (own.min(1) >= self.dmin)
+        ok = len(self.rots) == m * same.sum(1)  # orbit size = |G| / |stabiliser|
+        if ok.any():
+            idx = np.nonzero(ok)[0]
+            cart = (d[idx] @ self.matrix)[:, :, None, :] + (_SHIFTS @ self.matrix)[None, None]
+            own = np.sqrt(np.einsum("nksx,nksx->nks", cart, cart).min(-1))  # (n_ok, k)
+            own[same[idx]] = np.inf
+            ok[idx] = own.min(1) >= self.dmin
         if len(placed) and ok.any():
             idx = np.nonzero(ok)[0]
             ok[idx] = min_distance(pts[idx], placed, self.matrix) >= self.dmin
@@ -217,58 +219,71 @@ class Placement:
         """The distinct symmetry images of ``p`` as the reader will generate them."""
         p = snap(np.asarray(p, dtype=float))
         imgs = np.mod(np.einsum("kij,j->ki", self.rots, p) + self.trans, 1.0)
-        keep: list[np.ndarray] = []
-        for q in imgs:
-            if not any(np.abs((q - k) - np.round(q - k)).max() < SAME_TOL for k in keep):
-                keep.append(q)
-        return np.array(keep)
+        d = imgs[:, None, :] - imgs[None, :, :]
+        same = (np.abs(d - np.round(d)) < SAME_TOL).all(-1)
+        first = same.argmax(1)  # the first image each one coincides with
+        return imgs[first == np.arange(len(imgs))]
 
     def candidates(self, m: int) -> np.ndarray:
         fixed, probes = self.table.get(m, (np.zeros((0, 3)), np.zeros((0, 3))))
         return np.vstack([probes, fixed])  # free positions first: special points are scarce
 
     # ------------------------------------------------------------------------------ search
-    def fits(self, counts, placed: np.ndarray | None = None) -> bool:
-        """Can atoms in these per-element ``counts`` all still be placed (after ``placed``)?"""
-        placed = self.placed if placed is None else placed
+    def fits(self, counts, extra: np.ndarray | None = None) -> bool:
+        """Can atoms in these per-element ``counts`` all still be placed, next to the placed atoms
+        and the ``extra`` points (the orbit of a site being considered)?
+
+        A completion found once is kept as a certificate for its counts: while the placed atoms
+        do not change, a new question with other ``extra`` points is answered by checking the
+        certificate's atoms against them before searching again.
+        """
         key = tuple(sorted((int(c) for c in counts if c > 0), reverse=True))
         if not key:
             return True
         if not allocatable(self.number, key):
             return False
+        extra = np.zeros((0, 3)) if extra is None else np.asarray(extra, dtype=float)
+        cert = self._certs.get(key)
+        if cert is not None and (len(extra) == 0 or min_distance(cert, extra, self.matrix).min() >= self.dmin):
+            return True
         self._nodes = 0
         try:
-            return self._fits(key, placed)
+            path = self._search(key, np.vstack([self.placed, extra]))
         except _Budget:
             self.optimistic += 1
             return True
+        if path is None:
+            return False
+        self._certs[key] = np.vstack(path)
+        return True
 
-    def _fits(self, counts: tuple[int, ...], placed: np.ndarray) -> bool:
+    def _search(self, counts: tuple[int, ...], placed: np.ndarray) -> list[np.ndarray] | None:
+        """Depth-first search: the orbits of one completion, or ``None``."""
         if not counts:
-            return True
+            return []
         memo_key = (counts, np.round(placed, 3).tobytes())
         if memo_key in self._memo:
             return self._memo[memo_key]
         self._nodes += 1
         if self._nodes > self.budget:
             raise _Budget
-        if not self._still_allocatable(counts, placed):
-            self._memo[memo_key] = False
-            return False
-        r, rest = counts[0], counts[1:]
-        result = False
-        for m in reversed(self.sizes):
-            if m > r:
-                continue
-            nxt = tuple(sorted(rest + ((r - m),) if r > m else rest, reverse=True))
-            if not allocatable(self.number, nxt):
-                continue
-            for p in self._first_ok(self.candidates(m), m, placed, 3):
-                if self._fits(nxt, np.vstack([placed, self.orbit_of(p)])):
-                    result = True
+        result = None
+        if self._still_allocatable(counts, placed):
+            r, rest = counts[0], counts[1:]
+            for m in reversed(self.sizes):
+                if m > r:
+                    continue
+                nxt = tuple(sorted(rest + ((r - m),) if r > m else rest, reverse=True))
+                if not allocatable(self.number, nxt):
+                    continue
+                for p in self._first_ok(self.candidates(m), m, placed, 3):
+                    orb = self.orbit_of(p)
+                    sub = self._search(nxt, np.vstack([placed, orb]))
+                    if sub is not None:
+                        result = [orb, *sub]
+                        break
+                if result is not None:
                     break
-            if result:
-                break
         self._memo[memo_key] = result
         return result
 
@@ -287,19 +302,18 @@ class Placement:
         free = tuple(int(self.check(self.table[m][0], m, placed).sum()) for m in self.point_sizes)
         return _allocate(counts, self.unlimited, free, self.point_sizes)
 
-    def site_fits(self, p: np.ndarray, m: int, rest_counts, placed: np.ndarray | None = None) -> bool:
+    def site_fits(self, p: np.ndarray, m: int, rest_counts) -> bool:
         """Is ``p`` an admissible site of multiplicity ``m`` after which ``rest_counts`` still fit?"""
-        placed = self.placed if placed is None else placed
-        if not self.check(p[None, :], m, placed)[0]:
+        if not self.check(p[None, :], m)[0]:
             return False
-        return self.fits(rest_counts, np.vstack([placed, self.orbit_of(p)]))
+        return self.fits(rest_counts, self.orbit_of(p))
 
-    def any_site_fits(self, pts: np.ndarray, m: int, rest_counts, tries: int = 3) -> bool:
+    def any_site_fits(self, pts: np.ndarray, m: int, rest_counts, tries: int = 6) -> bool:
         """Does one of the candidate points make an admissible site with a completion?"""
         if len(pts) == 0:
             return False
         for p in self._first_ok(pts, m, self.placed, tries):
-            if self.fits(rest_counts, np.vstack([self.placed, self.orbit_of(p)])):
+            if self.fits(rest_counts, self.orbit_of(p)):
                 return True
         return False
 
@@ -310,6 +324,7 @@ class Placement:
     def place(self, p: np.ndarray) -> None:
         self.placed = np.vstack([self.placed, self.orbit_of(p)])
         self._memo.clear()
+        self._certs.clear()
 
 
 class _Budget(Exception):

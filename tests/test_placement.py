@@ -123,3 +123,13 @@ def test_target_formula_limits_the_space_group():
     assert 225 not in _spacegroups_for_formula((1, 1, 1, 4), 64)
     assert 225 in _spacegroups_for_formula((1, 1), 64)  # rock salt
     assert 1 in _spacegroups_for_formula((1, 1, 1, 4), 64)
+
+
+def test_a_site_that_blocks_the_special_points_still_needed_is_refused():
+    # P6_3/mcm (a = c = 9.908 A): 4d and 4c taken; Dy2 + Bi2 still need 2a (0,0,1/4) and 2b (0,0,0)
+    p = Placement(193, _lattice_matrix(9.908, 9.908, 9.908, 90, 90, 120))
+    p.place(np.array([1 / 3, 2 / 3, 0.0]))
+    p.place(np.array([2 / 3, 1 / 3, 0.75]))
+    assert not p.site_fits(np.array([0.3333, 0.6667, 0.75]), 4, [2, 2])  # on an occupied 4c point
+    assert not p.site_fits(np.array([0.0, 0.0, 0.03]), 4, [2, 2])  # 4e next to 2b: 2b is lost
+    assert p.site_fits(np.array([0.0, 0.0, 0.125]), 4, [2, 2])
