@@ -326,6 +326,7 @@ class Conditions:
     max_elements: int = 6
     max_count: int = 96  # per element in a cell
     charge_balanced: bool = False  # a self-chosen formula must be SMACT-valid (CDVAE compositional validity)
+    max_lines: int = 27  # site lines that fit the token budget (1000 new tokens: ~140 header, <= 31 a line)
 
 
 def _formula_items(comp: dict[str, float]) -> list[tuple[str, int]]:
@@ -348,7 +349,8 @@ def formula_field(v: Vocab, cond: Conditions, *, end: str = "\n", spacegroup: in
         items = _formula_items(cond.formula)
         max_k = max(1, cond.max_atoms // sum(n for _, n in items))
         ks = [k for k in range(1, max_k + 1) if reach is None or (
-            all(n * k in reach for _, n in items) and _allocatable(spacegroup, tuple(n * k for _, n in items)))]
+            all(n * k in reach for _, n in items)
+            and _allocatable(spacegroup, tuple(n * k for _, n in items), cond.max_lines))]
         if not ks:  # the requested formula cannot fill this space group within max_atoms
             if stats is not None:
                 stats.fallbacks += 1
@@ -372,7 +374,9 @@ def formula_field(v: Vocab, cond: Conditions, *, end: str = "\n", spacegroup: in
         base = [c for c in (sorted(reach) if reach is not None else range(1, hi + 1)) if 1 <= c <= hi]
 
         def holds(cs: tuple[int, ...]) -> bool:
-            return reach is None or _allocatable(spacegroup, cs)
+            if reach is None:  # no group yet: P1 (one line per atom) or some group must hold it
+                return sum(cs) <= cond.max_lines or _spacegroups_for(cs, cond.max_lines) is not None
+            return _allocatable(spacegroup, cs, cond.max_lines)
 
         def can_end(el: str, c: int, have=have, counts=counts) -> bool:
             """The formula may stop after ``el``<c>: the group holds it (and it is charge-balanced)."""
@@ -471,10 +475,10 @@ def header_fields(v: Vocab, cond: Conditions, *, want_formula: bool, want_sg: bo
             else:
                 allowed = None
                 if symmetric and counts:
-                    allowed = _spacegroups_for(tuple(counts.values()))
+                    allowed = _spacegroups_for(tuple(counts.values()), cond.max_lines)
                 elif symmetric and cond.formula:  # the formula comes next: groups that can hold it
                     allowed = _spacegroups_for_formula(tuple(n for _, n in _formula_items(cond.formula)),
-                                                       cond.max_atoms)
+                                                       cond.max_atoms, cond.max_lines)
                 n, _ = yield Num(1, 230, 0, ("\n",), allowed=allowed)
                 sg = int(n)
             sg_written = True
@@ -525,25 +529,30 @@ def compatible_spacegroups(counts: dict[str, int]) -> frozenset[int]:
     return frozenset(n for n in range(1, 231) if all(c in reachable_counts(n, top) for c in counts.values()))
 
 
-def _allocatable(number: int, counts: tuple[int, ...]) -> bool:
-    from llamat_cif.placement import allocatable
+def _allocatable(number: int, counts: tuple[int, ...], max_lines: int | None = None) -> bool:
+    """The group's Wyckoff positions can hold the counts (special points used once), in at most
+    ``max_lines`` site lines (the document must end within the token budget)."""
+    from llamat_cif.placement import allocatable, min_lines
 
-    return allocatable(number, tuple(sorted(counts, reverse=True)))
+    key = tuple(sorted(counts, reverse=True))
+    return allocatable(number, key) and (max_lines is None or min_lines(number, key) <= max_lines)
 
 
 @lru_cache(maxsize=4096)
-def _spacegroups_for(counts: tuple[int, ...]) -> frozenset[int] | None:
+def _spacegroups_for(counts: tuple[int, ...], max_lines: int | None = None) -> frozenset[int] | None:
     """Groups whose Wyckoff positions can hold these element counts (special points used once)."""
-    ok = frozenset(n for n in compatible_spacegroups(dict(enumerate(counts))) if _allocatable(n, counts))
+    ok = frozenset(n for n in compatible_spacegroups(dict(enumerate(counts))) if _allocatable(n, counts, max_lines))
     return ok or None
 
 
 @lru_cache(maxsize=4096)
-def _spacegroups_for_formula(amounts: tuple[int, ...], max_atoms: int) -> frozenset[int] | None:
+def _spacegroups_for_formula(amounts: tuple[int, ...], max_atoms: int,
+                             max_lines: int | None = None) -> frozenset[int] | None:
     """Groups that can hold some multiple k of a reduced formula within ``max_atoms``."""
     top = max(1, max_atoms // sum(amounts))
     ok = frozenset(n for n in range(1, 231) if any(
-        all(a * k in reachable_counts(n, a * k) for a in amounts) and _allocatable(n, tuple(a * k for a in amounts))
+        all(a * k in reachable_counts(n, a * k) for a in amounts)
+        and _allocatable(n, tuple(a * k for a in amounts), max_lines)
         for k in range(1, top + 1)))
     return ok or None
 
@@ -700,7 +709,7 @@ def cif_grammar(v: Vocab, cond: Conditions, stats: Stats, *, header: bool = True
         symbol = yield Choice({i: s for s, i in v.sg_id.items()})
         sg = v.sg_symbols.index(symbol) + 1
     yield Lit(f"\n_symmetry_Int_Tables_number {sg}\n_cell_length_a ")
-    from llamat_cif.placement import Placement
+    from llamat_cif.placement import Placement, min_lines
 
     system = crystal_system(sg)
     rhombo_hex = symbol.startswith("R")
@@ -769,7 +778,13 @@ def cif_grammar(v: Vocab, cond: Conditions, stats: Stats, *, header: bool = True
         def rest_after(el: str, m: int) -> list[int]:
             return [r - (m if e == el else 0) for e, r in remaining.items()]
 
-        mult_ok = {e: frozenset(m for m in place.sizes if m <= r and place.multiplicity_ok(m, rest_after(e, m)))
+        lines_left = cond.max_lines - i - 1  # after this one
+
+        def line_ok(rest: list[int], lines_left=lines_left) -> bool:
+            return min_lines(sg, tuple(sorted((c for c in rest if c > 0), reverse=True))) <= lines_left
+
+        mult_ok = {e: frozenset(m for m in place.sizes if m <= r and line_ok(rest_after(e, m))
+                                and place.multiplicity_ok(m, rest_after(e, m)))
                    for e, r in remaining.items() if r > 0}
         options = {v.element_id[e]: e for e, ms in mult_ok.items() if ms}
         if not options:

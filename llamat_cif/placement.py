@@ -142,6 +142,20 @@ def allocatable(number: int, counts: tuple[int, ...]) -> bool:
 
 
 @lru_cache(maxsize=200_000)
+def min_lines(number: int, counts: tuple[int, ...]) -> int:
+    """Fewest site lines that can write these element counts (each count a sum of the group's
+    Wyckoff multiplicities; special-point limits ignored, so a lower bound)."""
+    from llamat_cif.grammar import orbit_sizes
+
+    sizes = sorted(orbit_sizes(number))
+    top = max(counts, default=0)
+    best = [0] + [10**6] * top
+    for t in range(1, top + 1):
+        best[t] = min((best[t - m] + 1 for m in sizes if m <= t), default=10**6)
+    return sum(best[c] for c in counts if c > 0)
+
+
+@lru_cache(maxsize=200_000)
 def _allocate(counts: tuple[int, ...], unlimited: frozenset[int], free_points: tuple[int, ...],
               point_sizes: tuple[int, ...]) -> bool:
     if not counts:
@@ -173,7 +187,7 @@ class Placement:
     """
 
     def __init__(self, number: int, matrix: np.ndarray, min_distance: float | None = 0.5,
-                 budget: int = 400) -> None:
+                 budget: int = 2000) -> None:
         self.number = number
         self.rots, self.trans = space_group_ops(number)
         self.ops = (self.rots, self.trans)
@@ -298,9 +312,20 @@ class Placement:
         return found[:k]
 
     def _still_allocatable(self, counts: tuple[int, ...], placed: np.ndarray) -> bool:
-        """:func:`allocatable` with only the special points that are still free."""
-        free = tuple(int(self.check(self.table[m][0], m, placed).sum()) for m in self.point_sizes)
-        return _allocate(counts, self.unlimited, free, self.point_sizes)
+        """:func:`allocatable` with what is still free: special points not yet blocked, and a
+        multiplicity with free parameters only while one of its probe points is still admissible
+        (a line of 2-fold sites can fill up)."""
+        unlimited, sizes, free = set(), [], []
+        for m in self.sizes:
+            fixed, probes = self.table[m]
+            if len(probes) and self._first_ok(probes, m, placed, 1):
+                unlimited.add(m)
+            elif len(fixed):
+                n_free = int(self.check(fixed, m, placed).sum())
+                if n_free:
+                    sizes.append(m)
+                    free.append(n_free)
+        return _allocate(counts, frozenset(unlimited), tuple(free), tuple(sizes))
 
     def site_fits(self, p: np.ndarray, m: int, rest_counts) -> bool:
         """Is ``p`` an admissible site of multiplicity ``m`` after which ``rest_counts`` still fit?"""

@@ -227,8 +227,10 @@ def generate(cfg: SampleConfig, *, progress: bool = True, model=None, tokenizer=
     tokenizer.padding_side = "left"
     vocab = Vocab(tokenizer) if cfg.constrained else None
     stats = Stats()
+    # site lines that fit the token budget: ~140 tokens of header and lattice, <= 31 tokens a line
+    max_lines = max(1, (cfg.max_new_tokens - 140) // 31)
     cond = Conditions(formula=formula, spacegroup=cfg.spacegroup, min_distance=cfg.min_distance,
-                      charge_balanced=cfg.charge_balanced)
+                      charge_balanced=cfg.charge_balanced, max_lines=max_lines)
     grammar = GRAMMARS[fmt]
     prompt = "" if cfg.constrained else _prompt(cfg, fmt, formula)
     n_batches = -(-cfg.n // cfg.batch_size)
@@ -263,7 +265,8 @@ def generate(cfg: SampleConfig, *, progress: bool = True, model=None, tokenizer=
             if cfg.constrained:
                 conds = [cond if not targets else
                          Conditions(formula=parse_formula(f) if f else None, spacegroup=g,
-                                    min_distance=cfg.min_distance, charge_balanced=cfg.charge_balanced)
+                                    min_distance=cfg.min_distance, charge_balanced=cfg.charge_balanced,
+                                    max_lines=max_lines)
                          for f, g in row_targets]
                 decoders = [Decoder(grammar(vocab, c, stats), vocab, stats) for c in conds]
                 kwargs["logits_processor"] = [GrammarLogitsProcessor(

@@ -133,3 +133,17 @@ def test_a_site_that_blocks_the_special_points_still_needed_is_refused():
     assert not p.site_fits(np.array([0.3333, 0.6667, 0.75]), 4, [2, 2])  # on an occupied 4c point
     assert not p.site_fits(np.array([0.0, 0.0, 0.03]), 4, [2, 2])  # 4e next to 2b: 2b is lost
     assert p.site_fits(np.array([0.0, 0.0, 0.125]), 4, [2, 2])
+
+
+def test_min_lines_and_the_line_budget(vocab):
+    from llamat_cif.placement import min_lines
+
+    assert min_lines(1, (5, 3)) == 8  # P1: one line per atom
+    assert min_lines(225, (4, 8)) == 2
+    assert min_lines(225, (12,)) == 2  # 4 + 8
+    rng = random.Random(5)
+    for _ in range(4):
+        text, _ = _drive(vocab, Conditions(max_atoms=40, max_lines=5), rng)
+        body = text.split("_atom_site_occupancy\n", 1)[1]
+        assert 1 <= len(body.strip().splitlines()) <= 5, text
+        _assert_sound(text)
