@@ -23,6 +23,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("runs", nargs="+")
     ap.add_argument("--out", default="benchmarks/generate")
+    ap.add_argument("--combine", action="append", default=[], metavar="NAME=RUN,RUN",
+                    help="also report the pooled counts of these runs (by folder name) as NAME")
     args = ap.parse_args()
 
     from rich.console import Console
@@ -47,11 +49,23 @@ def main() -> None:
             "valid": int(rows["valid"].fillna(False).astype(bool).sum()),
             "mean_tokens": round(float(df["n_tokens"].mean()), 1),
             "constraint_fallbacks_last_session": (summ.get("this_session") or {}).get("constraint_fallbacks"),
+            "lookahead_optimistic_last_session": (summ.get("this_session") or {}).get("lookahead_optimistic"),
+            "structures_per_s_last_session": (summ.get("this_session") or {}).get("structures_per_s"),
+            "charge_balanced_constraint": bool(cfg.get("charge_balanced", False)),
         }
         if (df["target_formula"] != "").any():
             res["formula_requested"] = int((df["target_formula"] != "").sum())
             res["formula_met"] = int(rows["formula_match"].fillna(False).astype(bool).sum())
         results[run.name] = res
+    for spec in args.combine:
+        name, members = spec.split("=", 1)
+        parts = [results[m] for m in members.split(",")]
+        pooled = {"run": name, "pooled_from": members.split(",")}
+        for k in ("n", "parsed", "structurally_valid", "compositionally_valid", "valid", "formula_requested",
+                  "formula_met"):
+            if all(k in r for r in parts):
+                pooled[k] = sum(r[k] for r in parts)
+        results[name] = pooled
     t = Table(title="shipped model llamat-cif-small, CPU sampling; denominators = samples present")
     cols = ["run", "n", "parsed", "structurally_valid", "compositionally_valid", "valid", "formula_met"]
     for c in cols:
