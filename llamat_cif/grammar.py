@@ -396,7 +396,9 @@ def formula_field(v: Vocab, cond: Conditions, *, end: str = "\n", spacegroup: in
         if not allowed:
             if stats is not None:
                 stats.fallbacks += 1
-            allowed = frozenset(base) or frozenset({1})
+            # drop the charge balance before the group's capacity: the crystal can still be finished
+            allowed = (frozenset(c for c in base if holds(have + (c,))) if cond.charge_balanced else frozenset()) \
+                or frozenset(base) or frozenset({1})
 
         def ends_for(c: float, el=el, can_continue=can_continue, can_end=can_end) -> tuple[str, ...]:
             c = int(c)
