@@ -326,7 +326,13 @@ class Conditions:
     max_elements: int = 6
     max_count: int = 96  # per element in a cell
     charge_balanced: bool = False  # a self-chosen formula must be SMACT-valid (CDVAE compositional validity)
-    max_lines: int = 27  # site lines that fit the token budget (1000 new tokens: ~140 header, <= 31 a line)
+    max_lines: int = 27  # site lines that fit the token budget: site_lines_for(1000)
+
+
+def site_lines_for(max_new_tokens: int) -> int:
+    """Site lines a CIF document can have within ``max_new_tokens``: header and lattice take up to
+    ~140 tokens, one site line at most 31 (two-digit labels)."""
+    return max(1, (max_new_tokens - 140) // 31)
 
 
 def _formula_items(comp: dict[str, float]) -> list[tuple[str, int]]:

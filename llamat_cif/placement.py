@@ -197,9 +197,6 @@ class Placement:
         self.sizes = sorted(self.table)
         self.placed = np.zeros((0, 3))
         self.budget = budget
-        self.unlimited = frozenset(m for m, (_, probes) in self.table.items() if len(probes))
-        self.point_sizes = tuple(sorted(m for m, (fixed, _) in self.table.items()
-                                        if m not in self.unlimited and len(fixed)))
         self.optimistic = 0  # questions answered "yes" because the budget ran out
         self._memo: dict[tuple, list[np.ndarray] | None] = {}
         self._certs: dict[tuple[int, ...], np.ndarray] = {}

@@ -187,7 +187,7 @@ def generate(cfg: SampleConfig, *, progress: bool = True, model=None, tokenizer=
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from llamat_cif.cif import CrystalTextError, from_text, structure_to_cif
-    from llamat_cif.grammar import GRAMMARS, Conditions, Decoder, Stats, Vocab
+    from llamat_cif.grammar import GRAMMARS, Conditions, Decoder, Stats, Vocab, site_lines_for
     from llamat_cif.model import load_generator, resolve_model_path
 
     if cfg.n < 1:
@@ -227,8 +227,7 @@ def generate(cfg: SampleConfig, *, progress: bool = True, model=None, tokenizer=
     tokenizer.padding_side = "left"
     vocab = Vocab(tokenizer) if cfg.constrained else None
     stats = Stats()
-    # site lines that fit the token budget: ~140 tokens of header and lattice, <= 31 tokens a line
-    max_lines = max(1, (cfg.max_new_tokens - 140) // 31)
+    max_lines = site_lines_for(cfg.max_new_tokens)
     cond = Conditions(formula=formula, spacegroup=cfg.spacegroup, min_distance=cfg.min_distance,
                       charge_balanced=cfg.charge_balanced, max_lines=max_lines)
     grammar = GRAMMARS[fmt]
