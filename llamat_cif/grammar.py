@@ -726,7 +726,8 @@ def cif_grammar(v: Vocab, cond: Conditions, stats: Stats, *, header: bool = True
 
     def room(a, b, c, al=90.0, be=90.0, ga=90.0) -> bool:
         """The whole composition still fits this lattice (checked on the last lattice number)."""
-        return Placement(sg, _lattice_matrix(a, b, c, al, be, ga), cond.min_distance).fits(count_list)
+        return Placement(sg, _lattice_matrix(a, b, c, al, be, ga), cond.min_distance).fits(count_list,
+                                                                                             lines=cond.max_lines)
 
     def length(accept=None):
         return Num(1.0, 60.0, 3, ("\n",), max_int_digits=2, accept=accept, probe="hi")
@@ -792,7 +793,7 @@ def cif_grammar(v: Vocab, cond: Conditions, stats: Stats, *, header: bool = True
             return min_lines(sg, tuple(sorted((c for c in rest if c > 0), reverse=True))) <= lines_left
 
         mult_ok = {e: frozenset(m for m in place.sizes if m <= r and line_ok(rest_after(e, m))
-                                and place.multiplicity_ok(m, rest_after(e, m)))
+                                and place.multiplicity_ok(m, rest_after(e, m), lines_left))
                    for e, r in remaining.items() if r > 0}
         options = {v.element_id[e]: e for e, ms in mult_ok.items() if ms}
         if not options:
@@ -821,14 +822,17 @@ def cif_grammar(v: Vocab, cond: Conditions, stats: Stats, *, header: bool = True
 
         xs = solve_values(sg, m, (), 0) if subs else None
         x, _ = yield Num(0.0, 0.9999, 4, (" ",), max_int_digits=1, values=xs,
-                         accept=lambda xv, m=m, rest=rest: place.any_site_fits(completions(xv), m, rest))
+                         accept=lambda xv, m=m, rest=rest, n=lines_left:
+                         place.any_site_fits(completions(xv), m, rest, lines=n))
         ys = solve_values(sg, m, ((0, round(x, 4)),), 1) if subs else None
         y, _ = yield Num(0.0, 0.9999, 4, (" ",), max_int_digits=1, values=ys if ys is None or len(ys) else None,
-                         accept=lambda yv, x=x, m=m, rest=rest: place.any_site_fits(completions(x, yv), m, rest))
+                         accept=lambda yv, x=x, m=m, rest=rest, n=lines_left:
+                         place.any_site_fits(completions(x, yv), m, rest, lines=n))
         zs = solve_values(sg, m, ((0, round(x, 4)), (1, round(y, 4))), 2) if subs else None
         zs = zs if zs is None or len(zs) else None
         zv, _ = yield Num(0.0, 0.9999, 4, (" ",), max_int_digits=1, values=zs,
-                          accept=lambda zv, x=x, y=y, m=m, rest=rest: place.site_fits(np.array([x, y, zv]), m, rest))
+                          accept=lambda zv, x=x, y=y, m=m, rest=rest, n=lines_left:
+                          place.site_fits(np.array([x, y, zv]), m, rest, n))
         yield Lit("1\n")
         place.place(np.array([x, y, zv]))
         remaining[el] = max(0, r - m)

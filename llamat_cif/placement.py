@@ -199,7 +199,7 @@ class Placement:
         self.budget = budget
         self.optimistic = 0  # questions answered "yes" because the budget ran out
         self._memo: dict[tuple, list[np.ndarray] | None] = {}
-        self._certs: dict[tuple[int, ...], np.ndarray] = {}
+        self._certs: dict[tuple[int, ...], tuple[np.ndarray, int]] = {}  # counts -> (atoms, lines)
         self._nodes = 0
 
     # ------------------------------------------------------------------------------ geometry
@@ -240,9 +240,10 @@ class Placement:
         return np.vstack([probes, fixed])  # free positions first: special points are scarce
 
     # ------------------------------------------------------------------------------ search
-    def fits(self, counts, extra: np.ndarray | None = None) -> bool:
+    def fits(self, counts, extra: np.ndarray | None = None, lines: int | None = None) -> bool:
         """Can atoms in these per-element ``counts`` all still be placed, next to the placed atoms
-        and the ``extra`` points (the orbit of a site being considered)?
+        and the ``extra`` points (the orbit of a site being considered), in at most ``lines`` site
+        lines (``None``: any number)?
 
         A completion found once is kept as a certificate for its counts: while the placed atoms
         do not change, a new question with other ``extra`` points is answered by checking the
@@ -251,28 +252,31 @@ class Placement:
         key = tuple(sorted((int(c) for c in counts if c > 0), reverse=True))
         if not key:
             return True
-        if not allocatable(self.number, key):
+        if not allocatable(self.number, key) or (lines is not None and min_lines(self.number, key) > lines):
             return False
         extra = np.zeros((0, 3)) if extra is None else np.asarray(extra, dtype=float)
         cert = self._certs.get(key)
-        if cert is not None and (len(extra) == 0 or min_distance(cert, extra, self.matrix).min() >= self.dmin):
+        if (cert is not None and (lines is None or cert[1] <= lines)
+                and (len(extra) == 0 or min_distance(cert[0], extra, self.matrix).min() >= self.dmin)):
             return True
         self._nodes = 0
         try:
-            path = self._search(key, np.vstack([self.placed, extra]))
+            path = self._search(key, np.vstack([self.placed, extra]), lines)
         except _Budget:
             self.optimistic += 1
             return True
         if path is None:
             return False
-        self._certs[key] = np.vstack(path)
+        self._certs[key] = (np.vstack(path), len(path))
         return True
 
-    def _search(self, counts: tuple[int, ...], placed: np.ndarray) -> list[np.ndarray] | None:
-        """Depth-first search: the orbits of one completion, or ``None``."""
+    def _search(self, counts: tuple[int, ...], placed: np.ndarray, lines: int | None = None) -> list[np.ndarray] | None:
+        """Depth-first search: the orbits of one completion in at most ``lines`` orbits, or ``None``."""
         if not counts:
             return []
-        memo_key = (counts, np.round(placed, 3).tobytes())
+        if lines is not None and min_lines(self.number, counts) > lines:
+            return None
+        memo_key = (counts, lines, np.round(placed, 3).tobytes())
         if memo_key in self._memo:
             return self._memo[memo_key]
         self._nodes += 1
@@ -289,7 +293,7 @@ class Placement:
                     continue
                 for p in self._first_ok(self.candidates(m), m, placed, 3):
                     orb = self.orbit_of(p)
-                    sub = self._search(nxt, np.vstack([placed, orb]))
+                    sub = self._search(nxt, np.vstack([placed, orb]), None if lines is None else lines - 1)
                     if sub is not None:
                         result = [orb, *sub]
                         break
@@ -324,24 +328,27 @@ class Placement:
                     free.append(n_free)
         return _allocate(counts, frozenset(unlimited), tuple(free), tuple(sizes))
 
-    def site_fits(self, p: np.ndarray, m: int, rest_counts) -> bool:
-        """Is ``p`` an admissible site of multiplicity ``m`` after which ``rest_counts`` still fit?"""
+    def site_fits(self, p: np.ndarray, m: int, rest_counts, lines: int | None = None) -> bool:
+        """Is ``p`` an admissible site of multiplicity ``m`` after which ``rest_counts`` still fit
+        (in at most ``lines`` further site lines)?"""
         if not self.check(p[None, :], m)[0]:
             return False
-        return self.fits(rest_counts, self.orbit_of(p))
+        return self.fits(rest_counts, self.orbit_of(p), lines)
 
-    def any_site_fits(self, pts: np.ndarray, m: int, rest_counts, tries: int = 6) -> bool:
+    def any_site_fits(self, pts: np.ndarray, m: int, rest_counts, tries: int = 6,
+                      lines: int | None = None) -> bool:
         """Does one of the candidate points make an admissible site with a completion?"""
         if len(pts) == 0:
             return False
         for p in self._first_ok(pts, m, self.placed, tries):
-            if self.fits(rest_counts, self.orbit_of(p)):
+            if self.fits(rest_counts, self.orbit_of(p), lines):
                 return True
         return False
 
-    def multiplicity_ok(self, m: int, rest_counts) -> bool:
-        """Can a site of multiplicity ``m`` go somewhere now and leave ``rest_counts`` placeable?"""
-        return self.any_site_fits(self.candidates(m), m, rest_counts)
+    def multiplicity_ok(self, m: int, rest_counts, lines: int | None = None) -> bool:
+        """Can a site of multiplicity ``m`` go somewhere now and leave ``rest_counts`` placeable
+        (in at most ``lines`` further site lines)?"""
+        return self.any_site_fits(self.candidates(m), m, rest_counts, lines=lines)
 
     def place(self, p: np.ndarray) -> None:
         self.placed = np.vstack([self.placed, self.orbit_of(p)])

@@ -2,9 +2,14 @@
 
 :func:`generate` samples ``n`` documents from a generator model in batches (KV cache, left padding),
 decodes each into a ``Structure``, and appends the batch to ``out_dir/samples.csv`` (plus one CIF per
-structure in ``out_dir/cifs/``) as soon as it is done. An interrupted run resumes at the next batch:
-batch ``k`` is always drawn with seed ``(seed, k)``, so a resumed run writes exactly the rows an
-uninterrupted one would, with no duplicates and no gaps.
+structure in ``out_dir/cifs/``) as soon as it is done. Batch ``k`` is always drawn with seed
+``(seed, k)``, so an interrupted run resumes with the batches it lacks and writes exactly the rows an
+uninterrupted one would, with no duplicates and no gaps (a batch cut off mid-write is drawn again).
+
+``shard=(i, k)`` draws only the batches ``b`` with ``b % k == i`` into
+``out_dir/samples.shard{i}of{k}.csv``, so ``k`` processes (or GPUs) can share one seeded run; a later
+run without a shard on the same ``out_dir`` takes the shards' complete batches, draws any that are
+missing and writes the whole table, identical to a single-process run.
 
 With ``constrained=True`` (default) a logits processor walks every sequence through the document
 grammar of :mod:`llamat_cif.grammar`: only text that parses can be written, the composition follows
@@ -48,6 +53,20 @@ class SampleConfig:
     fmt: str | None = None  # representation; None: from the model's training corpus (cif default)
     threads: int | None = 1  # CPU threads for torch; 1 is fastest for small models on a busy machine
     targets: str | None = None  # CSV with target_formula[, target_spacegroup]: one sample per row (n = rows)
+    shard: tuple[int, int] | None = None  # (i, k): draw only batches b with b % k == i
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``"i/k"`` -> ``(i, k)`` with ``0 <= i < k`` (``None`` passes through)."""
+    if text is None or text == "":
+        return None
+    try:
+        i, k = (int(x) for x in str(text).split("/"))
+    except ValueError:
+        raise ValueError(f"shard must look like I/K (e.g. 0/2), got {text!r}") from None
+    if not 0 <= i < k:
+        raise ValueError(f"shard I/K needs 0 <= I < K, got {text!r}")
+    return i, k
 
 
 class GrammarLogitsProcessor:
@@ -154,11 +173,35 @@ def _prompt(cfg: SampleConfig, fmt: str, formula: dict | None) -> str:
     return lines
 
 
-def _read_done(path: Path) -> int:
+def _read_rows(path: Path) -> list[dict]:
     if not path.is_file() or path.stat().st_size == 0:
-        return 0
+        return []
     with open(path, newline="") as fh:
-        return sum(1 for _ in csv.DictReader(fh))
+        return [r for r in csv.DictReader(fh) if r.get("batch", "").strip().isdigit()]
+
+
+def _complete_batches(rows: list[dict], n: int, batch_size: int) -> dict[int, list[dict]]:
+    """Rows grouped by batch, keeping only batches with all their rows (a batch cut off while it was
+    being written, or one sized for another ``n``, is drawn again)."""
+    groups: dict[int, dict[str, dict]] = {}
+    for r in rows:
+        groups.setdefault(int(r["batch"]), {})[r["id"]] = r
+    size = {b: min(batch_size, n - b * batch_size) for b in groups}
+    return {b: sorted(g.values(), key=lambda r: r["id"]) for b, g in groups.items() if len(g) == size[b] > 0}
+
+
+def _write_rows(path: Path, batches: dict[int, list[dict]]) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=SAMPLE_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for b in sorted(batches):
+            writer.writerows(batches[b])
+    tmp.replace(path)
+
+
+def _shard_files(out: Path) -> list[Path]:
+    return sorted(out.glob("samples.shard*of*.csv"))
 
 
 def _check_resume(out: Path, cfg: SampleConfig) -> None:
@@ -166,7 +209,7 @@ def _check_resume(out: Path, cfg: SampleConfig) -> None:
     if saved.is_file():
         old = json.loads(saved.read_text())
         keys = ("model", "formula", "spacegroup", "temperature", "top_p", "top_k", "batch_size", "seed",
-                "constrained", "min_distance", "charge_balanced", "fmt")
+                "constrained", "min_distance", "charge_balanced", "fmt", "max_new_tokens")
         default = {f.name: f.default for f in fields(SampleConfig)}  # keys added since the run began
         diff = {k: (old.get(k, default[k]), asdict(cfg).get(k)) for k in keys
                 if old.get(k, default[k]) != asdict(cfg).get(k)}
@@ -218,10 +261,28 @@ def generate(cfg: SampleConfig, *, progress: bool = True, model=None, tokenizer=
     else:
         fmt = cfg.fmt or "cif"
     cfg = SampleConfig(**{**asdict(cfg), "fmt": fmt})
+    shard = parse_shard("/".join(map(str, cfg.shard))) if cfg.shard else None
     _check_resume(out, cfg)
-    (out / "sample_config.json").write_text(json.dumps(asdict(cfg), indent=2))
-    samples = out / "samples.csv"
-    done = _read_done(samples)
+    (out / "sample_config.json").write_text(json.dumps({**asdict(cfg), "shard": None}, indent=2))
+    n_batches = -(-cfg.n // cfg.batch_size)
+    tag = f".shard{shard[0]}of{shard[1]}" if shard else ""
+    samples = out / f"samples{tag}.csv"
+    rows_before = _read_rows(samples)
+    have = _complete_batches(rows_before, cfg.n, cfg.batch_size)
+    merged = 0
+    if shard is None:  # take complete batches drawn by shards of this run
+        for path in _shard_files(out):
+            for b, rows in _complete_batches(_read_rows(path), cfg.n, cfg.batch_size).items():
+                if b not in have:
+                    have[b] = rows
+                    merged += len(rows)
+    have = {b: rows for b, rows in have.items() if b < n_batches}
+    if merged or sum(map(len, have.values())) != len(rows_before):
+        _write_rows(samples, have)  # drop partial batches, add the shards' rows
+    todo = [b for b in range(n_batches) if b not in have and (shard is None or b % shard[1] == shard[0])]
+    mine = [b for b in range(n_batches) if shard is None or b % shard[1] == shard[0]]
+    total = sum(min(cfg.batch_size, cfg.n - b * cfg.batch_size) for b in mine)
+    done = total - sum(min(cfg.batch_size, cfg.n - b * cfg.batch_size) for b in todo)
     device = next(model.parameters()).device
     model.eval()
     tokenizer.padding_side = "left"
@@ -232,11 +293,10 @@ def generate(cfg: SampleConfig, *, progress: bool = True, model=None, tokenizer=
                       charge_balanced=cfg.charge_balanced, max_lines=max_lines)
     grammar = GRAMMARS[fmt]
     prompt = "" if cfg.constrained else _prompt(cfg, fmt, formula)
-    n_batches = -(-cfg.n // cfg.batch_size)
     t0 = time.time()
     new_rows = 0
     tokens_out = 0
-    write_header = done == 0
+    write_header = not samples.is_file() or samples.stat().st_size == 0
     cols = [TextColumn("[bold]generate"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
             TimeElapsedColumn(), TextColumn("{task.fields[note]}")]
     with Progress(*cols, disable=not progress) as bar, open(samples, "a", newline="") as fh:
@@ -244,12 +304,10 @@ def generate(cfg: SampleConfig, *, progress: bool = True, model=None, tokenizer=
         if write_header:
             writer.writeheader()
             fh.flush()
-        task = bar.add_task("gen", total=cfg.n, completed=done, note="")
-        for b in range(done // cfg.batch_size, n_batches):
+        task = bar.add_task("gen", total=total, completed=done, note="")
+        for b in todo:
             start = b * cfg.batch_size
             size = min(cfg.batch_size, cfg.n - start)
-            if size <= 0:
-                break
             torch.manual_seed(int(np.random.SeedSequence([cfg.seed, b]).generate_state(1)[0]))
             enc = tokenizer([tokenizer.bos_token + prompt] * size, return_tensors="pt",
                             add_special_tokens=False, padding=True).to(device)
@@ -302,6 +360,9 @@ def generate(cfg: SampleConfig, *, progress: bool = True, model=None, tokenizer=
             bar.update(task, advance=size, note=f"{new_rows / el:.2f} structures/s, {tokens_out / el:.0f} tok/s")
     wall = time.time() - t0
     df = pd.read_csv(samples, keep_default_na=False)
+    if not df["id"].is_monotonic_increasing:  # batches merged from shards, then gaps drawn
+        _write_rows(samples, _complete_batches(_read_rows(samples), cfg.n, cfg.batch_size))
+        df = pd.read_csv(samples, keep_default_na=False)
     summary = {
         "attempted": int(len(df)),
         "decoded": int((df["cif"] != "").sum()),
@@ -314,5 +375,8 @@ def generate(cfg: SampleConfig, *, progress: bool = True, model=None, tokenizer=
         "device": str(device),
         "config": asdict(cfg),
     }
-    (out / "sample_summary.json").write_text(json.dumps(summary, indent=2))
+    if shard is None:
+        for path in sorted(out.glob("sample_summary.shard*of*.json")):
+            summary.setdefault("shards", {})[path.stem.split(".")[-1]] = json.loads(path.read_text())["this_session"]
+    (out / f"sample_summary{tag}.json").write_text(json.dumps(summary, indent=2))
     return df

@@ -12,7 +12,17 @@ import pytest
 from pymatgen.core import Composition, Structure
 
 from llamat_cif.cif import strip_header
-from llamat_cif.sample import SampleConfig, generate, parse_formula
+from llamat_cif.sample import SampleConfig, generate, parse_formula, parse_shard
+
+MGO = dict(n=4, batch_size=2, seed=5, formula="MgO")
+
+
+@pytest.fixture(scope="module")
+def mgo_reference(tmp_path_factory):
+    """An uninterrupted single-process run: 4 MgO samples in two batches."""
+    out = tmp_path_factory.mktemp("ref")
+    generate(SampleConfig(out_dir=str(out), **MGO), progress=False)
+    return _rows(out)
 
 
 def _rows(out):
@@ -53,9 +63,8 @@ def test_constrained_text_follows_the_grammar(tmp_path):
             assert (s.distance_matrix + 9 * np.eye(len(s))).min() >= 0.5 - 1e-3
 
 
-def test_interrupted_run_resumes_to_exactly_n(tmp_path):
-    ref, out = tmp_path / "ref", tmp_path / "run"
-    generate(SampleConfig(n=4, out_dir=str(ref), batch_size=2, seed=5, formula="MgO"), progress=False)
+def test_interrupted_run_resumes_to_exactly_n(tmp_path, mgo_reference):
+    out = tmp_path / "run"
     code = ("from llamat_cif.sample import SampleConfig, generate;"
             f"generate(SampleConfig(n=4, out_dir={str(out)!r}, batch_size=2, seed=5, formula='MgO'), progress=False)")
     p = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -69,9 +78,40 @@ def test_interrupted_run_resumes_to_exactly_n(tmp_path):
     p.wait()
     assert len(_rows(out)) in (2, 4)
     generate(SampleConfig(n=4, out_dir=str(out), batch_size=2, seed=5, formula="MgO"), progress=False)
-    done, want = _rows(out), _rows(ref)
+    done = _rows(out)
     assert list(done["id"]) == ["s000000", "s000001", "s000002", "s000003"]
-    assert list(done["text"]) == list(want["text"])  # same rows as the uninterrupted run
+    assert list(done["text"]) == list(mgo_reference["text"])  # same rows as the uninterrupted run
+
+
+def test_batch_cut_off_mid_write_is_drawn_again(tmp_path, mgo_reference):
+    # a kill while batch 1 was being written leaves one of its two rows: no duplicate, no loss
+    mgo_reference.iloc[:3].to_csv(tmp_path / "samples.csv", index=False)
+    df = generate(SampleConfig(out_dir=str(tmp_path), **MGO), progress=False)
+    assert list(df["id"]) == ["s000000", "s000001", "s000002", "s000003"]
+    assert list(df["text"]) == list(mgo_reference["text"])
+
+
+def test_shards_merge_into_the_single_process_run(tmp_path, mgo_reference):
+    import json
+
+    for i in (1, 0):  # any order
+        part = generate(SampleConfig(out_dir=str(tmp_path), shard=(i, 2), **MGO), progress=False)
+        assert set(part["batch"]) == {i}
+        assert (tmp_path / f"samples.shard{i}of2.csv").is_file()
+    assert not (tmp_path / "samples.csv").exists()
+    df = generate(SampleConfig(out_dir=str(tmp_path), **MGO), progress=False)
+    summary = json.loads((tmp_path / "sample_summary.json").read_text())
+    assert summary["this_session"]["new_rows"] == 0  # everything came from the shards
+    assert set(summary["shards"]) == {"shard0of2", "shard1of2"}
+    assert list(df["id"]) == list(mgo_reference["id"])
+    assert list(df["text"]) == list(mgo_reference["text"])
+
+
+def test_bad_shard_is_a_clear_error():
+    assert parse_shard("1/3") == (1, 3) and parse_shard(None) is None
+    for bad in ("3/3", "a/2", "2", "-1/2"):
+        with pytest.raises(ValueError, match="shard"):
+            parse_shard(bad)
 
 
 def test_resume_with_other_settings_is_refused(tmp_path):

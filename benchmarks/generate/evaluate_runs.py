@@ -48,11 +48,14 @@ def main() -> None:
             "compositionally_valid": int(rows["compositionally_valid"].fillna(False).astype(bool).sum()),
             "valid": int(rows["valid"].fillna(False).astype(bool).sum()),
             "mean_tokens": round(float(df["n_tokens"].mean()), 1),
-            "constraint_fallbacks_last_session": (summ.get("this_session") or {}).get("constraint_fallbacks"),
-            "lookahead_optimistic_last_session": (summ.get("this_session") or {}).get("lookahead_optimistic"),
-            "structures_per_s_last_session": (summ.get("this_session") or {}).get("structures_per_s"),
             "charge_balanced_constraint": bool(cfg.get("charge_balanced", False)),
         }
+        # sessions that drew rows: the last one, or the shards a merged run was drawn by
+        sessions = [x for x in [summ.get("this_session") or {}, *(summ.get("shards") or {}).values()]
+                    if x.get("new_rows")]
+        for key in ("constraint_fallbacks", "lookahead_optimistic"):
+            res[f"{key}_drawing_sessions"] = sum(x.get(key) or 0 for x in sessions) if sessions else None
+        res["structures_per_s_per_process"] = [x.get("structures_per_s") for x in sessions]
         if (df["target_formula"] != "").any():
             res["formula_requested"] = int((df["target_formula"] != "").sum())
             res["formula_met"] = int(rows["formula_match"].fillna(False).astype(bool).sum())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 from rich.table import Table
@@ -33,23 +34,32 @@ from llamat_cif.cli._common import console, fail, seed_option
 @click.option("--max-new-tokens", type=int, default=1000, show_default=True)
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available).")
 @click.option("--threads", type=int, default=1, show_default=True, help="torch CPU threads.")
+@click.option("--shard", default=None, metavar="I/K",
+              help="Draw only batches b with b %% K == I (into OUT/samples.shardIofK.csv), so K processes "
+                   "share one seeded run; a later run without --shard merges them and fills any gaps.")
 @seed_option
 def generate(n, model, out_dir, formula, spacegroup, targets, temperature, top_p, top_k, batch_size,
-             constrained, min_distance, charge_balanced, max_new_tokens, device, threads, seed) -> None:
+             constrained, min_distance, charge_balanced, max_new_tokens, device, threads, shard, seed) -> None:
     """Sample structures into OUT/samples.csv and OUT/cifs/ (resumes an interrupted run)."""
     from llamat_cif.model import ModelLoadError
-    from llamat_cif.sample import SampleConfig
+    from llamat_cif.sample import SampleConfig, parse_shard
     from llamat_cif.sample import generate as run
 
+    try:
+        shard_ik = parse_shard(shard)
+    except ValueError as exc:
+        fail(str(exc))
     cfg = SampleConfig(n=n, out_dir=out_dir, model=model, formula=formula, spacegroup=spacegroup,
                        temperature=temperature, top_p=top_p, top_k=top_k, batch_size=batch_size, seed=seed,
                        constrained=constrained, min_distance=min_distance or None, charge_balanced=charge_balanced,
-                       max_new_tokens=max_new_tokens, device=device, threads=threads, targets=targets)
+                       max_new_tokens=max_new_tokens, device=device, threads=threads, targets=targets,
+                       shard=shard_ik)
     try:
         df = run(cfg)
     except (ValueError, ModelLoadError) as exc:
         fail(str(exc))
-    summary = json.loads((__import__("pathlib").Path(out_dir) / "sample_summary.json").read_text())
+    tag = f".shard{shard_ik[0]}of{shard_ik[1]}" if shard_ik else ""
+    summary = json.loads((Path(out_dir) / f"sample_summary{tag}.json").read_text())
     t = Table(title=f"generate -> {out_dir}")
     t.add_column("attempted")
     t.add_column("decoded to a structure")
@@ -58,4 +68,4 @@ def generate(n, model, out_dir, formula, spacegroup, targets, temperature, top_p
     t.add_row(str(summary["attempted"]), f"{summary['decoded']} / {summary['attempted']}",
               str(summary["with_error"]), str(summary["this_session"]["structures_per_s"]))
     console.print(t)
-    console.print(f"samples: {out_dir}/samples.csv ({len(df)} rows); CIFs in {out_dir}/cifs/")
+    console.print(f"samples: {out_dir}/samples{tag}.csv ({len(df)} rows); CIFs in {out_dir}/cifs/")
