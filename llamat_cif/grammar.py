@@ -62,6 +62,9 @@ class Num:
     probe: bool | str = True  # test non-final digits with ``accept`` on 11 points of their interval;
     # "hi": on the interval's top only (for monotone checks such as "the cell is large enough")
     ends_for: Callable[[float], tuple[str, ...]] | None = None  # integer fields: ends per value
+    # fractional fields with ``accept``: values known to pass (read when a digit is checked), tried
+    # before the probe points so a narrow admissible window found earlier is not missed
+    hints: Callable[[], np.ndarray] | None = None
 
 
 @dataclass
@@ -200,9 +203,12 @@ class Decoder:
         if s.probe == "hi":
             return bool(s.accept(hi))
         pts = np.linspace(lo, hi, 11)
+        tol = 0.6e-4
         if s.values is not None:  # only the admissible values inside the interval
-            tol = 0.6e-4
             pts = s.values[(s.values >= lo - tol) & (s.values <= hi + tol)]
+        elif s.hints is not None:
+            h = np.asarray(s.hints(), dtype=float).reshape(-1)
+            pts = np.concatenate([h[(h >= lo - tol) & (h <= hi + tol)], pts])
         return any(s.accept(float(p)) for p in np.round(pts, s.decimals))
 
     def allowed_checked(self) -> list[int]:
@@ -808,31 +814,52 @@ def cif_grammar(v: Vocab, cond: Conditions, stats: Stats, *, header: bool = True
         rest = rest_after(el, m)
         subs = wyckoff_subspaces(sg, m)
 
+        # Points (as they would be typed) known to be admissible sites with a completion: images of
+        # a witness site, and every point a coordinate check accepted. They are offered to the
+        # later coordinates' checks first, so a narrow gap found once is not lost between the
+        # probe grids of different fields.
+        found: list[np.ndarray] = []
+        witness = place.site_fitting(place.candidates(m), m, rest, lines=lines_left)
+        if witness is not None:
+            found.extend(np.round(place.orbit_of(witness), 4) % 1.0)
+
+        def matching(*typed: float) -> np.ndarray:
+            pts = np.array(found).reshape(-1, 3)
+            for j, val in enumerate(typed):
+                pts = pts[np.abs(pts[:, j] - round(val, 4)) < 0.6e-4]
+            return pts
+
+        def fitting(pts: np.ndarray, m=m, rest=rest, n=lines_left) -> bool:
+            p = place.site_fitting(pts, m, rest, lines=n)
+            if p is not None:
+                found.append(np.round(p, 4) % 1.0)
+            return p is not None
+
         def completions(xv: float, yv: float | None = None, m=m) -> np.ndarray:
-            """Points of orbit size m (candidates) that start with the typed coordinates."""
+            """Points of orbit size m that start with the typed coordinates: known ones first, then
+            the probe grid."""
             xv = round(xv, 4)
             ys_ = solve_values(sg, m, ((0, xv),), 1) if yv is None else np.array([round(yv, 4)])
             ys_ = _PROBE if ys_ is None else ys_
-            pts = []
+            pts = [matching(xv) if yv is None else matching(xv, yv)]
             for yy in ys_:
                 zs_ = solve_values(sg, m, ((0, xv), (1, round(float(yy), 4))), 2)
                 for zz in (_PROBE if zs_ is None else zs_):
-                    pts.append((xv, float(yy), float(zz)))
-            return np.array(pts).reshape(-1, 3)
+                    pts.append(np.array([[xv, float(yy), float(zz)]]))
+            return np.vstack(pts)
 
         xs = solve_values(sg, m, (), 0) if subs else None
         x, _ = yield Num(0.0, 0.9999, 4, (" ",), max_int_digits=1, values=xs,
-                         accept=lambda xv, m=m, rest=rest, n=lines_left:
-                         place.any_site_fits(completions(xv), m, rest, lines=n))
+                         accept=lambda xv: fitting(completions(xv)), hints=lambda: matching()[:, 0])
         ys = solve_values(sg, m, ((0, round(x, 4)),), 1) if subs else None
         y, _ = yield Num(0.0, 0.9999, 4, (" ",), max_int_digits=1, values=ys if ys is None or len(ys) else None,
-                         accept=lambda yv, x=x, m=m, rest=rest, n=lines_left:
-                         place.any_site_fits(completions(x, yv), m, rest, lines=n))
+                         accept=lambda yv, x=x: fitting(completions(x, yv)), hints=lambda x=x: matching(x)[:, 1])
         zs = solve_values(sg, m, ((0, round(x, 4)), (1, round(y, 4))), 2) if subs else None
         zs = zs if zs is None or len(zs) else None
         zv, _ = yield Num(0.0, 0.9999, 4, (" ",), max_int_digits=1, values=zs,
                           accept=lambda zv, x=x, y=y, m=m, rest=rest, n=lines_left:
-                          place.site_fits(np.array([x, y, zv]), m, rest, n))
+                          place.site_fits(np.array([x, y, zv]), m, rest, n),
+                          hints=lambda x=x, y=y: matching(x, y)[:, 2])
         yield Lit("1\n")
         place.place(np.array([x, y, zv]))
         remaining[el] = max(0, r - m)

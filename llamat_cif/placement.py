@@ -335,15 +335,20 @@ class Placement:
             return False
         return self.fits(rest_counts, self.orbit_of(p), lines)
 
+    def site_fitting(self, pts: np.ndarray, m: int, rest_counts, tries: int = 6,
+                     lines: int | None = None) -> np.ndarray | None:
+        """The first candidate point that makes an admissible site with a completion, or ``None``."""
+        if len(pts) == 0:
+            return None
+        for p in self._first_ok(pts, m, self.placed, tries):
+            if self.fits(rest_counts, self.orbit_of(p), lines):
+                return p
+        return None
+
     def any_site_fits(self, pts: np.ndarray, m: int, rest_counts, tries: int = 6,
                       lines: int | None = None) -> bool:
         """Does one of the candidate points make an admissible site with a completion?"""
-        if len(pts) == 0:
-            return False
-        for p in self._first_ok(pts, m, self.placed, tries):
-            if self.fits(rest_counts, self.orbit_of(p), lines):
-                return True
-        return False
+        return self.site_fitting(pts, m, rest_counts, tries, lines) is not None
 
     def multiplicity_ok(self, m: int, rest_counts, lines: int | None = None) -> bool:
         """Can a site of multiplicity ``m`` go somewhere now and leave ``rest_counts`` placeable

@@ -62,3 +62,28 @@ def test_number_field_only_allows_in_range_digits():
     assert {v.tok.convert_ids_to_tokens(t) for t in d.allowed()} == {"."}
     d.advance(v.dot)
     assert {v.tok.convert_ids_to_tokens(t) for t in d.allowed()} == {"0", "1", "2", "3", "4", "5"}
+
+
+def test_hints_keep_a_narrow_window_reachable_digit_by_digit():
+    # only x in [0.4374, 0.4376] is admissible: the 11 probe points of the interval [0.4, 0.4999]
+    # miss it, a hint (a value known to pass) does not
+    from llamat_cif.grammar import Decoder, Num, Stats, Vocab
+    from llamat_cif.tokenizer import build_tokenizer
+
+    vocab = Vocab(build_tokenizer())
+
+    def walk(hints):
+        def grammar():
+            yield Num(0.0, 0.9999, 4, (" ",), max_int_digits=1, accept=lambda x: abs(x - 0.4375) < 1.5e-4,
+                      hints=hints)
+        stats = Stats()
+        d = Decoder(grammar(), vocab, stats)
+        ok = []
+        for ch in "0.4375":
+            tid = vocab.tok.convert_tokens_to_ids(ch)
+            ok.append(d.check(tid))
+            d.advance(tid)
+        return ok
+
+    assert walk(lambda: np.array([0.4375])) == [True] * 6
+    assert walk(None)[2] is False  # the digit 4 is refused without the hint

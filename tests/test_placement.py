@@ -147,3 +147,20 @@ def test_min_lines_and_the_line_budget(vocab):
         body = text.split("_atom_site_occupancy\n", 1)[1]
         assert 1 <= len(body.strip().splitlines()) <= 5, text
         _assert_sound(text)
+
+
+def test_search_counts_site_lines_where_geometry_decides():
+    # Pm with b = 0.8 A: a general 2-fold site (x,y,z),(x,-y,z) has its copies at most b/2 = 0.4 A
+    # apart, so two atoms need two 1-fold mirror-plane sites, i.e. two lines, although the group's
+    # multiplicities alone (min_lines) would allow one.
+    from llamat_cif.placement import min_lines
+
+    matrix = np.diag([4.0, 0.8, 4.0])
+    assert min_lines(6, (2,)) == 1
+    assert Placement(6, matrix).fits([2])
+    assert not Placement(6, matrix).fits([2], lines=1)
+    assert Placement(6, matrix).fits([2], lines=2)
+    p = Placement(6, matrix)
+    assert p.fits([2])  # a certificate with two orbits is cached ...
+    assert not p.fits([2], lines=1)  # ... and is not taken for a one-line answer
+    assert not p.multiplicity_ok(1, [1], lines=0) and p.multiplicity_ok(1, [1], lines=1)
