@@ -2,9 +2,11 @@
 
 Usage:
     python benchmarks/sample_speed.py [--model default] [--device cpu|cuda] [--batch-sizes 1,8,32]
-        [--n-per-batch-size 32] [--out benchmarks/generate/sample_speed_<device>.json]
+        [--n-per-batch-size 32] [--temperature 1.0] [--top-p 1.0]
+        [--out benchmarks/generate/sample_speed_<device>.json]
 
-Prints a table and writes the rows (with device, versions and the exact settings) to a JSON file.
+Prints a table and writes the rows (with device, versions and the exact settings) to a JSON file,
+rewritten after every row so an interrupted run keeps what it measured.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ def main() -> None:
     ap.add_argument("--n-per-batch-size", type=int, default=32)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--top-p", type=float, default=1.0)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
@@ -41,6 +45,19 @@ def main() -> None:
     model, tok = load_generator(str(model_dir), device=args.device)
     device = str(next(model.parameters()).device)
     fmt = model_format(model_dir)
+    out_path = Path(args.out or f"benchmarks/generate/sample_speed_{'cuda' if 'cuda' in device else 'cpu'}.json")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(rows: list[dict]) -> None:
+        info = {"model": model_dir.name, "device": device,
+                "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+                "cpu": platform.processor() or platform.machine(), "threads": args.threads, "torch": torch.__version__,
+                "temperature": args.temperature, "top_p": args.top_p, "seed": args.seed,
+                "n_per_batch_size": args.n_per_batch_size,
+                "note": "wall time includes grammar bookkeeping, decoding to Structure and writing samples.csv",
+                "rows": rows}
+        out_path.write_text(json.dumps(info, indent=2))
+
     rows = []
     for constrained in (False, True):
         for bs in (int(b) for b in args.batch_sizes.split(",")):
@@ -48,7 +65,7 @@ def main() -> None:
             out = Path(tempfile.mkdtemp())
             t0 = time.time()
             df = generate(SampleConfig(n=n, out_dir=str(out), batch_size=bs, seed=args.seed, constrained=constrained,
-                                       device=args.device, threads=args.threads, fmt=fmt),
+                                       temperature=args.temperature, top_p=args.top_p, device=args.device, threads=args.threads, fmt=fmt),
                           progress=False, model=model, tokenizer=tok)
             wall = time.time() - t0
             summ = json.loads((out / "sample_summary.json").read_text())
@@ -57,20 +74,15 @@ def main() -> None:
                          "decoded": summ["decoded"], "fallbacks": summ["this_session"]["constraint_fallbacks"],
                          "lookahead_vetoes": summ["this_session"].get("lookahead_vetoes")})
             shutil.rmtree(out)
+            write(rows)
+            print(json.dumps(rows[-1]), flush=True)
     t = Table(title=f"sampling speed: {model_dir.name} ({fmt}) on {device}")
     for k in rows[0]:
         t.add_column(k)
     for r in rows:
         t.add_row(*(str(v) for v in r.values()))
     Console().print(t)
-    info = {"model": model_dir.name, "device": device, "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "cpu": platform.processor() or platform.machine(), "threads": args.threads, "torch": torch.__version__,
-            "note": "wall time includes grammar bookkeeping, decoding to Structure and writing samples.csv",
-            "rows": rows}
-    out = Path(args.out or f"benchmarks/generate/sample_speed_{'cuda' if 'cuda' in device else 'cpu'}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(info, indent=2))
-    print(f"wrote {out}")
+    print(f"wrote {out_path}")
 
 
 if __name__ == "__main__":
