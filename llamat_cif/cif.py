@@ -409,7 +409,12 @@ def from_text(text: str, fmt: Format | None = None) -> Structure:
 
 
 def structure_to_cif(structure: Structure) -> str:
-    """A plain pymatgen P1 CIF (for files users open in other programs)."""
+    """A plain pymatgen P1 CIF (for files users open in other programs).
+
+    Symmetry copies read from a symmetric CIF share their site label; the labels are renumbered
+    (``Na1``, ``Na2``, ...) so the file keeps the CIF rule that ``_atom_site_label`` is unique.
+    The input structure is left as it is.
+    """
     from pymatgen.io.cif import CifWriter
 
-    return str(CifWriter(structure))
+    return str(CifWriter(structure.copy().relabel_sites()))

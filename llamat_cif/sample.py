@@ -15,6 +15,11 @@ With ``constrained=True`` (default) a logits processor walks every sequence thro
 grammar of :mod:`llamat_cif.grammar`: only text that parses can be written, the composition follows
 the requested (or self-declared) formula, and sites closer than ``min_distance`` are refused.
 ``constrained=False`` samples the bare model (to measure what the constraint adds).
+
+Temperature and top-p left as ``None`` take the values the model folder recommends in its
+``generation_config.json`` (the shipped ``llamat-cif-small`` recommends T 0.7, top-p 0.7, the
+setting its validity was measured at), else 1.0; the values used are written to
+``sample_config.json``.
 """
 
 from __future__ import annotations
@@ -40,8 +45,8 @@ class SampleConfig:
     model: str = "default"
     formula: str | None = None  # reduced formula the samples must have, e.g. "LiFePO4"
     spacegroup: int | None = None  # space-group number the samples must declare
-    temperature: float = 1.0
-    top_p: float = 1.0
+    temperature: float | None = None  # None: the model's generation_config.json, else 1.0
+    top_p: float | None = None  # None: the model's generation_config.json, else 1.0
     top_k: int = 0
     batch_size: int = 32
     seed: int = 0
@@ -54,6 +59,14 @@ class SampleConfig:
     threads: int | None = 1  # CPU threads for torch; 1 is fastest for small models on a busy machine
     targets: str | None = None  # CSV with target_formula[, target_spacegroup]: one sample per row (n = rows)
     shard: tuple[int, int] | None = None  # (i, k): draw only batches b with b % k == i
+
+
+def recommended_sampling(model) -> tuple[float, float]:
+    """``(temperature, top_p)`` from a loaded model's ``generation_config`` (1.0 each when unset)."""
+    gc = getattr(model, "generation_config", None)
+    temperature = getattr(gc, "temperature", None)
+    top_p = getattr(gc, "top_p", None)
+    return (1.0 if temperature is None else float(temperature)), (1.0 if top_p is None else float(top_p))
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -260,7 +273,10 @@ def generate(cfg: SampleConfig, *, progress: bool = True, model=None, tokenizer=
         fmt = cfg.fmt or model_format(model_dir)
     else:
         fmt = cfg.fmt or "cif"
-    cfg = SampleConfig(**{**asdict(cfg), "fmt": fmt})
+    rec_t, rec_p = recommended_sampling(model)
+    cfg = SampleConfig(**{**asdict(cfg), "fmt": fmt,
+                          "temperature": rec_t if cfg.temperature is None else cfg.temperature,
+                          "top_p": rec_p if cfg.top_p is None else cfg.top_p})
     shard = parse_shard("/".join(map(str, cfg.shard))) if cfg.shard else None
     _check_resume(out, cfg)
     (out / "sample_config.json").write_text(json.dumps({**asdict(cfg), "shard": None}, indent=2))

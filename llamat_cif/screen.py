@@ -42,7 +42,8 @@ class ScreenConfig:
         potential: ML potential (``llamat_cif.stability.load_potential``).
         seed: generation seed.
         formula / spacegroup: optional generation conditions.
-        temperature / top_p / top_k / batch_size / constrained: sampling settings.
+        temperature / top_p / top_k / batch_size / constrained: sampling settings (temperature and
+            top_p ``None``: the model's recommendation; the values used are in ``sample_config.json``).
         relax: relaxer settings.
         hull: user hull file (None: MP-20 reference hull).
         n_workers: processes for validation and relaxation.
@@ -62,8 +63,8 @@ class ScreenConfig:
     seed: int = 0
     formula: str | None = None
     spacegroup: int | None = None
-    temperature: float = 1.0
-    top_p: float = 0.95
+    temperature: float | None = None  # None: the model's recommendation (generation_config.json), else 1.0
+    top_p: float | None = None
     top_k: int = 0
     batch_size: int = 32
     constrained: bool = True

@@ -295,6 +295,10 @@ def test_cli_benchmark_end_to_end(tmp_path, monkeypatch):
     assert m["coverage_crystal_text_llm_recall"]["denominator"] <= 12
     assert m["wdist_density"]["value"] == pytest.approx(0.0, abs=1e-9)
     assert metrics["protocol"]["seed"] == 3
+    # 12 distinct reference structures: all unique; novelty judged against MP-20 train over the same 12
+    assert (m["unique_as_generated"]["numerator"], m["unique_as_generated"]["denominator"]) == (12, 12)
+    assert m["novel_as_generated"]["denominator"] == 12
+    assert "MP-20 train" in m["novel_as_generated"]["protocol"]["novelty_reference"]
     assert metrics["protocol"]["coverage"]["struct_cutoff"] == 0.4
     assert "numpy" in metrics["protocol"]["versions"] and metrics["protocol"]["hardware"]["cpu_count"]
     for f in ("ptable_recall.png", "ptable_precision.png", "hist_density.png"):
@@ -303,3 +307,24 @@ def test_cli_benchmark_end_to_end(tmp_path, monkeypatch):
     assert "figures/ptable_recall.png" in report and "MP-20 test, available subset (n=12)" in report
     per_el = pd.read_csv(out / "per_element.csv")
     assert (per_el.loc[per_el["n_reference"] > 0, "recall"] == 1.0).all()
+
+
+def test_uniqueness_and_novelty_as_generated():
+    """Known answers: a translated copy is a repeat, another structure type of the same formula is not,
+    and only structures absent from the training set are novel."""
+    from pymatgen.core import Lattice, Structure
+
+    from llamat_cif.benchmarks.diversity import uniqueness_novelty
+    from llamat_cif.stability.sun import TrainingSet
+
+    rocksalt = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    shifted = rocksalt.copy()
+    shifted.translate_sites(list(range(len(shifted))), [0.13, 0.07, 0.21])
+    b2 = Structure(Lattice.cubic(2.9), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    kcl = Structure.from_spacegroup("Fm-3m", Lattice.cubic(6.29), ["K", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    cifs = [s.to(fmt="cif") for s in (rocksalt, shifted, b2, kcl)] + ["garbage"]
+    mask = np.array([True, True, True, True, False])
+    m = uniqueness_novelty(cifs, mask, TrainingSet.from_structures([rocksalt], name="rocksalt only"))
+    assert (m["unique_as_generated"].numerator, m["unique_as_generated"].denominator) == (3, 4)
+    assert (m["novel_as_generated"].numerator, m["novel_as_generated"].denominator) == (2, 4)
+    assert "novel_as_generated" not in uniqueness_novelty(cifs, mask, None)

@@ -80,3 +80,20 @@ def test_disordered_structure_is_refused():
     s = Structure(Lattice.cubic(3), [{"Fe": 0.5, "Ni": 0.5}], [[0, 0, 0]])
     with pytest.raises(CrystalTextError, match="disordered"):
         to_text(s)
+
+
+def test_p1_cif_has_unique_labels_and_reads_back():
+    """Symmetry copies read from a symmetric CIF share a label; the P1 file renumbers them."""
+    import warnings
+
+    from llamat_cif.cif import structure_to_cif
+
+    s = Structure(Lattice.cubic(5.64), ["Na", "Na", "Cl", "Cl"],
+                  [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0], [0, 0.5, 0]], labels=["Na1", "Na1", "Cl1", "Cl1"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # pymatgen warns on duplicate labels
+        text = structure_to_cif(s)
+    back = Structure.from_str(text, fmt="cif")
+    assert len(set(back.labels)) == 4
+    assert StructureMatcher().fit(s, back)
+    assert s.labels == ["Na1", "Na1", "Cl1", "Cl1"]  # the input is untouched

@@ -123,3 +123,35 @@ def test_resume_with_other_settings_is_refused(tmp_path):
 def test_bad_formula_is_a_clear_error():
     with pytest.raises(ValueError, match="formula"):
         parse_formula("Xq2")
+
+
+def test_sampling_settings_default_to_the_models_recommendation(tmp_path):
+    """Unset temperature / top-p take the shipped model's generation_config.json (0.7 / 0.7, the
+    setting its validity is measured at); explicit values win; both are recorded for resume."""
+    import json
+
+    from llamat_cif.model import resolve_model_path
+
+    rec = json.loads((resolve_model_path("default") / "generation_config.json").read_text())
+    assert (rec["temperature"], rec["top_p"]) == (0.7, 0.7)
+    generate(SampleConfig(n=1, out_dir=str(tmp_path / "a"), batch_size=1, seed=0, formula="Si"), progress=False)
+    saved = json.loads((tmp_path / "a" / "sample_config.json").read_text())
+    assert (saved["temperature"], saved["top_p"]) == (0.7, 0.7)
+    generate(SampleConfig(n=1, out_dir=str(tmp_path / "b"), batch_size=1, seed=0, formula="Si", temperature=1.0),
+             progress=False)
+    saved = json.loads((tmp_path / "b" / "sample_config.json").read_text())
+    assert (saved["temperature"], saved["top_p"]) == (1.0, 0.7)
+    # a run recorded at 0.7 is not resumed under another explicit temperature
+    with pytest.raises(ValueError, match="other settings"):
+        generate(SampleConfig(n=2, out_dir=str(tmp_path / "a"), batch_size=1, seed=0, formula="Si", temperature=0.9),
+                 progress=False)
+
+
+def test_recommended_sampling_falls_back_to_one():
+    from types import SimpleNamespace
+
+    from llamat_cif.sample import recommended_sampling
+
+    assert recommended_sampling(SimpleNamespace()) == (1.0, 1.0)
+    gc = SimpleNamespace(temperature=None, top_p=0.9)
+    assert recommended_sampling(SimpleNamespace(generation_config=gc)) == (1.0, 0.9)

@@ -2,12 +2,15 @@
 
 Usage:
     python benchmarks/generate/evaluate_runs.py RUN_DIR [RUN_DIR ...] [--out benchmarks/generate]
+        [--combine NAME=RUN,RUN] [--novelty]
 
 Each RUN_DIR is a `llamat-cif generate` output folder. Every row of its samples.csv is validated
 (CDVAE structural + compositional validity, condition adherence; CrystaLLM's bond check is off for
 speed), and the table is printed and written to RESULTS.md and results.json with counts and
 denominators. Rows still being written by a running `generate` are simply not there yet: the
-denominator is the number of samples present.
+denominator is the number of samples present. ``--novelty`` adds how many valid samples are unique
+(among the run's valid samples) and unique + novel (vs MP-20 train, available subset), as generated
+(``llamat_cif.benchmarks.diversity``); pooled runs are judged as one set.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/generate")
     ap.add_argument("--combine", action="append", default=[], metavar="NAME=RUN,RUN",
                     help="also report the pooled counts of these runs (by folder name) as NAME")
+    ap.add_argument("--novelty", action="store_true",
+                    help="count unique and novel (vs MP-20 train) valid samples, as generated")
     args = ap.parse_args()
 
     from rich.console import Console
@@ -32,7 +37,20 @@ def main() -> None:
 
     from llamat_cif.validators import validate_table
 
+    training = None
+    if args.novelty:
+        from llamat_cif.benchmarks.diversity import uniqueness_novelty
+        from llamat_cif.stability.sun import TrainingSet
+
+        training = TrainingSet.mp20_train()
+
+    def diversity(cifs: list, valid) -> dict:
+        m = uniqueness_novelty(cifs, valid, training)
+        return {"unique": m["unique_as_generated"].numerator, "novel": m["novel_as_generated"].numerator,
+                "novelty_reference": training.name}
+
     results = {}
+    valid_cifs: dict[str, tuple[list, list]] = {}
     for run in args.runs:
         run = Path(run)
         df = pd.read_csv(run / "samples.csv", keep_default_na=False)
@@ -59,6 +77,10 @@ def main() -> None:
         if (df["target_formula"] != "").any():
             res["formula_requested"] = int((df["target_formula"] != "").sum())
             res["formula_met"] = int(rows["formula_match"].fillna(False).astype(bool).sum())
+        if training is not None:
+            vmask = rows["valid"].fillna(False).astype(bool).tolist()
+            valid_cifs[run.name] = (df["cif"].tolist(), vmask)
+            res.update(diversity(*valid_cifs[run.name]))
         results[run.name] = res
     for spec in args.combine:
         name, members = spec.split("=", 1)
@@ -68,9 +90,15 @@ def main() -> None:
                   "formula_met"):
             if all(k in r for r in parts):
                 pooled[k] = sum(r[k] for r in parts)
+        if training is not None:
+            cifs = [c for m in members.split(",") for c in valid_cifs[m][0]]
+            mask = [v for m in members.split(",") for v in valid_cifs[m][1]]
+            pooled.update(diversity(cifs, mask))
         results[name] = pooled
     t = Table(title="shipped model llamat-cif-small, CPU sampling; denominators = samples present")
     cols = ["run", "n", "parsed", "structurally_valid", "compositionally_valid", "valid", "formula_met"]
+    if training is not None:
+        cols += ["unique (of valid)", "unique+novel (of valid)"]
     for c in cols:
         t.add_column(c)
     md = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -78,6 +106,9 @@ def main() -> None:
         cells = [r["run"], str(r["n"])] + [
             f"{r[k]}/{r['n']} = {r[k] / r['n']:.3f}" if r["n"] else "-" for k in cols[2:6]]
         cells.append(f"{r['formula_met']}/{r['formula_requested']}" if "formula_met" in r else "-")
+        if training is not None:
+            cells += [f"{r[k]}/{r['valid']} = {r[k] / r['valid']:.3f}" if r.get("valid") and k in r else "-"
+                      for k in ("unique", "novel")]
         t.add_row(*cells)
         md.append("| " + " | ".join(cells) + " |")
     Console().print(t)

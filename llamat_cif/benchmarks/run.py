@@ -67,6 +67,8 @@ class BenchmarkConfig:
         data_dir, cache_dir: overrides of the data folder and fingerprint cache.
         reference_limit: use only the first N reference structures (tests, quick looks).
         figures: draw the PNG figures.
+        novelty: uniqueness and novelty (vs the reference dataset's train split) of the valid
+            samples as generated.
     """
 
     samples: str
@@ -85,6 +87,7 @@ class BenchmarkConfig:
     cache_dir: str | None = None
     reference_limit: int | None = None
     figures: bool = True
+    novelty: bool = True
 
 
 def _versions() -> dict[str, str | None]:
@@ -238,6 +241,17 @@ def run_benchmark(cfg: BenchmarkConfig, *, show_progress: bool = True) -> dict[s
     metrics["wdist_num_elems"] = wasserstein("wdist_num_elems", gen_tab.loc[valid, "n_elements"],
                                              ref_tab.loc[ref_tab["parsed"], "n_elements"], unit="elements",
                                              protocol={"generated": "valid", "reference": "all parsed"})
+
+    # ---- uniqueness and novelty of the valid samples as generated
+    if cfg.novelty:
+        from llamat_cif.benchmarks.diversity import training_set_for, uniqueness_novelty
+
+        say("uniqueness and novelty of valid samples (StructureMatcher within each formula)")
+        training, why_not = training_set_for(cfg.reference, cfg.data_dir)
+        metrics.update(uniqueness_novelty(gen_cifs, valid, training))
+        if why_not:
+            say(f"novelty not assessed: {why_not}")
+        t = lap("uniqueness_novelty", t)
 
     # ---- stability
     stab, stab_summary, sun = load_stability(run_dir)

@@ -30,12 +30,15 @@ from llamat_cif.cli._common import console, data_dir_option, fail, seed_option
               help="Fingerprint cache (default: $LLAMAT_CIF_CACHE/fingerprints or ~/.cache/llamat-cif/fingerprints).")
 @click.option("--reference-limit", type=int, default=None, help="Use only the first N reference structures.")
 @click.option("--no-figures", is_flag=True, help="Skip report.md and the PNG figures.")
+@click.option("--novelty/--no-novelty", default=True, show_default=True,
+              help="Uniqueness and novelty (vs the reference dataset's train split) of the valid samples "
+                   "as generated (StructureMatcher within each formula).")
 @data_dir_option
 def benchmark(samples: str, reference: str, out: str | None, seed: int, max_samples: int | None,
               struct_cutoff: float | None, comp_cutoff: float | None, fingerprint_scope: str,
               workers: int, cache_dir: str | None, reference_limit: int | None, no_figures: bool,
-              data_dir: str | None) -> None:
-    """Validity, coverage (overall and per element), property distances, CSP and S.U.N. for a run.
+              novelty: bool, data_dir: str | None) -> None:
+    """Validity, coverage (overall and per element), uniqueness/novelty, property distances, CSP and S.U.N.
 
     \b
     Example:
@@ -49,7 +52,8 @@ def benchmark(samples: str, reference: str, out: str | None, seed: int, max_samp
     cfg = BenchmarkConfig(samples=samples, out=out, reference=reference, seed=seed,
                           max_samples=max_samples, struct_cutoff=struct_cutoff, comp_cutoff=comp_cutoff,
                           fingerprint_scope=fingerprint_scope, workers=workers, data_dir=data_dir,
-                          cache_dir=cache_dir, reference_limit=reference_limit, figures=not no_figures)
+                          cache_dir=cache_dir, reference_limit=reference_limit, figures=not no_figures,
+                          novelty=novelty)
     try:
         result = run_benchmark(cfg)
     except (FileNotFoundError, ValueError, DataError) as exc:

@@ -18,8 +18,12 @@ from llamat_cif.stability.relax import quiet_warnings
               help="Run folder (rerun with the same folder to resume).")
 @click.option("--formula", default=None, help="Condition generation on a formula.")
 @click.option("--spacegroup", type=int, default=None, help="Condition generation on a space group number.")
-@click.option("--temperature", type=float, default=1.0, show_default=True)
-@click.option("--top-p", type=float, default=0.95, show_default=True)
+@click.option("--temperature", type=float, default=None,
+              help="Sampling temperature [default: the model's generation_config.json; "
+                   "llamat-cif-small: 0.7; else 1.0].")
+@click.option("--top-p", type=float, default=None,
+              help="Nucleus (top-p) cut [default: the model's generation_config.json; "
+                   "llamat-cif-small: 0.7; else 1.0].")
 @click.option("--top-k", type=int, default=0, show_default=True)
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Generation batch size.")
 @click.option("--fmax", type=float, default=0.1, show_default=True, help="FIRE force threshold, eV/Å.")
