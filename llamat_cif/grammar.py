@@ -823,13 +823,13 @@ def cif_grammar(v: Vocab, cond: Conditions, stats: Stats, *, header: bool = True
         if witness is not None:
             found.extend(np.round(place.orbit_of(witness), 4) % 1.0)
 
-        def matching(*typed: float) -> np.ndarray:
+        def matching(*typed: float, found=found) -> np.ndarray:
             pts = np.array(found).reshape(-1, 3)
             for j, val in enumerate(typed):
                 pts = pts[np.abs(pts[:, j] - round(val, 4)) < 0.6e-4]
             return pts
 
-        def fitting(pts: np.ndarray, m=m, rest=rest, n=lines_left) -> bool:
+        def fitting(pts: np.ndarray, m=m, rest=rest, n=lines_left, found=found) -> bool:
             p = place.site_fitting(pts, m, rest, lines=n)
             if p is not None:
                 found.append(np.round(p, 4) % 1.0)

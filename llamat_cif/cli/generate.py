@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from llamat_cif.cli._common import console, fail, seed_option
+from llamat_cif.cli._common import console, fail, sampling_options, seed_option
 
 
 @click.command()
@@ -20,13 +20,7 @@ from llamat_cif.cli._common import console, fail, seed_option
 @click.option("--spacegroup", type=int, default=None, help="Space-group number every sample must declare.")
 @click.option("--targets", type=click.Path(exists=True, dir_okay=False), default=None,
               help="CSV with target_formula[, target_spacegroup]: one sample per row (overrides -n).")
-@click.option("--temperature", type=float, default=None,
-              help="Sampling temperature [default: the model's generation_config.json; "
-                   "llamat-cif-small: 0.7; else 1.0].")
-@click.option("--top-p", type=float, default=None,
-              help="Nucleus (top-p) cut [default: the model's generation_config.json; "
-                   "llamat-cif-small: 0.7; else 1.0].")
-@click.option("--top-k", type=int, default=0, show_default=True, help="0 = off.")
+@sampling_options
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--constrained/--unconstrained", default=True, show_default=True,
               help="Grammar-constrained decoding (parsable text, requested composition, min distance).")

@@ -6,7 +6,7 @@ import os
 
 import click
 
-from llamat_cif.cli._common import console, data_dir_option, fail, seed_option
+from llamat_cif.cli._common import console, data_dir_option, fail, sampling_options, seed_option
 from llamat_cif.stability.relax import quiet_warnings
 
 
@@ -18,13 +18,7 @@ from llamat_cif.stability.relax import quiet_warnings
               help="Run folder (rerun with the same folder to resume).")
 @click.option("--formula", default=None, help="Condition generation on a formula.")
 @click.option("--spacegroup", type=int, default=None, help="Condition generation on a space group number.")
-@click.option("--temperature", type=float, default=None,
-              help="Sampling temperature [default: the model's generation_config.json; "
-                   "llamat-cif-small: 0.7; else 1.0].")
-@click.option("--top-p", type=float, default=None,
-              help="Nucleus (top-p) cut [default: the model's generation_config.json; "
-                   "llamat-cif-small: 0.7; else 1.0].")
-@click.option("--top-k", type=int, default=0, show_default=True)
+@sampling_options
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Generation batch size.")
 @click.option("--fmax", type=float, default=0.1, show_default=True, help="FIRE force threshold, eV/Å.")
 @click.option("--max-steps", type=int, default=500, show_default=True, help="FIRE steps per structure.")
