@@ -17,8 +17,8 @@ the requested (or self-declared) formula, and sites closer than ``min_distance``
 ``constrained=False`` samples the bare model (to measure what the constraint adds).
 
 Temperature and top-p left as ``None`` take the values the model folder recommends in its
-``generation_config.json`` (the shipped ``llamat-cif-small`` recommends T 0.7, top-p 0.7, the
-setting its validity was measured at), else 1.0; the values used are written to
+``generation_config.json`` (the shipped ``llamat-cif-small`` recommends T 0.7, top-p 0.9, the
+setting its acceptance numbers were measured at), else 1.0; the values used are written to
 ``sample_config.json``.
 """
 
@@ -163,14 +163,22 @@ def parse_formula(formula: str) -> dict[str, float]:
 
 
 def model_format(model_dir: Path) -> str:
-    """Representation a model was trained on (from its train_config.json), ``cif`` by default."""
-    cfg = model_dir / "train_config.json"
-    if cfg.is_file():
-        info = json.loads(cfg.read_text())
-        for section in ("data", "describe"):
-            fmt = ((info.get(section) or {}).get("corpus_stats") or {}).get("format")
-            if fmt in ("cif", "llamat"):
-                return fmt
+    """Representation a model was trained on, ``cif`` by default.
+
+    Read from the ``train_config.json`` in the model folder, or, for a ``final/`` or ``merged/``
+    folder saved before that file was copied into it, from the training run folder above it.
+    """
+    model_dir = Path(model_dir)
+    candidates = [model_dir / "train_config.json"]
+    if model_dir.name in ("final", "merged"):
+        candidates.append(model_dir.parent / "train_config.json")
+    for cfg in candidates:
+        if cfg.is_file():
+            info = json.loads(cfg.read_text())
+            for section in ("data", "describe"):
+                fmt = ((info.get(section) or {}).get("corpus_stats") or {}).get("format")
+                if fmt in ("cif", "llamat"):
+                    return fmt
     return "cif"
 
 

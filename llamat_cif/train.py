@@ -556,12 +556,17 @@ def evaluate(model: torch.nn.Module, stream: Stream, config: TrainConfig, collat
 
 
 def _save_final(model: torch.nn.Module, tokenizer: Any, folder: Path, dtype: torch.dtype) -> None:
+    """Weights + tokenizer, and the run's ``train_config.json``: the sampler reads the representation
+    (``cif`` / ``llamat``) a model was trained on from it, so the folder must carry it when copied."""
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
     model = model.to(dtype)
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
+    provenance = folder.parent / "train_config.json"
+    if provenance.is_file():
+        shutil.copy2(provenance, folder / "train_config.json")
 
 
 def run_training(

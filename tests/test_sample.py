@@ -126,21 +126,21 @@ def test_bad_formula_is_a_clear_error():
 
 
 def test_sampling_settings_default_to_the_models_recommendation(tmp_path):
-    """Unset temperature / top-p take the shipped model's generation_config.json (0.7 / 0.7, the
+    """Unset temperature / top-p take the shipped model's generation_config.json (0.7 / 0.9, the
     setting its validity is measured at); explicit values win; both are recorded for resume."""
     import json
 
     from llamat_cif.model import resolve_model_path
 
     rec = json.loads((resolve_model_path("default") / "generation_config.json").read_text())
-    assert (rec["temperature"], rec["top_p"]) == (0.7, 0.7)
+    assert (rec["temperature"], rec["top_p"]) == (0.7, 0.9)
     generate(SampleConfig(n=1, out_dir=str(tmp_path / "a"), batch_size=1, seed=0, formula="Si"), progress=False)
     saved = json.loads((tmp_path / "a" / "sample_config.json").read_text())
-    assert (saved["temperature"], saved["top_p"]) == (0.7, 0.7)
+    assert (saved["temperature"], saved["top_p"]) == (0.7, 0.9)
     generate(SampleConfig(n=1, out_dir=str(tmp_path / "b"), batch_size=1, seed=0, formula="Si", temperature=1.0),
              progress=False)
     saved = json.loads((tmp_path / "b" / "sample_config.json").read_text())
-    assert (saved["temperature"], saved["top_p"]) == (1.0, 0.7)
+    assert (saved["temperature"], saved["top_p"]) == (1.0, 0.9)
     # a run recorded at 0.7 is not resumed under another explicit temperature
     with pytest.raises(ValueError, match="other settings"):
         generate(SampleConfig(n=2, out_dir=str(tmp_path / "a"), batch_size=1, seed=0, formula="Si", temperature=0.9),
@@ -155,3 +155,20 @@ def test_recommended_sampling_falls_back_to_one():
     assert recommended_sampling(SimpleNamespace()) == (1.0, 1.0)
     gc = SimpleNamespace(temperature=None, top_p=0.9)
     assert recommended_sampling(SimpleNamespace(generation_config=gc)) == (1.0, 0.9)
+
+
+def test_model_format_is_read_from_the_training_run(tmp_path):
+    """A model trained on the LLaMat text is sampled as LLaMat text: the representation comes from
+    train_config.json in the model folder, or in the run folder above final/ (older runs)."""
+    import json
+
+    from llamat_cif.model import resolve_model_path
+    from llamat_cif.sample import model_format
+
+    assert model_format(resolve_model_path("default")) == "cif"
+    run = tmp_path / "run"
+    (run / "final").mkdir(parents=True)
+    (run / "train_config.json").write_text(json.dumps({"data": {"corpus_stats": {"format": "llamat"}}}))
+    assert model_format(run / "final") == "llamat"
+    (tmp_path / "elsewhere").mkdir()
+    assert model_format(tmp_path / "elsewhere") == "cif"

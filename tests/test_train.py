@@ -239,6 +239,8 @@ def test_cli_train_corpus(toy_corpus, tmp_path):
     assert (out / "final" / "config.json").is_file() and (out / "final" / "tokenizer.json").is_file()
     cfg = json.loads((out / "train_config.json").read_text())
     assert cfg["config"]["seed"] == 1 and cfg["config"]["max_steps"] == 3
+    # the final folder carries the run's provenance, so the sampler knows the representation
+    assert json.loads((out / "final" / "train_config.json").read_text()) == cfg
     r = CliRunner().invoke(train, ["--corpus", str(tmp_path / "nope"), "--out", str(out)])
     assert r.exit_code != 0 and "tokenizer" in r.output
 

@@ -23,7 +23,7 @@ def sampling_options(f):
     f = click.option("--top-k", type=int, default=0, show_default=True, help="0 = off.")(f)
     f = click.option("--top-p", type=float, default=None,
                      help="Nucleus (top-p) cut [default: the model's generation_config.json; "
-                          "llamat-cif-small: 0.7; else 1.0].")(f)
+                          "llamat-cif-small: 0.9; else 1.0].")(f)
     return click.option("--temperature", type=float, default=None,
                         help="Sampling temperature [default: the model's generation_config.json; "
                              "llamat-cif-small: 0.7; else 1.0].")(f)
