@@ -197,10 +197,10 @@ def _run_checks(row: dict[str, Any], text: Any, fmt: str | None, target_formula:
         row["self_consistent"] = sc.ok
         row["self_consistency_reason"] = sc.reason
         if keep_cif:
-            from pymatgen.io.cif import CifWriter
+            from llamat_cif.cif import structure_to_cif
 
             with contextlib.suppress(Exception):
-                row["cif"] = str(CifWriter(s))
+                row["cif"] = structure_to_cif(s)
     ca = condition_adherence(s if parsed.ok else None, target_formula=target_formula,
                              target_spacegroup=target_spacegroup, symprec=t.symprec,
                              detected_spacegroup=row["spacegroup"])
