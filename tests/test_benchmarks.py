@@ -328,3 +328,14 @@ def test_uniqueness_and_novelty_as_generated():
     assert (m["unique_as_generated"].numerator, m["unique_as_generated"].denominator) == (3, 4)
     assert (m["novel_as_generated"].numerator, m["novel_as_generated"].denominator) == (2, 4)
     assert "novel_as_generated" not in uniqueness_novelty(cifs, mask, None)
+
+
+@requires_data
+def test_training_set_for_reference():
+    """MP-20 test is judged against MP-20 train; a dataset without a train split on disk says why."""
+    from llamat_cif.benchmarks.diversity import training_set_for
+
+    training, why = training_set_for("mp20-test")
+    assert why is None and training.name == "MP-20 train, available subset (n=8344)"
+    training, why = training_set_for("carbon24-test")
+    assert training is None and "carbon24/train" in why

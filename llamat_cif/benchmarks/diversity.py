@@ -51,21 +51,13 @@ def uniqueness_novelty(cifs: Sequence[str], mask: np.ndarray, training=None) -> 
 
 
 def training_set_for(reference: str, data_dir=None):
-    """The training split of the reference's dataset (``mp20-test`` -> MP-20 train), or None with a reason."""
+    """``(training set, None)`` for the train split of the reference's dataset (``mp20-test`` -> MP-20
+    train), or ``(None, reason)`` where that split is not on disk."""
+    from llamat_cif.data import DataError
     from llamat_cif.stability.sun import TrainingSet
 
     dataset = reference.split("-")[0]
     try:
-        if dataset == "mp20":
-            return TrainingSet.mp20_train(data_dir), None
-        from llamat_cif.data import load_split
-
-        df = load_split(dataset, "train", data_dir=data_dir)
-        from llamat_cif.benchmarks.properties import describe_cif
-
-        formulas = [describe_cif(c).get("formula") for c in df["cif"]]
-        keep = [i for i, f in enumerate(formulas) if f]
-        return TrainingSet([formulas[i] for i in keep], [df["cif"].iloc[i] for i in keep],
-                           name=f"{dataset} train (n={len(df)})"), None
-    except Exception as exc:  # noqa: BLE001 - novelty is optional; the reason is recorded
-        return None, f"no training split for {dataset!r}: {exc}"
+        return TrainingSet.from_split(dataset, "train", data_dir), None
+    except DataError as exc:
+        return None, str(exc)

@@ -91,10 +91,27 @@ class TrainingSet:
     @classmethod
     def mp20_train(cls, data_dir: str | Path | None = None) -> TrainingSet:
         """MP-20 train, available subset (n=8344), via :func:`llamat_cif.data.load_split`."""
-        from llamat_cif.data import load_split
+        return cls.from_split("mp20", "train", data_dir)
 
-        df = load_split("mp20", "train", data_dir=data_dir)
-        return cls(df["pretty_formula"].astype(str), df["cif"], name=f"MP-20 train, available subset (n={len(df)})")
+    @classmethod
+    def from_split(cls, dataset: str, split: str = "train", data_dir: str | Path | None = None) -> TrainingSet:
+        """A registry split (:func:`llamat_cif.data.load_split`; raises its ``DataError`` when absent).
+
+        Formulas come from the ``pretty_formula`` column where the dataset has one, else from the
+        parsed CIFs (rows that do not parse are left out).
+        """
+        from llamat_cif.data import get_dataset, load_split
+
+        df = load_split(dataset, split, data_dir=data_dir)
+        if "pretty_formula" in df.columns:
+            formulas, cifs = df["pretty_formula"].astype(str).tolist(), df["cif"].tolist()
+        else:
+            parsed = [(_parse(c), c) for c in df["cif"]]
+            formulas = [s.composition.reduced_formula for s, _ in parsed if s is not None]
+            cifs = [c for s, c in parsed if s is not None]
+        name = get_dataset(dataset).name
+        label = "MP-20 train, available subset" if (name, split) == ("mp20", "train") else f"{name} {split}"
+        return cls(formulas, cifs, name=f"{label} (n={len(df)})")
 
     @classmethod
     def from_structures(cls, structures: Sequence, name: str = "custom") -> TrainingSet:
