@@ -185,6 +185,10 @@ class Decoder:
             lo = float(buf + self.v.digit_of[tid])
             hi = lo + step - 10.0**-s.decimals
             ok = self._interval_accepts(s, lo, hi, exact=len(frac) + 1 == s.decimals)
+        elif tid in self.v.digit_of and s.probe == "hi" and s.decimals > 0:
+            # an integer digit of a monotone field: the largest value this prefix can still reach
+            top = self._prefix_top(s, buf + self.v.digit_of[tid])
+            ok = top is not None and bool(s.accept(top))
         elif tid == self.v.dot and s.probe:
             lo = float(buf)
             ok = self._interval_accepts(s, lo, min(s.hi, lo + 1 - 10.0**-s.decimals), exact=False)
@@ -194,6 +198,18 @@ class Decoder:
             self.stats.distance_vetoes += 1
         self._checked[tid] = ok
         return ok
+
+    @staticmethod
+    def _prefix_top(s: Num, cand: str) -> float | None:
+        """The largest value within ``[lo, hi]`` whose integer part starts with ``cand``."""
+        v = int(cand)
+        for k in range(s.max_int_digits - len(cand), -1, -1):  # k more integer digits, longest first
+            if k and v == 0:
+                continue  # "0" cannot be extended
+            lo, hi = v * 10**k, (v + 1) * 10**k - 10.0**-s.decimals
+            if lo <= s.hi + 1e-9 and hi >= s.lo - 1e-9:
+                return round(min(hi, s.hi), s.decimals)
+        return None
 
     def _interval_accepts(self, s: Num, lo: float, hi: float, *, exact: bool) -> bool:
         if exact:
@@ -333,6 +349,10 @@ class Conditions:
     max_count: int = 96  # per element in a cell
     charge_balanced: bool = False  # a self-chosen formula must be SMACT-valid (CDVAE compositional validity)
     max_lines: int = 27  # site lines that fit the token budget: site_lines_for(1000)
+    # physics (llamat_cif.physics): every pair at least contact_ratio x its covalent-radius sum (0: off)
+    contact_ratio: float = 0.0
+    # volume per atom within [lo, hi] x the composition-based prediction (None: off)
+    volume_window: tuple[float, float] | None = None
 
 
 def site_lines_for(max_new_tokens: int) -> int:
@@ -454,14 +474,21 @@ def _lattice_matrix(a, b, c, al, be, ga) -> np.ndarray:
 _SHIFTS = np.array([[i, j, k] for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)], dtype=float)
 
 
+def pair_distances(frac_new: np.ndarray, frac_old: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """Periodic distance (Å) from each new point to each old point, shape (new, old) (27 images)."""
+    if len(frac_old) == 0 or len(frac_new) == 0:
+        return np.zeros((len(frac_new), len(frac_old)))
+    d = frac_new[:, None, :] - frac_old[None, :, :]
+    d -= np.round(d)
+    diff = (d @ matrix)[:, :, None, :] + (_SHIFTS @ matrix)[None, None, :, :]
+    return np.sqrt(np.einsum("npsk,npsk->nps", diff, diff).min(axis=2))
+
+
 def min_distance(frac_new: np.ndarray, frac_old: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     """Minimum periodic distance (Å) from each new point to any old point (27 images)."""
     if len(frac_old) == 0:
         return np.full(len(frac_new), np.inf)
-    d = frac_new[:, None, :] - frac_old[None, :, :]
-    d -= np.round(d)
-    diff = (d @ matrix)[:, :, None, :] + (_SHIFTS @ matrix)[None, None, :, :]
-    return np.sqrt(np.einsum("npsk,npsk->nps", diff, diff).min(axis=(1, 2)))
+    return pair_distances(frac_new, frac_old, matrix).min(axis=1)
 
 
 # --------------------------------------------------------------------------------- header
@@ -707,6 +734,130 @@ def crystal_system(number: int) -> str:
     raise ValueError(number)
 
 
+def _monotone(check: Callable[[float], bool]) -> Callable[[float], bool]:
+    """Memoise a check that is monotone in its value (a longer last cell length leaves more room):
+    once ``x`` passes, every larger value passes; once it fails, every smaller one fails."""
+    lowest_pass, highest_fail = [math.inf], [-math.inf]
+
+    def memo(x: float) -> bool:
+        if x >= lowest_pass[0]:
+            return True
+        if x <= highest_fail[0]:
+            return False
+        ok = bool(check(x))
+        if ok:
+            lowest_pass[0] = x
+        else:
+            highest_fail[0] = x
+        return ok
+
+    return memo
+
+
+def _sin_at_least(s: float) -> tuple[float, float]:
+    """Angles (degrees, within 30..150) whose sine is at least ``s``."""
+    s = min(1.0, max(0.0, s))
+    t = math.degrees(math.asin(s))
+    return max(30.0, t), min(150.0, 180.0 - t)
+
+
+def _gamma_span(al: float, be: float, s_min: float) -> tuple[float, float]:
+    """Triclinic gamma (degrees) for which V / (abc) = sqrt(1 - ca² - cb² - cg² + 2 ca cb cg) >= s_min.
+
+    The expression is a downward parabola in cg = cos(gamma) with its top sin(al) sin(be) at
+    cg = ca cb, so the admissible gammas form one interval.
+    """
+    ca, cb = math.cos(math.radians(al)), math.cos(math.radians(be))
+    disc = (1 - ca * ca) * (1 - cb * cb) - s_min * s_min
+    if disc < 0:
+        return 90.0, 90.0  # no gamma reaches s_min (cannot happen after _sin_at_least spans)
+    r = math.sqrt(disc)
+    return math.degrees(math.acos(min(1.0, ca * cb + r))), math.degrees(math.acos(max(-1.0, ca * cb - r)))
+
+
+@dataclass(frozen=True)
+class LatticeWindow:
+    """Bounds on the lattice numbers from the physical rules of :class:`Conditions`.
+
+    * every cell length at least ``2 f max(r_cov)``: each atom keeps its own translation copy at
+      the contact distance (``f`` the contact ratio, 0 when off);
+    * cell volume within ``[vlo, vhi]``: the volume window on the composition-based prediction
+      (:func:`llamat_cif.physics.volume_bounds`), spread over the lattice fields in the order they
+      are written so that every prefix keeps an admissible completion (lengths <= 60 Å).
+    """
+
+    len_lo: float = 1.0
+    vlo: float = 0.0
+    vhi: float = math.inf
+    hexf: float = 1.0  # area factor of the ab face (sin 120° on hexagonal axes)
+
+    LEN_HI = 60.0
+
+    @classmethod
+    def for_counts(cls, counts: dict[str, int], cond: Conditions, *, hexagonal_axes: bool) -> LatticeWindow:
+        len_lo, vlo, vhi = 1.0, 0.0, math.inf
+        if cond.contact_ratio:
+            from llamat_cif.physics import covalent_radius
+
+            len_lo = max(1.0, 2 * cond.contact_ratio * max(covalent_radius(e) for e in counts))
+        if cond.volume_window:
+            from llamat_cif.physics import volume_bounds
+
+            vlo, vhi = volume_bounds(counts, cond.volume_window)
+        return cls(len_lo, vlo, vhi, math.sqrt(3) / 2 if hexagonal_axes else 1.0)
+
+    def cubic(self) -> tuple[float, float]:
+        return self.vlo ** (1 / 3), self.vhi ** (1 / 3)
+
+    def first(self, n_free: int) -> tuple[float, float]:
+        """The first length when ``n_free`` lengths (2: a = b, c; 3: a, b, c) remain."""
+        if n_free == 2:  # V = a² c hexf
+            return math.sqrt(self.vlo / (self.LEN_HI * self.hexf)), math.sqrt(self.vhi / (self.len_lo * self.hexf))
+        return self.vlo / self.LEN_HI**2, self.vhi / self.len_lo**2
+
+    def second(self, a: float) -> tuple[float, float]:
+        return self.vlo / (a * self.LEN_HI), self.vhi / (a * self.len_lo)
+
+    def last(self, area: float) -> tuple[float, float]:
+        """The last length over a face of ``area`` = a b (angle factor 1: the angles that follow
+        then only need sin >= vlo / (abc), one interval each)."""
+        return self.vlo / (area * self.hexf), self.vhi / (area * self.hexf)
+
+    def _len(self, x: float) -> float:
+        return min(self.LEN_HI, max(self.len_lo, x))
+
+    def roomiest(self, area: float) -> float:
+        """The largest admissible last length over a face of ``area``."""
+        return self._len(self.vhi / (area * self.hexf))
+
+    def roomiest_pair(self, a: float) -> tuple[float, float]:
+        """b = c for the largest admissible volume after ``a`` (the most even shape)."""
+        bc = self._len(math.sqrt(self.vhi / a)) if math.isfinite(self.vhi) else self.LEN_HI
+        return bc, self._len(self.vhi / (a * bc)) if math.isfinite(self.vhi) else self.LEN_HI
+
+    def clip(self, span: tuple[float, float], stats: Stats | None = None) -> tuple[float, float]:
+        """A length span within [len_lo, 60] on the 3-decimal grid (the full range, counted as a
+        fallback, if nothing is left)."""
+        lo = math.ceil(max(self.len_lo, span[0]) * 1000 - 1e-6) / 1000
+        hi = math.floor(min(self.LEN_HI, span[1]) * 1000 + 1e-6) / 1000
+        if lo > hi:
+            if stats is not None:
+                stats.fallbacks += 1
+            return math.ceil(self.len_lo * 1000) / 1000, self.LEN_HI
+        return lo, hi
+
+    @staticmethod
+    def angle_clip(span: tuple[float, float], stats: Stats | None = None) -> tuple[float, float]:
+        """An angle span within 30..150 on the 2-decimal grid, kept 0.01° inside its ends."""
+        lo = 30.0 if span[0] <= 30.0 else math.ceil(span[0] * 100 + 1) / 100
+        hi = 150.0 if span[1] >= 150.0 else math.floor(span[1] * 100 - 1) / 100
+        if lo > hi:
+            if stats is not None:
+                stats.fallbacks += 1
+            return 30.0, 150.0
+        return lo, hi
+
+
 def cif_grammar(v: Vocab, cond: Conditions, stats: Stats, *, header: bool = True):
     """The canonical CIF of :func:`llamat_cif.cif.to_text`, conditioning header first."""
     from pymatgen.core import Composition
@@ -728,50 +879,63 @@ def cif_grammar(v: Vocab, cond: Conditions, stats: Stats, *, header: bool = True
     system = crystal_system(sg)
     rhombo_hex = symbol.startswith("R")
     hexagonal_axes = system in ("trigonal", "hexagonal") or rhombo_hex
-    count_list = list(counts.values())
+    win = LatticeWindow.for_counts(counts, cond, hexagonal_axes=hexagonal_axes)
 
     def room(a, b, c, al=90.0, be=90.0, ga=90.0) -> bool:
         """The whole composition still fits this lattice (checked on the last lattice number)."""
-        return Placement(sg, _lattice_matrix(a, b, c, al, be, ga), cond.min_distance).fits(count_list,
-                                                                                             lines=cond.max_lines)
+        return Placement(sg, _lattice_matrix(a, b, c, al, be, ga), cond.min_distance,
+                         contact_ratio=cond.contact_ratio).fits(counts, lines=cond.max_lines)
 
-    def length(accept=None):
-        return Num(1.0, 60.0, 3, ("\n",), max_int_digits=2, accept=accept, probe="hi")
+    def length(span: tuple[float, float], accept=None, monotone: bool = True):
+        """A cell length; ``accept`` is monotone in the last length (checked on each interval's
+        top), else probed on 11 points of each digit's interval."""
+        lo, hi = win.clip(span, stats)
+        if accept is None:
+            return Num(lo, hi, 3, ("\n",), max_int_digits=2)
+        return Num(lo, hi, 3, ("\n",), max_int_digits=2, accept=_monotone(accept) if monotone else accept,
+                   probe="hi" if monotone else True)
 
+    ang = 120.0 if hexagonal_axes else 90.0
     if system == "cubic":
-        a, _ = yield length(lambda x: room(x, x, x))
+        a, _ = yield length(win.cubic(), lambda x: room(x, x, x))
         b = c = a
         yield Lit(f"_cell_length_b {a:.3f}\n_cell_length_c {a:.3f}\n")
     else:
-        a, _ = yield length()
+        # earlier lengths: the composition must fit the roomiest cell the later lengths allow
         if system in ("tetragonal", "trigonal", "hexagonal") or rhombo_hex:
+            a, _ = yield length(win.first(2), lambda x: room(x, x, win.roomiest(x * x), 90.0, 90.0, ang),
+                                monotone=False)
             b = a
             yield Lit(f"_cell_length_b {a:.3f}\n_cell_length_c ")
         else:
+            a, _ = yield length(win.first(3), lambda x: room(x, *win.roomiest_pair(x)), monotone=False)
             yield Lit("_cell_length_b ")
-            b, _ = yield length()
+            b, _ = yield length(win.second(a), lambda x, a=a: room(a, x, win.roomiest(a * x)), monotone=False)
             yield Lit("_cell_length_c ")
         if system in ("triclinic", "monoclinic"):
-            c, _ = yield length()
+            # right angles are the roomiest: the angles that follow are checked exactly
+            c, _ = yield length(win.last(a * b), lambda x, a=a, b=b: room(a, b, x))
         elif hexagonal_axes:
-            c, _ = yield length(lambda x, a=a: room(a, a, x, 90.0, 90.0, 120.0))
+            c, _ = yield length(win.last(a * a), lambda x, a=a: room(a, a, x, 90.0, 90.0, 120.0))
         else:
-            c, _ = yield length(lambda x, a=a, b=b: room(a, b, x))
+            c, _ = yield length(win.last(a * b), lambda x, a=a, b=b: room(a, b, x))
     if hexagonal_axes:
         al, be, ga = 90.0, 90.0, 120.0
         yield Lit("_cell_angle_alpha 90.00\n_cell_angle_beta 90.00\n_cell_angle_gamma 120.00\n")
     elif system == "triclinic":
+        s_min = max(0.2, win.vlo / (a * b * c))  # 0.2: _cell_shape_ok's flatness limit
         yield Lit("_cell_angle_alpha ")
-        al, _ = yield Num(30.0, 150.0, 2, ("\n",))
+        al, _ = yield Num(*win.angle_clip(_sin_at_least(s_min), stats), 2, ("\n",))
         yield Lit("_cell_angle_beta ")
-        be, _ = yield Num(30.0, 150.0, 2, ("\n",))
+        be, _ = yield Num(*win.angle_clip(_sin_at_least(s_min / math.sin(math.radians(al))), stats), 2, ("\n",))
         yield Lit("_cell_angle_gamma ")
-        ga, _ = yield Num(30.0, 150.0, 2, ("\n",),
+        ga, _ = yield Num(*win.angle_clip(_gamma_span(al, be, s_min), stats), 2, ("\n",),
                           accept=lambda x, al=al, be=be: _cell_shape_ok(al, be, x) and room(a, b, c, al, be, x))
     elif system == "monoclinic":
         al, ga = 90.0, 90.0
         yield Lit("_cell_angle_alpha 90.00\n_cell_angle_beta ")
-        be, _ = yield Num(30.0, 150.0, 2, ("\n",), accept=lambda x: room(a, b, c, 90.0, x, 90.0))
+        be, _ = yield Num(*win.angle_clip(_sin_at_least(win.vlo / (a * b * c)), stats), 2, ("\n",),
+                          accept=lambda x: room(a, b, c, 90.0, x, 90.0))
         yield Lit("_cell_angle_gamma 90.00\n")
     else:
         al = be = ga = 90.0
@@ -785,30 +949,40 @@ def cif_grammar(v: Vocab, cond: Conditions, stats: Stats, *, header: bool = True
 
     # Sites: every offered element, multiplicity and coordinate keeps a completion of the whole
     # composition in reach (llamat_cif.placement); a fallback is counted where none is found.
-    place = Placement(sg, matrix, cond.min_distance)
+    place = Placement(sg, matrix, cond.min_distance, contact_ratio=cond.contact_ratio)
     remaining = dict(counts)
     i = 0
     while any(remaining.values()):
 
-        def rest_after(el: str, m: int) -> list[int]:
-            return [r - (m if e == el else 0) for e, r in remaining.items()]
+        def rest_after(el: str, m: int) -> dict[str, int]:
+            return {e: r - (m if e == el else 0) for e, r in remaining.items()}
 
         lines_left = cond.max_lines - i - 1  # after this one
 
-        def line_ok(rest: list[int], lines_left=lines_left) -> bool:
-            return min_lines(sg, tuple(sorted((c for c in rest if c > 0), reverse=True))) <= lines_left
+        def line_ok(rest: dict[str, int], lines_left=lines_left) -> bool:
+            return min_lines(sg, tuple(sorted((c for c in rest.values() if c > 0), reverse=True))) <= lines_left
 
-        mult_ok = {e: frozenset(m for m in place.sizes if m <= r and line_ok(rest_after(e, m))
-                                and place.multiplicity_ok(m, rest_after(e, m), lines_left))
-                   for e, r in remaining.items() if r > 0}
-        options = {v.element_id[e]: e for e, ms in mult_ok.items() if ms}
+        checked: dict[tuple[str, int], bool] = {}
+
+        def m_ok(e: str, m: int, lines_left=lines_left, line_ok=line_ok, checked=checked) -> bool:
+            """A site of element e with multiplicity m can go somewhere and leave a completion."""
+            if (e, m) not in checked:
+                checked[e, m] = (m <= remaining[e] and line_ok(rest_after(e, m))
+                                 and place.multiplicity_ok(m, rest_after(e, m), lines_left, element=e))
+            return checked[e, m]
+
+        # an element is offered when one multiplicity works (largest first: the general position
+        # is the likeliest); the full set is worked out for the chosen element only
+        live = [e for e, r in remaining.items() if r > 0]
+        options = {v.element_id[e]: e for e in live if any(m_ok(e, m) for m in reversed(place.sizes))}
         if not options:
             stats.fallbacks += 1
-            options = {v.element_id[e]: e for e in mult_ok}
+            options = {v.element_id[e]: e for e in live}
         el = yield Choice(options)
         yield Lit(f" {el}{i} ")
         r = remaining[el]
-        mults = mult_ok[el] or frozenset(m for m in place.sizes if m <= r) or frozenset({min(place.sizes)})
+        mults = (frozenset(m for m in place.sizes if m_ok(el, m))
+                 or frozenset(m for m in place.sizes if m <= r) or frozenset({min(place.sizes)}))
         m, _ = yield Num(1, max(mults), 0, (" ",), allowed=mults)
         m = int(m)
         rest = rest_after(el, m)
@@ -819,7 +993,7 @@ def cif_grammar(v: Vocab, cond: Conditions, stats: Stats, *, header: bool = True
         # later coordinates' checks first, so a narrow gap found once is not lost between the
         # probe grids of different fields.
         found: list[np.ndarray] = []
-        witness = place.site_fitting(place.candidates(m), m, rest, lines=lines_left)
+        witness = place.site_fitting(place.candidates(m), m, rest, lines=lines_left, element=el)
         if witness is not None:
             found.extend(np.round(place.orbit_of(witness), 4) % 1.0)
 
@@ -829,8 +1003,8 @@ def cif_grammar(v: Vocab, cond: Conditions, stats: Stats, *, header: bool = True
                 pts = pts[np.abs(pts[:, j] - round(val, 4)) < 0.6e-4]
             return pts
 
-        def fitting(pts: np.ndarray, m=m, rest=rest, n=lines_left, found=found) -> bool:
-            p = place.site_fitting(pts, m, rest, lines=n)
+        def fitting(pts: np.ndarray, m=m, rest=rest, n=lines_left, found=found, el=el) -> bool:
+            p = place.site_fitting(pts, m, rest, lines=n, element=el)
             if p is not None:
                 found.append(np.round(p, 4) % 1.0)
             return p is not None
@@ -857,11 +1031,11 @@ def cif_grammar(v: Vocab, cond: Conditions, stats: Stats, *, header: bool = True
         zs = solve_values(sg, m, ((0, round(x, 4)), (1, round(y, 4))), 2) if subs else None
         zs = zs if zs is None or len(zs) else None
         zv, _ = yield Num(0.0, 0.9999, 4, (" ",), max_int_digits=1, values=zs,
-                          accept=lambda zv, x=x, y=y, m=m, rest=rest, n=lines_left:
-                          place.site_fits(np.array([x, y, zv]), m, rest, n),
+                          accept=lambda zv, x=x, y=y, m=m, rest=rest, n=lines_left, el=el:
+                          place.site_fits(np.array([x, y, zv]), m, rest, n, element=el),
                           hints=lambda x=x, y=y: matching(x, y)[:, 2])
         yield Lit("1\n")
-        place.place(np.array([x, y, zv]))
+        place.place(np.array([x, y, zv]), el)
         remaining[el] = max(0, r - m)
         i += 1
     stats.optimistic += place.optimistic
@@ -892,8 +1066,11 @@ def llamat_grammar(v: Vocab, cond: Conditions, stats: Stats, *, header: bool = T
     be, _ = yield Num(30, 150, 0, (" ",))
     ga, _ = yield Num(30, 150, 0, ("\n",))
     matrix = _lattice_matrix(a, b, c, al, be, ga)
+    from llamat_cif.physics import covalent_radius
+
     remaining = dict(counts) if counts else None
     placed = np.zeros((0, 3))
+    radii = np.zeros(0)
     n = 0
     while True:
         if remaining is not None:
@@ -912,15 +1089,19 @@ def llamat_grammar(v: Vocab, cond: Conditions, stats: Stats, *, header: bool = T
         yield Lit("\n")
         x, _ = yield Num(0.0, 0.99, 2, (" ",), max_int_digits=1)
         y, _ = yield Num(0.0, 0.99, 2, (" ",), max_int_digits=1)
-        placed_now = placed
+        placed_now, radii_now = placed, radii
+        r_el = covalent_radius(el) if cond.contact_ratio else 0.0
 
-        def accept(zv: float, x=x, y=y, placed_now=placed_now) -> bool:
-            if cond.min_distance is None:
+        def accept(zv: float, x=x, y=y, placed_now=placed_now, radii_now=radii_now, r_el=r_el) -> bool:
+            if cond.min_distance is None and not cond.contact_ratio:
                 return True
-            return bool(min_distance(np.array([[x, y, zv]]), placed_now, matrix)[0] >= cond.min_distance)
+            d = pair_distances(np.array([[x, y, zv]]), placed_now, matrix)[0]
+            thr = np.maximum(cond.min_distance or 0.0, cond.contact_ratio * (r_el + radii_now))
+            return bool((d >= thr).all())
 
         zv, _ = yield Num(0.0, 0.99, 2, ("\n",), max_int_digits=1, accept=accept)
         placed = np.vstack([placed, [x, y, zv]])
+        radii = np.append(radii, r_el)
         if remaining is not None:
             remaining[el] -= 1
         n += 1

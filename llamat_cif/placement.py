@@ -19,13 +19,17 @@ Two levels:
   each Wyckoff subspace with free parameters). A search that runs out of its node budget answers
   "yes" (optimistic) and is counted, so the grammar never stalls on an expensive question.
 
-Elements play no role in the geometry (one distance threshold for all pairs), so the remaining
-work is a multiset of counts, which keeps the memo small.
+Distances follow two rules at once: CDVAE's floor ``min_distance`` (0.5 Å) for every pair, and,
+with ``contact_ratio`` f > 0, the physical rule ``d_ij >= f * (r_i + r_j)`` on covalent radii
+(:mod:`llamat_cif.physics`), which also bounds the distance of an atom to its own lattice
+translations. The remaining work is a multiset of ``(count, radius)`` pairs (radius 0 when the
+contact rule is off, so the memo stays as small as before).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 
@@ -33,9 +37,9 @@ import numpy as np
 
 from llamat_cif.grammar import (
     _SHIFTS,
-    min_distance,
     orbit,
     orbit_sizes,
+    pair_distances,
     space_group_ops,
     wyckoff_subspaces,
 )
@@ -175,41 +179,84 @@ def _allocate(counts: tuple[int, ...], unlimited: frozenset[int], free_points: t
     return False
 
 
+Counts = Mapping[str, int] | Sequence[int] | Sequence[tuple[int, float]]
+
+
 class Placement:
     """Geometric look-ahead for one CIF being written (space group and lattice fixed).
 
     Args:
         number: space-group number (spglib default setting, as written by the canonical CIF).
         matrix: lattice matrix (rows a, b, c in Å).
-        min_distance: smallest admissible distance between atoms (Å); ``None`` still keeps sites
-            apart by 0.05 Å so that the text parses (no two sites on one point).
+        min_distance: smallest admissible distance between any two atoms (Å); ``None`` still keeps
+            sites apart by 0.05 Å so that the text parses (no two sites on one point).
         budget: search nodes per question before answering optimistically.
+        contact_ratio: f of the covalent contact rule ``d_ij >= f * (r_i + r_j)`` (0: off). With it
+            on, counts name their elements (``{"Na": 4, "Cl": 4}``) so that each atom gets its radius.
+
+    Counts are given as ``{element: count}``, as ``[(count, radius), ...]`` or as plain
+    ``[count, ...]`` (radius 0: only ``min_distance`` applies).
     """
 
     def __init__(self, number: int, matrix: np.ndarray, min_distance: float | None = 0.5,
-                 budget: int = 2000) -> None:
+                 budget: int = 2000, *, contact_ratio: float = 0.0) -> None:
         self.number = number
         self.rots, self.trans = space_group_ops(number)
         self.ops = (self.rots, self.trans)
         self.matrix = np.asarray(matrix, dtype=float)
         self.dmin = float(min_distance) if min_distance else 0.05
+        self.f = float(contact_ratio or 0.0)
+        lat = _SHIFTS @ self.matrix
+        norms = np.sqrt((lat * lat).sum(1))
+        self.shortest_vector = float(norms[norms > 1e-9].min())  # an atom's distance to its own copy
         self.table = wyckoff_table(number)
         self.sizes = sorted(self.table)
         self.placed = np.zeros((0, 3))
+        self.placed_r = np.zeros(0)
         self.budget = budget
         self.optimistic = 0  # questions answered "yes" because the budget ran out
         self._memo: dict[tuple, list[np.ndarray] | None] = {}
-        self._certs: dict[tuple[int, ...], tuple[np.ndarray, int]] = {}  # counts -> (atoms, lines)
+        self._certs: dict[tuple, tuple[np.ndarray, np.ndarray, int]] = {}  # counts -> (atoms, radii, lines)
         self._nodes = 0
 
+    # ------------------------------------------------------------------------------ radii
+    def radius_of(self, element: str | None) -> float:
+        """Covalent radius of ``element`` when the contact rule is on, else 0."""
+        if not self.f or not element:
+            return 0.0
+        from llamat_cif.physics import covalent_radius
+
+        return round(covalent_radius(element), 3)
+
+    def _key(self, counts: Counts) -> tuple[tuple[int, float], ...]:
+        """Counts as a canonical multiset of (count, radius), largest count first."""
+        if isinstance(counts, Mapping):
+            pairs = [(int(c), self.radius_of(e)) for e, c in counts.items()]
+        else:
+            pairs = [(int(c[0]), float(c[1]) if self.f else 0.0) if isinstance(c, tuple) else (int(c), 0.0)
+                     for c in counts]
+        return tuple(sorted(((c, r) for c, r in pairs if c > 0), reverse=True))
+
+    def _threshold(self, radius: float, radii: np.ndarray) -> np.ndarray:
+        """Smallest admissible distance from an atom of ``radius`` to atoms of ``radii``."""
+        return np.maximum(self.dmin, self.f * (radius + radii))
+
     # ------------------------------------------------------------------------------ geometry
-    def check(self, pts: np.ndarray, m: int, placed: np.ndarray | None = None) -> np.ndarray:
-        """Boolean mask: the orbit of each point has exactly ``m`` members, its symmetry copies are
-        at least ``min_distance`` apart, and it keeps ``min_distance`` from the placed atoms."""
+    def check(self, pts: np.ndarray, m: int, placed: np.ndarray | None = None, *, radius: float = 0.0,
+              placed_r: np.ndarray | None = None) -> np.ndarray:
+        """Boolean mask: the orbit of each point (an atom of covalent ``radius``) has exactly ``m``
+        members, keeps its distance rule to its own symmetry copies and lattice translations, and
+        to the placed atoms (radii ``placed_r``)."""
         pts = snap(np.atleast_2d(np.asarray(pts, dtype=float)))
         if len(pts) == 0:
             return np.zeros(0, dtype=bool)
-        placed = self.placed if placed is None else placed
+        if placed is None:
+            placed, placed_r = self.placed, self.placed_r
+        elif placed_r is None:
+            placed_r = np.zeros(len(placed))
+        own_min = float(self._threshold(radius, np.array([radius]))[0])  # copies of the same atom
+        if self.shortest_vector < own_min:
+            return np.zeros(len(pts), dtype=bool)
         imgs = np.einsum("kij,nj->nki", self.rots, pts) + self.trans[None]
         d = imgs - pts[:, None, :]
         d -= np.round(d)
@@ -220,10 +267,11 @@ class Placement:
             cart = (d[idx] @ self.matrix)[:, :, None, :] + (_SHIFTS @ self.matrix)[None, None]
             own = np.sqrt(np.einsum("nksx,nksx->nks", cart, cart).min(-1))  # (n_ok, k)
             own[same[idx]] = np.inf
-            ok[idx] = own.min(1) >= self.dmin
+            ok[idx] = own.min(1) >= own_min
         if len(placed) and ok.any():
             idx = np.nonzero(ok)[0]
-            ok[idx] = min_distance(pts[idx], placed, self.matrix) >= self.dmin
+            dist = pair_distances(pts[idx], placed, self.matrix)  # (n_ok, placed)
+            ok[idx] = (dist >= self._threshold(radius, placed_r)[None, :]).all(1)
         return ok
 
     def orbit_of(self, p: np.ndarray) -> np.ndarray:
@@ -240,123 +288,148 @@ class Placement:
         return np.vstack([probes, fixed])  # free positions first: special points are scarce
 
     # ------------------------------------------------------------------------------ search
-    def fits(self, counts, extra: np.ndarray | None = None, lines: int | None = None) -> bool:
+    def fits(self, counts: Counts, extra: np.ndarray | None = None, lines: int | None = None, *,
+             extra_radius: float = 0.0) -> bool:
         """Can atoms in these per-element ``counts`` all still be placed, next to the placed atoms
-        and the ``extra`` points (the orbit of a site being considered), in at most ``lines`` site
-        lines (``None``: any number)?
+        and the ``extra`` points (the orbit of a site being considered, atoms of ``extra_radius``),
+        in at most ``lines`` site lines (``None``: any number)?
 
         A completion found once is kept as a certificate for its counts: while the placed atoms
         do not change, a new question with other ``extra`` points is answered by checking the
         certificate's atoms against them before searching again.
         """
-        key = tuple(sorted((int(c) for c in counts if c > 0), reverse=True))
+        key = self._key(counts)
         if not key:
             return True
-        if not allocatable(self.number, key) or (lines is not None and min_lines(self.number, key) > lines):
+        ints = tuple(c for c, _ in key)
+        if not allocatable(self.number, ints) or (lines is not None and min_lines(self.number, ints) > lines):
             return False
-        extra = np.zeros((0, 3)) if extra is None else np.asarray(extra, dtype=float)
+        extra = np.zeros((0, 3)) if extra is None else np.asarray(extra, dtype=float).reshape(-1, 3)
+        extra_r = np.full(len(extra), float(extra_radius) if self.f else 0.0)
         cert = self._certs.get(key)
-        if (cert is not None and (lines is None or cert[1] <= lines)
-                and (len(extra) == 0 or min_distance(cert[0], extra, self.matrix).min() >= self.dmin)):
-            return True
+        if cert is not None and (lines is None or cert[2] <= lines):
+            if len(extra) == 0:
+                return True
+            dist = pair_distances(cert[0], extra, self.matrix)
+            if (dist >= np.maximum(self.dmin, self.f * (cert[1][:, None] + extra_r[None, :]))).all():
+                return True
         self._nodes = 0
         try:
-            path = self._search(key, np.vstack([self.placed, extra]), lines)
+            path = self._search(key, np.vstack([self.placed, extra]), np.concatenate([self.placed_r, extra_r]),
+                                lines)
         except _Budget:
             self.optimistic += 1
             return True
         if path is None:
             return False
-        self._certs[key] = (np.vstack(path), len(path))
+        self._certs[key] = (np.vstack([o for o, _ in path]),
+                            np.concatenate([np.full(len(o), r) for o, r in path]), len(path))
         return True
 
-    def _search(self, counts: tuple[int, ...], placed: np.ndarray, lines: int | None = None) -> list[np.ndarray] | None:
-        """Depth-first search: the orbits of one completion in at most ``lines`` orbits, or ``None``."""
+    def _search(self, counts: tuple[tuple[int, float], ...], placed: np.ndarray, placed_r: np.ndarray,
+                lines: int | None = None) -> list[tuple[np.ndarray, float]] | None:
+        """Depth-first search: the orbits (with their radius) of one completion in at most
+        ``lines`` orbits, or ``None``."""
         if not counts:
             return []
-        if lines is not None and min_lines(self.number, counts) > lines:
+        ints = tuple(c for c, _ in counts)
+        if lines is not None and min_lines(self.number, ints) > lines:
             return None
-        memo_key = (counts, lines, np.round(placed, 3).tobytes())
+        memo_key = (counts, lines, np.round(placed, 3).tobytes(), np.round(placed_r, 3).tobytes())
         if memo_key in self._memo:
             return self._memo[memo_key]
         self._nodes += 1
         if self._nodes > self.budget:
             raise _Budget
         result = None
-        if self._still_allocatable(counts, placed):
-            r, rest = counts[0], counts[1:]
+        if self._still_allocatable(counts, placed, placed_r):
+            (r, rad), rest = counts[0], counts[1:]
             for m in reversed(self.sizes):
                 if m > r:
                     continue
-                nxt = tuple(sorted(rest + ((r - m),) if r > m else rest, reverse=True))
-                if not allocatable(self.number, nxt):
+                nxt = tuple(sorted(rest + ((r - m, rad),) if r > m else rest, reverse=True))
+                if not allocatable(self.number, tuple(c for c, _ in nxt)):
                     continue
-                for p in self._first_ok(self.candidates(m), m, placed, 3):
+                for p in self._first_ok(self.candidates(m), m, placed, 3, radius=rad, placed_r=placed_r):
                     orb = self.orbit_of(p)
-                    sub = self._search(nxt, np.vstack([placed, orb]), None if lines is None else lines - 1)
+                    sub = self._search(nxt, np.vstack([placed, orb]), np.concatenate([placed_r, np.full(len(orb), rad)]),
+                                       None if lines is None else lines - 1)
                     if sub is not None:
-                        result = [orb, *sub]
+                        result = [(orb, rad), *sub]
                         break
                 if result is not None:
                     break
         self._memo[memo_key] = result
         return result
 
-    def _first_ok(self, cands: np.ndarray, m: int, placed: np.ndarray, k: int, chunk: int = 24) -> list[np.ndarray]:
+    def _first_ok(self, cands: np.ndarray, m: int, placed: np.ndarray, k: int, chunk: int = 24, *,
+                  radius: float = 0.0, placed_r: np.ndarray | None = None) -> list[np.ndarray]:
         """Up to ``k`` admissible candidates, checked in chunks (most questions need one)."""
         found: list[np.ndarray] = []
         for start in range(0, len(cands), chunk):
             part = cands[start:start + chunk]
-            found.extend(part[self.check(part, m, placed)])
+            found.extend(part[self.check(part, m, placed, radius=radius, placed_r=placed_r)])
             if len(found) >= k:
                 break
         return found[:k]
 
-    def _still_allocatable(self, counts: tuple[int, ...], placed: np.ndarray) -> bool:
+    def _still_allocatable(self, counts: tuple[tuple[int, float], ...], placed: np.ndarray,
+                           placed_r: np.ndarray) -> bool:
         """:func:`allocatable` with what is still free: special points not yet blocked, and a
         multiplicity with free parameters only while one of its probe points is still admissible
-        (a line of 2-fold sites can fill up)."""
+        (a line of 2-fold sites can fill up). Judged for the smallest remaining atom, so it
+        never refuses what some element could still use."""
+        radius = min(r for _, r in counts)
+        top = max(c for c, _ in counts)
         unlimited, sizes, free = set(), [], []
         for m in self.sizes:
+            if m > top:
+                break  # no remaining count can use a larger orbit
             fixed, probes = self.table[m]
-            if len(probes) and self._first_ok(probes, m, placed, 1):
+            if len(probes) and self._first_ok(probes, m, placed, 1, radius=radius, placed_r=placed_r):
                 unlimited.add(m)
             elif len(fixed):
-                n_free = int(self.check(fixed, m, placed).sum())
+                n_free = int(self.check(fixed, m, placed, radius=radius, placed_r=placed_r).sum())
                 if n_free:
                     sizes.append(m)
                     free.append(n_free)
-        return _allocate(counts, frozenset(unlimited), tuple(free), tuple(sizes))
+        return _allocate(tuple(c for c, _ in counts), frozenset(unlimited), tuple(free), tuple(sizes))
 
-    def site_fits(self, p: np.ndarray, m: int, rest_counts, lines: int | None = None) -> bool:
-        """Is ``p`` an admissible site of multiplicity ``m`` after which ``rest_counts`` still fit
-        (in at most ``lines`` further site lines)?"""
-        if not self.check(p[None, :], m)[0]:
+    def site_fits(self, p: np.ndarray, m: int, rest_counts: Counts, lines: int | None = None, *,
+                  element: str | None = None) -> bool:
+        """Is ``p`` an admissible site of multiplicity ``m`` (for an atom of ``element``) after which
+        ``rest_counts`` still fit (in at most ``lines`` further site lines)?"""
+        radius = self.radius_of(element)
+        if not self.check(p[None, :], m, radius=radius)[0]:
             return False
-        return self.fits(rest_counts, self.orbit_of(p), lines)
+        return self.fits(rest_counts, self.orbit_of(p), lines, extra_radius=radius)
 
-    def site_fitting(self, pts: np.ndarray, m: int, rest_counts, tries: int = 6,
-                     lines: int | None = None) -> np.ndarray | None:
+    def site_fitting(self, pts: np.ndarray, m: int, rest_counts: Counts, tries: int = 6,
+                     lines: int | None = None, *, element: str | None = None) -> np.ndarray | None:
         """The first candidate point that makes an admissible site with a completion, or ``None``."""
         if len(pts) == 0:
             return None
-        for p in self._first_ok(pts, m, self.placed, tries):
-            if self.fits(rest_counts, self.orbit_of(p), lines):
+        radius = self.radius_of(element)
+        for p in self._first_ok(pts, m, self.placed, tries, radius=radius, placed_r=self.placed_r):
+            if self.fits(rest_counts, self.orbit_of(p), lines, extra_radius=radius):
                 return p
         return None
 
-    def any_site_fits(self, pts: np.ndarray, m: int, rest_counts, tries: int = 6,
-                      lines: int | None = None) -> bool:
+    def any_site_fits(self, pts: np.ndarray, m: int, rest_counts: Counts, tries: int = 6,
+                      lines: int | None = None, *, element: str | None = None) -> bool:
         """Does one of the candidate points make an admissible site with a completion?"""
-        return self.site_fitting(pts, m, rest_counts, tries, lines) is not None
+        return self.site_fitting(pts, m, rest_counts, tries, lines, element=element) is not None
 
-    def multiplicity_ok(self, m: int, rest_counts, lines: int | None = None) -> bool:
+    def multiplicity_ok(self, m: int, rest_counts: Counts, lines: int | None = None, *,
+                        element: str | None = None) -> bool:
         """Can a site of multiplicity ``m`` go somewhere now and leave ``rest_counts`` placeable
         (in at most ``lines`` further site lines)?"""
-        return self.any_site_fits(self.candidates(m), m, rest_counts, lines=lines)
+        return self.any_site_fits(self.candidates(m), m, rest_counts, lines=lines, element=element)
 
-    def place(self, p: np.ndarray) -> None:
-        self.placed = np.vstack([self.placed, self.orbit_of(p)])
+    def place(self, p: np.ndarray, element: str | None = None) -> None:
+        orb = self.orbit_of(p)
+        self.placed = np.vstack([self.placed, orb])
+        self.placed_r = np.concatenate([self.placed_r, np.full(len(orb), self.radius_of(element))])
         self._memo.clear()
         self._certs.clear()
 

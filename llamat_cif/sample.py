@@ -13,7 +13,10 @@ missing and writes the whole table, identical to a single-process run.
 
 With ``constrained=True`` (default) a logits processor walks every sequence through the document
 grammar of :mod:`llamat_cif.grammar`: only text that parses can be written, the composition follows
-the requested (or self-declared) formula, and sites closer than ``min_distance`` are refused.
+the requested (or self-declared) formula, sites closer than ``min_distance`` (CDVAE's 0.5 Å) or than
+``min_contact_ratio`` x their covalent-radius sum are refused, and the cell volume stays within the
+``volume_window`` around the composition-based prediction (both calibrated on MP-20 train by
+default, :mod:`llamat_cif.physics`).
 ``constrained=False`` samples the bare model (to measure what the constraint adds).
 
 Temperature and top-p left as ``None`` take the values the model folder recommends in its
@@ -52,6 +55,12 @@ class SampleConfig:
     seed: int = 0
     constrained: bool = True
     min_distance: float | None = 0.5  # Å; constraint on site placement (None: off)
+    # physics in decoding (llamat_cif.physics): every pair at least f x its covalent-radius sum;
+    # None: the calibrated f (>= 99.9 % of MP-20 train pass), 0: off
+    min_contact_ratio: float | None = None
+    # volume per atom within [lo, hi] x the composition-based prediction: "auto" (calibrated on
+    # MP-20 train, >= 99.5 % inside), "off", or "LO,HI"
+    volume_window: str = "auto"
     charge_balanced: bool = False  # constraint: a self-chosen formula must be SMACT-valid
     max_new_tokens: int = 1000
     device: str | None = None
@@ -59,6 +68,38 @@ class SampleConfig:
     threads: int | None = 1  # CPU threads for torch; 1 is fastest for small models on a busy machine
     targets: str | None = None  # CSV with target_formula[, target_spacegroup]: one sample per row (n = rows)
     shard: tuple[int, int] | None = None  # (i, k): draw only batches b with b % k == i
+
+
+def resolve_physics(min_contact_ratio: float | None, volume_window: str | None) -> tuple[float, str]:
+    """The contact ratio and volume window a run uses, as recorded in ``sample_config.json``:
+    ``(f, "lo,hi" or "off")`` with the calibrated values of :mod:`llamat_cif.physics` for
+    ``None`` / ``"auto"``."""
+    from llamat_cif.physics import contact_ratio_default, volume_window_default
+
+    f = contact_ratio_default() if min_contact_ratio is None else float(min_contact_ratio)
+    if f < 0 or f >= 1.5:
+        raise ValueError(f"min contact ratio must be in [0, 1.5), got {f}")
+    win = (volume_window or "auto").strip().lower()
+    if win == "auto":
+        lo, hi = volume_window_default()
+    elif win in ("off", "none", "0"):
+        return f, "off"
+    else:
+        try:
+            lo, hi = (float(x) for x in win.split(","))
+        except ValueError:
+            raise ValueError(f"volume window must be auto, off or LO,HI (e.g. 0.7,2.0), got {volume_window!r}") from None
+        if not 0 < lo < hi:
+            raise ValueError(f"volume window needs 0 < LO < HI, got {volume_window!r}")
+    return f, f"{lo:g},{hi:g}"
+
+
+def window_tuple(volume_window: str) -> tuple[float, float] | None:
+    """``"lo,hi"`` -> ``(lo, hi)``; ``"off"`` -> ``None`` (a resolved :func:`resolve_physics` value)."""
+    if volume_window == "off":
+        return None
+    lo, hi = (float(x) for x in volume_window.split(","))
+    return lo, hi
 
 
 def recommended_sampling(model) -> tuple[float, float]:
@@ -230,8 +271,11 @@ def _check_resume(out: Path, cfg: SampleConfig) -> None:
     if saved.is_file():
         old = json.loads(saved.read_text())
         keys = ("model", "formula", "spacegroup", "temperature", "top_p", "top_k", "batch_size", "seed",
-                "constrained", "min_distance", "charge_balanced", "fmt", "max_new_tokens")
+                "constrained", "min_distance", "charge_balanced", "fmt", "max_new_tokens",
+                "min_contact_ratio", "volume_window")
         default = {f.name: f.default for f in fields(SampleConfig)}  # keys added since the run began
+        # runs from before physics decoding were drawn without it
+        default.update(min_contact_ratio=0.0, volume_window="off")
         diff = {k: (old.get(k, default[k]), asdict(cfg).get(k)) for k in keys
                 if old.get(k, default[k]) != asdict(cfg).get(k)}
         if diff:
@@ -282,7 +326,9 @@ def generate(cfg: SampleConfig, *, progress: bool = True, model=None, tokenizer=
     else:
         fmt = cfg.fmt or "cif"
     rec_t, rec_p = recommended_sampling(model)
-    cfg = SampleConfig(**{**asdict(cfg), "fmt": fmt,
+    contact_ratio, volume_window = resolve_physics(cfg.min_contact_ratio, cfg.volume_window)
+    cfg = SampleConfig(**{**asdict(cfg), "fmt": fmt, "min_contact_ratio": contact_ratio,
+                          "volume_window": volume_window,
                           "temperature": rec_t if cfg.temperature is None else cfg.temperature,
                           "top_p": rec_p if cfg.top_p is None else cfg.top_p})
     shard = parse_shard("/".join(map(str, cfg.shard))) if cfg.shard else None
@@ -313,8 +359,9 @@ def generate(cfg: SampleConfig, *, progress: bool = True, model=None, tokenizer=
     vocab = Vocab(tokenizer) if cfg.constrained else None
     stats = Stats()
     max_lines = site_lines_for(cfg.max_new_tokens)
+    physics = dict(contact_ratio=cfg.min_contact_ratio, volume_window=window_tuple(cfg.volume_window))
     cond = Conditions(formula=formula, spacegroup=cfg.spacegroup, min_distance=cfg.min_distance,
-                      charge_balanced=cfg.charge_balanced, max_lines=max_lines)
+                      charge_balanced=cfg.charge_balanced, max_lines=max_lines, **physics)
     grammar = GRAMMARS[fmt]
     prompt = "" if cfg.constrained else _prompt(cfg, fmt, formula)
     t0 = time.time()
@@ -347,7 +394,7 @@ def generate(cfg: SampleConfig, *, progress: bool = True, model=None, tokenizer=
                 conds = [cond if not targets else
                          Conditions(formula=parse_formula(f) if f else None, spacegroup=g,
                                     min_distance=cfg.min_distance, charge_balanced=cfg.charge_balanced,
-                                    max_lines=max_lines)
+                                    max_lines=max_lines, **physics)
                          for f, g in row_targets]
                 decoders = [Decoder(grammar(vocab, c, stats), vocab, stats) for c in conds]
                 kwargs["logits_processor"] = [GrammarLogitsProcessor(

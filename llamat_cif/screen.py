@@ -44,6 +44,8 @@ class ScreenConfig:
         formula / spacegroup: optional generation conditions.
         temperature / top_p / top_k / batch_size / constrained: sampling settings (temperature and
             top_p ``None``: the model's recommendation; the values used are in ``sample_config.json``).
+        min_contact_ratio / volume_window: physical geometry in constrained decoding
+            (:class:`llamat_cif.sample.SampleConfig`).
         relax: relaxer settings.
         hull: user hull file (None: MP-20 reference hull).
         n_workers: processes for validation and relaxation.
@@ -68,6 +70,8 @@ class ScreenConfig:
     top_k: int = 0
     batch_size: int = 32
     constrained: bool = True
+    min_contact_ratio: float | None = None  # None: calibrated (llamat_cif.physics), 0: off
+    volume_window: str = "auto"  # auto | off | "lo,hi"
     relax: RelaxConfig = field(default_factory=RelaxConfig)
     hull: str | None = None
     n_workers: int = 1
@@ -153,7 +157,8 @@ def stage_generate(config: ScreenConfig, *, progress: bool = True) -> pd.DataFra
     sc = SampleConfig(n=config.n, model=config.model, out_dir=str(config.out_dir), formula=config.formula,
                       spacegroup=config.spacegroup, temperature=config.temperature, top_p=config.top_p,
                       top_k=config.top_k, batch_size=config.batch_size, seed=config.seed,
-                      constrained=config.constrained, device=config.device)
+                      constrained=config.constrained, device=config.device,
+                      min_contact_ratio=config.min_contact_ratio, volume_window=config.volume_window)
     generate(sc, progress=progress)
     return pd.read_csv(path, dtype={"id": str}, keep_default_na=False)
 

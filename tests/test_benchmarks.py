@@ -309,6 +309,62 @@ def test_cli_benchmark_end_to_end(tmp_path, monkeypatch):
     assert (per_el.loc[per_el["n_reference"] > 0, "recall"] == 1.0).all()
 
 
+
+@requires_data
+def test_cli_benchmark_no_coverage(tmp_path, monkeypatch):
+    """--no-coverage: no fingerprint of the samples or the reference is computed, no coverage metric or
+    per-element recall is written, and validity, novelty and property distances are as with coverage."""
+    from click.testing import CliRunner
+
+    import llamat_cif.benchmarks.run as bench_run
+    from llamat_cif.cli import main
+    from llamat_cif.data import load_split
+
+    def no_fingerprints(*args, **kwargs):
+        raise AssertionError("--no-coverage must not fingerprint anything")
+
+    monkeypatch.setattr(bench_run, "compute_fingerprints", no_fingerprints)
+    monkeypatch.setattr(bench_run, "_reference_validity", no_fingerprints)
+    monkeypatch.setenv("LLAMAT_CIF_CACHE", str(tmp_path / "cache"))
+    ref = load_split("mp20", "test", limit=12)
+    run = tmp_path / "run"
+    run.mkdir()
+    ids = [f"s{i:06d}" for i in range(14)]
+    cifs = list(ref["cif"]) + ["", "garbage"]
+    pd.DataFrame({"id": ids, "text": cifs, "fmt": "cif", "cif": cifs, "error": [""] * 12 + ["no decode"] * 2,
+                  "target_formula": ""}).to_csv(run / "samples.csv", index=False)
+    ok = [True] * 12 + [False, False]
+    pd.DataFrame({"id": ids, "parsed": ok, "structurally_valid": ok, "compositionally_valid": ok,
+                  "valid": ok}).to_parquet(run / "validity.parquet")
+    out = tmp_path / "bench"
+    args = ["benchmark", "--samples", str(run), "--reference", "mp20-test", "--reference-limit", "12",
+            "--out", str(out), "--no-coverage"]
+    res = CliRunner().invoke(main, args + ["--struct-cutoff", "0.3"])
+    assert res.exit_code != 0 and "--no-coverage" in res.output  # a coverage cutoff without coverage
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    m = metrics["metrics"]
+    assert not [k for k in m if "coverage" in k or k.startswith("cov")]
+    assert (m["valid_rate"]["numerator"], m["valid_rate"]["denominator"]) == (12, 14)
+    assert (m["parse_rate"]["numerator"], m["parse_rate"]["denominator"]) == (12, 14)
+    assert (m["valid_rate_over_parsed"]["numerator"], m["valid_rate_over_parsed"]["denominator"]) == (12, 12)
+    assert (m["unique_as_generated"]["numerator"], m["unique_as_generated"]["denominator"]) == (12, 12)
+    assert m["novel_as_generated"]["denominator"] == 12
+    assert m["wdist_density"]["value"] == pytest.approx(0.0, abs=1e-9)
+    assert metrics["protocol"]["coverage"]["skipped"] is True
+    assert metrics["protocol"]["config"]["coverage"] is False
+    assert "fingerprint_cache" not in metrics["protocol"] and "n_with_fingerprint" not in metrics["reference"]
+    assert "fingerprinted" not in metrics["samples"] and metrics["samples"]["valid"] == 12
+    assert not [f for f in (tmp_path / "cache").rglob("*") if f.suffix in (".npz", ".npy")]  # structure tables only
+    per_el = pd.read_csv(out / "per_element.csv")
+    assert "recall" not in per_el.columns and np.allclose(per_el["freq_generated"], per_el["freq_reference"])
+    assert not (out / "figures" / "ptable_recall.png").exists()
+    assert (out / "figures" / "ptable_frequency_ratio.png").exists()
+    report = (out / "report.md").read_text()
+    assert "Coverage skipped" in report and "ptable_recall" not in report
+    assert "coverage_recall" not in res.output and "valid_rate" in res.output
+
 def test_uniqueness_and_novelty_as_generated():
     """Known answers: a translated copy is a repeat, another structure type of the same formula is not,
     and only structures absent from the training set are novel."""
@@ -339,3 +395,101 @@ def test_training_set_for_reference():
     assert why is None and training.name == "MP-20 train, available subset (n=8344)"
     training, why = training_set_for("carbon24-test")
     assert training is None and "carbon24/train" in why
+
+
+# ------------------------------------------------------------------------------------ --stability N
+
+
+def test_choose_valid_is_seeded_and_capped():
+    from llamat_cif.benchmarks.stability_metrics import choose_valid
+
+    valid = np.array([True, False, True, True, False, True, True])
+    a, b = choose_valid(valid, 3, seed=5), choose_valid(valid, 3, seed=5)
+    assert list(a) == list(b) and len(a) == 3 and valid[a].all() and list(a) == sorted(a)
+    assert list(choose_valid(valid, 10, seed=0)) == [0, 2, 3, 5, 6]  # fewer valid than asked: all of them
+
+
+def test_chosen_stability_counts_failures_in_the_chosen_denominator(nacl, diamond):
+    """Four chosen: NaCl on the hull, diamond 0.05 above, one time-out, one without a row. Every
+    rate is over the 4 chosen; the estimate over generated scales by valid/generated = 8/10."""
+    from llamat_cif.benchmarks.stability_metrics import chosen_stability
+    from llamat_cif.stability.sun import TrainingSet
+
+    table = pd.DataFrame({
+        "id": ["a", "b", "c", "other"],
+        "relaxed_cif": [nacl.to(fmt="cif"), diamond.to(fmt="cif"), None, nacl.to(fmt="cif")],
+        "e_hull": [-0.01, 0.05, np.nan, -1.0],
+        "converged": [True, False, False, True],
+        "n_steps": [10, 500, 3, 1],
+        "wall_s": [1.0, 3.0, 300.0, 0.1],
+        "error": [None, "", "RelaxationError: time limit 300 s exceeded", None],
+    })
+    m, funnel_rows = chosen_stability(table, ["a", "b", "c", "d"], n_valid=8, n_generated=10,
+                                      training=TrainingSet.from_structures([nacl], name="NaCl only"))
+    got = {k: (m[f"stability_{k}_rate"].numerator, m[f"stability_{k}_rate"].denominator)
+           for k in ("relaxed", "converged", "metastable", "stable", "sun", "msun")}
+    assert got == {"relaxed": (2, 4), "converged": (1, 4), "metastable": (2, 4), "stable": (1, 4),
+                   "sun": (0, 4), "msun": (1, 4)}  # diamond: novel vs a NaCl-only set, metastable, not stable
+    assert m["stability_metastable_rate"].denominator_name == "chosen valid samples"
+    assert m["stability_metastable_est_generated"].value == pytest.approx(0.8 * 0.5)
+    assert m["stability_metastable_est_generated"].denominator == 10
+    assert m["stability_median_e_hull"].value == pytest.approx(0.02)
+    assert m["stability_median_steps"].value == pytest.approx(255.0)
+    assert m["stability_median_seconds"].counts["relaxed without error"] == 2
+    assert [r["key"] for r in funnel_rows] == ["relaxed", "converged", "metastable", "stable", "sun", "msun"]
+    assert "stability_sun_rate" not in chosen_stability(table, ["a"], n_valid=1, n_generated=1)[0]
+
+
+@requires_data
+def test_cli_benchmark_stability_end_to_end(tmp_path, monkeypatch):
+    """Rock-salt NaCl and KCl (valid), Na-Cl 0.4 Å apart (invalid) and garbage: --stability 2 relaxes
+    the two valid ones, both metastable (MP ground states), 2/2 of chosen and 0.5 of generated;
+    a rerun reads stability.parquet instead of relaxing again."""
+    from click.testing import CliRunner
+    from pymatgen.core import Lattice, Structure
+
+    from llamat_cif.cli import main
+
+    monkeypatch.setenv("LLAMAT_CIF_CACHE", str(tmp_path / "cache"))
+    nacl = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    kcl = Structure.from_spacegroup("Fm-3m", Lattice.cubic(6.29), ["K", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    close = Structure(Lattice.cubic(4.0), ["Na", "Cl"], [[0, 0, 0], [0.1, 0, 0]])  # 0.4 Å apart
+    cifs = [s.to(fmt="cif") for s in (nacl, close, kcl)] + ["garbage"]
+    run = tmp_path / "run"
+    run.mkdir()
+    pd.DataFrame({"id": [f"s{i:06d}" for i in range(4)], "text": cifs, "fmt": "cif", "cif": cifs, "error": "",
+                  "target_formula": ""}).to_csv(run / "samples.csv", index=False)  # no validity.parquet
+    out = tmp_path / "bench"
+    args = ["benchmark", "--samples", str(run), "--reference", "mp20-test", "--reference-limit", "12",
+            "--out", str(out), "--seed", "1", "--stability", "2"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    m = metrics["metrics"]
+    assert (m["valid_rate"]["numerator"], m["valid_rate"]["denominator"]) == (2, 4)
+    for stage in ("relaxed", "converged", "metastable"):
+        r = m[f"stability_{stage}_rate"]
+        assert (r["numerator"], r["denominator"], r["denominator_name"]) == (2, 2, "chosen valid samples")
+        assert m[f"stability_{stage}_est_generated"]["value"] == pytest.approx(0.5)
+        assert m[f"stability_{stage}_est_generated"]["denominator"] == 4
+    assert m["stability_sun_rate"]["numerator"] == 0  # both are MP-20 train structures: not novel
+    assert m["stability_median_e_hull"]["value"] < 0.1
+    section = metrics["stability"]
+    assert sorted(section["chosen_ids"]) == ["s000000", "s000002"]
+    p = section["protocol"]
+    assert (p["potential"], p["fmax_eV_A"], p["seed"], p["n_chosen"], p["rescale_volume"]) == ("chgnet", 0.1, 1, 2, False)
+    assert "MP-20" in p["hull"]
+    geo = section["geometry"]["tables"]
+    assert geo["chosen, as generated"]["short_contacts"]["count"] == 0
+    assert geo["chosen, as generated"]["n"] == 2 and geo["reference (mp20-test)"]["n"] == 12
+    assert (out / "figures" / "hist_e_hull.png").stat().st_size > 5_000
+    report = (out / "report.md").read_text()
+    assert "## Stability of 2 chosen valid samples" in report and "figures/hist_e_hull.png" in report
+    assert "stability_metastable_rate" in res.output and "short contacts" in res.output
+    # rerun: nothing left to relax, the rows file is not rewritten
+    before = (out / "stability.parquet").stat().st_mtime_ns
+    res = CliRunner().invoke(main, args + ["--no-figures", "--no-novelty"])
+    assert res.exit_code == 0, res.output
+    assert (out / "stability.parquet").stat().st_mtime_ns == before
+    again = json.loads((out / "metrics.json").read_text())["metrics"]
+    assert again["stability_metastable_rate"]["numerator"] == 2

@@ -13,7 +13,12 @@ from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
 from pymatgen.core import Composition, Lattice, Structure
 
 from llamat_cif.stability.hull import Hull, HullError, mp2020_corrected_energy
-from llamat_cif.stability.pipeline import StabilityConfig, check_hull_compatible, run_stability
+from llamat_cif.stability.pipeline import (
+    StabilityConfig,
+    StabilityResumeError,
+    check_hull_compatible,
+    run_stability,
+)
 from llamat_cif.stability.potentials import (
     Potential,
     PotentialError,
@@ -22,7 +27,7 @@ from llamat_cif.stability.potentials import (
     infer_energy_scale,
     load_potential,
 )
-from llamat_cif.stability.relax import RelaxConfig, relax_many, relax_structure
+from llamat_cif.stability.relax import LOGM_WARNING, RelaxConfig, relax_many, relax_structure
 from llamat_cif.stability.sun import (
     TrainingSet,
     load_chemical_systems,
@@ -292,3 +297,74 @@ def test_overlapping_atoms_refused_before_relaxation(chgnet):
     s = Structure(Lattice.cubic(4.0), ["Na", "Cl"], [[0, 0, 0], [0.005, 0, 0]])  # 0.02 Å apart
     row = relax_structure(s, chgnet, RelaxConfig(), sid="overlap")
     assert "closer than 0.5" in row["error"] and row["wall_s"] < 5
+
+
+# ------------------------------------------------------------------------------------ warnings, rescale
+
+
+def _logm_warnings(caught) -> list[str]:
+    return [str(w.message) for w in caught if LOGM_WARNING in str(w.message)]
+
+
+def test_logm_warning_does_not_escape_an_in_process_relaxation(chgnet, nacl):
+    """ASE's FrechetCellFilter takes scipy ``logm(n_atoms * F)`` at every step; from ~35 atoms on,
+    scipy flags that as inaccurate. A 64-atom rock salt strained by 10 % in volume floods
+    without the filter and stays silent through ``relax_structure`` (in-process, no pool)."""
+    import warnings
+
+    from ase.filters import FrechetCellFilter
+    from ase.optimize import FIRE
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    big = nacl.copy()
+    big.make_supercell([2, 2, 2])  # 64 atoms: tiny cells never trip scipy's tolerance
+    big.scale_lattice(big.volume * 1.1)
+    # the unfiltered ASE path warns (known answer on scipy 1.17 / ase 3.29)
+    atoms = AseAtomsAdaptor.get_atoms(big)
+    atoms.calc = chgnet.calculator()
+    with warnings.catch_warnings(record=True) as raw:
+        warnings.simplefilter("always")
+        FIRE(FrechetCellFilter(atoms), logfile=None).run(fmax=0.1, steps=3)
+    assert _logm_warnings(raw), "premise: FrechetCellFilter on 64 atoms makes scipy's logm warn"
+    # the relaxer's own path: no logm warning escapes, even under simplefilter("always")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        row = next(relax_many([("big", big)], chgnet, RelaxConfig(max_steps=60)))
+    assert row["error"] is None and row["converged"]
+    assert _logm_warnings(caught) == []
+    assert row["volume_change"] < -0.02  # the 10 % expansion relaxes back (CHGNet's rock salt is ~3 % larger)
+
+
+def test_rescale_to_predicted_volume_before_relaxation(chgnet, nacl):
+    """A rock salt blown up to twice its volume is put back at the composition-predicted volume
+    (within 25 % of the real 22.4 Å^3/atom) before FIRE starts, and relaxes to NaCl's volume."""
+    from llamat_cif.physics import rescale_to_predicted, volume_model
+
+    v_pred = volume_model().per_atom({"Na": 1, "Cl": 1})
+    blown = nacl.copy()
+    blown.scale_lattice(2 * nacl.volume)
+    rescaled = rescale_to_predicted(blown)
+    assert rescaled.volume / len(rescaled) == pytest.approx(v_pred, rel=1e-9)
+    assert rescaled.volume / len(rescaled) == pytest.approx(nacl.volume / len(nacl), rel=0.25)
+    assert rescaled.lattice.angles == pytest.approx(blown.lattice.angles)  # isotropic: shape kept
+    cfg = RelaxConfig(rescale_volume=True)
+    assert cfg.protocol()["rescale_volume"] is True and "rescale_to_predicted" in cfg.protocol()["rescale"]
+    row = relax_structure(blown, chgnet, cfg, sid="blown")
+    assert row["error"] is None
+    assert row["volume_rescale"] == pytest.approx(v_pred * len(nacl) / blown.volume, rel=1e-6)
+    # volume_change is against the structure as given: about -50 % back to rock salt
+    relaxed_per_atom = blown.volume * (1 + row["volume_change"]) / len(nacl)
+    assert relaxed_per_atom == pytest.approx(nacl.volume / len(nacl), rel=0.08)
+    assert np.isnan(relax_structure(nacl, chgnet, RelaxConfig(max_steps=5))["volume_rescale"])
+
+
+def test_resume_refuses_rows_relaxed_with_other_settings(tmp_path, chgnet):
+    """Rows already in stability.parquet are never relaxed again, so resuming under another
+    relaxer setting (here --rescale-volume) is refused instead of mixing protocols."""
+    items = pd.DataFrame({"id": ["junk"], "cif": ["garbage"]})
+    run_stability(items, tmp_path, StabilityConfig(), potential=chgnet, hull=_toy_hull(), progress=False)
+    again = run_stability(items, tmp_path, StabilityConfig(), potential=chgnet, hull=_toy_hull(), progress=False)
+    assert list(again["id"]) == ["junk"]
+    with pytest.raises(StabilityResumeError, match="rescale_volume: False -> True"):
+        run_stability(items, tmp_path, StabilityConfig(relax=RelaxConfig(rescale_volume=True)), potential=chgnet,
+                      hull=_toy_hull(), progress=False)

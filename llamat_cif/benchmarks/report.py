@@ -117,6 +117,48 @@ def histogram_png(gen: pd.Series, ref: pd.Series, path: Path, *, xlabel: str, ti
     return path
 
 
+def e_hull_histogram_png(
+    e_hull: pd.Series,
+    path: Path,
+    *,
+    n_chosen: int,
+    metastable_threshold: float = 0.1,
+    stable_threshold: float = 0.0,
+) -> Path:
+    """Histogram of E_hull (eV/atom) of the relaxed chosen samples, with the two threshold lines.
+
+    Values beyond the drawn range (at least -0.2 to 0.5 eV/atom, widened to the 1st-99th
+    percentiles) are counted in the edge bins.
+
+    Args:
+        e_hull: E_hull of the chosen samples relaxed without error.
+        path: output PNG.
+        n_chosen: chosen samples (the legend states how many of them have an E_hull).
+        metastable_threshold: metastability line, eV/atom (0.1).
+        stable_threshold: stability line, eV/atom (0).
+    """
+    plt = _mpl()
+    e = pd.to_numeric(pd.Series(e_hull), errors="coerce").dropna().to_numpy(float)
+    lo, hi = -0.2, 0.5
+    if len(e):
+        lo = min(lo, float(np.percentile(e, 1)))
+        hi = max(hi, float(np.percentile(e, 99)))
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    ax.hist(np.clip(e, lo, hi), bins=np.linspace(lo, hi, 50), color="tab:orange",
+            label=f"relaxed chosen samples ({len(e)} of {n_chosen} chosen)")
+    ax.axvline(stable_threshold, color="black", lw=1.2, label=f"stable: E_hull <= {stable_threshold:g}")
+    ax.axvline(metastable_threshold, color="tab:red", ls="--", lw=1.2,
+               label=f"metastable: E_hull < {metastable_threshold:g}")
+    ax.set_xlabel("E_hull (eV/atom)")
+    ax.set_ylabel("structures")
+    ax.set_title("Energy above the hull after relaxation")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def funnel_png(steps: list[tuple[str, int]], path: Path) -> Path:
     """Horizontal bar chart of the screening funnel."""
     plt = _mpl()
@@ -145,6 +187,8 @@ def _fmt_metric(m: dict[str, Any]) -> str:
         return "n/a"
     if m.get("numerator") is not None and m.get("denominator") is not None:
         return f"{v:.4f} ({m['numerator']}/{m['denominator']} {m.get('denominator_name') or ''})".rstrip()
+    if m.get("denominator") is not None:  # an estimate over a denominator, no counted numerator
+        return f"{v:.4f} (of {m['denominator']} {m.get('denominator_name') or ''})".rstrip()
     return f"{v:.4g} {m.get('unit', '')}".rstrip()
 
 
@@ -157,6 +201,7 @@ def write_report(
     *,
     e_form_gen: pd.Series | None = None,
     e_form_ref: pd.Series | None = None,
+    e_hull_chosen: pd.Series | None = None,
     min_reference: int = 1,
 ) -> Path:
     """Draw the figures and write ``report.md``.
@@ -164,22 +209,19 @@ def write_report(
     Args:
         out: output folder (figures go to ``out/figures``).
         result: the ``metrics.json`` content.
-        per_element: table from :func:`llamat_cif.benchmarks.elements.per_element_coverage`.
+        per_element: table from :func:`llamat_cif.benchmarks.elements.per_element_coverage`
+            (frequency columns only when coverage was skipped: no recall/precision maps then).
         gen_valid: structure table rows of the valid generated structures.
         ref_parsed: structure table rows of the reference structures.
         e_form_gen, e_form_ref: formation energies (eV/atom) for the histogram, when known.
+        e_hull_chosen: E_hull (eV/atom) of the ``--stability N`` samples relaxed without error.
         min_reference: elements with fewer reference structures are left grey in the recall map.
     """
     out = Path(out)
     figs = out / "figures"
     figs.mkdir(parents=True, exist_ok=True)
+    has_coverage = not result["protocol"]["coverage"].get("skipped")
     pe = per_element.set_index("element")
-    rec = {s: r.recall for s, r in pe.iterrows() if r.n_reference >= min_reference}
-    rec_counts = {s: f"{int(r.n_reference_covered)}/{int(r.n_reference)}" for s, r in pe.iterrows()
-                  if r.n_reference >= min_reference}
-    prec = {s: r.precision for s, r in pe.iterrows() if r.n_generated >= 1}
-    prec_counts = {s: f"{int(r.n_generated_precise)}/{int(r.n_generated)}" for s, r in pe.iterrows()
-                   if r.n_generated >= 1}
     ratio = {}
     for s, r in pe.iterrows():
         if r.n_reference > 0 and r.n_generated > 0:
@@ -188,12 +230,19 @@ def write_report(
             ratio[s] = -np.inf
     ref_name = result["reference"]["description"]
     written = []
-    written.append(ptable_png(rec, figs / "ptable_recall.png", counts=rec_counts,
-                              title=f"Coverage recall per element (reference: {ref_name})",
-                              cbar_label="covered / reference structures containing the element"))
-    written.append(ptable_png(prec, figs / "ptable_precision.png", counts=prec_counts,
-                              title="Coverage precision per element (valid generated structures)",
-                              cbar_label="precise / valid generated structures containing the element"))
+    if has_coverage:
+        rec = {s: r.recall for s, r in pe.iterrows() if r.n_reference >= min_reference}
+        rec_counts = {s: f"{int(r.n_reference_covered)}/{int(r.n_reference)}" for s, r in pe.iterrows()
+                      if r.n_reference >= min_reference}
+        prec = {s: r.precision for s, r in pe.iterrows() if r.n_generated >= 1}
+        prec_counts = {s: f"{int(r.n_generated_precise)}/{int(r.n_generated)}" for s, r in pe.iterrows()
+                       if r.n_generated >= 1}
+        written.append(ptable_png(rec, figs / "ptable_recall.png", counts=rec_counts,
+                                  title=f"Coverage recall per element (reference: {ref_name})",
+                                  cbar_label="covered / reference structures containing the element"))
+        written.append(ptable_png(prec, figs / "ptable_precision.png", counts=prec_counts,
+                                  title="Coverage precision per element (valid generated structures)",
+                                  cbar_label="precise / valid generated structures containing the element"))
     lr = {k: float(np.clip(v, -4.0, 4.0)) for k, v in ratio.items()}
     written.append(ptable_png(lr, figs / "ptable_frequency_ratio.png", vmin=-4, vmax=4, cmap="RdBu_r",
                               fmt="{:+.1f}", title="Element frequency: log2(generated / reference) "
@@ -211,17 +260,29 @@ def write_report(
                                      xlabel="formation energy (eV/atom)", title="Formation energy per atom"))
     if result.get("funnel"):
         written.append(funnel_png(result["funnel"], figs / "funnel.png"))
+    stab = result.get("stability")
+    if stab is not None and e_hull_chosen is not None:
+        sp = stab["protocol"]
+        written.append(e_hull_histogram_png(e_hull_chosen, figs / "hist_e_hull.png", n_chosen=sp["n_chosen"],
+                                            metastable_threshold=sp["metastable_threshold_eV_atom"],
+                                            stable_threshold=sp["stable_threshold_eV_atom"]))
 
     m = result["metrics"]
     s = result["samples"]
     p = result["protocol"]
+    if has_coverage:
+        ref_line = f"Reference: **{ref_name}** ({result['reference']['n_with_fingerprint']} with fingerprints)  "
+        fp_part = f", fingerprinted {s['fingerprinted']}"
+    else:
+        ref_line = f"Reference: **{ref_name}** (coverage skipped: no fingerprints computed)  "
+        fp_part = ""
     lines = [
         "# Benchmark report",
         "",
         f"Run: `{result['run']}`  ",
-        f"Reference: **{ref_name}** ({result['reference']['n_with_fingerprint']} with fingerprints)  ",
-        f"Samples: {s['used']} used of {s['in_file']} in samples.csv; parsed {s['parsed']}, valid {s['valid']}, "
-        f"fingerprinted {s['fingerprinted']}  ",
+        ref_line,
+        f"Samples: {s['used']} used of {s['in_file']} in samples.csv; parsed {s['parsed']}, valid {s['valid']}"
+        f"{fp_part}  ",
         f"Seed {p['seed']}; metrics computed in {p['wall_time_s']} s (figures not included) on "
         f"{p['hardware']['cpu']} ({p['hardware']['cpu_count']} CPUs)",
         "",
@@ -233,31 +294,44 @@ def write_report(
     for k, v in m.items():
         lines.append(f"| {k} | {_fmt_metric(v)} |")
     cov = p["coverage"]
-    lines += [
-        "",
-        f"Coverage: structure cutoff {cov['struct_cutoff']}, composition cutoff {cov['comp_cutoff']} "
-        f"(CDVAE), pairing `{cov['pairing']}` (CDVAE code: nearest structure and nearest composition taken "
-        "independently; `coverage_joint_*` requires one partner within both). Headline precision is over "
-        "valid generated structures (crystal-text-llm); CDVAE divides by all generated "
-        "(`coverage_cdvae_*` when run with fingerprint_scope=parsed).",
-        "",
-        "## Per element",
-        "",
-        "![recall per element](figures/ptable_recall.png)",
-        "",
-        "![precision per element](figures/ptable_precision.png)",
-        "",
-        "![element frequency ratio](figures/ptable_frequency_ratio.png)",
-        "",
-    ]
-    worst = per_element[per_element["n_reference"] >= 20].sort_values("recall").head(10)
-    if len(worst):
-        lines += ["Least covered elements (>= 20 reference structures):", "",
-                  "| element | recall | reference structures | generated (valid) containing it |",
-                  "|---|---|---|---|"]
-        for r in worst.itertuples():
-            lines.append(f"| {r.element} | {r.recall:.3f} | {r.n_reference} | {r.n_generated} |")
-        lines.append("")
+    if has_coverage:
+        lines += [
+            "",
+            f"Coverage: structure cutoff {cov['struct_cutoff']}, composition cutoff {cov['comp_cutoff']} "
+            f"(CDVAE), pairing `{cov['pairing']}` (CDVAE code: nearest structure and nearest composition taken "
+            "independently; `coverage_joint_*` requires one partner within both). Headline precision is over "
+            "valid generated structures (crystal-text-llm); CDVAE divides by all generated "
+            "(`coverage_cdvae_*` when run with fingerprint_scope=parsed).",
+            "",
+            "## Per element",
+            "",
+            "![recall per element](figures/ptable_recall.png)",
+            "",
+            "![precision per element](figures/ptable_precision.png)",
+            "",
+            "![element frequency ratio](figures/ptable_frequency_ratio.png)",
+            "",
+        ]
+        worst = per_element[per_element["n_reference"] >= 20].sort_values("recall").head(10)
+        if len(worst):
+            lines += ["Least covered elements (>= 20 reference structures):", "",
+                      "| element | recall | reference structures | generated (valid) containing it |",
+                      "|---|---|---|---|"]
+            for r in worst.itertuples():
+                lines.append(f"| {r.element} | {r.recall:.3f} | {r.n_reference} | {r.n_generated} |")
+            lines.append("")
+    else:
+        lines += [
+            "",
+            "Coverage skipped (`--no-coverage`): no CrystalNN fingerprints were computed, neither of the "
+            "samples nor of the reference, so there are no `coverage_*` metrics and no per-element "
+            "recall/precision maps.",
+            "",
+            "## Per element",
+            "",
+            "![element frequency ratio](figures/ptable_frequency_ratio.png)",
+            "",
+        ]
     lines += ["Full table: `per_element.csv`.", "", "## Property distributions", "",
               "![density](figures/hist_density.png) ![elements](figures/hist_n_elements.png) "
               "![sites](figures/hist_n_sites.png)", ""]
@@ -267,12 +341,65 @@ def write_report(
         lines += ["## Screening funnel", "", "| step | count |", "|---|---|"]
         lines += [f"| {a} | {b} |" for a, b in result["funnel"]]
         lines += ["", "![funnel](figures/funnel.png)", ""]
+    if stab is not None:
+        lines += _stability_lines(stab, figs)
     lines += ["## Protocol", "", "```json", _json_dump({k: p.get(k) for k in ("generation", "coverage", "validity",
                                                                             "stability", "versions", "timings_s")}),
               "```", ""]
+    if stab is not None:
+        lines += ["Stability benchmark protocol:", "", "```json", _json_dump(stab["protocol"]), "```", ""]
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def _stability_lines(stab: dict[str, Any], figs: Path) -> list[str]:
+    """The ``--stability N`` section of ``report.md``: funnel, medians, geometry, histogram."""
+    p, d = stab["protocol"], stab["denominators"]
+    lines = [
+        f"## Stability of {d['chosen']} chosen valid samples", "",
+        f"{p['n_chosen']} of {d['valid']} valid samples ({d['generated']} generated) chosen at random "
+        f"(seed {p['seed']}; {p['n_requested']} requested) and relaxed with {p['potential']} (FIRE, "
+        f"fmax {p['fmax_eV_A']} eV/Å, at most {p['max_steps']} steps, {p['time_limit_s']:g} s each"
+        + (", rescaled to the composition-predicted volume first" if p["rescale_volume"] else "")
+        + f"); E_hull on {p['hull']}. Failed relaxations (errors, time-outs) count as failed at every "
+        "stage. Estimate over generated = valid/generated × count/chosen.", "",
+        "| stage | of chosen | estimate over generated |", "|---|---|---|",
+    ]
+    for r in stab["funnel"]:
+        oc = r["of_chosen"]
+        share = "n/a" if oc["rate"] is None else f"{oc['rate']:.3f}"
+        est = "n/a" if r["estimate_over_generated"] is None else f"{r['estimate_over_generated']:.4f}"
+        lines.append(f"| {r['stage']} | {oc['numerator']}/{oc['denominator']} ({share}) | {est} |")
+    lines.append("")
+    if p.get("novelty_reference"):
+        lines += [f"S.U.N.: unique among the chosen relaxed structures, novel vs {p['novelty_reference']}.", ""]
+    else:
+        lines += ["S.U.N. not assessed (no training split for novelty).", ""]
+    lines += ["| median | value | over |", "|---|---|---|"]
+    for k, m in stab["medians"].items():
+        v = "n/a" if m["value"] is None else f"{m['value']:.3f} {m['unit']}"
+        over = ", ".join(f"{name} {n}" for name, n in m["counts"].items())
+        lines.append(f"| {k} | {v} | {over} |")
+    lines += ["", f"Total relaxation time: {stab['total_relaxation_s']:.1f} s.", ""]
+    g = stab["geometry"]
+    lines += [f"Geometry ({g['short_contact_threshold']}; volume per atom in Å³; reference: {g['reference']}):",
+              "", "| set | measured | short contacts | min contact ratio Q1/Q2/Q3 | volume/atom Q1/Q2/Q3 "
+              "| volume / predicted Q1/Q2/Q3 |", "|---|---|---|---|---|---|"]
+
+    def q(x: list | None) -> str:
+        return "n/a" if not x else " / ".join(f"{v:.3g}" for v in x)
+
+    for name, t in g["tables"].items():
+        sc = t["short_contacts"]
+        share = "n/a" if sc["rate"] is None else f"{sc['rate']:.3f}"
+        lines.append(f"| {name} | {t['n']}/{t['of']} | {sc['count']}/{sc['of']} ({share}) "
+                     f"| {q(t['min_contact_ratio_quartiles'])} | {q(t['volume_per_atom_quartiles'])} "
+                     f"| {q(t['volume_ratio_to_predicted_quartiles'])} |")
+    lines.append("")
+    if (figs / "hist_e_hull.png").exists():
+        lines += ["![E_hull of the relaxed chosen samples](figures/hist_e_hull.png)", ""]
+    return lines
 
 
 def _json_dump(obj: Any) -> str:

@@ -4,6 +4,14 @@ Inputs (run-folder contract): ``samples.csv`` (id, text, fmt, cif, error, target
 optionally ``validity.parquet`` and ``stability.parquet`` / ``sun.json``. Outputs in ``out``:
 ``metrics.json``, ``per_element.csv``, ``report.md`` and ``figures/*.png``.
 
+With ``stability=N`` the benchmark relaxes N seeded-random valid samples itself (CHGNet, default
+:class:`~llamat_cif.stability.relax.RelaxConfig`, E_hull on the MP-20 reference hull) into
+``out/stability.parquet`` (resumable: a rerun relaxes only what is missing) and records which
+samples it chose in ``out/stability_chosen.json``. Its funnel is reported over the chosen samples
+and scaled to all generated, with a geometry table (:func:`llamat_cif.physics.geometry_table`)
+of the chosen and of a seeded reference sample. A run folder holding ``stability_chosen.json``
+is not read as a full stability run: its ``stability.parquet`` covers the chosen samples only.
+
 Coverage protocols written to ``metrics.json``:
 
 * ``coverage`` (headline): generated = *valid* samples (their fingerprints), reference = every
@@ -14,6 +22,13 @@ Coverage protocols written to ``metrics.json``:
   precision denominator is all generated samples, as in CDVAE's ``compute_cov``.
 * ``coverage_crystal_text_llm``: invalid reference structures are dropped too (SMACT-invalid MP-20
   entries), as crystal-text-llm's ``basic_eval.py`` does; needs the validators.
+
+With ``coverage=False`` (``--no-coverage``) no CrystalNN fingerprints are computed, neither of the
+samples nor of the reference set (about 40 min uncached for the 7,342 MP-20 test structures on two
+cores): the ``coverage*`` metrics and the per-element recall/precision are left out,
+``per_element.csv`` holds element frequencies only, and ``metrics.json["protocol"]["coverage"]``
+says ``{"skipped": true, ...}``. Validity, uniqueness/novelty, property distances, CSP and the
+stability metrics do not use fingerprints and are computed as usual.
 """
 
 from __future__ import annotations
@@ -37,7 +52,10 @@ from llamat_cif.benchmarks.fingerprints import compute_fingerprints, reference_c
 from llamat_cif.benchmarks.metric import Metric
 from llamat_cif.benchmarks.properties import structure_table, wasserstein
 from llamat_cif.benchmarks.stability_metrics import (
+    choose_valid,
+    chosen_stability,
     funnel,
+    geometry_section,
     load_stability,
     stability_rates,
     sun_rates,
@@ -46,6 +64,9 @@ from llamat_cif.benchmarks.validity import load_or_compute_validity, validity_ra
 
 PACKAGES = ("llamat-cif", "numpy", "scipy", "pandas", "pymatgen", "matminer", "pymatviz", "smact",
             "matplotlib", "chgnet")
+
+#: written by ``--stability N`` beside its ``stability.parquet``: which samples were chosen
+CHOSEN_FILE = "stability_chosen.json"
 
 
 @dataclass(frozen=True)
@@ -61,6 +82,8 @@ class BenchmarkConfig:
         struct_cutoff, comp_cutoff: coverage cutoffs; None: CDVAE's for the reference dataset.
         fingerprint_scope: ``"valid"`` fingerprints valid samples only (fast, the headline needs
             nothing else); ``"parsed"`` also the parsed-but-invalid ones (adds ``coverage_cdvae``).
+        coverage: compute CrystalNN fingerprints and the CDVAE coverage metrics (overall and per
+            element); False skips every fingerprint, of the samples and of the reference set.
         csp_ks: best-of-k budgets for formula-conditioned samples.
         metastable_threshold, stable_threshold: E_hull thresholds (eV/atom).
         workers: processes for fingerprinting.
@@ -69,6 +92,12 @@ class BenchmarkConfig:
         figures: draw the PNG figures.
         novelty: uniqueness and novelty (vs the reference dataset's train split) of the valid
             samples as generated.
+        stability: relax this many seeded-random valid samples (0: off) and report their funnel
+            (relaxed, converged, metastable, stable, S.U.N., M.S.U.N.) over the chosen and
+            scaled to all generated; ``workers`` processes relax them.
+        rescale_volume: with ``stability``, scale each chosen structure to its
+            composition-predicted volume before relaxing.
+        geometry_reference_n: reference structures (seeded sample) in the geometry table.
     """
 
     samples: str
@@ -79,6 +108,7 @@ class BenchmarkConfig:
     struct_cutoff: float | None = None
     comp_cutoff: float | None = None
     fingerprint_scope: str = "valid"
+    coverage: bool = True
     csp_ks: tuple[int, ...] = (1, 20)
     metastable_threshold: float = 0.1
     stable_threshold: float = 0.0
@@ -88,6 +118,9 @@ class BenchmarkConfig:
     reference_limit: int | None = None
     figures: bool = True
     novelty: bool = True
+    stability: int = 0
+    rescale_volume: bool = False
+    geometry_reference_n: int = 500  # quartiles of 500 structures are stable to a few per cent
 
 
 def _versions() -> dict[str, str | None]:
@@ -188,13 +221,174 @@ def run_benchmark(cfg: BenchmarkConfig, *, show_progress: bool = True) -> dict[s
     ref_tab = structure_table(ref_cifs, cache=cfg.cache_dir, show_progress=show_progress,
                               label=f"parsing {cfg.reference}")
     t = lap("structure_tables", t)
+    if cfg.fingerprint_scope not in ("valid", "parsed"):
+        raise ValueError("fingerprint_scope must be 'valid' or 'parsed'")
+    fp_info: dict[str, Any] = {}
+    if cfg.coverage:
+        cov_metrics, per_el, cov_protocol, fp_info = _coverage_section(
+            cfg, gen_cifs, ref_cifs, ref, gen_tab, ref_tab, valid, parsed,
+            struct_cutoff=struct_cutoff, comp_cutoff=comp_cutoff, say=say, lap=lap, t=t,
+            show_progress=show_progress)
+        metrics.update(cov_metrics)
+        t = time.perf_counter()
+    else:
+        say("coverage skipped (--no-coverage): no fingerprints of the samples or the reference")
+        # element frequencies need no fingerprint: recall/precision columns are left out
+        per_el = per_element_coverage(
+            ref_tab["elements"].tolist(), np.zeros(len(ref_tab), bool), gen_tab["elements"].tolist(),
+            np.zeros(n_gen, bool), ref_mask=ref_tab["parsed"].to_numpy(bool), gen_mask=valid,
+        )[["element", "Z", "n_reference", "n_generated", "freq_reference", "freq_generated"]]
+        cov_protocol = {"skipped": True,
+                        "reason": "coverage=False (--no-coverage): no CrystalNN fingerprints were computed, "
+                                  "so the coverage metrics and the per-element recall/precision are left out"}
+    per_el.to_csv(out / "per_element.csv", index=False)
+
+    # ---- property distributions (valid generated vs reference)
+    metrics["wdist_density"] = wasserstein("wdist_density", gen_tab.loc[valid, "density"],
+                                           ref_tab.loc[ref_tab["parsed"], "density"], unit="g/cm^3",
+                                           protocol={"generated": "valid", "reference": "all parsed"})
+    metrics["wdist_num_elems"] = wasserstein("wdist_num_elems", gen_tab.loc[valid, "n_elements"],
+                                             ref_tab.loc[ref_tab["parsed"], "n_elements"], unit="elements",
+                                             protocol={"generated": "valid", "reference": "all parsed"})
+
+    # ---- uniqueness and novelty of the valid samples as generated
+    training, why_not = None, None
+    if cfg.novelty:
+        from llamat_cif.benchmarks.diversity import training_set_for, uniqueness_novelty
+
+        say("uniqueness and novelty of valid samples (StructureMatcher within each formula)")
+        training, why_not = training_set_for(cfg.reference, cfg.data_dir)
+        metrics.update(uniqueness_novelty(gen_cifs, valid, training))
+        if why_not:
+            say(f"novelty not assessed: {why_not}")
+        t = lap("uniqueness_novelty", t)
+
+    # ---- stability (the run's own stability step, when it has one)
+    stab, stab_summary, sun = load_stability(run_dir)
+    if stab is not None and (run_dir / CHOSEN_FILE).exists():
+        # rows of a --stability N benchmark: N chosen samples, not a stability step over the run
+        say(f"{run_dir / 'stability.parquet'} holds --stability N rows ({CHOSEN_FILE}): "
+            "reported in the stability section only")
+        stab, stab_summary = None, {}
+    stab_protocol = {k: stab_summary[k] for k in ("protocol", "potential", "hull", "relaxer", "thresholds")
+                     if k in stab_summary}
+    sun_metric = None
+    e_form_gen = None
+    if stab is not None:
+        ids = set(samples["id"].astype(str))
+        stab = stab[stab["id"].isin(ids)] if "id" in stab.columns else stab
+        metrics.update(stability_rates(stab, n_gen, metastable_threshold=cfg.metastable_threshold,
+                                       stable_threshold=cfg.stable_threshold, protocol=stab_protocol))
+        if "e_form_per_atom" in stab.columns and "formation_energy_per_atom" in ref.columns:
+            e_form_gen = pd.to_numeric(stab["e_form_per_atom"], errors="coerce")
+            metrics["wdist_e_form"] = wasserstein(
+                "wdist_e_form", e_form_gen, ref["formation_energy_per_atom"], unit="eV/atom",
+                protocol={"generated": "stability step e_form_per_atom (ML potential, relaxed)",
+                          "reference": f"{cfg.reference} formation_energy_per_atom (DFT, Materials Project)",
+                          **stab_protocol})
+    sun_metrics = sun_rates(stab, sun, n_gen)
+    metrics.update(sun_metrics)
+    sun_metric = sun_metrics.get("sun_rate")
+    steps = _screen_funnel(run_dir, n_gen)
+    if steps is None and stab is not None:
+        steps = funnel(n_gen, validity, stab, sun=sun_metric, metastable_threshold=cfg.metastable_threshold,
+                       stable_threshold=cfg.stable_threshold)
+    t = lap("stability", t)
+
+    # ---- stability benchmark: relax N chosen valid samples
+    stability_section: dict | None = None
+    e_hull_chosen = None
+    if cfg.stability > 0:
+        if training is None and why_not is None:
+            from llamat_cif.benchmarks.diversity import training_set_for
+
+            training, why_not = training_set_for(cfg.reference, cfg.data_dir)
+        chosen_metrics, stability_section, e_hull_chosen = _stability_benchmark(
+            cfg, samples, valid, ref, out, training=training, why_not=why_not, say=say,
+            show_progress=show_progress)
+        metrics.update(chosen_metrics)
+        t = lap("stability_benchmark", t)
+
+    # ---- CSP for formula-conditioned samples
+    if "target_formula" in samples.columns and samples["target_formula"].astype(str).str.len().gt(0).any():
+        say("formula-conditioned samples: CSP match rate (StructureMatcher)")
+        csp_in = samples.assign(valid=valid)
+        ref_csp = ref.assign(formula=ref_tab["formula"].values)
+        metrics.update(_csp_with_progress(csp_in, ref_csp, cfg.csp_ks, show_progress))
+        t = lap("csp", t)
+
+    wall = time.perf_counter() - t0
+    result: dict[str, Any] = {
+        "run": str(run_dir),
+        "reference": {
+            "name": cfg.reference,
+            "description": _reference_description(cfg.reference, len(ref)),
+            "n": len(ref),
+            **({"n_with_fingerprint": fp_info["n_with_fingerprint"]} if cfg.coverage else {}),
+        },
+        "samples": {"in_file": n_total, "used": n_gen, "parsed": int(parsed.sum()), "valid": int(valid.sum()),
+                    **({"fingerprinted": fp_info["fingerprinted"]} if cfg.coverage else {})},
+        "metrics": {k: m.to_dict() for k, m in metrics.items()},
+        "funnel": steps,
+        **({"stability": stability_section} if stability_section is not None else {}),
+        "protocol": {
+            "config": asdict(cfg),
+            "coverage": cov_protocol,
+            "generation": _generation_config(run_dir),
+            "validity": validity_protocol,
+            "stability": stab_protocol,
+            "seed": cfg.seed,
+            "versions": _versions(),
+            "hardware": _hardware(),
+            "wall_time_s": round(wall, 2),
+            "timings_s": timings,
+            **({k: fp_info[k] for k in ("fingerprints_per_s_generated", "fingerprint_cache")}
+               if cfg.coverage else {}),
+        },
+    }
+    (out / "metrics.json").write_text(json.dumps(result, indent=2, default=_json_default))
+    if cfg.figures:
+        from llamat_cif.benchmarks.report import write_report
+
+        write_report(out, result, per_el, gen_tab[valid], ref_tab[ref_tab["parsed"]],
+                     e_form_gen=e_form_gen,
+                     e_form_ref=ref["formation_energy_per_atom"] if "formation_energy_per_atom" in ref else None,
+                     e_hull_chosen=e_hull_chosen)
+        result["protocol"]["wall_time_s"] = round(time.perf_counter() - t0, 2)
+        (out / "metrics.json").write_text(json.dumps(result, indent=2, default=_json_default))
+    return result
+
+
+def _coverage_section(
+    cfg: BenchmarkConfig,
+    gen_cifs: list[str],
+    ref_cifs: list[str],
+    ref: pd.DataFrame,
+    gen_tab: pd.DataFrame,
+    ref_tab: pd.DataFrame,
+    valid: np.ndarray,
+    parsed: np.ndarray,
+    *,
+    struct_cutoff: float,
+    comp_cutoff: float,
+    say,
+    lap,
+    t: float,
+    show_progress: bool,
+) -> tuple[dict[str, Metric], pd.DataFrame, dict, dict[str, Any]]:
+    """Fingerprints (cached) of the reference and the samples in scope, coverage, per element.
+
+    Returns:
+        ``(metrics, per_element, coverage_protocol, fingerprint_info)``; ``fingerprint_info``
+        holds the fingerprint counts, rate and cache keys written to ``metrics.json``.
+    """
+    n_gen = len(gen_cifs)
+    metrics: dict[str, Metric] = {}
     say(f"reference {cfg.reference}: {len(ref)} structures; fingerprinting (cached per set)")
     ref_fp = compute_fingerprints(ref_cifs, cache=cfg.cache_dir, show_progress=show_progress,
                                   label=f"fingerprints {cfg.reference}", workers=cfg.workers)
     t = lap("fingerprints_reference", t)
     scope = valid if cfg.fingerprint_scope == "valid" else parsed
-    if cfg.fingerprint_scope not in ("valid", "parsed"):
-        raise ValueError("fingerprint_scope must be 'valid' or 'parsed'")
     # only the structures in scope are fingerprinted (CrystalNN can crawl on overlapping atoms);
     # the set is keyed by their CIF text, so a re-run with the same samples reads the cache
     scope_idx = np.flatnonzero(scope)
@@ -226,107 +420,121 @@ def run_benchmark(cfg: BenchmarkConfig, *, show_progress: bool = True) -> dict[s
                       ref_mask=ref_valid, precision_denominator_name="valid generated with fingerprint",
                       name="coverage_crystal_text_llm", **cov_kw)
         metrics[ct.recall.name], metrics[ct.precision.name] = ct.recall, ct.precision
-    t = lap("coverage", t)
+    lap("coverage", t)
 
     # ---- per element
     per_el = per_element_coverage(ref_tab["elements"].tolist(), main.ref_covered,
                                   gen_tab["elements"].tolist(), main.gen_precise,
                                   ref_mask=main.ref_mask, gen_mask=valid)
-    per_el.to_csv(out / "per_element.csv", index=False)
-
-    # ---- property distributions (valid generated vs reference)
-    metrics["wdist_density"] = wasserstein("wdist_density", gen_tab.loc[valid, "density"],
-                                           ref_tab.loc[ref_tab["parsed"], "density"], unit="g/cm^3",
-                                           protocol={"generated": "valid", "reference": "all parsed"})
-    metrics["wdist_num_elems"] = wasserstein("wdist_num_elems", gen_tab.loc[valid, "n_elements"],
-                                             ref_tab.loc[ref_tab["parsed"], "n_elements"], unit="elements",
-                                             protocol={"generated": "valid", "reference": "all parsed"})
-
-    # ---- uniqueness and novelty of the valid samples as generated
-    if cfg.novelty:
-        from llamat_cif.benchmarks.diversity import training_set_for, uniqueness_novelty
-
-        say("uniqueness and novelty of valid samples (StructureMatcher within each formula)")
-        training, why_not = training_set_for(cfg.reference, cfg.data_dir)
-        metrics.update(uniqueness_novelty(gen_cifs, valid, training))
-        if why_not:
-            say(f"novelty not assessed: {why_not}")
-        t = lap("uniqueness_novelty", t)
-
-    # ---- stability
-    stab, stab_summary, sun = load_stability(run_dir)
-    stab_protocol = {k: stab_summary[k] for k in ("protocol", "potential", "hull", "relaxer", "thresholds")
-                     if k in stab_summary}
-    sun_metric = None
-    e_form_gen = None
-    if stab is not None:
-        ids = set(samples["id"].astype(str))
-        stab = stab[stab["id"].isin(ids)] if "id" in stab.columns else stab
-        metrics.update(stability_rates(stab, n_gen, metastable_threshold=cfg.metastable_threshold,
-                                       stable_threshold=cfg.stable_threshold, protocol=stab_protocol))
-        if "e_form_per_atom" in stab.columns and "formation_energy_per_atom" in ref.columns:
-            e_form_gen = pd.to_numeric(stab["e_form_per_atom"], errors="coerce")
-            metrics["wdist_e_form"] = wasserstein(
-                "wdist_e_form", e_form_gen, ref["formation_energy_per_atom"], unit="eV/atom",
-                protocol={"generated": "stability step e_form_per_atom (ML potential, relaxed)",
-                          "reference": f"{cfg.reference} formation_energy_per_atom (DFT, Materials Project)",
-                          **stab_protocol})
-    sun_metrics = sun_rates(stab, sun, n_gen)
-    metrics.update(sun_metrics)
-    sun_metric = sun_metrics.get("sun_rate")
-    steps = _screen_funnel(run_dir, n_gen)
-    if steps is None and stab is not None:
-        steps = funnel(n_gen, validity, stab, sun=sun_metric, metastable_threshold=cfg.metastable_threshold,
-                       stable_threshold=cfg.stable_threshold)
-    t = lap("stability", t)
-
-    # ---- CSP for formula-conditioned samples
-    if "target_formula" in samples.columns and samples["target_formula"].astype(str).str.len().gt(0).any():
-        say("formula-conditioned samples: CSP match rate (StructureMatcher)")
-        csp_in = samples.assign(valid=valid)
-        ref_csp = ref.assign(formula=ref_tab["formula"].values)
-        metrics.update(_csp_with_progress(csp_in, ref_csp, cfg.csp_ks, show_progress))
-        t = lap("csp", t)
-
-    wall = time.perf_counter() - t0
-    result: dict[str, Any] = {
-        "run": str(run_dir),
-        "reference": {
-            "name": cfg.reference,
-            "description": _reference_description(cfg.reference, len(ref)),
-            "n": len(ref),
-            "n_with_fingerprint": int(ref_fp.ok.sum()),
-        },
-        "samples": {"in_file": n_total, "used": n_gen, "parsed": int(parsed.sum()), "valid": int(valid.sum()),
-                    "fingerprinted": int(gen_fp.ok.sum())},
-        "metrics": {k: m.to_dict() for k, m in metrics.items()},
-        "funnel": steps,
-        "protocol": {
-            "config": asdict(cfg),
-            "coverage": {**main.protocol, "headline": "generated = valid samples; recall over reference; "
-                         "precision over valid generated (crystal-text-llm denominator)"},
-            "generation": _generation_config(run_dir),
-            "validity": validity_protocol,
-            "stability": stab_protocol,
-            "seed": cfg.seed,
-            "versions": _versions(),
-            "hardware": _hardware(),
-            "wall_time_s": round(wall, 2),
-            "timings_s": timings,
+    protocol = {**main.protocol, "headline": "generated = valid samples; recall over reference; "
+                "precision over valid generated (crystal-text-llm denominator)"}
+    info = {"n_with_fingerprint": int(ref_fp.ok.sum()), "fingerprinted": int(gen_fp.ok.sum()),
             "fingerprints_per_s_generated": fp_rate,
-            "fingerprint_cache": {"reference_key": ref_fp.key, "generated_key": gen_fp.key},
-        },
-    }
-    (out / "metrics.json").write_text(json.dumps(result, indent=2, default=_json_default))
-    if cfg.figures:
-        from llamat_cif.benchmarks.report import write_report
+            "fingerprint_cache": {"reference_key": ref_fp.key, "generated_key": gen_fp.key}}
+    return metrics, per_el, protocol, info
 
-        write_report(out, result, per_el, gen_tab[valid], ref_tab[ref_tab["parsed"]],
-                     e_form_gen=e_form_gen,
-                     e_form_ref=ref["formation_energy_per_atom"] if "formation_energy_per_atom" in ref else None)
-        result["protocol"]["wall_time_s"] = round(time.perf_counter() - t0, 2)
-        (out / "metrics.json").write_text(json.dumps(result, indent=2, default=_json_default))
-    return result
+
+def _stability_benchmark(
+    cfg: BenchmarkConfig,
+    samples: pd.DataFrame,
+    valid: np.ndarray,
+    ref: pd.DataFrame,
+    out: Path,
+    *,
+    training,
+    why_not: str | None,
+    say,
+    show_progress: bool,
+) -> tuple[dict[str, Metric], dict, pd.Series]:
+    """Relax ``cfg.stability`` seeded-random valid samples and measure them.
+
+    Returns:
+        ``(metrics, section, e_hull)``: the ``stability_*`` metrics, the ``stability`` section of
+        ``metrics.json`` (protocol, funnel, geometry table) and the E_hull of the chosen samples
+        relaxed without error (for the histogram).
+    """
+    from llamat_cif.stability.pipeline import (
+        StabilityConfig,
+        check_resume_compatible,
+        run_stability,
+    )
+    from llamat_cif.stability.relax import RelaxConfig
+    from llamat_cif.stability.sun import _parse
+
+    n_gen, n_valid = len(samples), int(valid.sum())
+    pos = choose_valid(valid, cfg.stability, seed=cfg.seed)
+    chosen = samples.iloc[pos][["id", "cif"]].astype({"id": str}).reset_index(drop=True)
+    ids = chosen["id"].tolist()
+    # the toolkit's default stability pipeline: CHGNet, RelaxConfig defaults, MP-20 reference hull
+    scfg = StabilityConfig(relax=RelaxConfig(rescale_volume=cfg.rescale_volume), n_workers=cfg.workers,
+                           batch_size=1 if len(chosen) < 64 else 8)
+    say(f"stability: relaxing {len(ids)} of {n_valid} valid samples (seed {cfg.seed}) -> "
+        f"{out / 'stability.parquet'}" + (" after rescaling to the predicted volume" if cfg.rescale_volume else ""))
+    if (out / "stability.parquet").exists():  # refuse before marking the folder as ours
+        check_resume_compatible(out / "stability_summary.json", scfg)
+    (out / CHOSEN_FILE).write_text(json.dumps(
+        {"n_requested": cfg.stability, "seed": cfg.seed, "n_valid": n_valid, "n_generated": n_gen,
+         "chosen_ids": ids}, indent=2))
+    table = run_stability(chosen, out, scfg, data_dir=cfg.data_dir, progress=show_progress)
+    summary = json.loads((out / "stability_summary.json").read_text())
+    relax_proto = summary.get("protocol", {})
+    protocol = {
+        "potential": relax_proto.get("potential", scfg.potential),
+        "energy_scale": relax_proto.get("energy_scale"),
+        "hull": relax_proto.get("hull"),
+        "relaxer": relax_proto.get("relax", scfg.relax.protocol()),
+        "fmax_eV_A": scfg.relax.fmax,
+        "max_steps": scfg.relax.max_steps,
+        "time_limit_s": scfg.relax.time_limit_s,
+        "rescale_volume": cfg.rescale_volume,
+        "metastable_threshold_eV_atom": cfg.metastable_threshold,
+        "stable_threshold_eV_atom": cfg.stable_threshold,
+        "seed": cfg.seed,
+        "n_requested": cfg.stability,
+        "n_chosen": len(ids),
+        "chosen_from": f"valid samples ({n_valid} of {n_gen} generated), uniform without replacement",
+        "rows": "stability.parquet",
+        "novelty_reference": training.name if training is not None else None,
+    }
+    metrics, funnel_rows = chosen_stability(
+        table, ids, n_valid=n_valid, n_generated=n_gen, training=training,
+        metastable_threshold=cfg.metastable_threshold, stable_threshold=cfg.stable_threshold,
+        protocol={k: protocol[k] for k in ("potential", "hull", "fmax_eV_A", "rescale_volume", "seed")})
+    if training is None:
+        say(f"S.U.N. of the chosen not assessed: {why_not or 'novelty off'}")
+
+    rows = table.assign(id=table["id"].astype(str)).drop_duplicates("id", keep="last").set_index("id")
+    rows = rows.reindex(ids)
+    ok = rows["error"].fillna("").astype(str).eq("") & rows["relaxed_cif"].notna()
+    e_hull = pd.to_numeric(rows.loc[ok, "e_hull"], errors="coerce").dropna()
+
+    # geometry on chemical scales: the chosen as generated (and relaxed), a seeded reference sample
+    as_generated = [_parse(c) for c in chosen["cif"]]
+    sets = {"chosen, as generated": as_generated}
+    if cfg.rescale_volume:
+        from llamat_cif.physics import rescale_to_predicted
+
+        sets["chosen, rescaled to predicted volume"] = [rescale_to_predicted(s) if s is not None else None
+                                                        for s in as_generated]
+    sets["chosen, relaxed"] = [_parse(c) for c in rows.loc[ok, "relaxed_cif"]]
+    n_ref = min(cfg.geometry_reference_n, len(ref))
+    ref_pos = np.sort(np.random.default_rng(cfg.seed).choice(len(ref), n_ref, replace=False))
+    ref_name = f"{cfg.reference}: {n_ref} of {len(ref)} (seed {cfg.seed})"
+    sets[f"reference ({cfg.reference})"] = [_parse(c) for c in ref["cif"].iloc[ref_pos]]
+    geometry = geometry_section(sets, reference_name=ref_name)
+
+    section = {
+        "protocol": protocol,
+        "denominators": {"chosen": len(ids), "valid": n_valid, "generated": n_gen,
+                         "estimate_over_generated": "valid/generated x count/chosen"},
+        "funnel": funnel_rows,
+        "medians": {k.removeprefix("stability_"): metrics[k].to_dict() for k in
+                    ("stability_median_e_hull", "stability_median_steps", "stability_median_seconds")},
+        "total_relaxation_s": float(pd.to_numeric(rows["wall_s"], errors="coerce").sum()),
+        "geometry": geometry,
+        "chosen_ids": ids,
+    }
+    return metrics, section, e_hull
 
 
 def _csp_with_progress(samples: pd.DataFrame, ref: pd.DataFrame, ks: tuple[int, ...],

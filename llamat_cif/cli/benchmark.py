@@ -24,8 +24,14 @@ from llamat_cif.cli._common import console, data_dir_option, fail, seed_option
 @click.option("--fingerprint-scope", type=click.Choice(["valid", "parsed"]), default="valid",
               show_default=True,
               help="Fingerprint valid samples only, or every parsed one (adds CDVAE's denominator).")
+@click.option("--coverage/--no-coverage", default=True, show_default=True,
+              help="CrystalNN fingerprints and CDVAE coverage (overall and per element) of the samples "
+                   "against the reference. --no-coverage computes no fingerprint at all (the MP-20 test "
+                   "reference alone takes ~40 min uncached on 2 cores) and leaves the coverage metrics "
+                   "out; validity, uniqueness/novelty, property distances, CSP and --stability still run.")
 @click.option("--workers", type=int, default=1, show_default=True,
-              help="Processes for fingerprinting (CrystalNN, ~0.3 s per structure per core).")
+              help="Processes for fingerprinting (CrystalNN, ~0.3 s per structure per core) and for the "
+                   "relaxations of --stability.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="Fingerprint cache (default: $LLAMAT_CIF_CACHE/fingerprints or ~/.cache/llamat-cif/fingerprints).")
 @click.option("--reference-limit", type=int, default=None, help="Use only the first N reference structures.")
@@ -33,31 +39,57 @@ from llamat_cif.cli._common import console, data_dir_option, fail, seed_option
 @click.option("--novelty/--no-novelty", default=True, show_default=True,
               help="Uniqueness and novelty (vs the reference dataset's train split) of the valid samples "
                    "as generated (StructureMatcher within each formula).")
+@click.option("--stability", "stability_n", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Relax N valid samples (seeded random choice, --seed) with CHGNet and report relaxed, "
+                   "converged, metastable, stable, S.U.N. and M.S.U.N. over the N chosen and scaled to all "
+                   "generated, plus a geometry table; rows go to OUT/stability.parquet (a rerun resumes). "
+                   "0: off.")
+@click.option("--rescale-volume", is_flag=True,
+              help="With --stability: scale each chosen structure to its composition-predicted volume "
+                   "before relaxing.")
 @data_dir_option
 def benchmark(samples: str, reference: str, out: str | None, seed: int, max_samples: int | None,
               struct_cutoff: float | None, comp_cutoff: float | None, fingerprint_scope: str,
-              workers: int, cache_dir: str | None, reference_limit: int | None, no_figures: bool,
-              novelty: bool, data_dir: str | None) -> None:
+              coverage: bool, workers: int, cache_dir: str | None, reference_limit: int | None,
+              no_figures: bool, novelty: bool, stability_n: int, rescale_volume: bool, data_dir: str | None) -> None:
     """Validity, coverage (overall and per element), uniqueness/novelty, property distances, CSP and S.U.N.
+
+    With --stability N, N valid samples are relaxed (CHGNet, FIRE fmax 0.1, E_hull on the MP-20
+    reference hull) and their stability funnel is reported with both denominators. Give --out a
+    folder of its own to keep the run folder's stability files (from `stability` / `screen`) apart.
+    --no-coverage computes no fingerprint (samples or reference) and leaves the coverage metrics out.
 
     \b
     Example:
       llamat-cif benchmark --samples runs/default --reference mp20-test --out runs/default/bench
+      llamat-cif benchmark --samples runs/default --out runs/default/bench --stability 300 --seed 0
+      llamat-cif benchmark --samples runs/default --out runs/default/bench --no-coverage --stability 300
     """
     from rich.table import Table
 
     from llamat_cif.benchmarks.run import BenchmarkConfig, run_benchmark
     from llamat_cif.data import DataError
 
+    if rescale_volume and not stability_n:
+        fail("--rescale-volume applies to the relaxations of --stability N; give --stability too")
+    if not coverage and (struct_cutoff is not None or comp_cutoff is not None or fingerprint_scope != "valid"):
+        fail("--struct-cutoff, --comp-cutoff and --fingerprint-scope apply to coverage; drop them or --no-coverage")
+    if stability_n:
+        from llamat_cif.stability.relax import quiet_warnings
+
+        quiet_warnings()  # as `llamat-cif stability` does: no per-CIF / per-step warning floods
     cfg = BenchmarkConfig(samples=samples, out=out, reference=reference, seed=seed,
                           max_samples=max_samples, struct_cutoff=struct_cutoff, comp_cutoff=comp_cutoff,
-                          fingerprint_scope=fingerprint_scope, workers=workers, data_dir=data_dir,
+                          fingerprint_scope=fingerprint_scope, coverage=coverage, workers=workers, data_dir=data_dir,
                           cache_dir=cache_dir, reference_limit=reference_limit, figures=not no_figures,
-                          novelty=novelty)
+                          novelty=novelty, stability=stability_n, rescale_volume=rescale_volume)
     try:
         result = run_benchmark(cfg)
     except (FileNotFoundError, ValueError, DataError) as exc:
         fail(str(exc))
+        return
+    except ImportError as exc:  # the potential's package (chgnet) for --stability
+        fail(f"--stability needs the stability extras: {exc}")
         return
     table = Table(title=f"benchmark vs {result['reference']['description']}")
     table.add_column("metric")
@@ -68,10 +100,36 @@ def benchmark(samples: str, reference: str, out: str | None, seed: int, max_samp
         val = "n/a" if v is None else f"{v:.4f}"
         if m["numerator"] is not None and m["denominator"] is not None:
             cnt = f"{m['numerator']}/{m['denominator']} {m['denominator_name']}"
+        elif m["denominator"] is not None:  # an estimate: no counted numerator
+            cnt = f"of {m['denominator']} {m['denominator_name']}"
         else:
             cnt = ", ".join(f"{k} {n}" for k, n in m["counts"].items()) + (f" [{m['unit']}]" if m["unit"] else "")
         table.add_row(name, val, cnt)
     console.print(table)
+    if "stability" in result:
+        _print_geometry(result["stability"])
     where = out or samples
     console.print(f"wrote {where}/metrics.json" + ("" if no_figures else f", {where}/report.md, {where}/figures/")
                   + f" in {result['protocol']['wall_time_s']} s")
+
+
+def _print_geometry(section: dict) -> None:
+    """The ``--stability`` geometry table: short contacts and volume per atom, chosen vs reference."""
+    from rich.table import Table
+
+    g = section["geometry"]
+    t = Table(title=f"geometry ({g['short_contact_threshold']}); reference {g['reference']}")
+    t.add_column("set")
+    t.add_column("short contacts", justify="right")
+    t.add_column("volume/atom Q1 / Q2 / Q3 (Å³)", justify="right")
+    t.add_column("volume / predicted Q1 / Q2 / Q3", justify="right")
+    for name, row in g["tables"].items():
+        sc = row["short_contacts"]
+        share = "" if sc["rate"] is None else f" ({100 * sc['rate']:.1f}%)"
+
+        def q(x):
+            return "n/a" if not x else " / ".join(f"{v:.3g}" for v in x)
+
+        t.add_row(name, f"{sc['count']}/{sc['of']}{share}", q(row["volume_per_atom_quartiles"]),
+                  q(row["volume_ratio_to_predicted_quartiles"]))
+    console.print(t)

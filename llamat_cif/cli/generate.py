@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from llamat_cif.cli._common import console, fail, sampling_options, seed_option
+from llamat_cif.cli._common import console, fail, physics_options, sampling_options, seed_option
 
 
 @click.command()
@@ -26,6 +26,7 @@ from llamat_cif.cli._common import console, fail, sampling_options, seed_option
               help="Grammar-constrained decoding (parsable text, requested composition, min distance).")
 @click.option("--min-distance", type=float, default=0.5, show_default=True,
               help="Å; the constraint refuses sites closer than this (0 = off).")
+@physics_options
 @click.option("--charge-balanced", is_flag=True, default=False,
               help="Constrained runs: a formula the model chooses must be SMACT charge-balanced "
                    "(CDVAE compositional validity). Off by default, so validity measures the model.")
@@ -37,7 +38,7 @@ from llamat_cif.cli._common import console, fail, sampling_options, seed_option
                    "share one seeded run; a later run without --shard merges them and fills any gaps.")
 @seed_option
 def generate(n, model, out_dir, formula, spacegroup, targets, temperature, top_p, top_k, batch_size,
-             constrained, min_distance, charge_balanced, max_new_tokens, device, threads, shard, seed) -> None:
+             constrained, min_distance, min_contact_ratio, volume_window, charge_balanced, max_new_tokens, device, threads, shard, seed) -> None:
     """Sample structures into OUT/samples.csv and OUT/cifs/ (resumes an interrupted run)."""
     from llamat_cif.model import ModelLoadError
     from llamat_cif.sample import SampleConfig, parse_shard
@@ -49,7 +50,8 @@ def generate(n, model, out_dir, formula, spacegroup, targets, temperature, top_p
         fail(str(exc))
     cfg = SampleConfig(n=n, out_dir=out_dir, model=model, formula=formula, spacegroup=spacegroup,
                        temperature=temperature, top_p=top_p, top_k=top_k, batch_size=batch_size, seed=seed,
-                       constrained=constrained, min_distance=min_distance or None, charge_balanced=charge_balanced,
+                       constrained=constrained, min_distance=min_distance or None, min_contact_ratio=min_contact_ratio,
+                       volume_window=volume_window, charge_balanced=charge_balanced,
                        max_new_tokens=max_new_tokens, device=device, threads=threads, targets=targets,
                        shard=shard_ik)
     try:

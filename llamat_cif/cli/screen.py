@@ -6,7 +6,14 @@ import os
 
 import click
 
-from llamat_cif.cli._common import console, data_dir_option, fail, sampling_options, seed_option
+from llamat_cif.cli._common import (
+    console,
+    data_dir_option,
+    fail,
+    physics_options,
+    sampling_options,
+    seed_option,
+)
 from llamat_cif.stability.relax import quiet_warnings
 
 
@@ -19,6 +26,7 @@ from llamat_cif.stability.relax import quiet_warnings
 @click.option("--formula", default=None, help="Condition generation on a formula.")
 @click.option("--spacegroup", type=int, default=None, help="Condition generation on a space group number.")
 @sampling_options
+@physics_options
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Generation batch size.")
 @click.option("--fmax", type=float, default=0.1, show_default=True, help="FIRE force threshold, eV/Å.")
 @click.option("--max-steps", type=int, default=500, show_default=True, help="FIRE steps per structure.")
@@ -32,7 +40,8 @@ from llamat_cif.stability.relax import quiet_warnings
 @click.option("--progress/--no-progress", default=True)
 @seed_option
 @data_dir_option
-def screen(n, model, potential, out_dir, formula, spacegroup, temperature, top_p, top_k, batch_size, fmax,
+def screen(n, model, potential, out_dir, formula, spacegroup, temperature, top_p, top_k, min_contact_ratio,
+           volume_window, batch_size, fmax,
            max_steps, time_limit, hull_path, relax_filter, workers, device, progress, seed, data_dir) -> None:
     """Generate N crystals and screen them down to stable, unique, novel candidates.
 
@@ -42,16 +51,17 @@ def screen(n, model, potential, out_dir, formula, spacegroup, temperature, top_p
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     quiet_warnings()
     from llamat_cif.screen import ScreenConfig, ScreenError, run_screen
-    from llamat_cif.stability import HullError, PotentialError, RelaxConfig
+    from llamat_cif.stability import HullError, PotentialError, RelaxConfig, StabilityResumeError
 
     cfg = ScreenConfig(n=n, out_dir=out_dir, model=model, potential=potential, seed=seed, formula=formula,
                        spacegroup=spacegroup, temperature=temperature, top_p=top_p, top_k=top_k,
-                       batch_size=batch_size, relax=RelaxConfig(fmax=fmax, max_steps=max_steps, time_limit_s=time_limit),
+                       batch_size=batch_size, min_contact_ratio=min_contact_ratio, volume_window=volume_window,
+                       relax=RelaxConfig(fmax=fmax, max_steps=max_steps, time_limit_s=time_limit),
                        hull=hull_path, relax_filter=relax_filter, n_workers=workers, device=device)
     try:
         funnel = run_screen(cfg, data_dir=data_dir, progress=progress,
                             on_stage=lambda stage, msg: console.print(f"[bold]{stage}[/]: {msg}"))
-    except (PotentialError, HullError, ScreenError, FileNotFoundError) as exc:
+    except (PotentialError, HullError, ScreenError, StabilityResumeError, FileNotFoundError) as exc:
         fail(str(exc))
     print_funnel(funnel)
     console.print(f"results in {out_dir}: samples.csv, validity.parquet, stability.parquet, sun.json, funnel.json")

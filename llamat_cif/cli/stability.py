@@ -22,6 +22,9 @@ from llamat_cif.stability.relax import quiet_warnings
 @click.option("--fmax", type=float, default=0.1, show_default=True, help="FIRE force threshold, eV/Å.")
 @click.option("--max-steps", type=int, default=500, show_default=True, help="FIRE steps per structure.")
 @click.option("--time-limit", type=float, default=300.0, show_default=True, help="Seconds per structure.")
+@click.option("--rescale-volume", is_flag=True,
+              help="Scale each structure isotropically to its composition-predicted volume before "
+                   "relaxing (llamat_cif.physics.rescale_to_predicted); recorded in the protocol.")
 @click.option("--workers", type=int, default=1, show_default=True, help="Worker processes (CPU).")
 @click.option("--batch-size", type=int, default=8, show_default=True, help="Rows per append to the output.")
 @click.option("--device", default=None, help="cpu / cuda (default: cuda when available).")
@@ -29,14 +32,15 @@ from llamat_cif.stability.relax import quiet_warnings
 @click.option("--progress/--no-progress", default=True)
 @seed_option
 @data_dir_option
-def stability(input_path, out_dir, potential, hull_path, fmax, max_steps, time_limit, workers, batch_size, device,
-              limit, progress, seed, data_dir) -> None:
+def stability(input_path, out_dir, potential, hull_path, fmax, max_steps, time_limit, rescale_volume, workers,
+              batch_size, device, limit, progress, seed, data_dir) -> None:
     """Relax INPUT's structures (FIRE + FrechetCellFilter) and compute E_hull.
 
     INPUT: a run folder with samples.csv (valid rows only when validity.parquet exists), a CSV
     with a `cif` column, a folder of .cif files, or one .cif file. Rows stream to
-    OUT/stability.parquet after every batch; rerunning resumes. The relaxation is deterministic,
-    --seed is recorded only.
+    OUT/stability.parquet after every batch; rerunning resumes (with the same settings: a
+    folder relaxed under other settings is refused). The relaxation is deterministic, --seed is
+    recorded only.
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     quiet_warnings()
@@ -47,6 +51,7 @@ def stability(input_path, out_dir, potential, hull_path, fmax, max_steps, time_l
         PotentialError,
         RelaxConfig,
         StabilityConfig,
+        StabilityResumeError,
         read_structures_input,
         run_stability,
     )
@@ -61,12 +66,14 @@ def stability(input_path, out_dir, potential, hull_path, fmax, max_steps, time_l
     if out is None:
         fail("--out is required when INPUT is a file")
     cfg = StabilityConfig(potential=potential, hull=hull_path,
-                          relax=RelaxConfig(fmax=fmax, max_steps=max_steps, time_limit_s=time_limit),
+                          relax=RelaxConfig(fmax=fmax, max_steps=max_steps, time_limit_s=time_limit,
+                                            rescale_volume=rescale_volume),
                           n_workers=workers, batch_size=batch_size, device=device)
-    console.print(f"{len(items)} structures -> {out / 'stability.parquet'} (potential {potential}, fmax {fmax})")
+    console.print(f"{len(items)} structures -> {out / 'stability.parquet'} (potential {potential}, fmax {fmax}"
+                  + (", rescaled to the predicted volume first)" if rescale_volume else ")"))
     try:
         run_stability(items, out, cfg, data_dir=data_dir, progress=progress)
-    except (PotentialError, HullError) as exc:
+    except (PotentialError, HullError, StabilityResumeError) as exc:
         fail(str(exc))
     summary = json.loads((out / "stability_summary.json").read_text())
     summary["seed"] = seed  # the relaxation is deterministic; the seed is recorded with the run
@@ -96,3 +103,5 @@ def _print_summary(summary: dict, seed: int) -> None:
     p = summary["protocol"]
     console.print(f"potential {p['potential']} ({p['energy_scale']} scale, MP2020 applied: "
                   f"{p['mp2020_correction_applied']}); hull: {p['hull']}; seed {seed}")
+    if p.get("relax", {}).get("rescale_volume"):
+        console.print("each structure was rescaled to its composition-predicted volume before relaxing")

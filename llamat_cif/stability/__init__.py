@@ -14,6 +14,7 @@ from llamat_cif.stability.hull import Hull, HullError, mp2020_corrected_energy
 from llamat_cif.stability.pipeline import (
     E_HULL_METASTABLE,
     StabilityConfig,
+    StabilityResumeError,
     read_structures_input,
     run_stability,
     summarize,
@@ -35,6 +36,7 @@ __all__ = [
     "PotentialError",
     "RelaxConfig",
     "StabilityConfig",
+    "StabilityResumeError",
     "load_potential",
     "mp2020_corrected_energy",
     "read_structures_input",

@@ -34,7 +34,7 @@ E_HULL_STABLE = 0.0
 STABILITY_COLUMNS = [
     "id", "formula", "n_sites", "converged", "n_steps", "wall_s", "energy_initial_per_atom",
     "energy_per_atom", "energy_corrected_per_atom", "e_form_per_atom", "e_hull", "volume_change",
-    "relaxed_cif", "error",
+    "volume_rescale", "relaxed_cif", "error",
 ]
 
 
@@ -145,6 +145,44 @@ def check_hull_compatible(potential: Potential, hull: Hull, *, is_mp_reference: 
         )
 
 
+class StabilityResumeError(ValueError):
+    """The output file holds rows relaxed under other settings; resuming would mix protocols."""
+
+
+def check_resume_compatible(summary_path: str | Path, config: StabilityConfig) -> None:
+    """Refuse to resume a stability file written with another potential, hull or relaxer setting.
+
+    Rows already in the file are never relaxed again, so a rerun with e.g. ``--rescale-volume``
+    or another ``--fmax`` would silently keep the old rows under the new protocol's name.
+
+    Args:
+        summary_path: the ``*_summary.json`` written beside the rows by :func:`run_stability`.
+        config: the settings of the run about to resume.
+
+    Raises:
+        StabilityResumeError: when a recorded setting differs.
+    """
+    path = Path(summary_path)
+    if not path.exists():
+        return
+    try:
+        old = json.loads(path.read_text()).get("config") or {}
+    except (OSError, ValueError):
+        return
+    # settings absent from older files had their (then only) default value
+    old_relax = {**asdict(RelaxConfig()), **(old.get("relax") or {})}
+    new_relax = asdict(config.relax)
+    diffs = [f"relax.{k}: {old_relax.get(k)!r} -> {v!r}" for k, v in new_relax.items() if old_relax.get(k) != v]
+    for key in ("potential", "hull"):
+        if key in old and old[key] != getattr(config, key):
+            diffs.append(f"{key}: {old[key]!r} -> {getattr(config, key)!r}")
+    if diffs:
+        raise StabilityResumeError(
+            f"{path.parent} already holds relaxations made with other settings ({'; '.join(diffs)}); "
+            "use another output folder, or delete its stability files to start over."
+        )
+
+
 @dataclass(frozen=True)
 class StabilityConfig:
     """Settings of a relax + E_hull run (written beside the results)."""
@@ -197,9 +235,15 @@ def run_stability(
 
     Returns:
         All rows in the output file (earlier runs included).
+
+    Raises:
+        StabilityResumeError: ``out_dir`` holds rows relaxed with other settings.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    summary_path = out / filename.replace(".parquet", "_summary.json")
+    if (out / filename).exists():
+        check_resume_compatible(summary_path, config)
     pot = potential or load_potential(config.potential, device=config.device)
     is_mp = hull is None and config.hull is None
     if hull is None:
@@ -240,7 +284,7 @@ def run_stability(
     summary["protocol"] = protocol
     summary["config"] = {**asdict(config), "relax": asdict(config.relax)}
     summary["wall_s_this_run"] = time.time() - t0
-    (out / filename.replace(".parquet", "_summary.json")).write_text(json.dumps(summary, indent=2, default=str))
+    summary_path.write_text(json.dumps(summary, indent=2, default=str))
     return df
 
 

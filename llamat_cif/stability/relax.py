@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
@@ -39,6 +40,9 @@ class RelaxConfig:
         max_volume_ratio: volume growing or shrinking by more than this factor counts as exploding.
         min_energy_per_atom: energies below this (eV/atom) count as exploding; no real solid is
             below about -15 eV/atom on the MP scale.
+        rescale_volume: scale each structure isotropically to its composition-predicted volume
+            (:func:`llamat_cif.physics.rescale_to_predicted`) before relaxing. Off by default:
+            the relaxation then starts from the structure as given.
     """
 
     fmax: float = 0.1
@@ -48,22 +52,42 @@ class RelaxConfig:
     min_distance: float = 0.5
     max_volume_ratio: float = 5.0
     min_energy_per_atom: float = -50.0
+    rescale_volume: bool = False
 
     def protocol(self) -> dict:
-        return {"optimizer": "FIRE", "cell_filter": "FrechetCellFilter" if self.relax_cell else None, **asdict(self)}
+        """The settings as recorded beside results (optimizer, cell filter, every field)."""
+        out = {"optimizer": "FIRE", "cell_filter": "FrechetCellFilter" if self.relax_cell else None, **asdict(self)}
+        if self.rescale_volume:
+            out["rescale"] = ("isotropic, to the composition-predicted volume "
+                              "(llamat_cif.physics.rescale_to_predicted, resources/physics_calibration.json)")
+        return out
+
+
+#: scipy.linalg.logm's accuracy warning (scipy 1.17: ``RuntimeWarning("logm result may be
+#: inaccurate, approximate err = ...")``). ASE's FrechetCellFilter takes ``logm(n_atoms * F)`` of
+#: the deformation gradient ``F`` at every step; from ~35 atoms up the 1-norm error estimate of
+#: that scaled matrix passes scipy's fixed 1000 * eps tolerance even for ``F`` = identity plus
+#: noise, so a relaxation warns at nearly every step. The relative error stays ~1e-12, far below
+#: anything the optimizer sees.
+LOGM_WARNING = "logm result may be inaccurate"
 
 
 def quiet_warnings() -> None:
     """Silence per-call warnings that would flood a long run's output (none changes a result).
 
-    CHGNet warns on every call about a tensor-to-scalar conversion inside its own code, and
-    pymatgen reports each rounded fractional coordinate of every CIF it parses.
-    """
-    import warnings
+    CHGNet warns on every call about a tensor-to-scalar conversion inside its own code,
+    pymatgen reports each rounded fractional coordinate of every CIF it parses, and scipy's
+    ``logm`` (called by ASE's FrechetCellFilter at every step) warns about a round-off estimate
+    (see :data:`LOGM_WARNING`).
 
+    Changes the process-wide filters; :func:`relax_structure` applies the same filters inside a
+    ``warnings.catch_warnings()`` block, so relaxing in-process never floods either.
+    """
     warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad")
     warnings.filterwarnings("ignore", message="Issues encountered while parsing CIF")
     warnings.filterwarnings("ignore", category=UserWarning, module="pymatgen.io.cif")
+    # matched by message: scipy's batching wrapper reports it from scipy/_lib/_util.py, not linalg
+    warnings.filterwarnings("ignore", message=LOGM_WARNING, category=RuntimeWarning)
 
 
 class RelaxationError(RuntimeError):
@@ -84,13 +108,16 @@ def _empty_row(sid: str) -> dict:
     return {
         "id": sid, "formula": None, "n_sites": None, "relaxed_cif": None, "energy_initial_per_atom": np.nan,
         "energy_per_atom": np.nan, "converged": False, "n_steps": 0, "wall_s": 0.0,
-        "volume_change": np.nan, "error": None,
+        "volume_change": np.nan, "volume_rescale": np.nan, "error": None,
     }
 
 
 def relax_structure(structure: Any, potential: Potential, config: RelaxConfig = RelaxConfig(),
                     sid: str = "") -> dict:
     """Relax one structure and return its result row (never raises).
+
+    The flood filters of :func:`quiet_warnings` hold for the duration of the call (in a
+    ``warnings.catch_warnings()`` block), whether it runs in a pool worker or in-process.
 
     Args:
         structure: pymatgen ``Structure`` or CIF text.
@@ -100,8 +127,16 @@ def relax_structure(structure: Any, potential: Potential, config: RelaxConfig = 
 
     Returns:
         dict with ``id, formula, n_sites, relaxed_cif, energy_initial_per_atom, energy_per_atom``
-        (eV/atom, the potential's own scale), ``converged, n_steps, wall_s, volume_change, error``.
+        (eV/atom, the potential's own scale), ``converged, n_steps, wall_s``, ``volume_change``
+        (relaxed over as-given volume, minus 1), ``volume_rescale`` (starting over as-given
+        volume when ``config.rescale_volume``, else NaN) and ``error``.
     """
+    with warnings.catch_warnings():
+        quiet_warnings()
+        return _relax_structure(structure, potential, config, sid)
+
+
+def _relax_structure(structure: Any, potential: Potential, config: RelaxConfig, sid: str) -> dict:
     from ase.filters import FrechetCellFilter
     from ase.optimize import FIRE
     from pymatgen.io.ase import AseAtomsAdaptor
@@ -112,6 +147,13 @@ def relax_structure(structure: Any, potential: Potential, config: RelaxConfig = 
         s = _to_structure(structure)
         row["formula"] = s.composition.reduced_formula
         row["n_sites"] = len(s)
+        v_given = s.volume
+        if config.rescale_volume and len(s):
+            from llamat_cif.physics import rescale_to_predicted
+
+            s = rescale_to_predicted(s)
+            row["volume_rescale"] = float(s.volume / v_given)
+        # checked on the cell that is relaxed: shrinking to the predicted volume can close a gap
         if config.min_distance > 0 and len(s) and any(len(nb) for nb in s.get_all_neighbors(config.min_distance)):
             raise RelaxationError(f"atoms closer than {config.min_distance} Å; not relaxed")
         atoms = AseAtomsAdaptor.get_atoms(s)
@@ -146,7 +188,7 @@ def relax_structure(structure: Any, potential: Potential, config: RelaxConfig = 
         relaxed = AseAtomsAdaptor.get_structure(atoms)
         row.update(
             relaxed_cif=relaxed.to(fmt="cif"), energy_per_atom=e, converged=bool(converged),
-            n_steps=int(opt.nsteps), volume_change=float(atoms.get_volume() / v0 - 1.0),
+            n_steps=int(opt.nsteps), volume_change=float(atoms.get_volume() / v_given - 1.0),
         )
     except Exception as exc:  # noqa: BLE001 - one bad structure must not stop the batch
         row["error"] = f"{type(exc).__name__}: {exc}"
