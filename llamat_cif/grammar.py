@@ -31,7 +31,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import numpy as np
@@ -65,6 +65,9 @@ class Num:
     # fractional fields with ``accept``: values known to pass (read when a digit is checked), tried
     # before the probe points so a narrow admissible window found earlier is not missed
     hints: Callable[[], np.ndarray] | None = None
+    # a stricter check the sampler prefers when some token of the nucleus passes it (steering:
+    # coordinates keep a wider contact margin when the model's own choices allow one)
+    strict_accept: Callable[[float], bool] | None = None
 
 
 @dataclass
@@ -83,6 +86,7 @@ class Stats:
     fallbacks: int = 0  # the constraint found no admissible continuation and let the model choose
     distance_vetoes: int = 0  # tokens refused by the look-ahead (distances, orbits, room left)
     optimistic: int = 0  # look-ahead searches that ran out of budget and answered "yes"
+    window_widened: int = 0  # volume windows widened because the header's group needed more room
 
 
 class Vocab:
@@ -129,6 +133,9 @@ class Decoder:
             # instead of leaving the last digit with nowhere to go.
             ok = np.array([v for v in spec.values if spec.accept(float(v))])
             self.stats.distance_vetoes += len(spec.values) - len(ok)
+            if len(ok) and spec.strict_accept is not None:  # steering: the wider margin where it exists
+                ok = np.array([v for v in ok if spec.strict_accept(float(v))]) if any(
+                    spec.strict_accept(float(v)) for v in ok) else ok
             if len(ok):
                 spec = Num(spec.lo, spec.hi, spec.decimals, spec.ends, spec.max_int_digits, spec.allowed,
                            None, ok, spec.probe, spec.ends_for)
@@ -166,8 +173,13 @@ class Decoder:
         """Whether tokens from :meth:`allowed` must still pass the (expensive) :meth:`check`."""
         return isinstance(self.spec, Num) and self.spec.accept is not None
 
-    def check(self, tid: int) -> bool:
-        """The look-ahead veto: does some completion of the field after ``tid`` pass ``accept``?
+    def can_steer(self) -> bool:
+        """Whether the current field has a stricter, preferred check (see :meth:`check`)."""
+        return self.needs_check() and self.spec.strict_accept is not None
+
+    def check(self, tid: int, *, strict: bool = False) -> bool:
+        """The look-ahead veto: does some completion of the field after ``tid`` pass ``accept``
+        (with ``strict``: the field's preferred ``strict_accept``)?
 
         Fractional digits test their whole interval (the last digit exactly, earlier ones on
         probe points); an integer field tests its value at the end token. Memoised per position.
@@ -175,8 +187,22 @@ class Decoder:
         s = self.spec
         if not self.needs_check():
             return True
+        if strict:
+            if s.strict_accept is None:
+                return self.check(tid)
+            key = ("strict", tid)
+            if key not in self._checked:
+                self._checked[key] = self._verdict(replace(s, accept=s.strict_accept), tid)
+            return self._checked[key]
         if tid in self._checked:
             return self._checked[tid]
+        ok = self._verdict(s, tid)
+        if not ok:
+            self.stats.distance_vetoes += 1
+        self._checked[tid] = ok
+        return ok
+
+    def _verdict(self, s: Num, tid: int) -> bool:
         ok = True
         buf = self.buf
         if tid in self.v.digit_of and "." in buf:
@@ -189,15 +215,28 @@ class Decoder:
             # an integer digit of a monotone field: the largest value this prefix can still reach
             top = self._prefix_top(s, buf + self.v.digit_of[tid])
             ok = top is not None and bool(s.accept(top))
+        elif tid in self.v.digit_of and s.probe is True and s.decimals > 0 and s.values is None:
+            # an integer digit of a probed field: some value this prefix can still reach passes
+            ok = any(self._interval_accepts(s, lo, hi, exact=False)
+                     for lo, hi in self._prefix_spans(s, buf + self.v.digit_of[tid]))
         elif tid == self.v.dot and s.probe:
             lo = float(buf)
             ok = self._interval_accepts(s, lo, min(s.hi, lo + 1 - 10.0**-s.decimals), exact=False)
         elif tid not in self.v.digit_of and tid != self.v.dot and s.decimals == 0 and buf:
             ok = bool(s.accept(float(buf)))
-        if not ok:
-            self.stats.distance_vetoes += 1
-        self._checked[tid] = ok
         return ok
+
+    @staticmethod
+    def _prefix_spans(s: Num, cand: str) -> list[tuple[float, float]]:
+        """The value intervals within ``[lo, hi]`` whose integer part starts with ``cand``."""
+        v, out = int(cand), []
+        for k in range(0, s.max_int_digits - len(cand) + 1):
+            if k and v == 0:
+                break
+            lo, hi = max(s.lo, v * 10**k), min(s.hi, (v + 1) * 10**k - 10.0**-s.decimals)
+            if lo <= hi + 1e-9:
+                out.append((round(lo, s.decimals), round(hi, s.decimals)))
+        return out
 
     @staticmethod
     def _prefix_top(s: Num, cand: str) -> float | None:
@@ -353,6 +392,9 @@ class Conditions:
     contact_ratio: float = 0.0
     # volume per atom within [lo, hi] x the composition-based prediction (None: off)
     volume_window: tuple[float, float] | None = None
+    # steering: a coordinate is drawn among tokens that keep this wider contact ratio for the new
+    # site whenever the nucleus holds one (0: off); contact_ratio stays the hard rule
+    steer_ratio: float = 0.0
 
 
 def site_lines_for(max_new_tokens: int) -> int:
@@ -835,6 +877,24 @@ class LatticeWindow:
         bc = self._len(math.sqrt(self.vhi / a)) if math.isfinite(self.vhi) else self.LEN_HI
         return bc, self._len(self.vhi / (a * bc)) if math.isfinite(self.vhi) else self.LEN_HI
 
+    def widened(self, factor: float = 1.25) -> LatticeWindow:
+        """The same window with its top raised by ``factor`` (open after 30 % of the way to 10x)."""
+        vhi = self.vhi * factor
+        return LatticeWindow(self.len_lo, self.vlo, vhi if vhi < 10 * self.vlo / 0.7 else math.inf, self.hexf)
+
+    def fits_somewhere(self, system: str, rhombo_hex: bool, room: Callable[..., bool]) -> bool:
+        """Does the composition fit one of a few roomiest cells of the window (the lattice fields'
+        own checks then find the rest)?"""
+        if system == "cubic":
+            a = self.clip(self.cubic())[1]
+            return room(a, a, a)
+        if system in ("tetragonal", "trigonal", "hexagonal") or rhombo_hex:
+            lo, hi = self.clip(self.first(2))
+            ang = 120.0 if self.hexf != 1.0 else 90.0
+            return any(room(a, a, self.roomiest(a * a), 90.0, 90.0, ang) for a in np.linspace(lo, hi, 7))
+        lo, hi = self.clip(self.first(3))
+        return any(room(a, *self.roomiest_pair(a)) for a in np.geomspace(lo, hi, 7))
+
     def clip(self, span: tuple[float, float], stats: Stats | None = None) -> tuple[float, float]:
         """A length span within [len_lo, 60] on the 3-decimal grid (the full range, counted as a
         fallback, if nothing is left)."""
@@ -896,6 +956,12 @@ def cif_grammar(v: Vocab, cond: Conditions, stats: Stats, *, header: bool = True
                    probe="hi" if monotone else True)
 
     ang = 120.0 if hexagonal_axes else 90.0
+    # The header was chosen before the lattice: a space group whose special positions push atoms
+    # apart can need more volume than the window's top. Widen the top (counted) rather than leave
+    # the model without a completion.
+    while math.isfinite(win.vhi) and not win.fits_somewhere(system, rhombo_hex, room):
+        stats.window_widened += 1
+        win = win.widened()
     if system == "cubic":
         a, _ = yield length(win.cubic(), lambda x: room(x, x, x))
         b = c = a
@@ -950,6 +1016,7 @@ def cif_grammar(v: Vocab, cond: Conditions, stats: Stats, *, header: bool = True
     # Sites: every offered element, multiplicity and coordinate keeps a completion of the whole
     # composition in reach (llamat_cif.placement); a fallback is counted where none is found.
     place = Placement(sg, matrix, cond.min_distance, contact_ratio=cond.contact_ratio)
+    steer = cond.steer_ratio if cond.steer_ratio > (cond.contact_ratio or 0.0) else None
     remaining = dict(counts)
     i = 0
     while any(remaining.values()):
@@ -1003,11 +1070,12 @@ def cif_grammar(v: Vocab, cond: Conditions, stats: Stats, *, header: bool = True
                 pts = pts[np.abs(pts[:, j] - round(val, 4)) < 0.6e-4]
             return pts
 
-        def fitting(pts: np.ndarray, m=m, rest=rest, n=lines_left, found=found, el=el) -> bool:
-            p = place.site_fitting(pts, m, rest, lines=n, element=el)
-            if p is not None:
+        def fitting(pts: np.ndarray, m=m, rest=rest, n=lines_left, found=found, el=el, ratio=None) -> bool:
+            p = place.site_fitting(pts, m, rest, lines=n, element=el, site_ratio=ratio)
+            if p is not None and ratio is None:
                 found.append(np.round(p, 4) % 1.0)
             return p is not None
+
 
         def completions(xv: float, yv: float | None = None, m=m) -> np.ndarray:
             """Points of orbit size m that start with the typed coordinates: known ones first, then
@@ -1024,15 +1092,20 @@ def cif_grammar(v: Vocab, cond: Conditions, stats: Stats, *, header: bool = True
 
         xs = solve_values(sg, m, (), 0) if subs else None
         x, _ = yield Num(0.0, 0.9999, 4, (" ",), max_int_digits=1, values=xs,
-                         accept=lambda xv: fitting(completions(xv)), hints=lambda: matching()[:, 0])
+                         accept=lambda xv: fitting(completions(xv)), hints=lambda: matching()[:, 0],
+                         strict_accept=(lambda xv: fitting(completions(xv), ratio=steer)) if steer else None)
         ys = solve_values(sg, m, ((0, round(x, 4)),), 1) if subs else None
         y, _ = yield Num(0.0, 0.9999, 4, (" ",), max_int_digits=1, values=ys if ys is None or len(ys) else None,
-                         accept=lambda yv, x=x: fitting(completions(x, yv)), hints=lambda x=x: matching(x)[:, 1])
+                         accept=lambda yv, x=x: fitting(completions(x, yv)), hints=lambda x=x: matching(x)[:, 1],
+                         strict_accept=(lambda yv, x=x: fitting(completions(x, yv), ratio=steer)) if steer else None)
         zs = solve_values(sg, m, ((0, round(x, 4)), (1, round(y, 4))), 2) if subs else None
         zs = zs if zs is None or len(zs) else None
         zv, _ = yield Num(0.0, 0.9999, 4, (" ",), max_int_digits=1, values=zs,
                           accept=lambda zv, x=x, y=y, m=m, rest=rest, n=lines_left, el=el:
                           place.site_fits(np.array([x, y, zv]), m, rest, n, element=el),
+                          strict_accept=(lambda zv, x=x, y=y, m=m, rest=rest, n=lines_left, el=el:
+                                         place.site_fits(np.array([x, y, zv]), m, rest, n, element=el,
+                                                         site_ratio=steer)) if steer else None,
                           hints=lambda x=x, y=y: matching(x, y)[:, 2])
         yield Lit("1\n")
         place.place(np.array([x, y, zv]), el)

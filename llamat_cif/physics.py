@@ -7,7 +7,10 @@ calibrated windows the constrained decoder (:mod:`llamat_cif.grammar`) enforces:
 * **Contacts.** Every pair of atoms must keep ``d_ij >= f * (r_i + r_j)`` with ``r`` the covalent
   radii of Cordero et al. (Dalton Trans. 2008, as tabulated by ASE: ``ase.data.covalent_radii``).
   ``f`` (:data:`CONTACT_RATIO`) is the largest two-decimal value that at least 99.9 % of MP-20 train
-  structures (available subset) satisfy.
+  structures (available subset) satisfy. A hard rule alone piles atoms up at ``f``: the sampler
+  also *steers*, drawing each coordinate among the tokens that keep a wider margin
+  (:data:`steer_ratio_default`, the 5th percentile of MP-20 train, 0.81) whenever the model's
+  nucleus holds one, and falls back to the hard rule otherwise.
 * **Volume.** Volume per atom must lie in ``[lo, hi] * v_pred`` with ``v_pred`` a composition-based
   estimate: the atom-fraction-weighted sum of per-element volume increments fitted on MP-20 train
   (non-negative least squares, see ``benchmarks/physics/calibrate.py``), which predicts MP-20 test
@@ -45,6 +48,12 @@ def calibration() -> dict:
 def contact_ratio_default() -> float:
     """Calibrated ``f`` of the contact rule (>= 99.9 % of MP-20 train pass)."""
     return float(calibration()["contacts"]["ratio"])
+
+
+def steer_ratio_default() -> float:
+    """Calibrated steering margin: the 5th percentile of MP-20 train's smallest contact ratio. The
+    sampler prefers coordinates that keep it whenever the model's nucleus holds one."""
+    return float(calibration()["contacts"]["steer_ratio"])
 
 
 def volume_window_default() -> tuple[float, float]:

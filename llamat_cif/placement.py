@@ -237,16 +237,17 @@ class Placement:
                      for c in counts]
         return tuple(sorted(((c, r) for c, r in pairs if c > 0), reverse=True))
 
-    def _threshold(self, radius: float, radii: np.ndarray) -> np.ndarray:
-        """Smallest admissible distance from an atom of ``radius`` to atoms of ``radii``."""
-        return np.maximum(self.dmin, self.f * (radius + radii))
+    def _threshold(self, radius: float, radii: np.ndarray, ratio: float | None = None) -> np.ndarray:
+        """Smallest admissible distance from an atom of ``radius`` to atoms of ``radii`` (contact
+        ratio ``ratio``, default this placement's)."""
+        return np.maximum(self.dmin, (self.f if ratio is None else ratio) * (radius + radii))
 
     # ------------------------------------------------------------------------------ geometry
     def check(self, pts: np.ndarray, m: int, placed: np.ndarray | None = None, *, radius: float = 0.0,
-              placed_r: np.ndarray | None = None) -> np.ndarray:
+              placed_r: np.ndarray | None = None, ratio: float | None = None) -> np.ndarray:
         """Boolean mask: the orbit of each point (an atom of covalent ``radius``) has exactly ``m``
-        members, keeps its distance rule to its own symmetry copies and lattice translations, and
-        to the placed atoms (radii ``placed_r``)."""
+        members, keeps its distance rule (contact ratio ``ratio``, default this placement's) to its
+        own symmetry copies and lattice translations, and to the placed atoms (radii ``placed_r``)."""
         pts = snap(np.atleast_2d(np.asarray(pts, dtype=float)))
         if len(pts) == 0:
             return np.zeros(0, dtype=bool)
@@ -254,7 +255,7 @@ class Placement:
             placed, placed_r = self.placed, self.placed_r
         elif placed_r is None:
             placed_r = np.zeros(len(placed))
-        own_min = float(self._threshold(radius, np.array([radius]))[0])  # copies of the same atom
+        own_min = float(self._threshold(radius, np.array([radius]), ratio)[0])  # copies of the same atom
         if self.shortest_vector < own_min:
             return np.zeros(len(pts), dtype=bool)
         imgs = np.einsum("kij,nj->nki", self.rots, pts) + self.trans[None]
@@ -271,7 +272,7 @@ class Placement:
         if len(placed) and ok.any():
             idx = np.nonzero(ok)[0]
             dist = pair_distances(pts[idx], placed, self.matrix)  # (n_ok, placed)
-            ok[idx] = (dist >= self._threshold(radius, placed_r)[None, :]).all(1)
+            ok[idx] = (dist >= self._threshold(radius, placed_r, ratio)[None, :]).all(1)
         return ok
 
     def orbit_of(self, p: np.ndarray) -> np.ndarray:
@@ -363,12 +364,13 @@ class Placement:
         return result
 
     def _first_ok(self, cands: np.ndarray, m: int, placed: np.ndarray, k: int, chunk: int = 24, *,
-                  radius: float = 0.0, placed_r: np.ndarray | None = None) -> list[np.ndarray]:
+                  radius: float = 0.0, placed_r: np.ndarray | None = None,
+                  ratio: float | None = None) -> list[np.ndarray]:
         """Up to ``k`` admissible candidates, checked in chunks (most questions need one)."""
         found: list[np.ndarray] = []
         for start in range(0, len(cands), chunk):
             part = cands[start:start + chunk]
-            found.extend(part[self.check(part, m, placed, radius=radius, placed_r=placed_r)])
+            found.extend(part[self.check(part, m, placed, radius=radius, placed_r=placed_r, ratio=ratio)])
             if len(found) >= k:
                 break
         return found[:k]
@@ -396,21 +398,24 @@ class Placement:
         return _allocate(tuple(c for c, _ in counts), frozenset(unlimited), tuple(free), tuple(sizes))
 
     def site_fits(self, p: np.ndarray, m: int, rest_counts: Counts, lines: int | None = None, *,
-                  element: str | None = None) -> bool:
+                  element: str | None = None, site_ratio: float | None = None) -> bool:
         """Is ``p`` an admissible site of multiplicity ``m`` (for an atom of ``element``) after which
-        ``rest_counts`` still fit (in at most ``lines`` further site lines)?"""
+        ``rest_counts`` still fit (in at most ``lines`` further site lines)? ``site_ratio``: a
+        stricter contact ratio for this site alone (the rest keeps the placement's)."""
         radius = self.radius_of(element)
-        if not self.check(p[None, :], m, radius=radius)[0]:
+        if not self.check(p[None, :], m, radius=radius, ratio=site_ratio)[0]:
             return False
         return self.fits(rest_counts, self.orbit_of(p), lines, extra_radius=radius)
 
     def site_fitting(self, pts: np.ndarray, m: int, rest_counts: Counts, tries: int = 6,
-                     lines: int | None = None, *, element: str | None = None) -> np.ndarray | None:
+                     lines: int | None = None, *, element: str | None = None,
+                     site_ratio: float | None = None) -> np.ndarray | None:
         """The first candidate point that makes an admissible site with a completion, or ``None``."""
         if len(pts) == 0:
             return None
         radius = self.radius_of(element)
-        for p in self._first_ok(pts, m, self.placed, tries, radius=radius, placed_r=self.placed_r):
+        for p in self._first_ok(pts, m, self.placed, tries, radius=radius, placed_r=self.placed_r,
+                                ratio=site_ratio):
             if self.fits(rest_counts, self.orbit_of(p), lines, extra_radius=radius):
                 return p
         return None

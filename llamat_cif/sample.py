@@ -58,6 +58,9 @@ class SampleConfig:
     # physics in decoding (llamat_cif.physics): every pair at least f x its covalent-radius sum;
     # None: the calibrated f (>= 99.9 % of MP-20 train pass), 0: off
     min_contact_ratio: float | None = None
+    # steering: coordinates prefer tokens that keep this wider contact ratio when the nucleus holds
+    # one; None: calibrated (5th percentile of MP-20 train), 0: off
+    steer_contact_ratio: float | None = None
     # volume per atom within [lo, hi] x the composition-based prediction: "auto" (calibrated on
     # MP-20 train, >= 99.5 % inside), "off", or "LO,HI"
     volume_window: str = "auto"
@@ -68,6 +71,18 @@ class SampleConfig:
     threads: int | None = 1  # CPU threads for torch; 1 is fastest for small models on a busy machine
     targets: str | None = None  # CSV with target_formula[, target_spacegroup]: one sample per row (n = rows)
     shard: tuple[int, int] | None = None  # (i, k): draw only batches b with b % k == i
+
+
+def resolve_steer(steer_contact_ratio: float | None, contact_ratio: float) -> float:
+    """The steering ratio a run uses (calibrated for ``None``; 0 when the contact rule is off)."""
+    from llamat_cif.physics import steer_ratio_default
+
+    if not contact_ratio:
+        return 0.0
+    g = steer_ratio_default() if steer_contact_ratio is None else float(steer_contact_ratio)
+    if g < 0 or g >= 1.5:
+        raise ValueError(f"steer contact ratio must be in [0, 1.5), got {g}")
+    return g if g > contact_ratio else 0.0
 
 
 def resolve_physics(min_contact_ratio: float | None, volume_window: str | None) -> tuple[float, str]:
@@ -169,17 +184,27 @@ class GrammarLogitsProcessor:
         order = torch.argsort(logits, descending=True).tolist()
         if self.temperature > 0:
             probs = torch.softmax(logits / self.temperature, -1)
+            full = probs.clone()
             if self.top_k:
                 probs[order[self.top_k:]] = 0.0
             if self.top_p < 1.0:
                 cum = torch.cumsum(probs[order], 0)
                 cut = int(torch.searchsorted(cum, torch.tensor(self.top_p)).item()) + 1
                 probs[order[cut:]] = 0.0
-            while float(probs.sum()) > 0:
-                j = int(torch.multinomial(probs, 1).item())
-                if d.check(allowed[j]):
+            # steering first: a token that keeps the wider contact margin, from the nucleus, else
+            # from the whole (tempered) distribution; then a nucleus token that passes the hard rule
+            tries = [(True, probs), (True, full), (False, probs)] if d.can_steer() else [(False, probs)]
+            for strict, dist in tries:
+                p = dist.clone()
+                while float(p.sum()) > 0:
+                    j = int(torch.multinomial(p, 1).item())
+                    if d.check(allowed[j], strict=strict):
+                        return allowed[j]
+                    p[j] = 0.0
+        elif d.can_steer():
+            for j in order:  # greedy: the best token that keeps the margin, if any
+                if d.check(allowed[j], strict=True):
                     return allowed[j]
-                probs[j] = 0.0
         for j in order:  # greedy, or nothing in the nucleus passes: the model's next best
             if d.check(allowed[j]):
                 return allowed[j]
@@ -272,10 +297,10 @@ def _check_resume(out: Path, cfg: SampleConfig) -> None:
         old = json.loads(saved.read_text())
         keys = ("model", "formula", "spacegroup", "temperature", "top_p", "top_k", "batch_size", "seed",
                 "constrained", "min_distance", "charge_balanced", "fmt", "max_new_tokens",
-                "min_contact_ratio", "volume_window")
+                "min_contact_ratio", "volume_window", "steer_contact_ratio")
         default = {f.name: f.default for f in fields(SampleConfig)}  # keys added since the run began
         # runs from before physics decoding were drawn without it
-        default.update(min_contact_ratio=0.0, volume_window="off")
+        default.update(min_contact_ratio=0.0, volume_window="off", steer_contact_ratio=0.0)
         diff = {k: (old.get(k, default[k]), asdict(cfg).get(k)) for k in keys
                 if old.get(k, default[k]) != asdict(cfg).get(k)}
         if diff:
@@ -329,6 +354,7 @@ def generate(cfg: SampleConfig, *, progress: bool = True, model=None, tokenizer=
     contact_ratio, volume_window = resolve_physics(cfg.min_contact_ratio, cfg.volume_window)
     cfg = SampleConfig(**{**asdict(cfg), "fmt": fmt, "min_contact_ratio": contact_ratio,
                           "volume_window": volume_window,
+                          "steer_contact_ratio": resolve_steer(cfg.steer_contact_ratio, contact_ratio),
                           "temperature": rec_t if cfg.temperature is None else cfg.temperature,
                           "top_p": rec_p if cfg.top_p is None else cfg.top_p})
     shard = parse_shard("/".join(map(str, cfg.shard))) if cfg.shard else None
@@ -359,7 +385,8 @@ def generate(cfg: SampleConfig, *, progress: bool = True, model=None, tokenizer=
     vocab = Vocab(tokenizer) if cfg.constrained else None
     stats = Stats()
     max_lines = site_lines_for(cfg.max_new_tokens)
-    physics = dict(contact_ratio=cfg.min_contact_ratio, volume_window=window_tuple(cfg.volume_window))
+    physics = dict(contact_ratio=cfg.min_contact_ratio, volume_window=window_tuple(cfg.volume_window),
+                   steer_ratio=cfg.steer_contact_ratio)
     cond = Conditions(formula=formula, spacegroup=cfg.spacegroup, min_distance=cfg.min_distance,
                       charge_balanced=cfg.charge_balanced, max_lines=max_lines, **physics)
     grammar = GRAMMARS[fmt]
@@ -442,7 +469,8 @@ def generate(cfg: SampleConfig, *, progress: bool = True, model=None, tokenizer=
                          "structures_per_s": round(new_rows / wall, 3) if wall else None,
                          "tokens_per_s": round(tokens_out / wall, 1) if wall else None,
                          "constraint_fallbacks": stats.fallbacks, "lookahead_vetoes": stats.distance_vetoes,
-                         "lookahead_optimistic": stats.optimistic},
+                         "lookahead_optimistic": stats.optimistic,
+                         "volume_window_widened": stats.window_widened},
         "device": str(device),
         "config": asdict(cfg),
     }

@@ -72,6 +72,7 @@ class ScreenConfig:
     constrained: bool = True
     min_contact_ratio: float | None = None  # None: calibrated (llamat_cif.physics), 0: off
     volume_window: str = "auto"  # auto | off | "lo,hi"
+    steer_contact_ratio: float | None = None  # None: calibrated, 0: off
     relax: RelaxConfig = field(default_factory=RelaxConfig)
     hull: str | None = None
     n_workers: int = 1
@@ -158,7 +159,8 @@ def stage_generate(config: ScreenConfig, *, progress: bool = True) -> pd.DataFra
                       spacegroup=config.spacegroup, temperature=config.temperature, top_p=config.top_p,
                       top_k=config.top_k, batch_size=config.batch_size, seed=config.seed,
                       constrained=config.constrained, device=config.device,
-                      min_contact_ratio=config.min_contact_ratio, volume_window=config.volume_window)
+                      min_contact_ratio=config.min_contact_ratio, volume_window=config.volume_window,
+                      steer_contact_ratio=config.steer_contact_ratio)
     generate(sc, progress=progress)
     return pd.read_csv(path, dtype={"id": str}, keep_default_na=False)
 

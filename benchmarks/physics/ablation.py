@@ -45,7 +45,7 @@ def row(label: str, run: Path, bench: Path | None, limit: int | None) -> dict:
     out: dict = {"setting": label, "run": str(run), "generated": len(samples)}
     if validity is not None:
         v = validity[validity["id"].astype(str).isin(ids)]
-        for col in ("parsed", "structural_valid", "compositional_valid", "valid"):
+        for col in ("parsed", "structurally_valid", "compositionally_valid", "valid"):
             if col in v.columns:
                 out[col] = int(v[col].fillna(False).astype(bool).sum())
         valid_ids = set(v.loc[v["valid"].fillna(False).astype(bool), "id"].astype(str))

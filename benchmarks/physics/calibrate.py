@@ -129,6 +129,7 @@ def main() -> None:
     hi = math.ceil(np.quantile(ratio_train, 1 - (1 - VOLUME_PASS) / 2) * 100) / 100
     inside = lambda r: float(((r >= lo) & (r <= hi)).mean())  # noqa: E731
 
+    steer = math.floor(np.quantile(r_train, 0.05) * 100) / 100
     result = {
         "source": "benchmarks/physics/calibrate.py on MP-20 train, available subset "
                   f"({len(train)}/{len(train_df)} parsed); scored on MP-20 test, available subset "
@@ -142,6 +143,10 @@ def main() -> None:
             "train_min_ratio_quantiles_0.1_1_25_50_75": [round(float(v), 4) for v in
                                                          np.quantile(r_train, [0.001, 0.01, 0.25, 0.5, 0.75])],
             "test_below_0.7": [int((r_test < 0.7).sum()), int(len(r_test))],
+            # steering margin for constrained decoding: the 5th percentile of train (95 % of real
+            # crystals keep every pair at least this far apart)
+            "steer_ratio": round(float(np.floor(np.quantile(r_train, 0.05) * 100) / 100), 2),
+            "train_at_or_above_steer_ratio": [int((r_train >= steer).sum()), int(len(r_train))],
         },
         "volume": {
             "predictor": "volume per atom = sum_i x_i v_i; v_i fitted by non-negative least squares on "

@@ -30,10 +30,15 @@ def sampling_options(f):
 
 
 def physics_options(f):
-    """``--min-contact-ratio`` and ``--volume-window`` (physical geometry in constrained decoding)."""
+    """``--min-contact-ratio``, ``--steer-contact-ratio`` and ``--volume-window`` (physical geometry
+    in constrained decoding)."""
     f = click.option("--volume-window", default="auto", show_default=True, metavar="auto|off|LO,HI",
                      help="Constrained runs: volume per atom within LO..HI x the composition-based "
                           "prediction (auto: calibrated on MP-20 train, >= 99.5 % inside).")(f)
+    f = click.option("--steer-contact-ratio", type=float, default=None,
+                     help="Constrained runs: coordinates are drawn among tokens that keep this wider "
+                          "contact ratio whenever the model's nucleus holds one [default: calibrated, "
+                          "0.81: the 5th percentile of MP-20 train; 0 = off].")(f)
     return click.option("--min-contact-ratio", type=float, default=None,
                         help="Constrained runs: every atom pair at least this x its covalent-radius sum "
                              "[default: calibrated, 0.68: >= 99.9 % of MP-20 train pass; 0 = off].")(f)

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# What each part of physical decoding earns, on the same seeds of the shipped model (T 0.7 / top-p 0.9,
+# seed 0, batch 8). Run from the project root with LLAMAT_CIF_DATA set; one sampling process per core,
+# relaxations one at a time with one torch thread (OMP_NUM_THREADS=1).
+set -euo pipefail
+export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1
+R=benchmarks/physics/runs
+N=${N:-300}       # samples per setting
+K=${K:-100}       # valid samples relaxed per setting (seeded choice)
+
+# 1. samples (today's grammar = the first 300 rows of the recorded 1,000-sample run v9)
+for i in 0 1; do llamat-cif generate -n $N --batch-size 8 --seed 0 --out $R/t0.7-p0.9-seed0-physics --shard $i/2 & done; wait
+llamat-cif generate -n $N --batch-size 8 --seed 0 --out $R/t0.7-p0.9-seed0-physics
+for i in 0 1; do llamat-cif generate -n $N --batch-size 8 --seed 0 --volume-window off \
+  --out $R/t0.7-p0.9-seed0-contacts --shard $i/2 & done; wait
+llamat-cif generate -n $N --batch-size 8 --seed 0 --volume-window off --out $R/t0.7-p0.9-seed0-contacts
+
+# 2. validity + stability of K seeded-random valid samples (CHGNet, FIRE fmax 0.1, MP-20 hull)
+for run in t0.7-p0.9-seed0-grammar-only t0.7-p0.9-seed0-contacts t0.7-p0.9-seed0-physics; do
+  llamat-cif validate $R/$run/samples.csv --out $R/$run --jobs 1
+  llamat-cif benchmark --samples $R/$run --out $R/$run/stability-$K --stability $K --seed 0 --no-coverage
+done
+llamat-cif benchmark --samples $R/t0.7-p0.9-seed0-physics --out $R/t0.7-p0.9-seed0-physics/stability-$K-rescaled \
+  --stability $K --seed 0 --no-coverage --rescale-volume
+
+# 3. the table
+python benchmarks/physics/ablation.py \
+  "today's grammar=$R/t0.7-p0.9-seed0-grammar-only:$R/t0.7-p0.9-seed0-grammar-only/stability-$K" \
+  "+ contacts=$R/t0.7-p0.9-seed0-contacts:$R/t0.7-p0.9-seed0-contacts/stability-$K" \
+  "+ volume window (default)=$R/t0.7-p0.9-seed0-physics:$R/t0.7-p0.9-seed0-physics/stability-$K" \
+  "+ rescale before relaxing=$R/t0.7-p0.9-seed0-physics:$R/t0.7-p0.9-seed0-physics/stability-$K-rescaled"
