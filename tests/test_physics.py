@@ -160,3 +160,17 @@ def test_random_walks_with_physics_never_dead_end(vocab):
         assert stats.fallbacks == 0, text
         assert min_contact_ratio(s) >= f - 2e-3, text  # 4-decimal coordinates
         assert window[0] - 1e-3 <= volume_ratio(s) <= window[1] + 1e-3, text
+
+
+def test_steering_ratio_is_stricter_than_the_hard_rule():
+    # Na-Cl at 0.75 x (1.66 + 1.02) Å: kept by the hard rule (0.68), not by the steering margin (0.81)
+    a = 2 * 0.75 * 2.68
+    p = Placement(225, np.eye(3) * a, 0.5, contact_ratio=0.68)
+    p.place(np.array([0.0, 0.0, 0.0]), "Na")
+    site = np.array([0.5, 0.5, 0.5])
+    assert p.site_fits(site, 4, {}, element="Cl")
+    assert not p.site_fits(site, 4, {}, element="Cl", site_ratio=0.81)
+    cal = calibration()["contacts"]
+    assert cal["steer_ratio"] > cal["ratio"]
+    kept, total = cal["train_at_or_above_steer_ratio"]
+    assert 0.94 <= kept / total <= 0.96  # the 5th percentile of MP-20 train

@@ -172,3 +172,37 @@ def test_model_format_is_read_from_the_training_run(tmp_path):
     assert model_format(run / "final") == "llamat"
     (tmp_path / "elsewhere").mkdir()
     assert model_format(tmp_path / "elsewhere") == "cif"
+
+
+def test_physical_decoding_is_on_by_default_and_recorded(tmp_path):
+    """The shipped defaults hold every pair to the calibrated covalent contact ratio and the cell
+    to the volume window; both (and the steering margin) are resolved into sample_config.json,
+    and a run drawn with them is not resumed with the rules off."""
+    import json
+
+    from llamat_cif.physics import (
+        contact_ratio_default,
+        min_contact_ratio,
+        steer_ratio_default,
+        volume_ratio,
+        volume_window_default,
+    )
+
+    df = generate(SampleConfig(n=4, out_dir=str(tmp_path / "p"), batch_size=4, seed=0), progress=False)
+    saved = json.loads((tmp_path / "p" / "sample_config.json").read_text())
+    lo, hi = volume_window_default()
+    assert saved["min_contact_ratio"] == contact_ratio_default()
+    assert saved["steer_contact_ratio"] == steer_ratio_default()
+    assert saved["volume_window"] == f"{lo:g},{hi:g}"
+    for r in df.itertuples():
+        assert r.cif and not r.error, r.error
+        s = Structure.from_str(r.cif, fmt="cif")
+        assert min_contact_ratio(s) >= contact_ratio_default() - 2e-3, r.text
+        assert lo - 1e-3 <= volume_ratio(s) <= hi + 1e-3, r.text
+    summary = json.loads((tmp_path / "p" / "sample_summary.json").read_text())["this_session"]
+    assert summary["constraint_fallbacks"] == 0
+    with pytest.raises(ValueError, match="other settings"):
+        generate(SampleConfig(n=8, out_dir=str(tmp_path / "p"), batch_size=4, seed=0, min_contact_ratio=0,
+                              volume_window="off"), progress=False)
+    with pytest.raises(ValueError, match="volume window"):
+        generate(SampleConfig(n=1, out_dir=str(tmp_path / "q"), volume_window="2,1"), progress=False)
