@@ -68,6 +68,7 @@ class Num:
     # a stricter check the sampler prefers when some token of the nucleus passes it (steering:
     # coordinates keep a wider contact margin when the model's own choices allow one)
     strict_accept: Callable[[float], bool] | None = None
+    strict_probe: bool | str | None = None  # how strict_accept is probed (None: as ``probe``)
 
 
 @dataclass
@@ -192,7 +193,8 @@ class Decoder:
                 return self.check(tid)
             key = ("strict", tid)
             if key not in self._checked:
-                self._checked[key] = self._verdict(replace(s, accept=s.strict_accept), tid)
+                probe = s.probe if s.strict_probe is None else s.strict_probe
+                self._checked[key] = self._verdict(replace(s, accept=s.strict_accept, probe=probe), tid)
             return self._checked[key]
         if tid in self._checked:
             return self._checked[tid]
@@ -395,6 +397,9 @@ class Conditions:
     # steering: a coordinate is drawn among tokens that keep this wider contact ratio for the new
     # site whenever the nucleus holds one (0: off); contact_ratio stays the hard rule
     steer_ratio: float = 0.0
+    # steering: the last cell length prefers a volume per atom within [lo, hi] x the prediction
+    # (the typical range of real crystals) when the model's tokens allow it (None: off)
+    volume_steer: tuple[float, float] | None = None
 
 
 def site_lines_for(max_new_tokens: int) -> int:
@@ -940,20 +945,30 @@ def cif_grammar(v: Vocab, cond: Conditions, stats: Stats, *, header: bool = True
     rhombo_hex = symbol.startswith("R")
     hexagonal_axes = system in ("trigonal", "hexagonal") or rhombo_hex
     win = LatticeWindow.for_counts(counts, cond, hexagonal_axes=hexagonal_axes)
+    steer_v = None  # the typical cell volumes the last length is steered into (Å³)
+    if cond.volume_steer:
+        from llamat_cif.physics import volume_bounds
+
+        steer_v = volume_bounds(counts, cond.volume_steer)
 
     def room(a, b, c, al=90.0, be=90.0, ga=90.0) -> bool:
         """The whole composition still fits this lattice (checked on the last lattice number)."""
         return Placement(sg, _lattice_matrix(a, b, c, al, be, ga), cond.min_distance,
                          contact_ratio=cond.contact_ratio).fits(counts, lines=cond.max_lines)
 
-    def length(span: tuple[float, float], accept=None, monotone: bool = True):
+    def length(span: tuple[float, float], accept=None, monotone: bool = True, volume=None):
         """A cell length; ``accept`` is monotone in the last length (checked on each interval's
-        top), else probed on 11 points of each digit's interval."""
+        top), else probed on 11 points of each digit's interval. ``volume(x)``: the cell volume
+        this (last) length gives, for steering toward the typical volume window."""
         lo, hi = win.clip(span, stats)
         if accept is None:
             return Num(lo, hi, 3, ("\n",), max_int_digits=2)
-        return Num(lo, hi, 3, ("\n",), max_int_digits=2, accept=_monotone(accept) if monotone else accept,
-                   probe="hi" if monotone else True)
+        acc = _monotone(accept) if monotone else accept
+        strict = None
+        if volume is not None and steer_v is not None:
+            strict = lambda x: steer_v[0] <= volume(x) <= steer_v[1] and acc(x)  # noqa: E731
+        return Num(lo, hi, 3, ("\n",), max_int_digits=2, accept=acc, probe="hi" if monotone else True,
+                   strict_accept=strict, strict_probe=True)
 
     ang = 120.0 if hexagonal_axes else 90.0
     # The header was chosen before the lattice: a space group whose special positions push atoms
@@ -963,7 +978,7 @@ def cif_grammar(v: Vocab, cond: Conditions, stats: Stats, *, header: bool = True
         stats.window_widened += 1
         win = win.widened()
     if system == "cubic":
-        a, _ = yield length(win.cubic(), lambda x: room(x, x, x))
+        a, _ = yield length(win.cubic(), lambda x: room(x, x, x), volume=lambda x: x**3)
         b = c = a
         yield Lit(f"_cell_length_b {a:.3f}\n_cell_length_c {a:.3f}\n")
     else:
@@ -980,11 +995,12 @@ def cif_grammar(v: Vocab, cond: Conditions, stats: Stats, *, header: bool = True
             yield Lit("_cell_length_c ")
         if system in ("triclinic", "monoclinic"):
             # right angles are the roomiest: the angles that follow are checked exactly
-            c, _ = yield length(win.last(a * b), lambda x, a=a, b=b: room(a, b, x))
+            c, _ = yield length(win.last(a * b), lambda x, a=a, b=b: room(a, b, x), volume=lambda x: a * b * x)
         elif hexagonal_axes:
-            c, _ = yield length(win.last(a * a), lambda x, a=a: room(a, a, x, 90.0, 90.0, 120.0))
+            c, _ = yield length(win.last(a * a), lambda x, a=a: room(a, a, x, 90.0, 90.0, 120.0),
+                                volume=lambda x: a * a * x * win.hexf)
         else:
-            c, _ = yield length(win.last(a * b), lambda x, a=a, b=b: room(a, b, x))
+            c, _ = yield length(win.last(a * b), lambda x, a=a, b=b: room(a, b, x), volume=lambda x: a * b * x)
     if hexagonal_axes:
         al, be, ga = 90.0, 90.0, 120.0
         yield Lit("_cell_angle_alpha 90.00\n_cell_angle_beta 90.00\n_cell_angle_gamma 120.00\n")

@@ -11,7 +11,8 @@ calibrated windows the constrained decoder (:mod:`llamat_cif.grammar`) enforces:
   also *steers*, drawing each coordinate among the tokens that keep a wider margin
   (:data:`steer_ratio_default`, the 5th percentile of MP-20 train, 0.81) whenever the model's
   nucleus holds one, and falls back to the hard rule otherwise.
-* **Volume.** Volume per atom must lie in ``[lo, hi] * v_pred`` with ``v_pred`` a composition-based
+* **Volume.** (The last cell length is also steered into the central 90 % of MP-20 train's
+  volume ratios, :func:`volume_steer_default`, when the model's tokens allow.) Volume per atom must lie in ``[lo, hi] * v_pred`` with ``v_pred`` a composition-based
   estimate: the atom-fraction-weighted sum of per-element volume increments fitted on MP-20 train
   (non-negative least squares, see ``benchmarks/physics/calibrate.py``), which predicts MP-20 test
   better than elemental ground-state volumes. The window holds at least 99.5 % of MP-20 train.
@@ -43,6 +44,13 @@ def calibration() -> dict:
     if not CALIBRATION_FILE.is_file():
         raise FileNotFoundError(f"{CALIBRATION_FILE} is missing: run benchmarks/physics/calibrate.py")
     return json.loads(CALIBRATION_FILE.read_text())
+
+
+def volume_steer_default() -> tuple[float, float]:
+    """Calibrated steering range of the volume ratio: the central 90 % of MP-20 train. The last
+    cell length prefers it whenever the model's tokens allow."""
+    w = calibration()["volume"]["steer_window"]
+    return float(w[0]), float(w[1])
 
 
 def contact_ratio_default() -> float:

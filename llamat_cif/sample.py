@@ -64,6 +64,10 @@ class SampleConfig:
     # volume per atom within [lo, hi] x the composition-based prediction: "auto" (calibrated on
     # MP-20 train, >= 99.5 % inside), "off", or "LO,HI"
     volume_window: str = "auto"
+    # steering: the last cell length prefers a volume ratio in this range when the model's tokens
+    # allow: "auto" (the central 90 % of MP-20 train), "off" (default: on 48 seed-0 samples it
+    # tightened volumes but cost 3x sampling time and more short contacts), or "LO,HI"
+    steer_volume_window: str = "off"
     charge_balanced: bool = False  # constraint: a self-chosen formula must be SMACT-valid
     max_new_tokens: int = 1000
     device: str | None = None
@@ -107,6 +111,25 @@ def resolve_physics(min_contact_ratio: float | None, volume_window: str | None) 
         if not 0 < lo < hi:
             raise ValueError(f"volume window needs 0 < LO < HI, got {volume_window!r}")
     return f, f"{lo:g},{hi:g}"
+
+
+def resolve_volume_steer(steer_volume_window: str | None, volume_window: str) -> str:
+    """The volume steering range a run uses (``"lo,hi"`` or ``"off"``; off with the window off)."""
+    from llamat_cif.physics import volume_steer_default
+
+    win = (steer_volume_window or "auto").strip().lower()
+    if volume_window == "off" or win in ("off", "none", "0"):
+        return "off"
+    if win == "auto":
+        lo, hi = volume_steer_default()
+    else:
+        try:
+            lo, hi = (float(x) for x in win.split(","))
+        except ValueError:
+            raise ValueError(f"steer volume window must be auto, off or LO,HI, got {steer_volume_window!r}") from None
+        if not 0 < lo < hi:
+            raise ValueError(f"steer volume window needs 0 < LO < HI, got {steer_volume_window!r}")
+    return f"{lo:g},{hi:g}"
 
 
 def window_tuple(volume_window: str) -> tuple[float, float] | None:
@@ -297,10 +320,11 @@ def _check_resume(out: Path, cfg: SampleConfig) -> None:
         old = json.loads(saved.read_text())
         keys = ("model", "formula", "spacegroup", "temperature", "top_p", "top_k", "batch_size", "seed",
                 "constrained", "min_distance", "charge_balanced", "fmt", "max_new_tokens",
-                "min_contact_ratio", "volume_window", "steer_contact_ratio")
+                "min_contact_ratio", "volume_window", "steer_contact_ratio", "steer_volume_window")
         default = {f.name: f.default for f in fields(SampleConfig)}  # keys added since the run began
         # runs from before physics decoding were drawn without it
-        default.update(min_contact_ratio=0.0, volume_window="off", steer_contact_ratio=0.0)
+        default.update(min_contact_ratio=0.0, volume_window="off", steer_contact_ratio=0.0,
+                       steer_volume_window="off")
         diff = {k: (old.get(k, default[k]), asdict(cfg).get(k)) for k in keys
                 if old.get(k, default[k]) != asdict(cfg).get(k)}
         if diff:
@@ -355,6 +379,7 @@ def generate(cfg: SampleConfig, *, progress: bool = True, model=None, tokenizer=
     cfg = SampleConfig(**{**asdict(cfg), "fmt": fmt, "min_contact_ratio": contact_ratio,
                           "volume_window": volume_window,
                           "steer_contact_ratio": resolve_steer(cfg.steer_contact_ratio, contact_ratio),
+                          "steer_volume_window": resolve_volume_steer(cfg.steer_volume_window, volume_window),
                           "temperature": rec_t if cfg.temperature is None else cfg.temperature,
                           "top_p": rec_p if cfg.top_p is None else cfg.top_p})
     shard = parse_shard("/".join(map(str, cfg.shard))) if cfg.shard else None
@@ -386,7 +411,7 @@ def generate(cfg: SampleConfig, *, progress: bool = True, model=None, tokenizer=
     stats = Stats()
     max_lines = site_lines_for(cfg.max_new_tokens)
     physics = dict(contact_ratio=cfg.min_contact_ratio, volume_window=window_tuple(cfg.volume_window),
-                   steer_ratio=cfg.steer_contact_ratio)
+                   steer_ratio=cfg.steer_contact_ratio, volume_steer=window_tuple(cfg.steer_volume_window))
     cond = Conditions(formula=formula, spacegroup=cfg.spacegroup, min_distance=cfg.min_distance,
                       charge_balanced=cfg.charge_balanced, max_lines=max_lines, **physics)
     grammar = GRAMMARS[fmt]

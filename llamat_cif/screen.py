@@ -73,6 +73,7 @@ class ScreenConfig:
     min_contact_ratio: float | None = None  # None: calibrated (llamat_cif.physics), 0: off
     volume_window: str = "auto"  # auto | off | "lo,hi"
     steer_contact_ratio: float | None = None  # None: calibrated, 0: off
+    steer_volume_window: str = "off"  # auto | off | "lo,hi"
     relax: RelaxConfig = field(default_factory=RelaxConfig)
     hull: str | None = None
     n_workers: int = 1
@@ -160,7 +161,8 @@ def stage_generate(config: ScreenConfig, *, progress: bool = True) -> pd.DataFra
                       top_k=config.top_k, batch_size=config.batch_size, seed=config.seed,
                       constrained=config.constrained, device=config.device,
                       min_contact_ratio=config.min_contact_ratio, volume_window=config.volume_window,
-                      steer_contact_ratio=config.steer_contact_ratio)
+                      steer_contact_ratio=config.steer_contact_ratio,
+                      steer_volume_window=config.steer_volume_window)
     generate(sc, progress=progress)
     return pd.read_csv(path, dtype={"id": str}, keep_default_na=False)
 

@@ -158,11 +158,18 @@ def main() -> None:
             "window_rule": f"lo <= V_per_atom / predicted <= hi, holding >= {VOLUME_PASS:.1%} of train",
             "train_inside": [int(round(inside(ratio_train) * len(ratio_train))), int(len(ratio_train))],
             "test_inside": [int(round(inside(ratio_test) * len(ratio_test))), int(len(ratio_test))],
+            # steering range for the last cell length: the central 90 % of train
+            "steer_window": [math.floor(np.quantile(ratio_train, 0.05) * 100) / 100,
+                             math.ceil(np.quantile(ratio_train, 0.95) * 100) / 100],
+            "steer_window_train_inside": None,
             "increments": dict(fitted.increments),
             "elemental": dict(fitted.fallback),
         },
         "wall_s": round(time.time() - t0, 1),
     }
+    sw = result["volume"]["steer_window"]
+    result["volume"]["steer_window_train_inside"] = [int(((ratio_train >= sw[0]) & (ratio_train <= sw[1])).sum()),
+                                                     int(len(ratio_train))]
     CALIBRATION_FILE.write_text(json.dumps(result, indent=1))
     out = Path(__file__).with_name("calibration_summary.json")
     out.write_text(json.dumps({k: v for k, v in result.items() if k != "volume"}

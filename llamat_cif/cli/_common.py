@@ -35,6 +35,10 @@ def physics_options(f):
     f = click.option("--volume-window", default="auto", show_default=True, metavar="auto|off|LO,HI",
                      help="Constrained runs: volume per atom within LO..HI x the composition-based "
                           "prediction (auto: calibrated on MP-20 train, >= 99.5 % inside).")(f)
+    f = click.option("--steer-volume-window", default="off", show_default=True, metavar="auto|off|LO,HI",
+                     help="Constrained runs: the last cell length prefers a volume per atom within LO..HI x "
+                          "the prediction when the model's tokens allow (auto: the central 90 % of MP-20 "
+                          "train).")(f)
     f = click.option("--steer-contact-ratio", type=float, default=None,
                      help="Constrained runs: coordinates are drawn among tokens that keep this wider "
                           "contact ratio whenever the model's nucleus holds one [default: calibrated, "

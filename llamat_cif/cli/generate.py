@@ -38,7 +38,7 @@ from llamat_cif.cli._common import console, fail, physics_options, sampling_opti
                    "share one seeded run; a later run without --shard merges them and fills any gaps.")
 @seed_option
 def generate(n, model, out_dir, formula, spacegroup, targets, temperature, top_p, top_k, batch_size,
-             constrained, min_distance, min_contact_ratio, steer_contact_ratio, volume_window, charge_balanced, max_new_tokens, device, threads, shard, seed) -> None:
+             constrained, min_distance, min_contact_ratio, steer_contact_ratio, steer_volume_window, volume_window, charge_balanced, max_new_tokens, device, threads, shard, seed) -> None:
     """Sample structures into OUT/samples.csv and OUT/cifs/ (resumes an interrupted run)."""
     from llamat_cif.model import ModelLoadError
     from llamat_cif.sample import SampleConfig, parse_shard
@@ -51,7 +51,7 @@ def generate(n, model, out_dir, formula, spacegroup, targets, temperature, top_p
     cfg = SampleConfig(n=n, out_dir=out_dir, model=model, formula=formula, spacegroup=spacegroup,
                        temperature=temperature, top_p=top_p, top_k=top_k, batch_size=batch_size, seed=seed,
                        constrained=constrained, min_distance=min_distance or None, min_contact_ratio=min_contact_ratio,
-                       steer_contact_ratio=steer_contact_ratio,
+                       steer_contact_ratio=steer_contact_ratio, steer_volume_window=steer_volume_window,
                        volume_window=volume_window, charge_balanced=charge_balanced,
                        max_new_tokens=max_new_tokens, device=device, threads=threads, targets=targets,
                        shard=shard_ik)

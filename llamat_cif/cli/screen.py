@@ -41,7 +41,7 @@ from llamat_cif.stability.relax import quiet_warnings
 @seed_option
 @data_dir_option
 def screen(n, model, potential, out_dir, formula, spacegroup, temperature, top_p, top_k, min_contact_ratio,
-           steer_contact_ratio, volume_window, batch_size, fmax,
+           steer_contact_ratio, steer_volume_window, volume_window, batch_size, fmax,
            max_steps, time_limit, hull_path, relax_filter, workers, device, progress, seed, data_dir) -> None:
     """Generate N crystals and screen them down to stable, unique, novel candidates.
 
@@ -56,7 +56,8 @@ def screen(n, model, potential, out_dir, formula, spacegroup, temperature, top_p
     cfg = ScreenConfig(n=n, out_dir=out_dir, model=model, potential=potential, seed=seed, formula=formula,
                        spacegroup=spacegroup, temperature=temperature, top_p=top_p, top_k=top_k,
                        batch_size=batch_size, min_contact_ratio=min_contact_ratio,
-                       steer_contact_ratio=steer_contact_ratio, volume_window=volume_window,
+                       steer_contact_ratio=steer_contact_ratio, steer_volume_window=steer_volume_window,
+                       volume_window=volume_window,
                        relax=RelaxConfig(fmax=fmax, max_steps=max_steps, time_limit_s=time_limit),
                        hull=hull_path, relax_filter=relax_filter, n_workers=workers, device=device)
     try:
