@@ -98,37 +98,32 @@ def resolve_physics(min_contact_ratio: float | None, volume_window: str | None) 
     f = contact_ratio_default() if min_contact_ratio is None else float(min_contact_ratio)
     if f < 0 or f >= 1.5:
         raise ValueError(f"min contact ratio must be in [0, 1.5), got {f}")
-    win = (volume_window or "auto").strip().lower()
-    if win == "auto":
-        lo, hi = volume_window_default()
-    elif win in ("off", "none", "0"):
-        return f, "off"
-    else:
-        try:
-            lo, hi = (float(x) for x in win.split(","))
-        except ValueError:
-            raise ValueError(f"volume window must be auto, off or LO,HI (e.g. 0.7,2.0), got {volume_window!r}") from None
-        if not 0 < lo < hi:
-            raise ValueError(f"volume window needs 0 < LO < HI, got {volume_window!r}")
-    return f, f"{lo:g},{hi:g}"
+    return f, _window_text(volume_window, volume_window_default, "volume window")
 
 
 def resolve_volume_steer(steer_volume_window: str | None, volume_window: str) -> str:
     """The volume steering range a run uses (``"lo,hi"`` or ``"off"``; off with the window off)."""
     from llamat_cif.physics import volume_steer_default
 
-    win = (steer_volume_window or "auto").strip().lower()
-    if volume_window == "off" or win in ("off", "none", "0"):
+    if volume_window == "off":
+        return "off"
+    return _window_text(steer_volume_window, volume_steer_default, "steer volume window")
+
+
+def _window_text(text: str | None, default, name: str) -> str:
+    """``auto`` (``default()``), ``off`` or ``LO,HI`` -> ``"lo,hi"`` / ``"off"``, clear error otherwise."""
+    win = (text or "auto").strip().lower()
+    if win in ("off", "none", "0"):
         return "off"
     if win == "auto":
-        lo, hi = volume_steer_default()
+        lo, hi = default()
     else:
         try:
             lo, hi = (float(x) for x in win.split(","))
         except ValueError:
-            raise ValueError(f"steer volume window must be auto, off or LO,HI, got {steer_volume_window!r}") from None
+            raise ValueError(f"{name} must be auto, off or LO,HI (e.g. 0.7,2.0), got {text!r}") from None
         if not 0 < lo < hi:
-            raise ValueError(f"steer volume window needs 0 < LO < HI, got {steer_volume_window!r}")
+            raise ValueError(f"{name} needs 0 < LO < HI, got {text!r}")
     return f"{lo:g},{hi:g}"
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from pymatgen.core import Lattice, Structure
 
-from llamat_cif.grammar import Conditions, Decoder, LatticeWindow, Stats, Vocab, cif_grammar
+from llamat_cif.grammar import Conditions, LatticeWindow, Vocab
 from llamat_cif.physics import (
     calibration,
     contact_ratio_default,
@@ -140,20 +140,15 @@ def vocab():
 
 
 def test_random_walks_with_physics_never_dead_end(vocab):
+    from test_placement import _drive
+
     from llamat_cif.cif import from_text
 
     rng = random.Random(7)
     f, window = contact_ratio_default(), volume_window_default()
     for _ in range(6):
         cond = Conditions(max_atoms=12, max_elements=3, contact_ratio=f, volume_window=window)
-        stats = Stats()
-        d = Decoder(cif_grammar(vocab, cond, stats), vocab, stats)
-        ids = []
-        while not d.done and len(ids) < 3000:
-            t = rng.choice(d.allowed_checked())
-            ids.append(t)
-            d.advance(t)
-        text = vocab.tok.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        text, stats = _drive(vocab, cond, rng)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             s = from_text(text, "cif")
