@@ -191,6 +191,9 @@ class Placement:
         min_distance: smallest admissible distance between any two atoms (Å); ``None`` still keeps
             sites apart by 0.05 Å so that the text parses (no two sites on one point).
         budget: search nodes per question before answering optimistically.
+        total_budget: search nodes over all questions about this document; once spent, every
+            further question is answered optimistically (counted), so one pathological document
+            cannot hold a batch for minutes.
         contact_ratio: f of the covalent contact rule ``d_ij >= f * (r_i + r_j)`` (0: off). With it
             on, counts name their elements (``{"Na": 4, "Cl": 4}``) so that each atom gets its radius.
 
@@ -199,7 +202,7 @@ class Placement:
     """
 
     def __init__(self, number: int, matrix: np.ndarray, min_distance: float | None = 0.5,
-                 budget: int = 2000, *, contact_ratio: float = 0.0) -> None:
+                 budget: int = 2000, *, contact_ratio: float = 0.0, total_budget: int = 60_000) -> None:
         self.number = number
         self.rots, self.trans = space_group_ops(number)
         self.ops = (self.rots, self.trans)
@@ -218,6 +221,8 @@ class Placement:
         self._memo: dict[tuple, list[np.ndarray] | None] = {}
         self._certs: dict[tuple, tuple[np.ndarray, np.ndarray, int]] = {}  # counts -> (atoms, radii, lines)
         self._nodes = 0
+        self.total_budget = total_budget
+        self._spent = 0  # nodes searched over all questions
 
     # ------------------------------------------------------------------------------ radii
     def radius_of(self, element: str | None) -> float:
@@ -314,13 +319,18 @@ class Placement:
             dist = pair_distances(cert[0], extra, self.matrix)
             if (dist >= np.maximum(self.dmin, self.f * (cert[1][:, None] + extra_r[None, :]))).all():
                 return True
+        if self._spent >= self.total_budget:
+            self.optimistic += 1
+            return True
         self._nodes = 0
         try:
             path = self._search(key, np.vstack([self.placed, extra]), np.concatenate([self.placed_r, extra_r]),
                                 lines)
         except _Budget:
+            self._spent += self._nodes
             self.optimistic += 1
             return True
+        self._spent += self._nodes
         if path is None:
             return False
         self._certs[key] = (np.vstack([o for o, _ in path]),
