@@ -8,7 +8,11 @@ R=benchmarks/physics/runs
 N=${N:-300}       # samples per setting
 K=${K:-100}       # valid samples relaxed per setting (seeded choice)
 
-# 1. samples (today's grammar = the first 300 rows of the recorded 1,000-sample run v9)
+# 1. samples. Today's grammar = the first 300 rows of the recorded 1,000-sample run v9 (same seeds;
+#    rows 296-299 come from a batch of 8, not 4); unconstrained = the recorded 200-sample run v10.
+mkdir -p $R/t0.7-p0.9-seed0-grammar-only $R/t0.7-p0.9-seed0-unconstrained
+python -c "import pandas as pd; pd.read_csv('benchmarks/generate/v9/v9_t07_p09/samples.csv', dtype={'id': str}, keep_default_na=False).iloc[:$N].to_csv('$R/t0.7-p0.9-seed0-grammar-only/samples.csv', index=False)"
+cp benchmarks/generate/v10/v10_uncond_t07_p09/samples.csv benchmarks/generate/v10/v10_uncond_t07_p09/sample_config.json $R/t0.7-p0.9-seed0-unconstrained/
 for i in 0 1; do llamat-cif generate -n $N --batch-size 8 --seed 0 --out $R/t0.7-p0.9-seed0-physics --shard $i/2 & done; wait
 llamat-cif generate -n $N --batch-size 8 --seed 0 --out $R/t0.7-p0.9-seed0-physics
 for i in 0 1; do llamat-cif generate -n $N --batch-size 8 --seed 0 --volume-window off \
@@ -16,6 +20,7 @@ for i in 0 1; do llamat-cif generate -n $N --batch-size 8 --seed 0 --volume-wind
 llamat-cif generate -n $N --batch-size 8 --seed 0 --volume-window off --out $R/t0.7-p0.9-seed0-contacts
 
 # 2. validity + stability of K seeded-random valid samples (CHGNet, FIRE fmax 0.1, MP-20 hull)
+llamat-cif validate $R/t0.7-p0.9-seed0-unconstrained/samples.csv --out $R/t0.7-p0.9-seed0-unconstrained --jobs 1
 for run in t0.7-p0.9-seed0-grammar-only t0.7-p0.9-seed0-contacts t0.7-p0.9-seed0-physics; do
   llamat-cif validate $R/$run/samples.csv --out $R/$run --jobs 1
   llamat-cif benchmark --samples $R/$run --out $R/$run/stability-$K --stability $K --seed 0 --no-coverage
@@ -23,9 +28,11 @@ done
 llamat-cif benchmark --samples $R/t0.7-p0.9-seed0-physics --out $R/t0.7-p0.9-seed0-physics/stability-$K-rescaled \
   --stability $K --seed 0 --no-coverage --rescale-volume
 
+# (the "+ contacts" row was not relaxed in the recorded table: out of session time)
 # 3. the table
 python benchmarks/physics/ablation.py \
   "today's grammar=$R/t0.7-p0.9-seed0-grammar-only:$R/t0.7-p0.9-seed0-grammar-only/stability-$K" \
-  "+ contacts=$R/t0.7-p0.9-seed0-contacts:$R/t0.7-p0.9-seed0-contacts/stability-$K" \
-  "+ volume window (default)=$R/t0.7-p0.9-seed0-physics:$R/t0.7-p0.9-seed0-physics/stability-$K" \
-  "+ rescale before relaxing=$R/t0.7-p0.9-seed0-physics:$R/t0.7-p0.9-seed0-physics/stability-$K-rescaled"
+  "+ contacts (f 0.68, steering 0.81)=$R/t0.7-p0.9-seed0-contacts:$R/t0.7-p0.9-seed0-contacts/stability-$K" \
+  "+ volume window 0.70-2.01 (default)=$R/t0.7-p0.9-seed0-physics:$R/t0.7-p0.9-seed0-physics/stability-$K" \
+  "+ rescale before relaxing=$R/t0.7-p0.9-seed0-physics:$R/t0.7-p0.9-seed0-physics/stability-$K-rescaled" \
+  "unconstrained (v10, 200)=$R/t0.7-p0.9-seed0-unconstrained"
