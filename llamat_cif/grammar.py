@@ -837,6 +837,7 @@ class LatticeWindow:
     vlo: float = 0.0
     vhi: float = math.inf
     hexf: float = 1.0  # area factor of the ab face (sin 120° on hexagonal axes)
+    vhi0: float = math.inf  # the top before any widening
 
     LEN_HI = 60.0
 
@@ -882,10 +883,12 @@ class LatticeWindow:
         bc = self._len(math.sqrt(self.vhi / a)) if math.isfinite(self.vhi) else self.LEN_HI
         return bc, self._len(self.vhi / (a * bc)) if math.isfinite(self.vhi) else self.LEN_HI
 
-    def widened(self, factor: float = 1.25) -> LatticeWindow:
-        """The same window with its top raised by ``factor`` (open after 30 % of the way to 10x)."""
+    def widened(self, factor: float = 1.25, limit: float = 5.0) -> LatticeWindow:
+        """The same window with its top raised by ``factor``; open once the top passes ``limit``
+        times the window's original top."""
         vhi = self.vhi * factor
-        return LatticeWindow(self.len_lo, self.vlo, vhi if vhi < 10 * self.vlo / 0.7 else math.inf, self.hexf)
+        top0 = self.vhi0 if math.isfinite(self.vhi0) else self.vhi
+        return replace(self, vhi=vhi if vhi < limit * top0 else math.inf, vhi0=top0)
 
     def fits_somewhere(self, system: str, rhombo_hex: bool, room: Callable[..., bool]) -> bool:
         """Does the composition fit one of a few roomiest cells of the window (the lattice fields'

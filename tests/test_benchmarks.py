@@ -259,26 +259,33 @@ def test_fingerprint_cache_resumes(tmp_path, nacl, perovskite, diamond):
     assert first.struct[3].max() == pytest.approx(1.0)
 
 
-@requires_data
-def test_cli_benchmark_end_to_end(tmp_path, monkeypatch):
-    """The first 12 reference structures as 'samples': recall over them and precision are exactly 1."""
-    from click.testing import CliRunner
-
-    from llamat_cif.cli import main
+def _reference_run(tmp_path, **extra_columns):
+    """A run folder whose 'samples' are the first 12 MP-20 test structures plus an empty and a
+    garbage sample (valid: 12 of 14), with its validity table."""
     from llamat_cif.data import load_split
 
-    monkeypatch.setenv("LLAMAT_CIF_CACHE", str(tmp_path / "cache"))
     ref = load_split("mp20", "test", limit=12)
     run = tmp_path / "run"
     run.mkdir()
     ids = [f"s{i:06d}" for i in range(14)]
     cifs = list(ref["cif"]) + ["", "garbage"]
     pd.DataFrame({"id": ids, "text": cifs, "fmt": "cif", "cif": cifs, "error": [""] * 12 + ["no decode"] * 2,
-                  "target_formula": "", "target_spacegroup": "", "seed": 0, "n_tokens": 0}).to_csv(
-        run / "samples.csv", index=False)
+                  "target_formula": "", **extra_columns}).to_csv(run / "samples.csv", index=False)
     ok = [True] * 12 + [False, False]
     pd.DataFrame({"id": ids, "parsed": ok, "structurally_valid": ok, "compositionally_valid": ok,
                   "valid": ok}).to_parquet(run / "validity.parquet")
+    return run
+
+
+@requires_data
+def test_cli_benchmark_end_to_end(tmp_path, monkeypatch):
+    """The first 12 reference structures as 'samples': recall over them and precision are exactly 1."""
+    from click.testing import CliRunner
+
+    from llamat_cif.cli import main
+
+    monkeypatch.setenv("LLAMAT_CIF_CACHE", str(tmp_path / "cache"))
+    run = _reference_run(tmp_path, target_spacegroup="", seed=0, n_tokens=0)
     out = tmp_path / "bench"
     res = CliRunner().invoke(main, ["benchmark", "--samples", str(run), "--reference", "mp20-test",
                                     "--reference-limit", "12", "--out", str(out), "--seed", "3",
@@ -318,7 +325,6 @@ def test_cli_benchmark_no_coverage(tmp_path, monkeypatch):
 
     import llamat_cif.benchmarks.run as bench_run
     from llamat_cif.cli import main
-    from llamat_cif.data import load_split
 
     def no_fingerprints(*args, **kwargs):
         raise AssertionError("--no-coverage must not fingerprint anything")
@@ -326,16 +332,7 @@ def test_cli_benchmark_no_coverage(tmp_path, monkeypatch):
     monkeypatch.setattr(bench_run, "compute_fingerprints", no_fingerprints)
     monkeypatch.setattr(bench_run, "_reference_validity", no_fingerprints)
     monkeypatch.setenv("LLAMAT_CIF_CACHE", str(tmp_path / "cache"))
-    ref = load_split("mp20", "test", limit=12)
-    run = tmp_path / "run"
-    run.mkdir()
-    ids = [f"s{i:06d}" for i in range(14)]
-    cifs = list(ref["cif"]) + ["", "garbage"]
-    pd.DataFrame({"id": ids, "text": cifs, "fmt": "cif", "cif": cifs, "error": [""] * 12 + ["no decode"] * 2,
-                  "target_formula": ""}).to_csv(run / "samples.csv", index=False)
-    ok = [True] * 12 + [False, False]
-    pd.DataFrame({"id": ids, "parsed": ok, "structurally_valid": ok, "compositionally_valid": ok,
-                  "valid": ok}).to_parquet(run / "validity.parquet")
+    run = _reference_run(tmp_path)
     out = tmp_path / "bench"
     args = ["benchmark", "--samples", str(run), "--reference", "mp20-test", "--reference-limit", "12",
             "--out", str(out), "--no-coverage"]
