@@ -234,7 +234,7 @@ def _has_tokenizer(folder: Path) -> bool:
     return any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json"))
 
 
-def _adapter_base_path(adapter_dir: Path) -> Path:
+def adapter_base_path(adapter_dir: Path) -> Path:
     cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
     base = cfg.get("base_model_name_or_path")
     if not base:
@@ -285,7 +285,7 @@ def load_generator(
         if is_adapter:
             from peft import PeftModel
 
-            base_dir = _adapter_base_path(folder)
+            base_dir = adapter_base_path(folder)
             base = AutoModelForCausalLM.from_pretrained(
                 base_dir, local_files_only=True, **dtype_kwargs(torch_dtype)
             )

@@ -230,6 +230,44 @@ class GrammarLogitsProcessor:
         return allowed[order[0]]
 
 
+def draw_batch(model, tokenizer, *, size: int, seed: tuple[int, ...], prompt: str = "",
+               conditions: list | None = None, grammar=None, vocab=None, stats=None,
+               temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
+               max_new_tokens: int = 1000):
+    """Draw one seeded batch of ``size`` documents; returns the new token ids (``size x T``, padded
+    with the pad id after a document's end).
+
+    The torch generator is seeded from ``seed`` (e.g. ``(run seed, batch index)``), so the same
+    call draws the same documents. With ``conditions`` (one
+    :class:`~llamat_cif.grammar.Conditions` per row) every row is walked through ``grammar``
+    (:class:`GrammarLogitsProcessor`); without, the bare model samples after ``prompt``. Used by
+    :func:`generate` and by the alignment rounds of :mod:`llamat_cif.align`, which need the exact
+    tokens drawn.
+    """
+    import torch
+
+    from llamat_cif.grammar import Decoder
+
+    device = next(model.parameters()).device
+    tokenizer.padding_side = "left"
+    torch.manual_seed(int(np.random.SeedSequence(list(seed)).generate_state(1)[0]))
+    enc = tokenizer([tokenizer.bos_token + prompt] * size, return_tensors="pt",
+                    add_special_tokens=False, padding=True).to(device)
+    kwargs = dict(max_new_tokens=max_new_tokens, do_sample=temperature > 0,
+                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                  use_cache=True)
+    if temperature > 0:
+        kwargs.update(temperature=temperature, top_p=top_p, top_k=top_k or None)
+    if conditions is not None:
+        decoders = [Decoder(grammar(vocab, c, stats), vocab, stats) for c in conditions]
+        kwargs["logits_processor"] = [GrammarLogitsProcessor(
+            decoders, enc["input_ids"].shape[1], tokenizer.pad_token_id,
+            temperature=temperature, top_k=top_k, top_p=top_p)]
+    with torch.no_grad():
+        gen = model.generate(**enc, **kwargs)
+    return gen[:, enc["input_ids"].shape[1]:]
+
+
 def parse_formula(formula: str) -> dict[str, float]:
     """Reduced composition of a formula string (clear error on nonsense)."""
     from pymatgen.core import Composition
@@ -339,7 +377,7 @@ def generate(cfg: SampleConfig, *, progress: bool = True, model=None, tokenizer=
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from llamat_cif.cif import CrystalTextError, from_text, structure_to_cif
-    from llamat_cif.grammar import GRAMMARS, Conditions, Decoder, Stats, Vocab, site_lines_for
+    from llamat_cif.grammar import GRAMMARS, Conditions, Stats, Vocab, site_lines_for
     from llamat_cif.model import load_generator, resolve_model_path
 
     if cfg.n < 1:
@@ -426,30 +464,19 @@ def generate(cfg: SampleConfig, *, progress: bool = True, model=None, tokenizer=
         for b in todo:
             start = b * cfg.batch_size
             size = min(cfg.batch_size, cfg.n - start)
-            torch.manual_seed(int(np.random.SeedSequence([cfg.seed, b]).generate_state(1)[0]))
-            enc = tokenizer([tokenizer.bos_token + prompt] * size, return_tensors="pt",
-                            add_special_tokens=False, padding=True).to(device)
-            kwargs = dict(max_new_tokens=cfg.max_new_tokens, do_sample=cfg.temperature > 0,
-                          pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                          use_cache=True)
-            if cfg.temperature > 0:
-                kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k or None)
             row_targets = [targets[start + i] if targets else (cfg.formula, cfg.spacegroup) for i in range(size)]
             if targets and not cfg.constrained:
                 raise ValueError("--targets needs constrained decoding (prompts per row are not batched)")
+            conds = None
             if cfg.constrained:
                 conds = [cond if not targets else
                          Conditions(formula=parse_formula(f) if f else None, spacegroup=g,
                                     min_distance=cfg.min_distance, charge_balanced=cfg.charge_balanced,
                                     max_lines=max_lines, **physics)
                          for f, g in row_targets]
-                decoders = [Decoder(grammar(vocab, c, stats), vocab, stats) for c in conds]
-                kwargs["logits_processor"] = [GrammarLogitsProcessor(
-                    decoders, enc["input_ids"].shape[1], tokenizer.pad_token_id,
-                    temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)]
-            with torch.no_grad():
-                gen = model.generate(**enc, **kwargs)
-            new = gen[:, enc["input_ids"].shape[1]:]
+            new = draw_batch(model, tokenizer, size=size, seed=(cfg.seed, b), prompt=prompt, conditions=conds,
+                             grammar=grammar, vocab=vocab, stats=stats, temperature=cfg.temperature,
+                             top_p=cfg.top_p, top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens)
             rows = []
             for i in range(size):
                 ids = [t for t in new[i].tolist() if t not in (tokenizer.pad_token_id,)]

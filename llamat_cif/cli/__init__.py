@@ -17,6 +17,7 @@ COMMANDS: dict[str, str] = {
     "data": "data:data",
     "corpus": "corpus:corpus",
     "train": "train:train",
+    "align": "align:align",
     "generate": "generate:generate",
     "validate": "validate:validate",
     "stability": "stability:stability",

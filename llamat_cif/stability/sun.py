@@ -117,6 +117,10 @@ class TrainingSet:
     def from_structures(cls, structures: Sequence, name: str = "custom") -> TrainingSet:
         return cls([s.composition.reduced_formula for s in structures], [s.to(fmt="cif") for s in structures], name)
 
+    def formulas(self) -> list[str]:
+        """Reduced formula of every training structure (sorted; repeated as often as it occurs)."""
+        return sorted(f for f, cifs in self._cifs.items() for _ in cifs)
+
     def candidates(self, formula: str) -> list:
         if formula not in self._parsed:
             self._parsed[formula] = [s for s in (_parse(c) for c in self._cifs.get(formula, [])) if s is not None]

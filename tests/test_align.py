@@ -1,0 +1,179 @@
+"""Stability alignment (``llamat-cif align``): pairs, duplicates, the stability reward on known
+structures, and the sample-score-update loop on the shipped small model with a cheap reward."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import requires_data
+
+from llamat_cif.align import (
+    AlignConfig,
+    StabilityReward,
+    build_pairs,
+    mark_duplicates,
+    round_prompts,
+    run_align,
+    sequence_logps,
+)
+from llamat_cif.model import load_generator, resolve_model_path
+from llamat_cif.stability.sun import TrainingSet
+
+torch.set_num_threads(1)
+
+
+def _frame(rows):
+    return pd.DataFrame(rows, columns=["id", "prompt", "reward", "eligible"])
+
+
+def test_pairs_best_eligible_against_ineligible_and_clearly_worse():
+    rows = [("a", "p0", -0.10, True), ("b", "p0", -0.50, True), ("c", "p0", -0.12, True),
+            ("d", "p0", -2.00, False), ("e", "p0", -0.01, False),  # e: best reward but not novel
+            ("f", "p1", -0.30, False), ("g", "p1", -2.00, False)]  # p1: nothing may win
+    df = _frame(rows)
+    pairs = build_pairs(df[["id", "prompt"]], df, margin=0.05, per_prompt=3)
+    assert pairs["prompt"].tolist() == ["p0"] * 3
+    assert set(pairs["chosen"]) == {"a"}  # e scores higher but never wins
+    # ineligible first (worst first), then eligible rivals at least 0.05 worse; c is within margin
+    assert pairs["rejected"].tolist() == ["d", "e", "b"]
+    assert build_pairs(df[["id", "prompt"]], df, margin=0.05, per_prompt=1)["rejected"].tolist() == ["d"]
+
+
+def test_duplicates_within_a_round_are_not_eligible(nacl, diamond):
+    cif = nacl.to(fmt="cif")
+    shifted = nacl.copy()
+    shifted.translate_sites(list(range(len(shifted))), [0.1, 0.0, 0.0])  # same crystal, other origin
+    scores = pd.DataFrame({"id": ["r0-p1-00", "r0-p0-01", "r0-p0-00"], "valid": [True, True, True],
+                           "relaxed_cif": [diamond.to(fmt="cif"), shifted.to(fmt="cif"), cif],
+                           "eligible": [True, True, True]})
+    out = mark_duplicates(scores).set_index("id")
+    assert out.loc["r0-p0-00", "unique"] and out.loc["r0-p0-00", "eligible"]
+    assert out.loc["r0-p0-01", "duplicate_of"] == "r0-p0-00" and not out.loc["r0-p0-01", "eligible"]
+    assert out.loc["r0-p1-00", "unique"]
+
+
+def test_prompts_are_seeded_and_mixed():
+    cfg = AlignConfig(out_dir="x", prompts=10, conditional=0.4, seed=3)
+    a = round_prompts(cfg, 0, ["NaCl", "SrTiO3", "C"])
+    assert a == round_prompts(cfg, 0, ["NaCl", "SrTiO3", "C"])
+    assert a != round_prompts(cfg, 1, ["NaCl", "SrTiO3", "C"])
+    assert sum(bool(p["target_formula"]) for p in a) == 4
+    assert {p["target_formula"] for p in a} - {""} <= {"NaCl", "SrTiO3", "C"}
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ValueError, match="samples_per_prompt"):
+        AlignConfig(out_dir="x", samples_per_prompt=1)
+    with pytest.raises(ValueError, match="conditional"):
+        AlignConfig(out_dir="x", conditional=1.5)
+    res = CliRunner().invoke(__import__("llamat_cif.cli", fromlist=["main"]).main,
+                             ["align", "--out", "x", "--samples-per-prompt", "1"])
+    assert res.exit_code == 1 and "samples_per_prompt must be >= 2" in res.output
+
+
+@requires_data
+def test_stability_reward_on_known_structures(nacl):
+    from pymatgen.core import Lattice, Structure
+
+    from llamat_cif.data import load_split
+
+    train = load_split("mp20", "train", limit=50)
+    known = Structure.from_str(train["cif"].iloc[0], fmt="cif")
+    training = TrainingSet.from_structures([known], name="first MP-20 train structure")
+    cfg = AlignConfig(out_dir="x", relax_steps=5)
+    reward = StabilityReward(cfg, training)
+    prim = nacl.get_primitive_structure()
+    squeezed = Structure(prim.lattice, ["Na", "Cl"], [[0, 0, 0], [0, 0, 0]], coords_are_cartesian=True)
+    squeezed.translate_sites([1], [1.0 / np.sqrt(3)] * 3, frac_coords=False)  # Na-Cl 1.0 Å apart
+    assert squeezed.get_distance(0, 1) == pytest.approx(1.0, abs=1e-6)
+    good = reward.score_one("nacl", prim.to(fmt="cif"))
+    bad = reward.score_one("squeezed", squeezed.to(fmt="cif"))
+    assert good["valid"] and bad["valid"] and good["relaxed"] and bad["relaxed"]
+    # rock salt near the hull; the squeezed cell, after the same 5 FIRE steps, well above: it loses a pair
+    assert good["reward"] > bad["reward"] + cfg.pair_margin and bad["e_hull"] > 0.1
+    assert good["e_hull"] < 0.1 and good["novel"] and good["eligible"]
+    seen = reward.score_one("known", known.to(fmt="cif"))
+    assert seen["relaxed"] and not seen["novel"] and not seen["eligible"]
+    garbage = reward.score_one("garbage", "data_x\n_cell_length_a 3\n")
+    assert garbage["reward"] == cfg.invalid_reward and not garbage["eligible"]
+    lattice_only = Structure(Lattice.cubic(3.0), ["Na"], [[0, 0, 0]])
+    assert reward.score_one("na", lattice_only.to(fmt="cif"))["reward"] > cfg.invalid_reward
+
+
+def _short_tokens_win(samples: pd.DataFrame) -> pd.DataFrame:
+    """A cheap deterministic reward: shorter documents are better, every sample may win."""
+    from pymatgen.core import Structure
+
+    n = samples["token_ids"].map(len).to_numpy(dtype=float)
+    els = [sorted(e.symbol for e in Structure.from_str(c, fmt="cif").composition.elements) if c else []
+           for c in samples["cif"]]
+    return pd.DataFrame({"id": samples["id"], "reward": -n / 100.0, "eligible": True, "valid": True,
+                         "elements": [" ".join(e) for e in els], "n_elements": [len(e) for e in els]})
+
+
+@pytest.fixture(scope="module")
+def training(nacl, perovskite):
+    return TrainingSet.from_structures([nacl, perovskite], name="two structures")
+
+
+def test_two_rounds_raise_the_preferred_continuation_and_resume(tmp_path, training):
+    cfg = AlignConfig(out_dir=str(tmp_path / "run"), rounds=2, prompts=2, samples_per_prompt=2,
+                      conditional=0.5, pair_margin=0.0, pairs_per_prompt=1, lr=1e-4, epochs=3, batch_size=2)
+    records = run_align(cfg, scorer=_short_tokens_win, training=training, progress=False)
+    assert [r["round"] for r in records] == [0, 1] and all(r["pairs"] >= 1 for r in records)
+    run = tmp_path / "run"
+    samples = pd.read_parquet(run / "round_00" / "samples")
+    assert len(samples) == 4 and samples["id"].is_unique
+    assert samples["target_formula"].isin(["", "NaCl", "SrTiO3"]).all()
+    pairs = pd.read_parquet(run / "round_00" / "pairs.parquet")
+    ids = dict(zip(samples["id"], samples["token_ids"], strict=True))
+    before, tok = load_generator(resolve_model_path("default"), dtype="fp32")
+    after, _ = load_generator(run / "round_00" / "model")
+
+    def margin(model):
+        ch = sequence_logps(model, [ids[c] for c in pairs["chosen"]], tok.bos_token_id)
+        rj = sequence_logps(model, [ids[r] for r in pairs["rejected"]], tok.bos_token_id)
+        return float(np.mean(ch - rj))
+
+    assert margin(after) > margin(before) + 1.0  # the preferred continuation gained probability
+    assert (run / "curves.png").stat().st_size > 10_000 and (run / "elements.png").is_file()
+    assert len((run / "rounds.jsonl").read_text().splitlines()) == 2
+    assert records[0]["w_n_el"] >= 0 and records[0]["distinct_elements"] >= 1
+    assert (run / "final" / "model.safetensors").is_file()
+    # an interrupted update resumes from the parts on disk: nothing is sampled or scored again
+    stamp = {p: p.stat().st_mtime_ns for p in (run / "round_01").rglob("*.parquet") if p.parent.name in ("samples", "scores")}
+    (run / "round_01" / "record.json").unlink()
+    again = run_align(cfg, scorer=_short_tokens_win, training=training, progress=False)
+    assert [r["round"] for r in again] == [0, 1]
+    assert {p: p.stat().st_mtime_ns for p in stamp} == stamp
+    assert again[1]["reward_mean"] == records[1]["reward_mean"]
+    with pytest.raises(ValueError, match="other settings"):
+        run_align(AlignConfig(**{**json.loads((run / "align_config.json").read_text()), "beta": 0.5}),
+                  scorer=_short_tokens_win, training=training, progress=False)
+
+
+def test_lora_adapter_alignment_saves_and_reloads(tmp_path, training):
+    cfg = AlignConfig(out_dir=str(tmp_path / "lora"), rounds=1, prompts=1, samples_per_prompt=2,
+                      conditional=0.0, pair_margin=0.0, lr=1e-3, epochs=2, lora=True)
+    run_align(cfg, scorer=_short_tokens_win, training=training, progress=False)
+    adapter = tmp_path / "lora" / "round_00" / "model"
+    assert (adapter / "adapter_config.json").is_file() and not (adapter / "model.safetensors").exists()
+    model, tok = load_generator(adapter)
+    assert hasattr(model, "peft_config")
+    base, _ = load_generator("default", dtype="fp32")
+    x = torch.tensor([[tok.bos_token_id, *tok("data_", add_special_tokens=False)["input_ids"]]])
+    with torch.no_grad():
+        assert not torch.allclose(model(input_ids=x).logits, base(input_ids=x).logits)
+    # a second round continues from the saved adapter (reloaded trainable) and saves an adapter again
+    records = run_align(AlignConfig(**{**cfg.__dict__, "rounds": 2}), scorer=_short_tokens_win,
+                        training=training, progress=False)
+    assert [r["round"] for r in records] == [0, 1]
+    assert (tmp_path / "lora" / "final" / "adapter_config.json").is_file()
+    reloaded, _ = load_generator(tmp_path / "lora" / "final")
+    with torch.no_grad():
+        assert not torch.allclose(reloaded(input_ids=x).logits, model(input_ids=x).logits)
