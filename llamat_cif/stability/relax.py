@@ -113,7 +113,7 @@ def _empty_row(sid: str) -> dict:
 
 
 def relax_structure(structure: Any, potential: Potential, config: RelaxConfig = RelaxConfig(),
-                    sid: str = "") -> dict:
+                    sid: str = "", on_step: Callable[[int, Any], None] | None = None) -> dict:
     """Relax one structure and return its result row (never raises).
 
     The flood filters of :func:`quiet_warnings` hold for the duration of the call (in a
@@ -124,6 +124,8 @@ def relax_structure(structure: Any, potential: Potential, config: RelaxConfig = 
         potential: a loaded :class:`~llamat_cif.stability.potentials.Potential`.
         config: relaxer settings.
         sid: id copied into the row.
+        on_step: called as ``on_step(step, atoms)`` after every FIRE step (and with step 0 before
+            the first), e.g. to record how the energy evolves (``benchmarks/align/reward_rank.py``).
 
     Returns:
         dict with ``id, formula, n_sites, relaxed_cif, energy_initial_per_atom, energy_per_atom``
@@ -133,10 +135,11 @@ def relax_structure(structure: Any, potential: Potential, config: RelaxConfig = 
     """
     with warnings.catch_warnings():
         quiet_warnings()
-        return _relax_structure(structure, potential, config, sid)
+        return _relax_structure(structure, potential, config, sid, on_step)
 
 
-def _relax_structure(structure: Any, potential: Potential, config: RelaxConfig, sid: str) -> dict:
+def _relax_structure(structure: Any, potential: Potential, config: RelaxConfig, sid: str,
+                     on_step: Callable[[int, Any], None] | None = None) -> dict:
     from ase.filters import FrechetCellFilter
     from ase.optimize import FIRE
     from pymatgen.io.ase import AseAtomsAdaptor
@@ -184,6 +187,8 @@ def _relax_structure(structure: Any, potential: Potential, config: RelaxConfig, 
         for conv in opt.irun(fmax=config.fmax, steps=config.max_steps):
             converged = conv
             check()
+            if on_step is not None:
+                on_step(int(opt.nsteps), atoms)
         e = check()
         relaxed = AseAtomsAdaptor.get_structure(atoms)
         row.update(
