@@ -394,7 +394,7 @@ def round_record(scores: pd.DataFrame, pairs: pd.DataFrame, cfg: AlignConfig,
         return {"n": k, "of": n, "rate": round(k / n, 4) if n else None}
 
     rec = {"samples": n, "reward_mean": float(np.mean(rew)) if n else None,
-           "reward_quantiles": {q: float(np.quantile(rew, q / 100)) for q in (10, 25, 50, 75, 90)} if n else {},
+           "reward_quantiles": {str(q): float(np.quantile(rew, q / 100)) for q in (10, 25, 50, 75, 90)} if n else {},
            "valid": cnt(scores.get("valid", pd.Series([True] * n)).astype(bool)),
            "relaxed": cnt(scores.get("relaxed", pd.Series([True] * n)).astype(bool)),
            "metastable": cnt(np.nan_to_num(eh, nan=np.inf) < cfg.metastable),
@@ -426,7 +426,8 @@ def plot_rounds(records: list[dict], out: Path) -> list[Path]:
         return []
     r = [rec["round"] for rec in records]
     fig, ax = plt.subplots(2, 2, figsize=(10, 7))
-    q = {k: [rec["reward_quantiles"].get(k, np.nan) for rec in records] for k in (10, 25, 50, 75, 90)}
+    # keys are strings (as they come back from record.json) so resumed and fresh rounds plot alike
+    q = {k: [rec["reward_quantiles"].get(str(k), np.nan) for rec in records] for k in (10, 25, 50, 75, 90)}
     ax[0, 0].fill_between(r, q[10], q[90], alpha=0.15, label="10–90 %")
     ax[0, 0].fill_between(r, q[25], q[75], alpha=0.3, label="25–75 %")
     ax[0, 0].plot(r, [rec["reward_mean"] for rec in records], "o-", label="mean")
@@ -443,6 +444,8 @@ def plot_rounds(records: list[dict], out: Path) -> list[Path]:
     ax[1, 0].legend(fontsize=8)
     ax[1, 1].plot(r, [rec.get("w_n_el", np.nan) for rec in records], "o-")
     ax[1, 1].set(title="W(N_el) to the training set", xlabel="round")
+    for a in ax.flat:
+        a.set_xticks(r)
     fig.tight_layout()
     paths = [out / "curves.png"]
     fig.savefig(paths[0], dpi=120)

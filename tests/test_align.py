@@ -152,6 +152,8 @@ def test_two_rounds_raise_the_preferred_continuation_and_resume(tmp_path, traini
     assert [r["round"] for r in again] == [0, 1]
     assert {p: p.stat().st_mtime_ns for p in stamp} == stamp
     assert again[1]["reward_mean"] == records[1]["reward_mean"]
+    # rounds read back from record.json plot like fresh ones (quantile keys are strings in both)
+    assert set(again[0]["reward_quantiles"]) == set(records[1]["reward_quantiles"]) == {"10", "25", "50", "75", "90"}
     with pytest.raises(ValueError, match="other settings"):
         run_align(AlignConfig(**{**json.loads((run / "align_config.json").read_text()), "beta": 0.5}),
                   scorer=_short_tokens_win, training=training, progress=False)
