@@ -6,7 +6,7 @@ set -euo pipefail
 export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1
 A=benchmarks/align/runs/small-seed0
 E=benchmarks/align/runs/eval
-ROUNDS=${ROUNDS:-6}
+ROUNDS=${ROUNDS:-4}
 
 # 1. alignment: 16 prompts x 6 constrained samples per round (half formula headers from MP-20 train),
 #    reward -E_hull after <= 100 FIRE steps (CHGNet, fmax 0.1, MP-20 hull), DPO beta 0.1, lr 3e-5,
@@ -26,3 +26,15 @@ llamat-cif benchmark --samples $E/aligned-300 --out $E/aligned-300/stability-100
 P=benchmarks/physics/runs/t0.7-p0.9-seed0-physics
 python benchmarks/physics/ablation.py "llamat-cif-small (before)=$P:$P/stability-100" \
   "aligned, $ROUNDS rounds (after)=$E/aligned-300:$E/aligned-300/stability-100" --out benchmarks/align/before_after.json
+
+# 5. formula-conditioned: the 200 MP-20 test formulas of benchmarks/generate/, before and after
+#    (formula met, validity of all 200; stability of 50 seeded-random valid samples)
+for m in "before:default" "after:$A/final"; do
+  tag=${m%%:*}; model=${m#*:}
+  llamat-cif generate --targets benchmarks/generate/targets_mp20_test_200.csv --batch-size 8 --seed 0 \
+    --model "$model" --out $E/formula200-$tag
+  llamat-cif validate $E/formula200-$tag/samples.csv --out $E/formula200-$tag --jobs 1
+  llamat-cif benchmark --samples $E/formula200-$tag --out $E/formula200-$tag/stability-50 --stability 50 --seed 0 --no-coverage
+done
+python benchmarks/physics/ablation.py "formula-conditioned, before=$E/formula200-before:$E/formula200-before/stability-50" \
+  "formula-conditioned, after=$E/formula200-after:$E/formula200-after/stability-50" --out benchmarks/align/formula200.json
