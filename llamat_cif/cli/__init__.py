@@ -49,7 +49,7 @@ def main() -> None:
     """llamat-cif: generate crystals with language models and screen them for stability.
 
     \b
-    Pipeline:  data -> corpus -> train -> generate -> validate -> stability -> benchmark
+    Pipeline:  data -> corpus -> train [-> align] -> generate -> validate -> stability -> benchmark
     Main job:  llamat-cif screen -n 20   (generate, validate, relax, E_hull, S.U.N., funnel)
 
     Data and model locations come from $LLAMAT_CIF_DATA / $LLAMAT_CIF_MODELS or --data-dir.
