@@ -316,11 +316,22 @@ def _prompt(cfg: SampleConfig, fmt: str, formula: dict | None) -> str:
     return lines
 
 
+def _sound_row(r: dict) -> bool:
+    """A whole row: every column present (a row cut off by a crash or a full disk lacks its last
+    fields, or ends inside one) and the integer and boolean fields well formed."""
+    if None in r or any(r.get(c) is None for c in SAMPLE_COLUMNS):
+        return False
+    return (r["batch"].strip().isdigit() and r["n_tokens"].strip().isdigit()
+            and r["constrained"] in ("True", "False") and r["id"].startswith("s"))
+
+
 def _read_rows(path: Path) -> list[dict]:
+    """The sound rows of a samples file (a torn or malformed row is left out, so its batch is
+    drawn again)."""
     if not path.is_file() or path.stat().st_size == 0:
         return []
     with open(path, newline="") as fh:
-        return [r for r in csv.DictReader(fh) if r.get("batch", "").strip().isdigit()]
+        return [r for r in csv.DictReader(fh) if _sound_row(r)]
 
 
 def _complete_batches(rows: list[dict], n: int, batch_size: int) -> dict[int, list[dict]]:
@@ -431,8 +442,10 @@ def generate(cfg: SampleConfig, *, progress: bool = True, model=None, tokenizer=
                     have[b] = rows
                     merged += len(rows)
     have = {b: rows for b, rows in have.items() if b < n_batches}
-    if merged or sum(map(len, have.values())) != len(rows_before):
-        _write_rows(samples, have)  # drop partial batches, add the shards' rows
+    if merged or rows_before or (samples.is_file() and samples.stat().st_size > 0):
+        # rewritten whole before appending: partial batches and a torn last line (a crash or a
+        # full disk mid-write) go, the shards' rows come in, and new rows start on a clean line
+        _write_rows(samples, have)
     todo = [b for b in range(n_batches) if b not in have and (shard is None or b % shard[1] == shard[0])]
     mine = [b for b in range(n_batches) if shard is None or b % shard[1] == shard[0]]
     total = sum(min(cfg.batch_size, cfg.n - b * cfg.batch_size) for b in mine)

@@ -91,6 +91,23 @@ def test_batch_cut_off_mid_write_is_drawn_again(tmp_path, mgo_reference):
     assert list(df["text"]) == list(mgo_reference["text"])
 
 
+@pytest.mark.parametrize("cut", ["in_text", "in_last_field", "field_boundary", "header"])
+def test_torn_file_resumes_to_the_uninterrupted_rows(tmp_path, mgo_reference, cut):
+    """A crash or a full disk can cut samples.csv anywhere; the rerun ignores the torn tail, draws
+    what is missing and ends with exactly the rows of an uninterrupted run."""
+    (tmp_path / "ref").mkdir()
+    mgo_reference.to_csv(tmp_path / "ref" / "full.csv", index=False)
+    raw = (tmp_path / "ref" / "full.csv").read_bytes()
+    last = raw.rstrip(b"\n").rfind(b"\ns000003,")  # start of the last row
+    offset = {"in_text": last + 40, "in_last_field": len(raw.rstrip(b"\n")) - 2,
+              "field_boundary": len(raw.rstrip(b"\n")) - len(b"True"), "header": 7}[cut]
+    (tmp_path / "samples.csv").write_bytes(raw[:offset])
+    df = generate(SampleConfig(out_dir=str(tmp_path), **MGO), progress=False)
+    assert list(df["id"]) == ["s000000", "s000001", "s000002", "s000003"]
+    assert list(df["text"]) == list(mgo_reference["text"])
+    assert list(df["constrained"]) == [True] * 4
+
+
 def test_shards_merge_into_the_single_process_run(tmp_path, mgo_reference):
     import json
 
