@@ -76,6 +76,47 @@ class SampleConfig:
     targets: str | None = None  # CSV with target_formula[, target_spacegroup]: one sample per row (n = rows)
     shard: tuple[int, int] | None = None  # (i, k): draw only batches b with b % k == i
 
+    def __post_init__(self) -> None:
+        check_sampling_args(n=self.n, batch_size=self.batch_size, temperature=self.temperature,
+                            top_p=self.top_p, top_k=self.top_k, threads=self.threads,
+                            min_distance=self.min_distance, formula=self.formula, spacegroup=self.spacegroup,
+                            max_new_tokens=self.max_new_tokens, device=self.device)
+
+
+def check_sampling_args(*, n: int = 1, batch_size: int = 1, temperature: float | None = None,
+                        top_p: float | None = None, top_k: int = 0, threads: int | None = None,
+                        min_distance: float | None = None, formula: str | None = None,
+                        spacegroup: int | None = None, max_new_tokens: int = 1, device: str | None = None) -> None:
+    """Refuse impossible sampling settings with a one-line ``ValueError`` before any work is done
+    (and before a run folder is claimed)."""
+    import re
+
+    problems = []
+    if n < 1:
+        problems.append(f"n must be >= 1, got {n}")
+    if batch_size < 1:
+        problems.append(f"batch size must be >= 1, got {batch_size}")
+    if temperature is not None and not temperature >= 0:
+        problems.append(f"temperature must be >= 0, got {temperature}")
+    if top_p is not None and not 0 < top_p <= 1:
+        problems.append(f"top-p must be in (0, 1], got {top_p}")
+    if top_k < 0:
+        problems.append(f"top-k must be >= 0, got {top_k}")
+    if threads is not None and threads < 1:
+        problems.append(f"threads must be >= 1, got {threads}")
+    if min_distance is not None and not min_distance >= 0:
+        problems.append(f"min distance must be >= 0 Å, got {min_distance}")
+    if formula is not None and not str(formula).strip():
+        problems.append("formula is empty (leave it out for unconditional samples)")
+    if spacegroup is not None and not 1 <= spacegroup <= 230:
+        problems.append(f"space group must be 1..230, got {spacegroup}")
+    if max_new_tokens < 1:
+        problems.append(f"max new tokens must be >= 1, got {max_new_tokens}")
+    if device is not None and not re.fullmatch(r"cpu|cuda(:\d+)?|mps", device):
+        problems.append(f"device must be cpu, cuda, cuda:N or mps, got {device!r}")
+    if problems:
+        raise ValueError("; ".join(problems))
+
 
 def resolve_steer(steer_contact_ratio: float | None, contact_ratio: float) -> float:
     """The steering ratio a run uses (calibrated for ``None``; 0 when the contact rule is off)."""

@@ -84,6 +84,17 @@ class ScreenConfig:
     e_hull_metastable: float = 0.1
     device: str | None = None
 
+    def __post_init__(self) -> None:
+        from llamat_cif.sample import check_sampling_args
+
+        check_sampling_args(n=self.n, batch_size=self.batch_size, temperature=self.temperature,
+                            top_p=self.top_p, top_k=self.top_k, formula=self.formula,
+                            spacegroup=self.spacegroup, device=self.device)
+        if self.n_workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.n_workers}")
+        if self.relax_filter not in ("valid", "structural", "parsed"):
+            raise ValueError(f"relax filter must be valid, structural or parsed, got {self.relax_filter!r}")
+
 
 Hook = Callable[[str, str], None]  # (stage, message)
 
@@ -95,7 +106,14 @@ class ScreenError(RuntimeError):
 def run_screen(config: ScreenConfig, *, data_dir: str | Path | None = None, progress: bool = True,
                on_stage: Hook | None = None) -> dict:
     """Run (or resume) every stage and return the funnel dict (also ``out_dir/funnel.json``)."""
+    from llamat_cif.model import resolve_model_path
+    from llamat_cif.stability.potentials import resolve_potential
+
     out = Path(config.out_dir)
+    # refused before any work (and before the folder is claimed): a bad potential or model
+    resolve_potential(config.potential)
+    if not (out / "samples.csv").is_file():
+        resolve_model_path(config.model)
     out.mkdir(parents=True, exist_ok=True)
     (out / "screen_config.json").write_text(json.dumps(_config_dict(config), indent=2, default=str))
     say = on_stage or (lambda stage, msg: None)

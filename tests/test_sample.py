@@ -223,3 +223,34 @@ def test_physical_decoding_is_on_by_default_and_recorded(tmp_path):
                               volume_window="off"), progress=False)
     with pytest.raises(ValueError, match="volume window"):
         generate(SampleConfig(n=1, out_dir=str(tmp_path / "q"), volume_window="2,1"), progress=False)
+
+
+@pytest.mark.parametrize("cmd, message", [
+    (["generate", "-n", "2", "--batch-size", "0"], "batch size must be >= 1"),
+    (["generate", "-n", "2", "--batch-size", "-1"], "batch size must be >= 1"),
+    (["generate", "-n", "2", "--threads", "-1"], "threads must be >= 1"),
+    (["generate", "-n", "2", "--device", "tpu9"], "device must be cpu, cuda"),
+    (["generate", "-n", "2", "--temperature", "-1"], "temperature must be >= 0"),
+    (["generate", "-n", "2", "--top-p", "2"], "top-p must be in (0, 1]"),
+    (["generate", "-n", "2", "--top-p", "0"], "top-p must be in (0, 1]"),
+    (["generate", "-n", "2", "--min-distance", "-1"], "min distance must be >= 0"),
+    (["generate", "-n", "2", "--formula", ""], "formula is empty"),
+    (["screen", "-n", "0"], "n must be >= 1"),
+    (["screen", "-n", "2", "--model", "/nonexistent/model"], "/nonexistent/model"),
+    (["screen", "-n", "2", "--potential", "nonsense"], "unknown potential 'nonsense'"),
+])
+def test_bad_arguments_fail_fast_without_claiming_the_folder(tmp_path, cmd, message):
+    """Issue 17 item 13: a one-line error and a non-zero exit before any work, and no run folder
+    left behind that would refuse the corrected rerun."""
+    from click.testing import CliRunner
+
+    from llamat_cif.cli import main
+
+    out = tmp_path / "run"
+    t0 = time.time()
+    res = CliRunner().invoke(main, [*cmd, "--out", str(out)])
+    assert res.exit_code == 1, res.output
+    assert "error:" in res.output and message in " ".join(res.output.split())
+    assert "Traceback" not in res.output
+    assert not (out / "sample_config.json").exists() and not (out / "screen_config.json").exists()
+    assert time.time() - t0 < 20  # refused before loading a model or drawing a sample

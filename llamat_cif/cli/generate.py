@@ -48,14 +48,14 @@ def generate(n, model, out_dir, formula, spacegroup, targets, temperature, top_p
         shard_ik = parse_shard(shard)
     except ValueError as exc:
         fail(str(exc))
-    cfg = SampleConfig(n=n, out_dir=out_dir, model=model, formula=formula, spacegroup=spacegroup,
-                       temperature=temperature, top_p=top_p, top_k=top_k, batch_size=batch_size, seed=seed,
-                       constrained=constrained, min_distance=min_distance or None, min_contact_ratio=min_contact_ratio,
-                       steer_contact_ratio=steer_contact_ratio, steer_volume_window=steer_volume_window,
-                       volume_window=volume_window, charge_balanced=charge_balanced,
-                       max_new_tokens=max_new_tokens, device=device, threads=threads, targets=targets,
-                       shard=shard_ik)
     try:
+        cfg = SampleConfig(n=n, out_dir=out_dir, model=model, formula=formula, spacegroup=spacegroup,
+                           temperature=temperature, top_p=top_p, top_k=top_k, batch_size=batch_size, seed=seed,
+                           constrained=constrained, min_distance=min_distance or None,
+                           min_contact_ratio=min_contact_ratio, steer_contact_ratio=steer_contact_ratio,
+                           steer_volume_window=steer_volume_window, volume_window=volume_window,
+                           charge_balanced=charge_balanced, max_new_tokens=max_new_tokens, device=device,
+                           threads=threads, targets=targets, shard=shard_ik)
         df = run(cfg)
     except (ValueError, ModelLoadError) as exc:
         fail(str(exc))

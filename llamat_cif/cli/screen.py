@@ -50,20 +50,22 @@ def screen(n, model, potential, out_dir, formula, spacegroup, temperature, top_p
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     quiet_warnings()
+    from llamat_cif.model import ModelLoadError
     from llamat_cif.screen import ScreenConfig, ScreenError, run_screen
     from llamat_cif.stability import HullError, PotentialError, RelaxConfig, StabilityResumeError
 
-    cfg = ScreenConfig(n=n, out_dir=out_dir, model=model, potential=potential, seed=seed, formula=formula,
-                       spacegroup=spacegroup, temperature=temperature, top_p=top_p, top_k=top_k,
-                       batch_size=batch_size, min_contact_ratio=min_contact_ratio,
-                       steer_contact_ratio=steer_contact_ratio, steer_volume_window=steer_volume_window,
-                       volume_window=volume_window,
-                       relax=RelaxConfig(fmax=fmax, max_steps=max_steps, time_limit_s=time_limit),
-                       hull=hull_path, relax_filter=relax_filter, n_workers=workers, device=device)
     try:
+        cfg = ScreenConfig(n=n, out_dir=out_dir, model=model, potential=potential, seed=seed, formula=formula,
+                           spacegroup=spacegroup, temperature=temperature, top_p=top_p, top_k=top_k,
+                           batch_size=batch_size, min_contact_ratio=min_contact_ratio,
+                           steer_contact_ratio=steer_contact_ratio, steer_volume_window=steer_volume_window,
+                           volume_window=volume_window,
+                           relax=RelaxConfig(fmax=fmax, max_steps=max_steps, time_limit_s=time_limit),
+                           hull=hull_path, relax_filter=relax_filter, n_workers=workers, device=device)
         funnel = run_screen(cfg, data_dir=data_dir, progress=progress,
                             on_stage=lambda stage, msg: console.print(f"[bold]{stage}[/]: {msg}"))
-    except (PotentialError, HullError, ScreenError, StabilityResumeError, FileNotFoundError) as exc:
+    except (PotentialError, HullError, ScreenError, StabilityResumeError, ModelLoadError, ValueError,
+            OSError) as exc:
         fail(str(exc))
     print_funnel(funnel)
     console.print(f"results in {out_dir}: samples.csv, validity.parquet, stability.parquet, sun.json, funnel.json")

@@ -167,11 +167,24 @@ def load_potential(
     Raises:
         PotentialError: unknown name, missing files, missing package, or a matgl version mismatch.
     """
-    spec = str(name_or_path)
+    backend, target = resolve_potential(name_or_path)
     dev = auto_device(device)
+    if backend == "chgnet":
+        return _load_chgnet(str(target), dev, energy_scale)
+    return _load_matgl_folder(Path(target), dev, energy_scale, allow_version_mismatch)
+
+
+def resolve_potential(name_or_path: str | Path) -> tuple[str, str | Path]:
+    """Which backend and weights a potential name means, without loading anything (so a run can
+    refuse a bad ``--potential`` before it starts): ``("chgnet", spec)`` or ``("matgl", folder)``.
+
+    Raises:
+        PotentialError: neither a CHGNet name or checkpoint nor a local matgl folder.
+    """
+    spec = str(name_or_path)
     low = spec.lower()
     if low == "chgnet" or low.startswith("chgnet-") or low.endswith((".pth.tar", ".pth")):
-        return _load_chgnet(spec, dev, energy_scale)
+        return "chgnet", spec
     path = Path(spec).expanduser()
     if not path.is_dir():
         name = spec.split(":", 1)[1] if low.startswith("matgl:") else spec
@@ -184,7 +197,7 @@ def load_potential(
                 f"folder {cand} (set $LLAMAT_CIF_MODELS or pass a folder with model.json). "
                 "Models are never downloaded at run time."
             )
-    return _load_matgl_folder(path, dev, energy_scale, allow_version_mismatch)
+    return "matgl", path
 
 
 def _load_chgnet(spec: str, device: str, energy_scale: str | None) -> Potential:
