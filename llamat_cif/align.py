@@ -450,8 +450,9 @@ def plot_rounds(records: list[dict], out: Path) -> list[Path]:
     paths = [out / "curves.png"]
     fig.savefig(paths[0], dpi=120)
     plt.close(fig)
-    els = sorted({e for rec in records for e in rec.get("elements", {})},
-                 key=lambda e: __import__("pymatgen.core", fromlist=["Element"]).Element(e).Z)
+    from pymatgen.core import Element
+
+    els = sorted({e for rec in records for e in rec.get("elements", {})}, key=lambda e: Element(e).Z)
     if els:
         m = np.array([[rec.get("elements", {}).get(e, 0) for e in els] for rec in records], dtype=float)
         fig, ax = plt.subplots(figsize=(max(8, 0.18 * len(els)), 1 + 0.4 * len(records)))
@@ -493,9 +494,8 @@ def _sampling(cfg: AlignConfig, model) -> dict:
 
 def _sample_prompt(model, tokenizer, cfg: AlignConfig, settings: dict, prompt: dict, round_index: int,
                    k: int) -> pd.DataFrame:
-    from llamat_cif.cif import CrystalTextError, from_text, structure_to_cif
     from llamat_cif.grammar import GRAMMARS, Conditions, Stats, Vocab
-    from llamat_cif.sample import draw_batch, parse_formula
+    from llamat_cif.sample import decode_sample, draw_batch, parse_formula
 
     formula = prompt["target_formula"] or None
     cond = Conditions(formula=parse_formula(formula) if formula else None, spacegroup=None, min_distance=0.5,
@@ -508,19 +508,9 @@ def _sample_prompt(model, tokenizer, cfg: AlignConfig, settings: dict, prompt: d
     rows = []
     for i in range(n):
         ids = [t for t in new[i].tolist() if t != tokenizer.pad_token_id]
-        text = tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-        row = {"id": f"r{round_index:02d}-{prompt['prompt']}-{i:02d}", "round": round_index,
-               "prompt": prompt["prompt"], "target_formula": prompt["target_formula"], "text": text,
-               "fmt": "cif", "token_ids": ids, "cif": "", "error": ""}
-        if tokenizer.eos_token_id not in ids:
-            row["error"] = f"no end of structure within {cfg.max_new_tokens} tokens"
-        try:
-            row["cif"] = structure_to_cif(from_text(text, "cif"))
-        except (CrystalTextError, ValueError) as exc:
-            row["error"] = (row["error"] + "; " if row["error"] else "") + str(exc)[:300]
-        except Exception as exc:  # noqa: BLE001 - a bad sample never stops a round
-            row["error"] = f"{type(exc).__name__}: {exc}"[:300]
-        rows.append(row)
+        rows.append({"id": f"r{round_index:02d}-{prompt['prompt']}-{i:02d}", "round": round_index,
+                     "prompt": prompt["prompt"], "target_formula": prompt["target_formula"], "fmt": "cif",
+                     "token_ids": ids, **decode_sample(ids, tokenizer, max_new_tokens=cfg.max_new_tokens)})
     return pd.DataFrame(rows)
 
 

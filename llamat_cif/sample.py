@@ -309,6 +309,29 @@ def draw_batch(model, tokenizer, *, size: int, seed: tuple[int, ...], prompt: st
     return gen[:, enc["input_ids"].shape[1]:]
 
 
+def decode_sample(ids: list[int], tokenizer, *, prompt: str = "", fmt: str = "cif",
+                  max_new_tokens: int = 1000) -> dict:
+    """``{"text", "cif", "error"}`` of one drawn document (``ids``: its new tokens, padding removed).
+
+    Never raises: a document without an end token, or one that does not decode to a structure, keeps
+    its text and gets an ``error`` (``cif`` empty when it does not decode). Shared by
+    :func:`generate` and the alignment rounds of :mod:`llamat_cif.align`.
+    """
+    from llamat_cif.cif import CrystalTextError, from_text, structure_to_cif
+
+    text = prompt + tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    row = {"text": text, "cif": "", "error": ""}
+    if tokenizer.eos_token_id not in ids:
+        row["error"] = f"no end of structure within {max_new_tokens} tokens"
+    try:
+        row["cif"] = structure_to_cif(from_text(text, fmt))
+    except (CrystalTextError, ValueError) as exc:
+        row["error"] = (row["error"] + "; " if row["error"] else "") + str(exc)[:500]
+    except Exception as exc:  # noqa: BLE001 - a bad sample never stops the run
+        row["error"] = f"{type(exc).__name__}: {exc}"[:500]
+    return row
+
+
 def parse_formula(formula: str) -> dict[str, float]:
     """Reduced composition of a formula string (clear error on nonsense)."""
     from pymatgen.core import Composition
@@ -428,12 +451,9 @@ def generate(cfg: SampleConfig, *, progress: bool = True, model=None, tokenizer=
     import torch
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from llamat_cif.cif import CrystalTextError, from_text, structure_to_cif
     from llamat_cif.grammar import GRAMMARS, Conditions, Stats, Vocab, site_lines_for
     from llamat_cif.model import load_generator, resolve_model_path
 
-    if cfg.n < 1:
-        raise ValueError("n must be >= 1")
     if cfg.threads:
         # Small models are launch-overhead bound on CPU; extra OpenMP threads only spin-wait
         # (measured here: 59 ms/step with 1 thread, 1.3 s/step with 2 on a loaded 2-core machine).
@@ -448,8 +468,6 @@ def generate(cfg: SampleConfig, *, progress: bool = True, model=None, tokenizer=
                     int(r["target_spacegroup"]) if str(r.get("target_spacegroup", "")).strip() else None)
                    for r in tdf.to_dict("records")]
         cfg = SampleConfig(**{**asdict(cfg), "n": len(targets)})
-    if cfg.spacegroup is not None and not 1 <= cfg.spacegroup <= 230:
-        raise ValueError(f"space group must be 1..230, got {cfg.spacegroup}")
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "cifs").mkdir(exist_ok=True)
@@ -533,24 +551,15 @@ def generate(cfg: SampleConfig, *, progress: bool = True, model=None, tokenizer=
                              top_p=cfg.top_p, top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens)
             rows = []
             for i in range(size):
-                ids = [t for t in new[i].tolist() if t not in (tokenizer.pad_token_id,)]
-                n_tok = len(ids)
-                tokens_out += n_tok
-                text = prompt + tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+                ids = [t for t in new[i].tolist() if t != tokenizer.pad_token_id]
+                tokens_out += len(ids)
                 sid = f"s{start + i:06d}"
-                row = {"id": sid, "text": text, "fmt": fmt, "cif": "", "error": "",
+                row = {"id": sid, "fmt": fmt,
+                       **decode_sample(ids, tokenizer, prompt=prompt, fmt=fmt, max_new_tokens=cfg.max_new_tokens),
                        "target_formula": row_targets[i][0] or "", "target_spacegroup": row_targets[i][1] or "",
-                       "seed": cfg.seed, "batch": b, "n_tokens": n_tok, "constrained": cfg.constrained}
-                if tokenizer.eos_token_id not in new[i].tolist():
-                    row["error"] = f"no end of structure within {cfg.max_new_tokens} tokens"
-                try:
-                    s = from_text(text, fmt)
-                    row["cif"] = structure_to_cif(s)
+                       "seed": cfg.seed, "batch": b, "n_tokens": len(ids), "constrained": cfg.constrained}
+                if row["cif"]:
                     (out / "cifs" / f"{sid}.cif").write_text(row["cif"])
-                except (CrystalTextError, ValueError) as exc:
-                    row["error"] = (row["error"] + "; " if row["error"] else "") + str(exc)[:500]
-                except Exception as exc:  # noqa: BLE001 - a bad sample never stops the run
-                    row["error"] = f"{type(exc).__name__}: {exc}"[:500]
                 rows.append(row)
             writer.writerows(rows)
             fh.flush()
