@@ -49,45 +49,94 @@ def ptable_png(
         cbar_label: colour-bar label.
     """
     import matplotlib as mpl
-    import pymatviz as pmv
 
     plt = _mpl()
-    layout = pmv.df_ptable[["row", "column"]]
-    finite = [v for v in values.values() if v is not None and np.isfinite(v)]
-    lo = vmin if vmin is not None else (min(finite) if finite else 0.0)
-    hi = vmax if vmax is not None else (max(finite) if finite else 1.0)
-    if hi <= lo:
-        hi = lo + 1.0
-    norm = mpl.colors.Normalize(lo, hi)
-    cm = mpl.colormaps[cmap]
+    norm, cm = _norm(values, vmin, vmax), mpl.colormaps[cmap]
     fig, ax = plt.subplots(figsize=(16, 8.6))
-    for sym, (row, col) in layout.iterrows():
-        if row > 10:
-            continue
-        y = row - 0.7 if row >= 9 else row  # f-block rows 9-10 drawn just under row 7
-        v = values.get(sym)
-        has = v is not None and np.isfinite(v)
-        face = cm(norm(v)) if has else (0.93, 0.93, 0.93)
-        ax.add_patch(mpl.patches.Rectangle((col - 0.47, y - 0.47), 0.94, 0.94, facecolor=face,
-                                           edgecolor="white", linewidth=1.0))
-        light = has and (0.299 * face[0] + 0.587 * face[1] + 0.114 * face[2]) < 0.5
-        color = "white" if light else "black"
-        ax.text(col, y - 0.2, sym, ha="center", va="center", fontsize=11, fontweight="bold",
-                color=color if has else "#aaaaaa")
-        if has:
-            ax.text(col, y + 0.1, fmt.format(v), ha="center", va="center", fontsize=8, color=color)
-            if counts and sym in counts:
-                ax.text(col, y + 0.32, counts[sym], ha="center", va="center", fontsize=6, color=color)
-    ax.set_xlim(0.4, 18.6)
-    ax.set_ylim(9.9, 0.4)
-    ax.set_aspect("equal")
-    ax.axis("off")
+    draw_ptable(ax, values, norm=norm, cmap=cm, fmt=fmt, counts=counts)
     ax.set_title(title, fontsize=14)
     sm = mpl.cm.ScalarMappable(norm=norm, cmap=cm)
     cax = fig.add_axes([0.3, 0.74, 0.32, 0.025])
     cb = fig.colorbar(sm, cax=cax, orientation="horizontal")
     cb.set_label(cbar_label)
     fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _norm(values: dict[str, float], vmin: float | None, vmax: float | None):
+    import matplotlib as mpl
+
+    finite = [v for v in values.values() if v is not None and np.isfinite(v)]
+    lo = vmin if vmin is not None else (min(finite) if finite else 0.0)
+    hi = vmax if vmax is not None else (max(finite) if finite else 1.0)
+    if hi <= lo:
+        hi = lo + 1.0
+    return mpl.colors.Normalize(lo, hi)
+
+
+def draw_ptable(ax, values: dict[str, float], *, norm, cmap, fmt: str = "{:.0%}",
+                counts: dict[str, str] | None = None, small: bool = False) -> None:
+    """Draw periodic-table tiles coloured by ``values`` onto a matplotlib axis (grey: no value)."""
+    import matplotlib as mpl
+    import pymatviz as pmv
+
+    layout = pmv.df_ptable[["row", "column"]]
+    fs = (7, 5, 4) if small else (11, 8, 6)
+    for sym, (row, col) in layout.iterrows():
+        if row > 10:
+            continue
+        y = row - 0.7 if row >= 9 else row  # f-block rows 9-10 drawn just under row 7
+        v = values.get(sym)
+        has = v is not None and np.isfinite(v)
+        face = cmap(norm(v)) if has else (0.93, 0.93, 0.93)
+        ax.add_patch(mpl.patches.Rectangle((col - 0.47, y - 0.47), 0.94, 0.94, facecolor=face,
+                                           edgecolor="white", linewidth=1.0))
+        light = has and (0.299 * face[0] + 0.587 * face[1] + 0.114 * face[2]) < 0.5
+        color = "white" if light else "black"
+        ax.text(col, y - 0.2, sym, ha="center", va="center", fontsize=fs[0], fontweight="bold",
+                color=color if has else "#aaaaaa")
+        if has:
+            ax.text(col, y + 0.1, fmt.format(v), ha="center", va="center", fontsize=fs[1], color=color)
+            if counts and sym in counts:
+                ax.text(col, y + 0.32, counts[sym], ha="center", va="center", fontsize=fs[2], color=color)
+    ax.set_xlim(0.4, 18.6)
+    ax.set_ylim(9.9, 0.4)
+    ax.set_aspect("equal")
+    ax.axis("off")
+
+
+def ptable_grid_png(
+    panels: dict[str, dict[str, float]],
+    path: Path,
+    *,
+    title: str,
+    vmin: float | None = 0.0,
+    vmax: float | None = 1.0,
+    cmap: str = "viridis",
+    fmt: str = "{:.0%}",
+    cbar_label: str = "",
+) -> Path:
+    """Side-by-side periodic-table heatmaps on one colour scale, one panel per set (two per row)."""
+    import matplotlib as mpl
+
+    plt = _mpl()
+    n = len(panels)
+    ncol = 1 if n == 1 else 2
+    nrow = (n + ncol - 1) // ncol
+    fig, axes = plt.subplots(nrow, ncol, figsize=(9.5 * ncol, 5.4 * nrow + 0.8), squeeze=False)
+    allv = {f"{i}{k}": v for i, p in enumerate(panels.values()) for k, v in p.items()}
+    norm, cm = _norm(allv, vmin, vmax), mpl.colormaps[cmap]
+    for ax, (name, values) in zip(axes.flat, panels.items(), strict=False):
+        draw_ptable(ax, values, norm=norm, cmap=cm, fmt=fmt, small=True)
+        ax.set_title(name, fontsize=12)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=14)
+    sm = mpl.cm.ScalarMappable(norm=norm, cmap=cm)
+    cb = fig.colorbar(sm, ax=axes.ravel().tolist(), orientation="horizontal", fraction=0.03, pad=0.02)
+    cb.set_label(cbar_label)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -255,6 +304,9 @@ def write_report(
                                  title="Number of elements", discrete=True))
     written.append(histogram_png(gen_valid["n_sites"], ref_parsed["n_sites"], figs / "hist_n_sites.png",
                                  xlabel="atoms per cell", title="Atoms per cell", discrete=True))
+    written.append(histogram_png(gen_valid["volume"] / gen_valid["n_sites"], ref_parsed["volume"] / ref_parsed["n_sites"],
+                                 figs / "hist_volume_per_atom.png", xlabel="volume per atom (Å$^3$)",
+                                 title="Volume per atom"))
     if e_form_gen is not None and e_form_ref is not None and pd.Series(e_form_gen).notna().any():
         written.append(histogram_png(e_form_gen, e_form_ref, figs / "hist_e_form.png",
                                      xlabel="formation energy (eV/atom)", title="Formation energy per atom"))
@@ -281,7 +333,7 @@ def write_report(
         "",
         f"Run: `{result['run']}`  ",
         ref_line,
-        f"Samples: {s['used']} used of {s['in_file']} in samples.csv; parsed {s['parsed']}, valid {s['valid']}"
+        f"Samples: {s.get('source', result['run'])}: {s['used']} used of {s['in_file']}; parsed {s['parsed']}, valid {s['valid']}"
         f"{fp_part}  ",
         f"Seed {p['seed']}; metrics computed in {p['wall_time_s']} s (figures not included) on "
         f"{p['hardware']['cpu']} ({p['hardware']['cpu_count']} CPUs)",
@@ -334,7 +386,7 @@ def write_report(
         ]
     lines += ["Full table: `per_element.csv`.", "", "## Property distributions", "",
               "![density](figures/hist_density.png) ![elements](figures/hist_n_elements.png) "
-              "![sites](figures/hist_n_sites.png)", ""]
+              "![sites](figures/hist_n_sites.png) ![volume per atom](figures/hist_volume_per_atom.png)", ""]
     if (figs / "hist_e_form.png").exists():
         lines += ["![formation energy](figures/hist_e_form.png)", ""]
     if result.get("funnel"):

@@ -1,6 +1,8 @@
-"""``llamat-cif benchmark``: generation metrics and a report for a run folder."""
+"""``llamat-cif benchmark``: generation metrics and a report for one structure set, or a comparison of several."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import click
 
@@ -8,12 +10,20 @@ from llamat_cif.cli._common import console, data_dir_option, fail, seed_option
 
 
 @click.command()
-@click.option("--samples", "samples", required=True, type=click.Path(exists=True, file_okay=False),
-              help="Run folder with samples.csv (and validity.parquet / stability.parquet when present).")
+@click.option("--samples", "samples", required=True, multiple=True, metavar="[LABEL=]INPUT",
+              help="Structures to benchmark: a run folder (samples.csv, + its validity/stability files), a "
+                   "folder of .cif files (recursive), a .zip of them, a .cif file, a CSV/parquet with a 'cif' "
+                   "column, an ASE database or extended-XYZ/trajectory file, or a registry split (mp20-train). "
+                   "Repeat for a comparison report of several generators (LABEL= names each set).")
 @click.option("--reference", default="mp20-test", show_default=True,
-              help="Reference set <dataset>-<split>; mp20-test = MP-20 test, available subset (n=7342).")
+              help="Reference set: a registry split <dataset>-<split> (mp20-test = MP-20 test, available subset, "
+                   "n=7342) or any input --samples takes. Its fingerprints are cached by content.")
+@click.option("--train", default=None,
+              help="Training set for novelty and S.U.N. (registry split or any input). Default: the train split "
+                   "of a registry reference's dataset; none for another reference (novelty then not assessed).")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Output folder for metrics.json, report.md, figures/ (default: the run folder).")
+              help="Output folder for metrics.json, report.md, figures/ (default: the run folder; required for "
+                   "any other input and for a comparison, which writes OUT/<label>/ and OUT/comparison.md).")
 @seed_option
 @click.option("--max-samples", type=int, default=None,
               help="Use a seeded random subset of at most this many samples.")
@@ -48,11 +58,15 @@ from llamat_cif.cli._common import console, data_dir_option, fail, seed_option
               help="With --stability: scale each chosen structure to its composition-predicted volume "
                    "before relaxing.")
 @data_dir_option
-def benchmark(samples: str, reference: str, out: str | None, seed: int, max_samples: int | None,
+def benchmark(samples: tuple[str, ...], reference: str, train: str | None, out: str | None, seed: int, max_samples: int | None,
               struct_cutoff: float | None, comp_cutoff: float | None, fingerprint_scope: str,
               coverage: bool, workers: int, cache_dir: str | None, reference_limit: int | None,
               no_figures: bool, novelty: bool, stability_n: int, rescale_volume: bool, data_dir: str | None) -> None:
-    """Validity, coverage (overall and per element), uniqueness/novelty, property distances, CSP and S.U.N.
+    """Validity, coverage (overall and per element), uniqueness/novelty, distributions, diversity, CSP, S.U.N.
+
+    Beside CDVAE's metrics: Jensen-Shannon distances of space-group, crystal-system and element
+    frequencies, W(volume per atom), element and space-group diversity (Vendi) and the HHI supply
+    risk (LeMat-GenBench definitions). Several --samples write one comparison report.
 
     With --stability N, N valid samples are relaxed (CHGNet, FIRE fmax 0.1, E_hull on the MP-20
     reference hull) and their stability funnel is reported with both denominators. Give --out a
@@ -64,6 +78,8 @@ def benchmark(samples: str, reference: str, out: str | None, seed: int, max_samp
       llamat-cif benchmark --samples runs/default --reference mp20-test --out runs/default/bench
       llamat-cif benchmark --samples runs/default --out runs/default/bench --stability 300 --seed 0
       llamat-cif benchmark --samples runs/default --out runs/default/bench --no-coverage --stability 300
+      llamat-cif benchmark --samples my_cifs/ --out bench/my_cifs
+      llamat-cif benchmark --samples ours=runs/default --samples theirs=their_cifs/ --out bench/compare
     """
     from rich.table import Table
 
@@ -78,19 +94,45 @@ def benchmark(samples: str, reference: str, out: str | None, seed: int, max_samp
         from llamat_cif.stability.relax import quiet_warnings
 
         quiet_warnings()  # as `llamat-cif stability` does: no per-CIF / per-step warning floods
-    cfg = BenchmarkConfig(samples=samples, out=out, reference=reference, seed=seed,
-                          max_samples=max_samples, struct_cutoff=struct_cutoff, comp_cutoff=comp_cutoff,
-                          fingerprint_scope=fingerprint_scope, coverage=coverage, workers=workers, data_dir=data_dir,
-                          cache_dir=cache_dir, reference_limit=reference_limit, figures=not no_figures,
-                          novelty=novelty, stability=stability_n, rescale_volume=rescale_volume)
+    from llamat_cif.benchmarks.compare import ComparisonError, write_comparison
+    from llamat_cif.benchmarks.sources import SourceError, iter_sources
+
     try:
-        result = run_benchmark(cfg)
-    except (FileNotFoundError, ValueError, DataError) as exc:
+        sets = list(iter_sources(samples))
+    except SourceError as exc:
         fail(str(exc))
         return
-    except ImportError as exc:  # the potential's package (chgnet) for --stability
-        fail(f"--stability needs the stability extras: {exc}")
+    if len(sets) > 1 and not out:
+        fail("a comparison of several --samples needs --out (each set goes to OUT/<label>/)")
+    settings = dict(reference=reference, train=train, seed=seed, max_samples=max_samples,
+                    struct_cutoff=struct_cutoff, comp_cutoff=comp_cutoff, fingerprint_scope=fingerprint_scope,
+                    coverage=coverage, workers=workers, data_dir=data_dir, cache_dir=cache_dir,
+                    reference_limit=reference_limit, figures=not no_figures, novelty=novelty,
+                    stability=stability_n, rescale_volume=rescale_volume)
+    results = {}
+    for label, src in sets:
+        where = out if len(sets) == 1 else f"{out}/{label}"
+        if len(sets) > 1:
+            console.print(f"[bold]{label}[/]: {src}")
+        try:
+            results[label] = run_benchmark(BenchmarkConfig(samples=src, out=where, **settings))
+        except (FileNotFoundError, ValueError, DataError) as exc:  # SourceError is a ValueError
+            fail(f"{label}: {exc}" if len(sets) > 1 else str(exc))
+            return
+        except ImportError as exc:  # the potential's package (chgnet) for --stability
+            fail(f"--stability needs the stability extras: {exc}")
+            return
+    if len(sets) > 1:
+        try:
+            summary = write_comparison(Path(out), [label for label, _ in sets], figures=not no_figures)
+        except ComparisonError as exc:
+            fail(str(exc))
+            return
+        _print_comparison(summary, [label for label, _ in sets])
+        console.print(f"wrote {out}/comparison.md, {out}/comparison.csv"
+                      + ("" if no_figures else f", {out}/figures/compare_*.png") + f" and {out}/<label>/")
         return
+    result = results[sets[0][0]]
     table = Table(title=f"benchmark vs {result['reference']['description']}")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -108,7 +150,7 @@ def benchmark(samples: str, reference: str, out: str | None, seed: int, max_samp
     console.print(table)
     if "stability" in result:
         _print_geometry(result["stability"])
-    where = out or samples
+    where = out or sets[0][1]
     console.print(f"wrote {where}/metrics.json" + ("" if no_figures else f", {where}/report.md, {where}/figures/")
                   + f" in {result['protocol']['wall_time_s']} s")
 
@@ -132,4 +174,20 @@ def _print_geometry(section: dict) -> None:
 
         t.add_row(name, f"{sc['count']}/{sc['of']}{share}", q(row["volume_per_atom_quartiles"]),
                   q(row["volume_ratio_to_predicted_quartiles"]))
+    console.print(t)
+
+
+def _print_comparison(summary: dict, labels: list[str]) -> None:
+    """The comparison table (headline metrics, one column per set)."""
+    from rich.table import Table
+
+    from llamat_cif.benchmarks.compare import HEADLINE, format_cell
+
+    t = Table(title=f"comparison vs {summary['reference']['description']}")
+    t.add_column("metric")
+    for label in labels:
+        t.add_column(label, justify="right")
+    titles = dict(HEADLINE)
+    for name, per_set in summary["table"].items():
+        t.add_row(titles.get(name, name), *[format_cell(per_set.get(label)) for label in labels])
     console.print(t)
