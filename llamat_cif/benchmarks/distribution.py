@@ -17,8 +17,9 @@ where it defines the metric; every deviation is a named parameter recorded in th
 * ``wdist_volume_per_atom`` (Å³/atom): 1-D Wasserstein distance, as CDVAE's ``wdist_density``.
 * ``element_diversity_vendi`` / ``spacegroup_diversity_vendi``: the Vendi score of a categorical
   histogram, exp(Shannon entropy) = the effective number of equally used elements (counted per atom) /
-  space groups; ``element_coverage``, ``spacegroup_coverage``: distinct elements over 118, distinct
-  space groups over 230 (LeMat-GenBench ``ElementDiversityMetric`` / ``SpaceGroupDiversityMetric``).
+  space groups; ``elements_present``, ``spacegroups_present``: distinct elements over 118, distinct
+  space groups over 230 (LeMat-GenBench's ``element_coverage_ratio`` / ``space_group_coverage``, renamed
+  here so that "coverage" keeps meaning CDVAE's coverage).
 * ``hhi_production_mean``, ``hhi_reserve_mean``: Herfindahl-Hirschman supply-risk index of each
   composition, the atom-fraction-weighted mean of its elements' HHI on the 0-10 scale (HHI / 1000;
   an element without a value counts 10, the maximum), averaged over the structures
@@ -173,14 +174,16 @@ def diversity(tab: pd.DataFrame, mask: np.ndarray, *, symprec: float = SYMPREC,
         "element_diversity_vendi": Metric("element_diversity_vendi", v_el, unit="effective elements",
                                           counts=n, protocol={**proto, "histogram": "atoms per element",
                                                               "entropy_nats": h_el}),
-        "element_coverage": rate("element_coverage", int((atom_counts > 0).sum()), N_ELEMENTS, "elements (Z 1-118)",
-                                 counts=n, protocol={**proto, "counted": "distinct elements present"}),
+        "elements_present": rate("elements_present", int((atom_counts > 0).sum()), N_ELEMENTS, "elements (Z 1-118)",
+                                 counts=n, protocol={**proto, "counted": "distinct elements present",
+                                                                "lemat_name": "element_coverage_ratio"}),
         "spacegroup_diversity_vendi": Metric("spacegroup_diversity_vendi", v_sg, unit="effective space groups",
                                              counts={**n, "with_spacegroup": int(len(sg))},
                                              protocol={**proto, "histogram": "structures per space group",
                                                        "entropy_nats": h_sg, "spglib_symprec_A": symprec}),
-        "spacegroup_coverage": rate("spacegroup_coverage", int((sg_hist > 0).sum()), N_SPACEGROUPS, "space groups",
+        "spacegroups_present": rate("spacegroups_present", int((sg_hist > 0).sum()), N_SPACEGROUPS, "space groups",
                                     counts=n, protocol={**proto, "counted": "distinct space groups present",
+                                                        "lemat_name": "space_group_coverage",
                                                         "spglib_symprec_A": symprec}),
     }
 
