@@ -271,3 +271,29 @@ def test_comparison_refuses_different_references(tmp_path):
     bad["protocol"]["config"]["seed"] = 1
     with pytest.raises(ComparisonError, match="seed"):
         check_same_protocol({"a": result("mp20-test", 10), "b": bad})
+
+
+def test_pyxtal_baseline_is_seeded_and_keeps_composition_and_spacegroup():
+    pytest.importorskip("pyxtal")
+    from pymatgen.core import Composition
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    from llamat_cif.benchmarks.baseline import MAX_ATOMS, baseline_set
+
+    formulas, groups = ["NaCl", "SrTiO3", "GaAs", "Li2O"], [225, 221, 216, 225]
+    a = baseline_set(formulas, groups, 8, seed=3)
+    b = baseline_set(formulas, groups, 8, seed=3)
+    c = baseline_set(formulas, groups, 8, seed=4)
+    assert all(x.structure is not None and x.error == "" for x in a)
+    assert [x.structure for x in a] == [x.structure for x in b]  # same seed, same crystals
+    assert [x.structure for x in a] != [x.structure for x in c]
+    for d in a:
+        s = d.structure
+        assert s.composition.reduced_formula == Composition(d.formula).reduced_formula
+        assert len(s) <= MAX_ATOMS
+        # built in the training structure's (cubic) group: spglib finds it or a supergroup, so cubic too
+        assert d.spacegroup == groups[formulas.index(d.formula)]
+        assert SpacegroupAnalyzer(s, symprec=0.01).get_space_group_number() >= 195
+        # pyxtal's distance tolerances: no two atoms closer than 0.5 Å
+        if len(s) > 1:
+            assert s.distance_matrix[np.triu_indices(len(s), 1)].min() > 0.5
