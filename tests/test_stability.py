@@ -368,3 +368,64 @@ def test_resume_refuses_rows_relaxed_with_other_settings(tmp_path, chgnet):
     with pytest.raises(StabilityResumeError, match="rescale_volume: False -> True"):
         run_stability(items, tmp_path, StabilityConfig(relax=RelaxConfig(rescale_volume=True)), potential=chgnet,
                       hull=_toy_hull(), progress=False)
+
+
+@requires_data
+def test_stability_hostile_inputs_become_rows(tmp_path, nacl):
+    """Issue 17 items 9-12: every input file is a row; cells `validate` rejects are refused before
+    relaxation with the validators' reason; a 2,000-site cell is refused before any O(n^2) work; a
+    repeated id is kept as id~2 (the rule `validate` follows too)."""
+    import time
+
+    from click.testing import CliRunner
+
+    from llamat_cif.cli import main
+    from llamat_cif.validators import validate_table
+
+    good = nacl.to(fmt="cif")
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    (src / "nacl.cif").write_text(good)
+    (src / "binary.cif").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    (src / "x.cif").mkdir()  # a folder named like a CIF: not an input
+    (src / "sub" / "loop").symlink_to(src, target_is_directory=True)  # not followed
+    (src / "dangling.cif").symlink_to(tmp_path / "nowhere.cif")
+    (src / "negative.cif").write_text(good.replace("_cell_length_a   5.64000000", "_cell_length_a   -5"))
+    (src / "huge.cif").write_text(good.replace("_cell_length_b   5.64000000", "_cell_length_b   1e308"))
+    big = nacl.copy()
+    big.make_supercell([5, 5, 10])  # 2,000 sites > the validators' 1,000
+    (src / "sub" / "big.cif").write_text(big.to(fmt="cif"))
+    assert "_cell_length_a   5.64000000" in good and "_cell_length_b   5.64000000" in good
+    t0 = time.perf_counter()
+    res = CliRunner().invoke(main, ["stability", str(src), "--out", str(tmp_path / "out"), "--no-progress",
+                                    "--max-steps", "30"])
+    assert res.exit_code == 0, res.output
+    df = pd.read_parquet(tmp_path / "out" / "stability.parquet").set_index("id")
+    assert sorted(df.index) == ["binary", "dangling", "huge", "nacl", "negative", "sub/big"]
+    err = df["error"].fillna("")
+    assert err["nacl"] == "" and df.loc["nacl", "e_hull"] < 0.05
+    assert "binary" in err["binary"] and "unreadable" in err["dangling"]
+    assert "_cell_length_a" in err["negative"] and "_cell_length_b" in err["huge"]
+    assert "max_sites" in err["sub/big"] or "1000" in err["sub/big"]
+    assert (df.drop(index="nacl")["n_steps"] == 0).all()  # refused, not relaxed
+    assert time.perf_counter() - t0 < 120
+
+    # the same inputs through `validate`: the same verdicts (one input check)
+    vt = validate_table(pd.DataFrame({"id": ["negative", "huge"], "cif": [(src / "negative.cif").read_text(),
+                                                                         (src / "huge.cif").read_text()]}),
+                        column="cif")
+    vt = vt[0] if isinstance(vt, tuple) else vt
+    assert not vt["parsed"].any()
+
+    # repeated ids: kept, the later one renamed, in `stability` and in `validate`
+    table = tmp_path / "dups.csv"
+    pd.DataFrame({"id": ["a", "a"], "cif": [good, "garbage"]}).to_csv(table, index=False)
+    res = CliRunner().invoke(main, ["stability", str(table), "--out", str(tmp_path / "dup"), "--no-progress",
+                                    "--max-steps", "30"])
+    assert res.exit_code == 0, res.output
+    d = pd.read_parquet(tmp_path / "dup" / "stability.parquet").set_index("id")
+    assert sorted(d.index) == ["a", "a~2"] and not d.loc["a", "error"] and d.loc["a~2", "error"]
+    res = CliRunner().invoke(main, ["validate", str(table), "--out", str(tmp_path / "dupv")])
+    assert res.exit_code == 0, res.output
+    v = pd.read_parquet(tmp_path / "dupv" / "validity.parquet")
+    assert sorted(v["id"]) == ["a", "a~2"]

@@ -1,6 +1,7 @@
 """Structure sets from anywhere: what ``benchmark --samples`` and ``--reference`` accept.
 
-A set is a table with one row per input structure: ``id``, ``cif`` (CIF text, empty where the
+A set is a table with one row per input structure: ``id`` (unique: a repeated id gets ``~2``,
+``~3``... as in ``validate``, :class:`llamat_cif.validators.inputs.UniqueIds`), ``cif`` (CIF text, empty where the
 input could not be read) and ``read_error`` (empty when it could), plus whatever extra columns
 the input carries (``text``, ``target_formula``, DFT properties of a registry split...). Every
 input structure becomes a row: an unreadable file, a frame ASE cannot convert, or a table cell
@@ -35,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from llamat_cif.validators.inputs import UniqueIds
 
 #: Bytes read from one file at most (a larger "CIF" is not a crystal a benchmark can use).
 MAX_READ_BYTES = 4_000_000
@@ -88,7 +91,8 @@ def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     for c in ("id", "cif", "read_error"):
         if c not in df.columns:
             df[c] = ""
-    df["id"] = df["id"].astype(str)
+    unique = UniqueIds()  # the validators' rule: a repeated id gets ~2, ~3...
+    df["id"] = [unique(i) for i in df["id"].astype(str)]
     df["cif"] = df["cif"].map(lambda v: v if isinstance(v, str) else "")
     df["read_error"] = df["read_error"].map(lambda v: v if isinstance(v, str) else "")
     return df[["id", "cif", "read_error", *[c for c in df.columns if c not in ("id", "cif", "read_error")]]]

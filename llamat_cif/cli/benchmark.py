@@ -47,7 +47,7 @@ from llamat_cif.cli._common import console, data_dir_option, fail, seed_option
 @click.option("--reference-limit", type=int, default=None, help="Use only the first N reference structures.")
 @click.option("--no-figures", is_flag=True, help="Skip report.md and the PNG figures.")
 @click.option("--novelty/--no-novelty", default=True, show_default=True,
-              help="Uniqueness and novelty (vs the reference dataset's train split) of the valid samples "
+              help="Uniqueness and novelty (vs --train, default the reference dataset's train split) of the valid samples "
                    "as generated (StructureMatcher within each formula).")
 @click.option("--stability", "stability_n", type=click.IntRange(min=0), default=0, show_default=True,
               help="Relax N valid samples (seeded random choice, --seed) with CHGNet and report relaxed, "

@@ -36,8 +36,11 @@ def stability(input_path, out_dir, potential, hull_path, fmax, max_steps, time_l
               batch_size, device, limit, progress, seed, data_dir) -> None:
     """Relax INPUT's structures (FIRE + FrechetCellFilter) and compute E_hull.
 
-    INPUT: a run folder with samples.csv (valid rows only when validity.parquet exists), a CSV
-    with a `cif` column, a folder of .cif files, or one .cif file. Rows stream to
+    INPUT: a run folder with samples.csv (valid rows only when validity.parquet exists), a folder
+    of .cif files (recursive), a .zip of them, one .cif file, a CSV/parquet with a `cif` column, or
+    an ASE database / extended-XYZ file. Every structure becomes a row: one that cannot be read or
+    that the validators' input checks refuse (cell parameters, size: at most 1000 sites) is an
+    error row, not relaxed. A repeated id gets ~2, ~3... as in `validate`. Rows stream to
     OUT/stability.parquet after every batch; rerunning resumes (with the same settings: a
     folder relaxed under other settings is refused). The relaxation is deterministic, --seed is
     recorded only.

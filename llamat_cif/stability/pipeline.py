@@ -24,7 +24,7 @@ import pandas as pd
 
 from llamat_cif.stability.hull import Hull, HullError, mp2020_corrected_energy
 from llamat_cif.stability.potentials import Potential, load_potential
-from llamat_cif.stability.relax import RelaxConfig, relax_many
+from llamat_cif.stability.relax import RelaxConfig, error_row, relax_many
 
 #: metastability threshold of LLaMat / Gruver et al. (eV/atom)
 E_HULL_METASTABLE = 0.1
@@ -41,41 +41,54 @@ STABILITY_COLUMNS = [
 # --------------------------------------------------------------------------------- inputs
 
 
-def read_structures_input(path: str | Path) -> pd.DataFrame:
-    """Read structures to score into a table with columns ``id`` and ``cif`` (plus extras).
+def read_structures_input(path: str | Path, *, data_dir: str | Path | None = None) -> pd.DataFrame:
+    """Read structures to score into a table ``id, cif, read_error`` (plus the input's extras).
 
-    Accepted inputs:
-        * a run folder with ``samples.csv`` (rows with empty ``cif`` are kept: they become error
-          rows); when ``validity.parquet`` is present and has a boolean ``valid`` column, only
-          valid rows are kept.
-        * a CSV (optionally gzipped) with a ``cif`` column (``id`` or ``material_id`` if present).
-        * a folder of ``.cif`` files (id = file stem).
-        * a single ``.cif`` file.
+    Every input :func:`llamat_cif.benchmarks.sources.load_structure_set` reads is accepted (a folder
+    of ``.cif`` files searched recursively, a ``.zip``, a ``.cif`` file, a CSV/parquet with a ``cif``
+    column, an ASE database or trajectory, a registry split), and every structure in it becomes a
+    row: a file that cannot be read (binary, too large, unreadable) keeps its id and a
+    ``read_error``, which :func:`run_stability` writes as an error row. A run folder with
+    ``samples.csv`` gives its rows, only the valid ones when ``validity.parquet`` says which.
+
+    Raises:
+        SourceError: the input as a whole cannot be read, or ids repeat (they name rows and resume).
     """
-    p = Path(path)
-    if p.is_dir() and (p / "samples.csv").exists():
-        df = pd.read_csv(p / "samples.csv", dtype={"id": str}, keep_default_na=False)
-        vp = p / "validity.parquet"
+    from llamat_cif.benchmarks.sources import load_structure_set
+
+    sset = load_structure_set(path, data_dir=data_dir)
+    df = sset.table
+    if sset.run_dir is not None:
+        vp = sset.run_dir / "validity.parquet"
         if vp.exists():
             v = pd.read_parquet(vp)
             if "valid" in v.columns and "id" in v.columns:
                 ok = set(v.loc[v["valid"].astype(bool), "id"].astype(str))
                 df = df[df["id"].astype(str).isin(ok)]
-        return df[["id", "cif"]].reset_index(drop=True)
-    if p.is_dir():
-        files = sorted(p.glob("*.cif"))
-        if not files:
-            raise FileNotFoundError(f"{p}: no samples.csv and no .cif files")
-        return pd.DataFrame({"id": [f.stem for f in files], "cif": [f.read_text() for f in files]})
-    if p.suffix == ".cif":
-        return pd.DataFrame({"id": [p.stem], "cif": [p.read_text()]})
-    df = pd.read_csv(p, keep_default_na=False)
-    if "cif" not in df.columns:
-        raise ValueError(f"{p}: no 'cif' column (columns: {', '.join(df.columns)})")
-    if "id" not in df.columns:
-        df.insert(0, "id", df["material_id"] if "material_id" in df.columns else [f"row{i:06d}" for i in range(len(df))])
-    df["id"] = df["id"].astype(str)
-    return df
+        df = df[["id", "cif", "read_error"]]
+    return df.reset_index(drop=True)
+
+
+def input_problem(cif: Any) -> tuple[Any, str]:
+    """``(Structure, "")`` for usable CIF text, else ``(None, why)``: the validators' parse step.
+
+    The same limits ``llamat-cif validate`` applies run before any relaxation: text length and site
+    count (a 200,000-atom cell is refused before any O(n^2) work), stated cell parameters that are
+    negative, non-finite or absurd, lattice vectors beyond the validators' bound. A pymatgen
+    ``Structure`` passes through the same size and lattice checks.
+    """
+    from pymatgen.core import Structure
+
+    from llamat_cif.validators.parse import parse_text
+    from llamat_cif.validators.structural import sanity_problem
+
+    if isinstance(cif, Structure):
+        problem = sanity_problem(cif)
+        return (None, f"input: {problem}") if problem else (cif, "")
+    parsed = parse_text(cif, fmt="cif")
+    if parsed.error:
+        return None, f"input: {parsed.error}"
+    return parsed.structure, ""
 
 
 # --------------------------------------------------------------------------------- streaming
@@ -99,7 +112,12 @@ class ParquetRows:
         new = pd.DataFrame(rows)
         if self.columns:
             new = new.reindex(columns=self.columns + [c for c in new.columns if c not in self.columns])
-        self.df = new if not len(self.df) else pd.concat([self.df, new], ignore_index=True)
+        if len(self.df):
+            # all-empty columns of a batch (error rows) would change the dtypes pandas infers
+            cols = list(dict.fromkeys([*self.df.columns, *new.columns]))
+            self.df = pd.concat([self.df, new.dropna(axis=1, how="all")], ignore_index=True).reindex(columns=cols)
+        else:
+            self.df = new
         self.df = self.df.drop_duplicates(subset="id", keep="last").reset_index(drop=True)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp.parquet")
@@ -223,8 +241,12 @@ def run_stability(
 ) -> pd.DataFrame:
     """Relax and score structures, resuming from ``out_dir/stability.parquet``.
 
+    Every input first passes :func:`input_problem` (the validators' parse step and limits); an input
+    it refuses, or a table row with a ``read_error``, becomes an error row without relaxation.
+
     Args:
-        items: a table with ``id`` and ``cif`` columns, or ``(id, Structure|CIF)`` pairs.
+        items: a table with ``id`` and ``cif`` columns (``read_error`` optional), or
+            ``(id, Structure|CIF)`` pairs. Ids must be unique.
         out_dir: output folder (``stability.parquet``, ``stability_summary.json``).
         config: settings.
         potential: an already loaded potential (else loaded from ``config.potential``).
@@ -238,6 +260,7 @@ def run_stability(
 
     Raises:
         StabilityResumeError: ``out_dir`` holds rows relaxed with other settings.
+        ValueError: an id occurs more than once.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -251,15 +274,18 @@ def run_stability(
     check_hull_compatible(pot, hull, is_mp_reference=is_mp)
 
     if isinstance(items, pd.DataFrame):
-        pairs = list(zip(items["id"].astype(str), items["cif"], strict=True))
+        errs = items["read_error"].fillna("").astype(str) if "read_error" in items.columns else [""] * len(items)
+        triples = list(zip(items["id"].astype(str), items["cif"], errs, strict=True))
     else:
-        pairs = [(str(i), s) for i, s in items]
+        triples = [(str(i), s, "") for i, s in items]
+    ids = [t[0] for t in triples]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        raise ValueError(f"{len(dup)} ids occur more than once (e.g. {', '.join(dup[:3])}): ids name the rows "
+                         "and the resume, so each must be unique")
     store = ParquetRows(out / filename, STABILITY_COLUMNS)
     done = store.done_ids
-    todo = [(i, s) for i, s in pairs if i not in done]
-    # duplicate ids in the input would silently overwrite each other
-    seen: set[str] = set()
-    todo = [(i, s) for i, s in todo if not (i in seen or seen.add(i))]
+    todo = [t for t in triples if t[0] not in done]
 
     protocol = {
         "relax": config.relax.protocol(), **pot.protocol(), **hull.protocol(),
@@ -270,15 +296,34 @@ def run_stability(
     batch: list[dict] = []
     bar = _progress(progress, len(todo), len(done))
     pot_arg: Potential | str = pot if config.n_workers <= 1 else config.potential
+    refused: list[dict] = []
+
+    def checked():
+        # the validators' input checks, before any relaxation; refused inputs become error rows
+        for sid, obj, read_error in todo:
+            structure, why = (None, f"input: {read_error}") if read_error else input_problem(obj)
+            if structure is None:
+                refused.append(error_row(sid, why))
+                continue
+            yield sid, structure
+
+    def flush(force: bool = False) -> None:
+        nonlocal batch
+        if refused:
+            batch.extend(refused)
+            bar.advance(task, len(refused))
+            refused.clear()
+        if batch and (force or len(batch) >= config.batch_size):
+            store.append(batch)
+            batch = []
+
     with bar:
-        task = bar.add_task("relax + E_hull", total=len(pairs), completed=len(pairs) - len(todo))
-        for row in relax_many(todo, pot_arg, config.relax, n_workers=config.n_workers, device=config.device):
+        task = bar.add_task("relax + E_hull", total=len(triples), completed=len(triples) - len(todo))
+        for row in relax_many(checked(), pot_arg, config.relax, n_workers=config.n_workers, device=config.device):
             batch.append(score_row(row, hull, pot))
             bar.advance(task)
-            if len(batch) >= config.batch_size:
-                store.append(batch)
-                batch = []
-        store.append(batch)
+            flush()
+        flush(force=True)
     df = store.df
     summary = summarize(df, e_hull_metastable=config.e_hull_metastable)
     summary["protocol"] = protocol

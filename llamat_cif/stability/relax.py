@@ -112,6 +112,13 @@ def _empty_row(sid: str) -> dict:
     }
 
 
+def error_row(sid: str, error: str) -> dict:
+    """The result row of a structure that was not relaxed (its ``error`` says why)."""
+    row = _empty_row(sid)
+    row["error"] = error
+    return row
+
+
 def relax_structure(structure: Any, potential: Potential, config: RelaxConfig = RelaxConfig(),
                     sid: str = "", on_step: Callable[[int, Any], None] | None = None) -> dict:
     """Relax one structure and return its result row (never raises).

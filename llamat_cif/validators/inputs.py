@@ -26,6 +26,35 @@ class InputError(ValueError):
     """The input path or table cannot be read as structures."""
 
 
+#: joins a repeated id to its occurrence number: the second ``mp-1`` becomes ``mp-1~2``
+DUPLICATE_SEPARATOR = "~"
+
+
+class UniqueIds:
+    """The one rule for repeated ids, in every command: the first occurrence keeps its id, later
+    ones get ``~2``, ``~3``... (in input order), so no row is lost or overwritten and reruns of the
+    same input give the same ids. ``renamed`` counts the ids changed.
+    """
+
+    def __init__(self) -> None:
+        self._seen: dict[str, int] = {}
+        self.renamed = 0
+
+    def __call__(self, id_: str) -> str:
+        k = self._seen.get(id_, 0) + 1
+        self._seen[id_] = k
+        if k == 1:
+            return id_
+        new = f"{id_}{DUPLICATE_SEPARATOR}{k}"
+        while new in self._seen:  # the input itself may hold "mp-1~2"
+            k += 1
+            new = f"{id_}{DUPLICATE_SEPARATOR}{k}"
+        self._seen[id_] = k
+        self._seen[new] = 1
+        self.renamed += 1
+        return new
+
+
 def _clean(v: Any) -> Any:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return None
@@ -190,7 +219,7 @@ def iter_input(
     targets: str | Path | dict | None = None,
     limit: int | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Records from any supported input.
+    """Records from any supported input, ids made unique by :class:`UniqueIds`.
 
     Args:
         source: a folder of ``.cif`` files, a ``.zip`` of them, a CSV/TSV (optionally gzipped) or
@@ -208,9 +237,11 @@ def iter_input(
     """
     tmap = load_targets(targets) if isinstance(targets, str | Path) else (targets or {})
     it = _records(source, column=column, fmt=fmt, chunk_size=chunk_size)
+    unique = UniqueIds()
     for n, rec in enumerate(it):
         if limit is not None and n >= limit:
             return
+        rec["id"] = unique(rec["id"])
         if tmap and rec["id"] in tmap:
             for k, v in tmap[rec["id"]].items():
                 if rec.get(k) is None:
