@@ -513,3 +513,25 @@ def test_canonical_cifs_of_real_crystals_are_self_consistent():
             assert r["spacegroup_consistent"] is True, (r["formula"], r["self_consistency_reason"])
             n += 1
     assert n >= 12
+
+
+def test_run_validation_has_a_hard_limit_for_small_inputs(tmp_path, nacl):
+    """Issue 17 item 8: three rows (below the old 32-row pool threshold) still go through a worker
+    with the hard limit, so a structure stuck past it becomes a timeout row and the run ends."""
+    import time
+
+    import numpy as np
+
+    from llamat_cif.validators import run_validation
+
+    grid = np.array([[i, j, k] for i in range(8) for j in range(8) for k in range(9)], dtype=float)
+    big = Structure(Lattice.orthorhombic(19.2, 19.2, 21.6), ["Si"] * len(grid), grid / [8, 8, 9])
+    csv = tmp_path / "three.csv"
+    pd.DataFrame({"id": ["ok", "slow", "ok2"], "cif": [_cif(nacl), _cif(big), _cif(nacl)]}).to_csv(csv, index=False)
+    t0 = time.perf_counter()
+    s = run_validation(csv, tmp_path / "out", n_jobs=1, timeout_s=1.0)
+    assert time.perf_counter() - t0 < 60
+    assert s["hard_time_limit_s"] == pytest.approx(1.0 * 1.5 + 5.0)
+    rows = pd.read_parquet(tmp_path / "out" / "validity.parquet").set_index("id")
+    assert rows.loc["slow", "error"].startswith("timeout")  # CDVAE verdicts may be kept (soft limit)
+    assert rows.loc["ok", "valid"] and rows.loc["ok2", "valid"]

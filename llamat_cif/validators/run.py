@@ -26,8 +26,6 @@ ROWS_FILE = "validity.parquet"
 #: Not ``summary.json``: a run folder also holds other stages' summaries (stability, benchmark).
 SUMMARY_FILE = "validity_summary.json"
 PARTS_DIR = "validity.parts"
-#: Below this many rows a process pool costs more than it saves.
-MIN_ROWS_FOR_POOL = 32
 
 DEFINITIONS = {
     "parsed": "the text became an ordered pymatgen Structure within the limits (max_sites, max_chars, max_lattice_length)",
@@ -247,8 +245,9 @@ def validate_table(
         df: columns ``id`` (optional: row index), ``cif`` or ``text`` (+ optional ``fmt``,
             ``target_formula``, ``target_spacegroup``). With both ``text`` and ``cif``, ``text``
             is validated (see :func:`llamat_cif.validators.inputs.iter_frame`).
-        n_jobs: worker processes; > 1 uses a pool with a hard per-structure time limit (for
-            at least 32 rows).
+        n_jobs: worker processes; > 1 uses a pool with a hard per-structure time limit. 1
+            validates in this process with the soft (SIGALRM) limit only, which cannot stop a
+            structure stuck in C code; :func:`run_validation` (the CLI) always uses workers.
         timeout_s: per-structure time limit in seconds.
         keep_cif: add the parsed structure's CIF (column ``cif``).
         column: the text column to validate (default ``text``, else ``cif``).
@@ -264,7 +263,7 @@ def validate_table(
     t = Thresholds.from_kwargs(**thresholds)
     records = list(iter_frame(df, column=column))
     t0 = time.perf_counter()
-    if n_jobs > 1 and len(records) >= MIN_ROWS_FOR_POOL:
+    if n_jobs > 1:
         with ValidationPool(n_jobs, t, timeout_s=timeout_s, keep_cif=keep_cif) as pool:
             rows = _validate_records(records, t, pool=pool, timeout_s=timeout_s, keep_cif=keep_cif)
     else:
@@ -319,8 +318,8 @@ def run_validation(
         input_path: see :func:`llamat_cif.validators.inputs.iter_input` (folder, zip, CSV, parquet,
             concatenated CIFs, DataFrame, ``"mp20:test"``).
         out_dir: output folder (created); usually the generation run folder.
-        n_jobs: worker processes (each gets a hard per-structure time limit; 1 still isolates
-            hostile inputs in a worker for inputs of >= 32 rows).
+        n_jobs: worker processes (each gets a hard per-structure time limit; 1 still validates
+            in one worker process, for inputs of any size, so a hung structure can be killed).
         timeout_s: per-structure time limit (s).
         chunk_size: rows read, validated and written at a time (bounds memory).
         column, fmt, targets, limit: passed to the reader.
@@ -382,6 +381,7 @@ def run_validation(
             callback(done)
 
     pool = None
+    hard_limit_s = None
     try:
         for k, chunk in enumerate(_chunks(records, chunk_size)):
             part = parts / f"part-{k:06d}.parquet"
@@ -393,8 +393,12 @@ def run_validation(
                     for _ in range(len(df)):
                         tick()
                     continue
-            if pool is None and len(chunk) >= MIN_ROWS_FOR_POOL:
-                pool = ValidationPool(n_jobs, t, timeout_s=timeout_s, keep_cif=keep_cif)
+            if pool is None:
+                # always in worker processes, whatever the input size: only a worker can be killed
+                # when a structure holds C code (CrystalNN's Voronoi step, spglib) past the limit;
+                # a worker from the fork server costs ~50 ms, the server itself ~1.5 s once
+                pool = ValidationPool(max(1, n_jobs), t, timeout_s=timeout_s, keep_cif=keep_cif)
+                hard_limit_s = pool.hard_timeout_s
             rows = _validate_records(chunk, t, pool=pool, timeout_s=timeout_s, keep_cif=keep_cif, on_row=tick)
             table = rows_to_arrow(rows)
             tmp = part.with_suffix(".tmp")
@@ -426,6 +430,7 @@ def run_validation(
         "rows_file": ROWS_FILE,
         "n_jobs": n_jobs,
         "timeout_s": timeout_s,
+        "hard_time_limit_s": hard_limit_s,  # None when every row came from an interrupted run's parts
         "chunk_size": chunk_size,
         "wall_s": round(wall, 3),
         "rows_reused_from_interrupted_run": reused,
