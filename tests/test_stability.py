@@ -18,6 +18,7 @@ from llamat_cif.stability.pipeline import (
     StabilityResumeError,
     check_hull_compatible,
     run_stability,
+    summarize,
 )
 from llamat_cif.stability.potentials import (
     Potential,
@@ -429,3 +430,49 @@ def test_stability_hostile_inputs_become_rows(tmp_path, nacl):
     assert res.exit_code == 0, res.output
     v = pd.read_parquet(tmp_path / "dupv" / "validity.parquet")
     assert sorted(v["id"]) == ["a", "a~2"]
+
+
+def _lj_potential() -> Potential:
+    from ase.calculators.lj import LennardJones
+
+    # Lennard-Jones with argon's sigma (fcc minimum near a = 5.26 Å, 36 Å^3/atom; cutoff 3 sigma) and a
+    # deep well (1 eV), so that an over-expanded cell feels a clear pull back
+    return Potential("lj", "test", None, "cpu", "mp2020", "0",
+                     extra={"calculator": LennardJones(sigma=3.4, epsilon=1.0, rc=10.2, smooth=True)})
+
+
+def test_over_expanded_cell_may_collapse_but_not_below_a_physical_density():
+    """Issue 17 item 16: an over-expanded cell collapsing x0.17 back to its equilibrium density is a
+    relaxation, not an explosion (the old x1/5 volume guard made it an error row); a steps count
+    is recorded when a guard trips."""
+    ar = Structure(Lattice.cubic(5.26 * 1.8), ["Ar"] * 4, [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+    row = relax_structure(ar, _lj_potential(), RelaxConfig(max_steps=2000, fmax=0.01), sid="ar")
+    assert row["error"] is None, row["error"]
+    assert row["volume_change"] < 1 / 5 - 1  # shrank by more than the old guard allowed
+    assert 30 < ar.volume * (1 + row["volume_change"]) / 4 < 45  # back near 36 Å^3/atom
+    # a guard that trips mid-run: the row keeps the steps taken
+    boom = RelaxConfig(max_steps=2000, fmax=0.01, min_volume_per_atom=100.0)
+    row = relax_structure(ar, _lj_potential(), boom, sid="ar")
+    assert "collapsed cell" in row["error"] and row["n_steps"] > 0
+
+
+def test_time_limit_counts_cpu_not_wall_time(nacl):
+    """Issue 17 item 15: waiting (a loaded machine) does not use up the limit; CPU and wall recorded."""
+    import time as _t
+
+    slow_wall = RelaxConfig(max_steps=6, fmax=1e-6, time_limit_s=5.0)
+    row = relax_structure(nacl, _lj_potential(), slow_wall, sid="w", on_step=lambda step, atoms: _t.sleep(1.0))
+    assert row["error"] is None and row["wall_s"] > 5.0 and row["cpu_s"] < 5.0
+    assert row["n_steps"] == 6 and row["converged"] is False
+
+
+def test_summary_reports_rates_over_converged_rows():
+    df = pd.DataFrame({"id": list("abcde"), "error": [None, None, None, None, "boom"],
+                       "converged": [True, True, False, False, False],
+                       "e_hull": [0.0, 0.3, 0.05, 0.02, np.nan], "wall_s": [1.0] * 5, "cpu_s": [1.0] * 5,
+                       "n_steps": [10] * 5})
+    s = summarize(df)
+    assert (s["metastable"]["numerator"], s["metastable"]["denominator"]) == (3, 5)
+    assert (s["metastable_converged"]["numerator"], s["metastable_converged"]["denominator"]) == (1, 2)
+    assert (s["stable_converged"]["numerator"], s["stable_converged"]["denominator"]) == (1, 2)
+    assert s["n_unconverged_scored"] == 2 and s["median_e_hull_converged"] == pytest.approx(0.15)

@@ -30,7 +30,7 @@ from llamat_cif.stability.relax import quiet_warnings
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Generation batch size.")
 @click.option("--fmax", type=float, default=0.1, show_default=True, help="FIRE force threshold, eV/Å.")
 @click.option("--max-steps", type=int, default=500, show_default=True, help="FIRE steps per structure.")
-@click.option("--time-limit", type=float, default=300.0, show_default=True, help="Seconds per relaxation.")
+@click.option("--time-limit", type=float, default=300.0, show_default=True, help="CPU seconds per relaxation (a safety net: --max-steps bounds it).")
 @click.option("--hull", "hull_path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="User hull file (default: MP-20 reference hull).")
 @click.option("--relax-filter", type=click.Choice(["valid", "structural", "parsed"]), default="valid",

@@ -21,11 +21,15 @@ from llamat_cif.stability.relax import quiet_warnings
               help="User hull: PhaseDiagram JSON or a JSON list of entries (default: MP-20 reference hull).")
 @click.option("--fmax", type=float, default=0.1, show_default=True, help="FIRE force threshold, eV/Å.")
 @click.option("--max-steps", type=int, default=500, show_default=True, help="FIRE steps per structure.")
-@click.option("--time-limit", type=float, default=300.0, show_default=True, help="Seconds per structure.")
+@click.option("--time-limit", type=float, default=300.0, show_default=True,
+              help="CPU seconds per structure (a safety net; --max-steps bounds a relaxation, so a busy "
+                   "machine does not change verdicts). Wall and CPU time are both recorded.")
 @click.option("--rescale-volume", is_flag=True,
               help="Scale each structure isotropically to its composition-predicted volume before "
                    "relaxing (llamat_cif.physics.rescale_to_predicted); recorded in the protocol.")
 @click.option("--workers", type=int, default=1, show_default=True, help="Worker processes (CPU).")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="torch threads of a one-worker run (default: torch's); each of several workers uses 1.")
 @click.option("--batch-size", type=int, default=8, show_default=True, help="Rows per append to the output.")
 @click.option("--device", default=None, help="cpu / cuda (default: cuda when available).")
 @click.option("--limit", type=int, default=None, help="Score only the first N structures.")
@@ -33,7 +37,7 @@ from llamat_cif.stability.relax import quiet_warnings
 @seed_option
 @data_dir_option
 def stability(input_path, out_dir, potential, hull_path, fmax, max_steps, time_limit, rescale_volume, workers,
-              batch_size, device, limit, progress, seed, data_dir) -> None:
+              threads, batch_size, device, limit, progress, seed, data_dir) -> None:
     """Relax INPUT's structures (FIRE + FrechetCellFilter) and compute E_hull.
 
     INPUT: a run folder with samples.csv (valid rows only when validity.parquet exists), a folder
@@ -71,7 +75,7 @@ def stability(input_path, out_dir, potential, hull_path, fmax, max_steps, time_l
     cfg = StabilityConfig(potential=potential, hull=hull_path,
                           relax=RelaxConfig(fmax=fmax, max_steps=max_steps, time_limit_s=time_limit,
                                             rescale_volume=rescale_volume),
-                          n_workers=workers, batch_size=batch_size, device=device)
+                          n_workers=workers, batch_size=batch_size, device=device, threads=threads)
     console.print(f"{len(items)} structures -> {out / 'stability.parquet'} (potential {potential}, fmax {fmax}"
                   + (", rescaled to the predicted volume first)" if rescale_volume else ")"))
     try:
@@ -94,10 +98,16 @@ def _print_summary(summary: dict, seed: int) -> None:
     t.add_row("errors", str(summary["n_errors"]))
     c = summary["converged"]
     t.add_row("converged / relaxed", f"{c['numerator']} / {c['denominator']}")
-    for key, label in (("metastable", "E_hull < {thr} eV/atom"), ("stable", "E_hull <= {thr} eV/atom")):
-        r = summary[key]
+    for key, label in (("metastable", "E_hull < {thr} eV/atom"), ("stable", "E_hull <= {thr} eV/atom"),
+                       ("metastable_converged", "E_hull < {thr} eV/atom, of converged"),
+                       ("stable_converged", "E_hull <= {thr} eV/atom, of converged")):
+        r = summary.get(key)
+        if r is None:
+            continue
         pct = f"{100 * r['rate']:.1f}%" if r["rate"] is not None else "-"
         t.add_row(label.format(thr=r["threshold_ev_atom"]), f"{r['numerator']} / {r['denominator']} ({pct})")
+    if summary.get("n_unconverged_scored"):
+        t.add_row("scored but unconverged (E_hull as the relaxation ended)", str(summary["n_unconverged_scored"]))
     if summary.get("median_e_hull") is not None:
         t.add_row("median E_hull (eV/atom)", f"{summary['median_e_hull']:.3f}")
     if summary.get("median_wall_s") is not None:

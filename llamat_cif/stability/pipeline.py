@@ -32,7 +32,7 @@ E_HULL_METASTABLE = 0.1
 E_HULL_STABLE = 0.0
 
 STABILITY_COLUMNS = [
-    "id", "formula", "n_sites", "converged", "n_steps", "wall_s", "energy_initial_per_atom",
+    "id", "formula", "n_sites", "converged", "n_steps", "wall_s", "cpu_s", "energy_initial_per_atom",
     "energy_per_atom", "energy_corrected_per_atom", "e_form_per_atom", "e_hull", "volume_change",
     "volume_rescale", "relaxed_cif", "error",
 ]
@@ -212,6 +212,7 @@ class StabilityConfig:
     batch_size: int = 8
     device: str | None = None
     e_hull_metastable: float = E_HULL_METASTABLE
+    threads: int | None = None  # torch threads of an in-process run (n_workers 1); None: torch's default
 
 
 def environment_info() -> dict:
@@ -290,6 +291,7 @@ def run_stability(
     protocol = {
         "relax": config.relax.protocol(), **pot.protocol(), **hull.protocol(),
         "e_hull_metastable": config.e_hull_metastable, "n_workers": config.n_workers,
+        "torch_threads": _torch_threads(config),
         "environment": environment_info(),
     }
     t0 = time.time()
@@ -319,7 +321,8 @@ def run_stability(
 
     with bar:
         task = bar.add_task("relax + E_hull", total=len(triples), completed=len(triples) - len(todo))
-        for row in relax_many(checked(), pot_arg, config.relax, n_workers=config.n_workers, device=config.device):
+        for row in relax_many(checked(), pot_arg, config.relax, n_workers=config.n_workers, device=config.device,
+                              threads=config.threads):
             batch.append(score_row(row, hull, pot))
             bar.advance(task)
             flush()
@@ -331,6 +334,20 @@ def run_stability(
     summary["wall_s_this_run"] = time.time() - t0
     summary_path.write_text(json.dumps(summary, indent=2, default=str))
     return df
+
+
+def _torch_threads(config: StabilityConfig) -> int | None:
+    """Intra-op threads each relaxation runs with (pool workers: 1)."""
+    if config.n_workers > 1:
+        return 1
+    if config.threads is not None:
+        return max(1, int(config.threads))
+    try:
+        import torch
+
+        return int(torch.get_num_threads())
+    except ImportError:  # pragma: no cover - torch is a core dependency
+        return None
 
 
 def _progress(enabled: bool, n_todo: int, n_done: int):
@@ -364,17 +381,30 @@ def summarize(df: pd.DataFrame, *, e_hull_metastable: float = E_HULL_METASTABLE,
     ok = df[df["error"].isna() | (df["error"] == "")] if n else df
     eh = pd.to_numeric(ok["e_hull"], errors="coerce") if n else pd.Series(dtype=float)
     scored = eh.notna()
+    conv = ok["converged"].fillna(False).astype(bool) if n else pd.Series(dtype=bool)
+    eh_conv = eh[conv & scored] if n else eh
+    n_conv = int(conv.sum()) if n else 0
     return {
         "n_structures": n,
         "n_errors": int(n - len(ok)),
         "n_scored": int(scored.sum()),
-        "converged": rate(int(ok["converged"].astype(bool).sum()) if n else 0, len(ok)),
+        "n_unconverged_scored": int((scored & ~conv).sum()) if n else 0,
+        "converged": rate(n_conv, len(ok)),
         "metastable": {**rate(int((eh < e_hull_metastable).sum()), n), "threshold_ev_atom": e_hull_metastable,
-                       "denominator_is": "all input structures"},
+                       "denominator_is": "all input structures (unconverged relaxations scored as they ended)"},
         "stable": {**rate(int((eh <= e_hull_stable).sum()), n), "threshold_ev_atom": e_hull_stable,
-                   "denominator_is": "all input structures"},
+                   "denominator_is": "all input structures (unconverged relaxations scored as they ended)"},
+        # the same over converged relaxations only: an unconverged E_hull is an upper estimate at best
+        "metastable_converged": {**rate(int((eh_conv < e_hull_metastable).sum()), n_conv),
+                                 "threshold_ev_atom": e_hull_metastable,
+                                 "denominator_is": "converged relaxations"},
+        "stable_converged": {**rate(int((eh_conv <= e_hull_stable).sum()), n_conv),
+                             "threshold_ev_atom": e_hull_stable, "denominator_is": "converged relaxations"},
         "median_e_hull": float(eh.median()) if scored.any() else None,
+        "median_e_hull_converged": float(eh_conv.median()) if len(eh_conv) else None,
         "median_wall_s": float(pd.to_numeric(ok["wall_s"]).median()) if len(ok) else None,
+        "median_cpu_s": (float(pd.to_numeric(ok["cpu_s"], errors="coerce").median())
+                         if len(ok) and "cpu_s" in ok.columns and ok["cpu_s"].notna().any() else None),
         "median_n_steps": float(pd.to_numeric(ok["n_steps"]).median()) if len(ok) else None,
     }
 
