@@ -535,3 +535,20 @@ def test_run_validation_has_a_hard_limit_for_small_inputs(tmp_path, nacl):
     rows = pd.read_parquet(tmp_path / "out" / "validity.parquet").set_index("id")
     assert rows.loc["slow", "error"].startswith("timeout")  # CDVAE verdicts may be kept (soft limit)
     assert rows.loc["ok", "valid"] and rows.loc["ok2", "valid"]
+
+
+@pytest.mark.parametrize("occupancy, symbol, reason", [
+    ("-1", "Na", "occupancy '-1'"), ("0", "Na", "occupancy '0'"), ("nan", "Na", "occupancy 'nan'"),
+    (".", "Na", "occupancy '.'"), ("1", "0", "type symbol '0'"), ("1", "Xx", "type symbol 'Xx'")])
+def test_a_listed_atom_pymatgen_would_drop_makes_the_text_unparsed(occupancy, symbol, reason):
+    """Issue 17 item 1: pymatgen silently drops such a site and the rest used to score as a valid
+    crystal; CDVAE counts every listed atom, so the text is not parsed (and not valid)."""
+    text = ("data_x\n_symmetry_space_group_name_H-M 'P 1'\n_cell_length_a 5.64\n_cell_length_b 5.64\n"
+            "_cell_length_c 5.64\n_cell_angle_alpha 90\n_cell_angle_beta 90\n_cell_angle_gamma 90\n"
+            "loop_\n _symmetry_equiv_pos_as_xyz\n  'x, y, z'\nloop_\n _atom_site_type_symbol\n _atom_site_label\n"
+            " _atom_site_fract_x\n _atom_site_fract_y\n _atom_site_fract_z\n _atom_site_occupancy\n"
+            f"  {symbol} A1 0 0 0 {occupancy}\n  Cl Cl1 0.5 0.5 0.5 1\n")
+    r = validate_one(text)
+    assert r["parsed"] is False and r["valid"] is False and reason in r["error"]
+    ok = validate_one(text.replace(f"  {symbol} A1 0 0 0 {occupancy}", "  Na+ A1 0 0 0 1.0(1)"))
+    assert ok["parsed"] is True and ok["structurally_valid"] is True

@@ -70,6 +70,35 @@ def _num(x: Any) -> float:
     return float(str(x).split("(")[0])
 
 
+_SYMBOL = re.compile(r"^([A-Z][a-z]?)")
+
+
+def _site_rows_problem(block: dict[str, Any] | None) -> str | None:
+    """A listed atom pymatgen would drop without an error: occupancy <= 0, NaN or not a number, or a
+    type symbol that names no element ("0", "X"). CDVAE counts every listed atom, so such a text is
+    not a parse of the crystal it states (pymatgen would score what is left)."""
+    if not block:
+        return None
+    from pymatgen.core.periodic_table import Element
+
+    occ = block.get("_atom_site_occupancy")
+    if occ is not None:
+        for k, raw in enumerate(occ if isinstance(occ, list) else [occ]):
+            if str(raw).strip() == "?":  # CIF's "unknown": pymatgen reads it as 1 and keeps the site
+                continue
+            m = _NUMBER_WITH_SU.match(str(raw).strip("'\""))
+            v = float(m.group(1)) if m else math.nan
+            if not (math.isfinite(v) and v > 0):
+                return f"atom site {k + 1} has occupancy {str(raw)[:20]!r}: not a number > 0 (the site would be dropped)"
+    symbols = block.get("_atom_site_type_symbol")
+    if symbols is not None:
+        for k, raw in enumerate(symbols if isinstance(symbols, list) else [symbols]):
+            m = _SYMBOL.match(str(raw).strip("'\""))
+            if m is None or not Element.is_valid_symbol(m.group(1)):
+                return f"atom site {k + 1} has type symbol {str(raw)[:20]!r}: not an element (the site would be dropped)"
+    return None
+
+
 def _expanded_site_estimate(block: dict[str, Any] | None) -> int | None:
     """Sites the symmetry operations will generate, counted with numpy before pymatgen does it.
 
@@ -130,6 +159,9 @@ def _parse_cif(text: str, out: Parsed, max_sites: int = MAX_SITES) -> None:
             parser = CifParser.from_str(text)
             blocks = parser.as_dict()
             out.cif_data = next(iter(blocks.values())) if blocks else None
+            if (problem := _site_rows_problem(out.cif_data)) is not None:
+                out.error = problem
+                return
             estimate = _expanded_site_estimate(out.cif_data)
             # 2x margin: the estimate dedupes images more coarsely than pymatgen; it only has to
             # catch blow-ups (one row x 192 operations), the exact count is checked after parsing
