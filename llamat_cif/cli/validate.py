@@ -27,8 +27,10 @@ from llamat_cif.cli._common import console, fail
 @click.option("--limit", type=int, default=None, help="Validate only the first N structures.")
 @click.option("--min-distance", type=float, default=0.5, show_default=True, help="CDVAE distance floor (Å).")
 @click.option("--min-volume", type=float, default=0.1, show_default=True, help="CDVAE volume floor (Å^3).")
-@click.option("--oxidation-states", default="smact14", show_default=True,
-              help="SMACT oxidation-state list: smact14 (CDVAE), icsd16, icsd24 (smact>=3 default), pymatgen_sp, wiki.")
+@click.option("--oxidation-states", default="cdvae", show_default=True,
+              help="SMACT data: cdvae (SMACT 2.2.1 exactly, as CDVAE ran it), smact14 (today's SMACT copy of "
+                   "the 2014 list: Ir -3, Zr electronegativity 1.33), icsd16, icsd24 (smact>=3 default), "
+                   "pymatgen_sp, wiki.")
 @click.option("--symprec", type=float, default=0.1, show_default=True, help="spglib tolerance (Å).")
 @click.option("--bonds/--no-bonds", "check_bonds", default=True, show_default=True,
               help="CrystaLLM CrystalNN bond-length check (the slowest part).")

@@ -12,8 +12,13 @@ when any of these holds:
 
 CDVAE pinned ``smact==2.2.1``, whose ``Element.oxidation_states`` is the 2014 SMACT list. SMACT >= 3
 changed that default to an ICSD-derived list (``oxidation_states_icsd24``), which lowers the rate on
-real data; hence our default ``oxidation_states="smact14"`` (alias ``"cdvae"``), with the other
-SMACT lists selectable by name and recorded in every output.
+real data. Today's SMACT still carries the 2014 list (``oxidation_states_smact14``) but not exactly
+as 2.2.1 had it: Ir's lowest state is -3 there (-2 in 2.2.1), and Zr's Pauling electronegativity
+is 1.33 (2.2.1's table says 0.33). The default set ``"cdvae"`` therefore reads SMACT 2.2.1's own
+oxidation states, electronegativities and metals list, shipped as data in
+``llamat_cif/resources/smact_2.2.1.json`` (MIT licence, source and checksum inside), so the number
+is CDVAE's; ``"smact14"`` (today's SMACT copy) and the other SMACT lists are named variants, and
+the set used is recorded in every output.
 
 CDVAE enumerates every oxidation-state combination (``itertools.product``), exponential in the number
 of elements. Here the same answer comes from a subset-sum over cut points in electronegativity
@@ -37,7 +42,8 @@ from llamat_cif.validators.result import CheckResult
 
 #: Name -> attribute of ``smact.Element`` holding that oxidation-state list.
 OXIDATION_STATE_SETS: dict[str, str] = {
-    "smact14": "oxidation_states_smact14",  # SMACT 2014 list: the default of smact < 3, used by CDVAE
+    "cdvae": "smact 2.2.1 data (llamat_cif/resources/smact_2.2.1.json)",  # exactly what CDVAE ran
+    "smact14": "oxidation_states_smact14",  # today's SMACT copy of the 2014 list (Ir -3, Zr 1.33)
     "icsd16": "oxidation_states_icsd16",
     "icsd24": "oxidation_states_icsd24",  # the default of smact >= 3
     "pymatgen_sp": "oxidation_states_sp",
@@ -45,8 +51,11 @@ OXIDATION_STATE_SETS: dict[str, str] = {
 }
 #: "smact-default" means the default of the SMACT that CDVAE pinned (2.2.1), not of today's SMACT
 #: (which would be icsd24): the point of the check is to reproduce CDVAE's numbers.
-_ALIASES = {"cdvae": "smact14", "smact-default": "smact14", "default": "smact14", "smact2": "smact14",
-            "smact-2014": "smact14", "icsd": "icsd16", "sp": "pymatgen_sp", "smact3-default": "icsd24"}
+_ALIASES = {"smact-default": "cdvae", "default": "cdvae", "smact2": "cdvae", "smact221": "cdvae",
+            "smact-2.2.1": "cdvae", "smact-2014": "smact14", "icsd": "icsd16", "sp": "pymatgen_sp",
+            "smact3-default": "icsd24"}
+#: the oxidation-state set of the CDVAE protocol (the validators' default)
+CDVAE_SET = "cdvae"
 
 #: Combinations beyond which the enumeration path (only used with elements that lack an
 #: electronegativity) gives up and reports the composition invalid, as CDVAE's descendants do.
@@ -67,10 +76,18 @@ def resolve_oxidation_states(name: str) -> str:
 
 
 @cache
-def _metals() -> frozenset[str]:
-    import smact
+def _smact221() -> dict:
+    """SMACT 2.2.1's oxidation states, Pauling electronegativities and metals (shipped data)."""
+    import json
+    from importlib import resources
 
-    return frozenset(smact.metals)
+    return json.loads(resources.files("llamat_cif").joinpath("resources/smact_2.2.1.json").read_text())
+
+
+@cache
+def _metals() -> frozenset[str]:
+    # the same list in SMACT 2.2.1 and today's SMACT (checked when the data file was made)
+    return frozenset(_smact221()["metals"])
 
 
 @lru_cache(maxsize=256)
@@ -80,6 +97,11 @@ def element_data(symbol: str, ox_set: str) -> tuple[tuple[int, ...], float | Non
     Raises:
         KeyError: SMACT has no data for the element (e.g. Z > 103).
     """
+    if ox_set == CDVAE_SET:
+        data = _smact221()
+        if symbol not in data["oxidation_states"]:
+            raise KeyError(symbol)
+        return tuple(int(s) for s in data["oxidation_states"][symbol]), data["pauling_eneg"].get(symbol)
     import smact
 
     el = smact.Element(symbol)
@@ -194,7 +216,7 @@ def _neutral_enumerated(states, enegs, counts, use_pauling_test: bool) -> bool |
 def compositional_validity(
     composition,
     *,
-    oxidation_states: str = "smact14",
+    oxidation_states: str = CDVAE_SET,
     use_pauling_test: bool = True,
     include_alloys: bool = True,
 ) -> CheckResult:
@@ -203,9 +225,9 @@ def compositional_validity(
     Args:
         composition: a pymatgen ``Composition`` or ``Structure``, a formula string, or a mapping
             element -> count. Counts must be whole numbers (atoms in a cell).
-        oxidation_states: which SMACT oxidation-state list to draw from: ``"smact14"`` (CDVAE;
-            default of smact < 3), ``"icsd16"``, ``"icsd24"`` (default of smact >= 3),
-            ``"pymatgen_sp"``, ``"wiki"``.
+        oxidation_states: which SMACT data to draw from: ``"cdvae"`` (SMACT 2.2.1's own tables,
+            what CDVAE ran), ``"smact14"`` (today's SMACT copy of that 2014 list), ``"icsd16"``,
+            ``"icsd24"`` (default of smact >= 3), ``"pymatgen_sp"``, ``"wiki"``.
         use_pauling_test: require cations less electronegative than anions (CDVAE: True).
         include_alloys: compositions made only of ``smact.metals`` are valid (CDVAE: True).
 

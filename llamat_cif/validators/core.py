@@ -23,7 +23,7 @@ from llamat_cif.validators.structural import MAX_LATTICE_LENGTH, MAX_SITES, stru
 class Thresholds:
     """Every setting of the suite (the protocol written into each summary).
 
-    CDVAE: ``min_distance`` 0.5 Å, ``min_volume`` 0.1 Å^3, SMACT ``smact14`` oxidation states with
+    CDVAE: ``min_distance`` 0.5 Å, ``min_volume`` 0.1 Å^3, SMACT 2.2.1's data (``cdvae``) with
     the Pauling test, alloys valid. CrystaLLM: ``symprec`` 0.1 Å, bond tolerance 0.32, hydrogen
     factor 2.5, bond score >= 1.0.
     """
@@ -31,7 +31,7 @@ class Thresholds:
     min_distance: float = 0.5
     min_volume: float = 0.1
     include_self_images: bool = False
-    oxidation_states: str = "smact14"
+    oxidation_states: str = "cdvae"
     use_pauling_test: bool = True
     include_alloys: bool = True
     symprec: float = 0.1
