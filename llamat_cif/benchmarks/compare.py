@@ -135,13 +135,14 @@ def write_comparison(out: Path, labels: list[str], *, figures: bool = True) -> d
         "valid samples, spglib symprec "
         f"{first['protocol'].get('distributions', {}).get('spglib_symprec_A', '—')} Å).",
         "",
-        "| set | source | structures used | parsed | valid | novelty reference |",
-        "|---|---|---|---|---|---|",
+        "| set | source | structures used | parsed | valid | SMACT data (validity) | novelty reference |",
+        "|---|---|---|---|---|---|---|",
     ]
     for label, r in results.items():
         s = r["samples"]
+        ox = ((r["protocol"].get("validity") or {}).get("thresholds") or {}).get("oxidation_states", "—")
         lines.append(f"| `{label}` | {s.get('source', r['run'])} | {s['used']} | {s['parsed']} | {s['valid']} | "
-                     f"{(r.get('training') or {}).get('name') or '—'} |")
+                     f"{ox} | {(r.get('training') or {}).get('name') or '—'} |")
     lines += ["", "Rates: value (count/denominator); denominators are named in each set's `metrics.json`: "
               "validity over all structures, coverage recall over reference structures, precision, "
               "uniqueness, novelty and the distribution metrics over valid structures, `(chosen)` over the "

@@ -718,14 +718,17 @@ def _input_validity(samples: pd.DataFrame, out: Path, say) -> tuple[pd.DataFrame
     """Validity of samples that are not a run folder, kept in ``out`` while the input is unchanged.
 
     The validators run on the ``cif`` column (a row without text is a parse failure); their table
-    and summary go to ``out/validity.parquet`` / ``out/validity_summary.json`` with the samples'
-    content key, so a second benchmark of the same input reads them instead of validating again.
+    and summary go to ``out/validity.parquet`` / ``out/validity_summary.json`` with a key of the
+    samples' content and the validators' default settings, so a second benchmark of the same input
+    reads them instead of validating again.
     """
     import hashlib
 
     from llamat_cif.benchmarks.validity import normalise_validity, run_validators
+    from llamat_cif.validators.core import Thresholds
 
-    h = hashlib.sha256()
+    # the validators' settings are part of the key: a new default (e.g. SMACT data) recomputes
+    h = hashlib.sha256(json.dumps(Thresholds().as_dict(), sort_keys=True, default=str).encode())
     for i, c in zip(samples["id"].astype(str), samples["cif"].astype(str), strict=True):
         h.update(f"{len(i)}:{i}{len(c)}:{c}".encode())
     key = h.hexdigest()[:24]
