@@ -235,10 +235,28 @@ def test_symmetry_shortcut_matches_every_site(perovskite, small_set):
 
     assert sorted(len(g) for g in equivalent_site_groups(perovskite)) == [1, 1, 3]  # Sr, Ti, 3 O
     for s in [perovskite, *small_set[2][:4]]:
-        fast, comp = fingerprint_structure(s)
-        full, comp_full = fingerprint_structure(s, symprec=None)
+        fast, comp = fingerprint_structure(s, symprec=0.01)
+        full, comp_full = fingerprint_structure(s)  # every site, CDVAE's definition (the default)
         assert np.allclose(fast, full, atol=1e-3)
         assert np.array_equal(np.nan_to_num(comp), np.nan_to_num(comp_full))
+
+
+def test_default_fingerprints_are_every_site_and_the_shortcut_is_cached_apart(tmp_path, perovskite, nacl):
+    """Issue 17 item 4: the default is CDVAE's every-site mean; the grouped shortcut is a variant
+    with its own cache entries (never served for the exact one)."""
+    from pymatgen.core import Structure
+
+    from llamat_cif.benchmarks.fingerprints import fingerprint_structure
+
+    cifs = [perovskite.to(fmt="cif"), nacl.to(fmt="cif")]
+    exact = compute_fingerprints(cifs, cache=tmp_path, chunk_size=1)
+    for k, c in enumerate(cifs):
+        s = Structure.from_str(c, fmt="cif")
+        assert np.allclose(exact.struct[k], fingerprint_structure(s, symprec=None)[0], atol=1e-12)
+    grouped = compute_fingerprints(cifs, cache=tmp_path, chunk_size=1, shortcut=True)
+    assert grouped.computed == 2 and grouped.key != exact.key  # not read from the exact chunks
+    assert compute_fingerprints(cifs, cache=tmp_path, chunk_size=1).computed == 0
+    assert len(list((tmp_path / "chunks").glob("*.npz"))) == 4
 
 
 # --------------------------------------------------------------------------- cache and CLI

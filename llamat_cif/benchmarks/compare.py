@@ -56,7 +56,7 @@ HEADLINE = (
     ("hhi_production_low_risk", "HHI production <= 3"),
 )
 #: settings that must agree between the compared sets
-SHARED = ("struct_cutoff", "comp_cutoff", "fingerprint_scope", "coverage", "novelty", "stability",
+SHARED = ("struct_cutoff", "comp_cutoff", "fingerprint_scope", "fingerprint_shortcut", "coverage", "novelty", "stability",
           "metastable_threshold", "stable_threshold", "seed", "max_samples", "reference_limit")
 
 

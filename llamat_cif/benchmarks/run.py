@@ -105,6 +105,9 @@ class BenchmarkConfig:
             (MP-20's, 0.4 and 10, for a reference that is not a registry split).
         fingerprint_scope: ``"valid"`` fingerprints valid samples only (fast, the headline needs
             nothing else); ``"parsed"`` also the parsed-but-invalid ones (adds ``coverage_cdvae``).
+        fingerprint_shortcut: average one CrystalNN site per group of symmetry-equivalent sites
+            (2-5x faster; a named variant, up to 0.024 off CDVAE's every-site mean on generated
+            samples); False: every site, as CDVAE.
         coverage: compute CrystalNN fingerprints and the CDVAE coverage metrics (overall and per
             element); False skips every fingerprint, of the samples and of the reference set.
         csp_ks: best-of-k budgets for formula-conditioned samples.
@@ -132,6 +135,7 @@ class BenchmarkConfig:
     struct_cutoff: float | None = None
     comp_cutoff: float | None = None
     fingerprint_scope: str = "valid"
+    fingerprint_shortcut: bool = False
     coverage: bool = True
     csp_ks: tuple[int, ...] = (1, 20)
     metastable_threshold: float = 0.1
@@ -474,7 +478,8 @@ def _coverage_section(
     metrics: dict[str, Metric] = {}
     say(f"{ref_label}: {len(ref)} structures; fingerprinting (cached by content)")
     ref_fp = compute_fingerprints(ref_cifs, cache=cfg.cache_dir, show_progress=show_progress,
-                                  label=f"fingerprints {ref_label}", workers=cfg.workers)
+                                  label=f"fingerprints {ref_label}", workers=cfg.workers,
+                                  shortcut=cfg.fingerprint_shortcut)
     t = lap("fingerprints_reference", t)
     scope = valid if cfg.fingerprint_scope == "valid" else parsed
     # only the structures in scope are fingerprinted (CrystalNN can crawl on overlapping atoms);
@@ -482,7 +487,7 @@ def _coverage_section(
     scope_idx = np.flatnonzero(scope)
     fp_part = compute_fingerprints([gen_cifs[i] for i in scope_idx], cache=cfg.cache_dir,
                                    show_progress=show_progress, label="fingerprints generated",
-                                   workers=cfg.workers)
+                                   workers=cfg.workers, shortcut=cfg.fingerprint_shortcut)
     gen_fp = fp_part.scatter(scope_idx, n_gen)
     t = lap("fingerprints_generated", t)
     fp_rate = gen_fp.computed / gen_fp.seconds if gen_fp.computed and gen_fp.seconds > 0 else None
@@ -514,8 +519,11 @@ def _coverage_section(
     per_el = per_element_coverage(ref_tab["elements"].tolist(), main.ref_covered,
                                   gen_tab["elements"].tolist(), main.gen_precise,
                                   ref_mask=main.ref_mask, gen_mask=valid)
+    from llamat_cif.benchmarks.fingerprints import variant_name
+
     protocol = {**main.protocol, "headline": "generated = valid samples; recall over reference; "
-                "precision over valid generated (crystal-text-llm denominator)"}
+                "precision over valid generated (crystal-text-llm denominator)",
+                "structure_fingerprint": variant_name(cfg.fingerprint_shortcut)}
     info = {"n_with_fingerprint": int(ref_fp.ok.sum()), "fingerprinted": int(gen_fp.ok.sum()),
             "fingerprints_per_s_generated": fp_rate,
             "fingerprint_cache": {"reference_key": ref_fp.key, "generated_key": gen_fp.key}}
