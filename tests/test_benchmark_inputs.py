@@ -177,7 +177,8 @@ def test_bad_inputs_become_rows_or_one_line_errors(tmp_path, monkeypatch, mp20_f
     sset = load_structure_set(d)
     assert sorted(sset.table["id"]) == sorted([*mp20_first20["id"][:5], "binary", "empty", "garbage"])
     errors = dict(zip(sset.table["id"], sset.table["read_error"], strict=True))
-    assert "binary" in errors["binary"] and errors["garbage"] == "" and sset.n_read_errors == 1
+    assert "binary" in errors["binary"] and errors["empty"] == "empty file" and errors["garbage"] == ""
+    assert sset.n_read_errors == 2
 
     out = tmp_path / "bench"
     res = CliRunner().invoke(main, ["benchmark", "--samples", str(d), "--out", str(out), "--reference",
@@ -185,8 +186,8 @@ def test_bad_inputs_become_rows_or_one_line_errors(tmp_path, monkeypatch, mp20_f
     assert res.exit_code == 0, res.output
     m = json.loads((out / "metrics.json").read_text())
     assert (m["metrics"]["parse_rate"]["numerator"], m["metrics"]["parse_rate"]["denominator"]) == (5, 8)
-    assert m["samples"]["unreadable"] == 1
-    assert m["samples"]["unreadable_examples"][0]["id"] == "binary"
+    assert m["samples"]["unreadable"] == 2
+    assert {e["id"] for e in m["samples"]["unreadable_examples"]} == {"binary", "empty"}
 
     # whole inputs that cannot be read: one line, non-zero exit, no traceback
     bad_table = tmp_path / "t.csv"

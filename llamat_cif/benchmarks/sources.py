@@ -114,6 +114,8 @@ def _read_text_file(path: Path) -> tuple[str, str]:
         return "", f"file larger than {MAX_READ_BYTES} bytes"
     if b"\x00" in data:
         return "", "binary file (NUL bytes), not CIF text"
+    if not data.strip():
+        return "", "empty file"
     return data.decode("utf-8", errors="replace"), ""
 
 
@@ -241,6 +243,8 @@ def _zip_rows(path: Path) -> list[dict[str, Any]]:
                     data = fh.read(MAX_READ_BYTES + 1)
                 if len(data) > MAX_READ_BYTES:
                     err = f"file larger than {MAX_READ_BYTES} bytes"
+                elif not data.strip():
+                    err = "empty file"
                 else:
                     text = data.decode("utf-8", errors="replace")
             except Exception as exc:  # noqa: BLE001 - a corrupt member is one error row
