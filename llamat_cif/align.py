@@ -196,12 +196,12 @@ def _finish(row: dict, c: AlignConfig) -> dict:
 def mark_duplicates(scores: pd.DataFrame) -> pd.DataFrame:
     """Add ``unique`` / ``duplicate_of`` over the round (StructureMatcher, first occurrence wins,
     relaxed CIF where there is one); a duplicate is not eligible."""
-    from llamat_cif.stability.sun import _parse, unique_representatives
+    from llamat_cif.stability.sun import parse_structure, unique_representatives
 
     df = scores.sort_values("id").reset_index(drop=True)
     cif = df["relaxed_cif"] if "relaxed_cif" in df else pd.Series([None] * len(df))
     valid = df["valid"].astype(bool) if "valid" in df else pd.Series([True] * len(df))
-    structs = [_parse(c) if ok else None for c, ok in zip(cif, valid, strict=True)]
+    structs = [parse_structure(c) if ok else None for c, ok in zip(cif, valid, strict=True)]
     rep = unique_representatives(df["id"].astype(str).tolist(), structs)
     df["duplicate_of"] = [None if rep[i] == i else rep[i] for i in df["id"].astype(str)]
     df["unique"] = df["duplicate_of"].isna()

@@ -202,13 +202,13 @@ def stage_dedup(config: ScreenConfig, samples: pd.DataFrame, validity: pd.DataFr
 
     Writes ``dedup.csv`` (``id, unique, duplicate_of``) over the rows passing ``config.relax_filter``.
     """
-    from llamat_cif.stability.sun import _parse, unique_representatives
+    from llamat_cif.stability.sun import parse_structure, unique_representatives
 
     valid = validity[passing(validity, config.relax_filter)]
     cifs = _valid_cifs(samples, valid)
     ids = list(cifs)
     if config.dedup_before_relax:
-        rep = unique_representatives(ids, [_parse(cifs[i]) for i in ids])
+        rep = unique_representatives(ids, [parse_structure(cifs[i]) for i in ids])
     else:
         rep = {i: i for i in ids}
     # explicit dtypes: with no valid rows an untyped empty column would break boolean indexing

@@ -31,18 +31,18 @@ def uniqueness_novelty(cifs: Sequence[str], mask: np.ndarray, training=None) -> 
         mask: which samples count (the valid ones); the denominator is ``mask.sum()``.
         training: a :class:`llamat_cif.stability.sun.TrainingSet` for novelty; None skips novelty.
     """
-    from llamat_cif.stability.sun import _matcher, _parse, unique_representatives
+    from llamat_cif.stability.sun import parse_structure, structure_matcher, unique_representatives
 
     idx = np.flatnonzero(np.asarray(mask, dtype=bool))
     ids = [str(i) for i in idx]
-    structs = [_parse(cifs[i]) for i in idx]
+    structs = [parse_structure(cifs[i]) for i in idx]
     rep = unique_representatives(ids, structs)
     unique = [s is not None and rep[i] == i for i, s in zip(ids, structs, strict=True)]
     proto = {"matcher": MATCHER, "structures_compared": "as generated (unrelaxed)"}
     out = {"unique_as_generated": rate("unique_as_generated", sum(unique), len(idx), "valid generated",
                                        protocol=proto)}
     if training is not None:
-        sm = _matcher()
+        sm = structure_matcher()
         novel = [u and training.is_novel(s, sm) for u, s in zip(unique, structs, strict=True)]
         out["novel_as_generated"] = rate("novel_as_generated", sum(novel), len(idx), "valid generated",
                                          protocol={**proto, "novelty_reference": training.name,

@@ -555,7 +555,7 @@ def _stability_benchmark(
         run_stability,
     )
     from llamat_cif.stability.relax import RelaxConfig
-    from llamat_cif.stability.sun import _parse
+    from llamat_cif.stability.sun import parse_structure
 
     n_gen, n_valid = len(samples), int(valid.sum())
     pos = choose_valid(valid, cfg.stability, seed=cfg.seed)
@@ -605,18 +605,18 @@ def _stability_benchmark(
     e_hull = pd.to_numeric(rows.loc[ok, "e_hull"], errors="coerce").dropna()
 
     # geometry on chemical scales: the chosen as generated (and relaxed), a seeded reference sample
-    as_generated = [_parse(c) for c in chosen["cif"]]
+    as_generated = [parse_structure(c) for c in chosen["cif"]]
     sets = {"chosen, as generated": as_generated}
     if cfg.rescale_volume:
         from llamat_cif.physics import rescale_to_predicted
 
         sets["chosen, rescaled to predicted volume"] = [rescale_to_predicted(s) if s is not None else None
                                                         for s in as_generated]
-    sets["chosen, relaxed"] = [_parse(c) for c in rows.loc[ok, "relaxed_cif"]]
+    sets["chosen, relaxed"] = [parse_structure(c) for c in rows.loc[ok, "relaxed_cif"]]
     n_ref = min(cfg.geometry_reference_n, len(ref))
     ref_pos = np.sort(np.random.default_rng(cfg.seed).choice(len(ref), n_ref, replace=False))
     ref_name = f"{cfg.reference}: {n_ref} of {len(ref)} (seed {cfg.seed})"
-    sets[f"reference ({cfg.reference})"] = [_parse(c) for c in ref["cif"].iloc[ref_pos]]
+    sets[f"reference ({cfg.reference})"] = [parse_structure(c) for c in ref["cif"].iloc[ref_pos]]
     geometry = geometry_section(sets, reference_name=ref_name)
 
     section = {

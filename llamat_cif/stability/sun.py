@@ -28,13 +28,15 @@ from llamat_cif.paths import data_dir as resolve_data_dir
 COMPOSITION_MATRIX = "hull/lemat_mp20_misc/mp20_compositions.npz"
 
 
-def _matcher(**kw):
+def structure_matcher(**kw):
+    """pymatgen ``StructureMatcher`` with ``kw`` (S.U.N.: ``ltol=0.2, stol=0.3, angle_tol=5``, its defaults)."""
     from pymatgen.analysis.structure_matcher import StructureMatcher
 
     return StructureMatcher(**kw)
 
 
-def _parse(cif: str | None):
+def parse_structure(cif: str | None):
+    """A pymatgen ``Structure`` from CIF text, or None when there is none or it does not parse."""
     from pymatgen.core import Structure
 
     if not isinstance(cif, str) or not cif.strip():
@@ -51,7 +53,7 @@ def unique_representatives(ids: Sequence[str], structures: Sequence, *, ltol: fl
 
     A structure is unique when it maps to itself. ``None`` structures map to themselves.
     """
-    sm = _matcher(ltol=ltol, stol=stol, angle_tol=angle_tol)
+    sm = structure_matcher(ltol=ltol, stol=stol, angle_tol=angle_tol)
     by_formula: dict[str, list[int]] = defaultdict(list)
     rep = {str(i): str(i) for i in ids}
     for k, s in enumerate(structures):
@@ -106,7 +108,7 @@ class TrainingSet:
         if "pretty_formula" in df.columns:
             formulas, cifs = df["pretty_formula"].astype(str).tolist(), df["cif"].tolist()
         else:
-            parsed = [(_parse(c), c) for c in df["cif"]]
+            parsed = [(parse_structure(c), c) for c in df["cif"]]
             formulas = [s.composition.reduced_formula for s, _ in parsed if s is not None]
             cifs = [c for s, c in parsed if s is not None]
         name = get_dataset(dataset).name
@@ -123,7 +125,7 @@ class TrainingSet:
 
     def candidates(self, formula: str) -> list:
         if formula not in self._parsed:
-            self._parsed[formula] = [s for s in (_parse(c) for c in self._cifs.get(formula, [])) if s is not None]
+            self._parsed[formula] = [s for s in (parse_structure(c) for c in self._cifs.get(formula, [])) if s is not None]
         return self._parsed[formula]
 
     def has_formula(self, formula: str) -> bool:
@@ -131,7 +133,7 @@ class TrainingSet:
 
     def is_novel(self, structure, matcher=None) -> bool:
         """True when no training structure with the same reduced formula matches."""
-        sm = matcher or _matcher()
+        sm = matcher or structure_matcher()
         return not any(sm.fit(structure, t) for t in self.candidates(structure.composition.reduced_formula))
 
 
@@ -167,9 +169,9 @@ def sun_table(
         e_hull_metastable: metastability threshold for M.S.U.N., eV/atom (LLaMat/Gruver: 0.1).
     """
     ids = df["id"].astype(str).tolist()
-    structs = [_parse(c) for c in df[cif_column]]
+    structs = [parse_structure(c) for c in df[cif_column]]
     rep = unique_representatives(ids, structs)
-    sm = _matcher()
+    sm = structure_matcher()
     eh = pd.to_numeric(df["e_hull"], errors="coerce").to_numpy(dtype=float)
     out = pd.DataFrame({"id": ids, "formula": [s.composition.reduced_formula if s else None for s in structs]})
     out["parsed"] = [s is not None for s in structs]
