@@ -572,3 +572,30 @@ def test_a_listed_atom_pymatgen_would_drop_makes_the_text_unparsed(occupancy, sy
     assert r["parsed"] is False and r["valid"] is False and reason in r["error"]
     ok = validate_one(text.replace(f"  {symbol} A1 0 0 0 {occupancy}", "  Na+ A1 0 0 0 1.0(1)"))
     assert ok["parsed"] is True and ok["structurally_valid"] is True
+
+
+def test_composition_is_judged_from_the_listed_atoms_when_no_cell_can_be_built():
+    """Issue 17 item 2: CDVAE keeps comp_valid for a crystal whose lattice cannot be built."""
+    flat = ("data_x\n_symmetry_space_group_name_H-M 'P 1'\n_cell_length_a 5.6\n_cell_length_b 5.6\n"
+            "_cell_length_c 5.6\n_cell_angle_alpha 120\n_cell_angle_beta 120\n_cell_angle_gamma 120\n"
+            "loop_\n _symmetry_equiv_pos_as_xyz\n  'x, y, z'\nloop_\n _atom_site_type_symbol\n _atom_site_label\n"
+            " _atom_site_symmetry_multiplicity\n _atom_site_fract_x\n _atom_site_fract_y\n _atom_site_fract_z\n"
+            " _atom_site_occupancy\n  Na Na1 1 0 0 0 1\n  Cl Cl1 1 0.5 0.5 0.5 1\n")  # angles sum to 360: no volume
+    r = validate_one(flat)
+    assert r["parsed"] is False and r["valid"] is False
+    assert r["compositionally_valid"] is True and "listed atoms" in r["compositional_reason"]
+    r2 = validate_one(flat.replace("Cl Cl1", "Na Na2"))  # Na2: all metal -> valid; NaCl2 would not be
+    assert r2["compositionally_valid"] is True
+    r3 = validate_one(flat.replace("Na Na1 1", "Na Na1 2"))  # Na2Cl: no neutral assignment
+    assert r3["compositionally_valid"] is False
+    llamat = "5.6 5.6 0\n90 90 90\nNa\n0 0 0\nCl\n0.5 0.5 0.5\n"  # zero length: no cell
+    r4 = validate_one(llamat, fmt="llamat")
+    assert r4["parsed"] is False and r4["compositionally_valid"] is True
+    rows, s = validate_table(pd.DataFrame({"id": ["a", "b"], "cif": [flat, _cif_nacl()]}), column="cif")
+    assert s["compositionally_valid"] == 2 and s["parsed"] == 1
+    assert s["rates"]["compositionally_valid / parsed"]["numerator"] == 1  # over parsed: parsed rows only
+
+
+def _cif_nacl() -> str:
+    nacl = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    return _cif(nacl)

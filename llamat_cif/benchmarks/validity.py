@@ -112,6 +112,8 @@ def validity_rates(validity: pd.DataFrame) -> dict[str, Metric]:
         if col in validity.columns:
             k = int(validity[col].sum())
             out[f"{col}_rate"] = rate(f"{col}_rate", k, n, "generated")
-            out[f"{col}_rate_over_parsed"] = rate(f"{col}_rate_over_parsed", k, parsed, "parsed")
+            # over parsed: only parsed rows count (a text can be compositionally valid unparsed)
+            kp = int((validity[col] & validity["parsed"]).sum())
+            out[f"{col}_rate_over_parsed"] = rate(f"{col}_rate_over_parsed", kp, parsed, "parsed")
     return out
 

@@ -14,7 +14,7 @@ from typing import Any
 from llamat_cif.validators.composition import compositional_validity, resolve_oxidation_states
 from llamat_cif.validators.conditions import condition_adherence
 from llamat_cif.validators.consistency import detect_spacegroup, self_consistency
-from llamat_cif.validators.parse import MAX_CHARS, parse_text
+from llamat_cif.validators.parse import MAX_CHARS, listed_atom_counts, parse_text
 from llamat_cif.validators.result import CheckResult
 from llamat_cif.validators.structural import MAX_LATTICE_LENGTH, MAX_SITES, structural_validity
 
@@ -163,6 +163,13 @@ def _run_checks(row: dict[str, Any], text: Any, fmt: str | None, target_formula:
             row["n_sites"] = len(s)
             with contextlib.suppress(Exception):
                 row["formula"] = s.composition.reduced_formula
+        # CDVAE keeps the compositional verdict of a crystal whose cell cannot be built
+        counts = listed_atom_counts(parsed, text) if s is None else None
+        if counts:
+            cv = compositional_validity(counts, oxidation_states=t.oxidation_states,
+                                        use_pauling_test=t.use_pauling_test, include_alloys=t.include_alloys)
+            row["compositionally_valid"] = bool(cv.ok)
+            row["compositional_reason"] = f"{cv.reason} (from the listed atoms; no structure was built)"
     else:
         row["parsed"] = True
         row["n_sites"] = len(s)

@@ -99,6 +99,56 @@ def _site_rows_problem(block: dict[str, Any] | None) -> str | None:
     return None
 
 
+def listed_atom_counts(parsed: Parsed, text: Any) -> dict[str, int] | None:
+    """Element counts of the atoms a text lists, read without building a structure (None if unclear).
+
+    CDVAE judges compositional validity from a crystal's atom types even when no cell can be built
+    from its lattice (its ``Crystal`` keeps ``comp_valid`` when construction fails); this is that
+    atom list for a text whose parse failed. CIF: one ``_atom_site`` row per atom times its stated
+    ``_atom_site_symmetry_multiplicity`` (1 when absent), element from ``_atom_site_type_symbol``
+    (else the label); LLaMat text: the element lines after the two lattice lines.
+    """
+    from pymatgen.core.periodic_table import Element
+
+    counts: dict[str, int] = {}
+
+    def add(symbol: str, n: int) -> bool:
+        m = _SYMBOL.match(symbol.strip("'\""))
+        if m is None or not Element.is_valid_symbol(m.group(1)) or n < 1:
+            return False
+        counts[m.group(1)] = counts.get(m.group(1), 0) + n
+        return True
+
+    if parsed.fmt == "llamat" and isinstance(text, str):
+        lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+        body = lines[2:]
+        if not body or len(body) % 2:
+            return None
+        for el in body[0::2]:
+            if not add(el, 1):
+                return None
+        return counts
+    block = parsed.cif_data
+    if not block:
+        return None
+    symbols = block.get("_atom_site_type_symbol") or block.get("_atom_site_label")
+    if symbols is None:
+        return None
+    symbols = symbols if isinstance(symbols, list) else [symbols]
+    mult = block.get("_atom_site_symmetry_multiplicity")
+    mult = (mult if isinstance(mult, list) else [mult]) if mult is not None else ["1"] * len(symbols)
+    if len(mult) != len(symbols):
+        return None
+    for sym, m in zip(symbols, mult, strict=True):
+        try:
+            k = int(float(str(m).split("(")[0]))
+        except ValueError:
+            return None
+        if not add(str(sym), k):
+            return None
+    return counts or None
+
+
 def _expanded_site_estimate(block: dict[str, Any] | None) -> int | None:
     """Sites the symmetry operations will generate, counted with numpy before pymatgen does it.
 

@@ -31,7 +31,8 @@ DEFINITIONS = {
     "parsed": "the text became an ordered pymatgen Structure within the limits (max_sites, max_chars, max_lattice_length)",
     "structurally_valid": "CDVAE: every interatomic distance (nearest periodic images) >= min_distance Å and volume >= min_volume Å^3",
     "compositionally_valid": "CDVAE smact_validity: single element, or all metals, or a charge-neutral oxidation-state "
-                             "assignment (set: oxidation_states) passing the Pauling electronegativity test",
+                             "assignment (set: oxidation_states) passing the Pauling electronegativity test; "
+                             "judged from the listed atoms when no structure could be built (as CDVAE does)",
     "valid": "structurally_valid and compositionally_valid (CDVAE 'validity')",
     "self_consistent": "CrystaLLM-style: stated formulas, site multiplicities and space group agree with the sites, "
                        "and all CrystalNN bond lengths are plausible; parts the text does not state are skipped",
@@ -112,6 +113,10 @@ class SummaryCounter:
         self.add("n", len(df))
         for col in ("parsed", "structurally_valid", "compositionally_valid", "valid"):
             self.add(col, count(col))
+        # an unparsed text can be compositionally valid (its listed atoms, as CDVAE counts them)
+        self.add("compositionally_valid_and_parsed", int(((df["parsed"].astype("boolean") == True)  # noqa: E712
+                                                          & (df["compositionally_valid"].astype("boolean") == True))
+                                                         .fillna(False).sum()))
         err = df["error"].fillna("").astype(str)
         self.add("timeouts", int(err.str.startswith("timeout").sum() + err.str.contains("; timeout").sum()))
         self.add("crashed", int(err.str.contains("check crashed|worker process died", regex=True).sum()))
@@ -160,7 +165,7 @@ class SummaryCounter:
                 "compositionally_valid / n": _rate(g("compositionally_valid"), n, "n (all texts)"),
                 "valid / n": _rate(g("valid"), n, "n (all texts)"),
                 "structurally_valid / parsed": _rate(g("structurally_valid"), parsed, "parsed"),
-                "compositionally_valid / parsed": _rate(g("compositionally_valid"), parsed, "parsed"),
+                "compositionally_valid / parsed": _rate(g("compositionally_valid_and_parsed"), parsed, "parsed"),
                 "valid / parsed": _rate(g("valid"), parsed, "parsed"),
                 "self_consistent / self_consistency_checked": _rate(
                     g("self_consistent:true"), g("self_consistent:checked"), "parsed texts with something to check"),

@@ -1,0 +1,171 @@
+"""Crash test: runs killed with SIGKILL at random moments still end with exactly the uninterrupted rows.
+
+    python benchmarks/crash/crash_test.py --kills 20 --seed 0 --out runs/crash
+
+For ``stability`` (24 MP-20 test structures, 30 FIRE steps each, batch size 1) and ``generate``
+(48 samples, batch 4, the shipped model): one uninterrupted run, then a run that is killed with
+SIGKILL at ``--kills`` random moments (uniform over the uninterrupted run's wall time, seeded) and
+restarted each time with the same ``--out``, then finished. The finished folder must hold exactly
+the uninterrupted run's ids, each once, with the same values (E_hull to 1e-6 eV/atom, CIF text
+identical). Then the same commands write into a tiny tmpfs until the disk is full, the tmpfs is grown
+(space freed) and the run is repeated: again exactly the uninterrupted rows (needs root for
+``mount``; skipped otherwise). Writes ``crash_test.json`` with the counts; exits non-zero on any
+mismatch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+def _run(cmd: list[str], env: dict, kill_after: float | None = None) -> tuple[bool, float]:
+    """Run ``cmd``; kill it with SIGKILL after ``kill_after`` s. ``(finished_by_itself, seconds)``."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
+    try:
+        p.wait(timeout=kill_after)
+        return p.returncode == 0, time.perf_counter() - t0
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+        return False, time.perf_counter() - t0
+
+
+def _crash_loop(name: str, cmd_for, read_rows, compare, *, kills: int, rng, root: Path, env: dict) -> dict:
+    ref_dir, crash_dir = root / f"{name}-uninterrupted", root / f"{name}-killed"
+    ok, wall = _run(cmd_for(ref_dir), env)
+    if not ok:
+        raise SystemExit(f"{name}: the uninterrupted run failed")
+    ref = read_rows(ref_dir)
+    killed = finished_early = 0
+    times = sorted(rng.uniform(0.05, 1.0, size=kills) * wall)
+    for t_kill in times:
+        done, _ = _run(cmd_for(crash_dir), env, kill_after=float(t_kill))
+        if done:
+            finished_early += 1
+            break
+        killed += 1
+    ok, _ = _run(cmd_for(crash_dir), env)  # finish
+    got = read_rows(crash_dir)
+    problems = compare(ref, got) if ok else ["the final run failed"]
+    return {"uninterrupted_rows": len(ref), "final_rows": len(got), "kills": killed,
+            "finished_before_all_kills": finished_early, "kill_times_s": [round(t, 2) for t in times[:killed]],
+            "uninterrupted_wall_s": round(wall, 1), "duplicated_ids": int(got["id"].duplicated().sum()),
+            "problems": problems, "ok": not problems}
+
+
+def _full_disk(name: str, cmd_for, read_rows, compare, *, root: Path, env: dict, size_kb: int) -> dict:
+    """Run into a ``size_kb`` tmpfs until the disk is full, then grow it (``mount -o remount``) and
+    rerun: the finished folder must equal the uninterrupted run. Needs root (``mount``)."""
+    ref = read_rows(root / f"{name}-uninterrupted")
+    mnt = root / f"{name}-disk"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(mnt)],
+                      capture_output=True).returncode != 0:
+        return {"skipped": "mount -t tmpfs needs root", "ok": True}
+    try:
+        out = mnt / "run"
+        first_ok, _ = _run(cmd_for(out), env)
+        rows_when_full = len(read_rows(out)) if (out.exists()) else 0
+        subprocess.run(["mount", "-o", "remount,size=50m", str(mnt)], check=True)
+        ok, _ = _run(cmd_for(out), env)
+        got = read_rows(out)
+        problems = compare(ref, got) if ok else ["the rerun after freeing space failed"]
+        return {"disk_kb": size_kb, "first_run_failed": not first_ok, "rows_when_full": rows_when_full,
+                "final_rows": len(got), "duplicated_ids": int(got["id"].duplicated().sum()),
+                "problems": problems, "ok": not problems and not first_ok}
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--kills", type=int, default=20)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="runs/crash")
+    ap.add_argument("--only", choices=["stability", "generate"], default=None)
+    args = ap.parse_args()
+    root = Path(args.out)
+    if root.exists():
+        import shutil
+
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    rng = np.random.default_rng(args.seed)
+    exe = str(Path(sys.executable).with_name("llamat-cif"))
+    results: dict = {"seed": args.seed, "kills_requested": args.kills}
+
+    if args.only in (None, "stability"):
+        from llamat_cif.data import load_split
+
+        src = root / "structures.csv"
+        load_split("mp20", "test", limit=24)[["id", "cif"]].to_csv(src, index=False)
+
+        def stab_cmd(out: Path) -> list[str]:
+            return [exe, "stability", str(src), "--out", str(out), "--max-steps", "30", "--batch-size", "1",
+                    "--no-progress", "--threads", "1"]
+
+        def stab_rows(out: Path) -> pd.DataFrame:
+            p = out / "stability.parquet"
+            return pd.read_parquet(p) if p.exists() else pd.DataFrame({"id": []})
+
+        def stab_compare(ref: pd.DataFrame, got: pd.DataFrame) -> list[str]:
+            out = []
+            if sorted(got["id"]) != sorted(ref["id"]):
+                out.append(f"ids differ: {len(got)} rows vs {len(ref)}")
+                return out
+            a, b = ref.set_index("id"), got.set_index("id").loc[ref["id"]]
+            de = (pd.to_numeric(a["e_hull"]) - pd.to_numeric(b["e_hull"])).abs().max()
+            if not de <= 1e-6:
+                out.append(f"E_hull differs by up to {de}")
+            if (a["error"].fillna("") != b["error"].fillna("")).any():
+                out.append("error columns differ")
+            return out
+
+        results["stability"] = _crash_loop("stability", stab_cmd, stab_rows, stab_compare, kills=args.kills,
+                                           rng=rng, root=root, env=env)
+        print("stability:", json.dumps(results["stability"]), flush=True)
+        results["stability_full_disk"] = _full_disk("stability", stab_cmd, stab_rows, stab_compare, root=root,
+                                                    env=env, size_kb=40)
+        print("stability, full disk:", json.dumps(results["stability_full_disk"]), flush=True)
+
+    if args.only in (None, "generate"):
+        def gen_cmd(out: Path) -> list[str]:
+            return [exe, "generate", "-n", "48", "--batch-size", "4", "--seed", "0", "--out", str(out)]
+
+        def gen_rows(out: Path) -> pd.DataFrame:
+            p = out / "samples.csv"
+            return pd.read_csv(p, dtype={"id": str}, keep_default_na=False) if p.exists() else pd.DataFrame({"id": []})
+
+        def gen_compare(ref: pd.DataFrame, got: pd.DataFrame) -> list[str]:
+            if list(got["id"]) != list(ref["id"]):
+                return [f"ids differ: {len(got)} rows vs {len(ref)}"]
+            return [] if list(got["cif"]) == list(ref["cif"]) else ["CIF texts differ"]
+
+        results["generate"] = _crash_loop("generate", gen_cmd, gen_rows, gen_compare, kills=args.kills,
+                                          rng=rng, root=root, env=env)
+        print("generate:", json.dumps(results["generate"]), flush=True)
+        results["generate_full_disk"] = _full_disk("generate", gen_cmd, gen_rows, gen_compare, root=root,
+                                                   env=env, size_kb=24)
+        print("generate, full disk:", json.dumps(results["generate_full_disk"]), flush=True)
+
+    (root / "crash_test.json").write_text(json.dumps(results, indent=2))
+    bad = [k for k, v in results.items() if isinstance(v, dict) and not v["ok"]]
+    if bad:
+        raise SystemExit(f"crash test failed: {bad}")
+
+
+if __name__ == "__main__":
+    main()
