@@ -11,5 +11,5 @@ llamat-cif benchmark \
   --samples llamat-cif-small=benchmarks/physics/runs/t0.7-p0.9-seed0-physics-1000 \
   --samples mp20-train=mp20-train \
   --samples pyxtal-random=runs/compare/pyxtal-random-1000 \
-  --reference mp20-test --max-samples 1000 --seed 0 --stability 50 \
+  --reference mp20-test --max-samples 1000 --seed 0 --stability 50 --workers 2 \
   --out benchmarks/compare/mp20

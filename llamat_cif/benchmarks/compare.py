@@ -140,7 +140,9 @@ def write_comparison(out: Path, labels: list[str], *, figures: bool = True) -> d
     ]
     for label, r in results.items():
         s = r["samples"]
-        ox = ((r["protocol"].get("validity") or {}).get("thresholds") or {}).get("oxidation_states", "—")
+        v = r["protocol"].get("validity") or {}
+        th = v.get("thresholds") or (v.get("protocol") or {}).get("thresholds") or {}
+        ox = th.get("oxidation_states", "—")
         lines.append(f"| `{label}` | {s.get('source', r['run'])} | {s['used']} | {s['parsed']} | {s['valid']} | "
                      f"{ox} | {(r.get('training') or {}).get('name') or '—'} |")
     lines += ["", "Rates: value (count/denominator); denominators are named in each set's `metrics.json`: "
