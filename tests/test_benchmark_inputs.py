@@ -298,3 +298,31 @@ def test_pyxtal_baseline_is_seeded_and_keeps_composition_and_spacegroup():
         # pyxtal's distance tolerances: no two atoms closer than 0.5 Å
         if len(s) > 1:
             assert s.distance_matrix[np.triu_indices(len(s), 1)].min() > 0.5
+
+
+@requires_data
+def test_ase_database_and_zip_inputs(tmp_path, mp20_first20):
+    import zipfile
+
+    from ase.db import connect
+    from pymatgen.core import Structure
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    from llamat_cif.benchmarks.sources import load_structure_set
+
+    db = connect(str(tmp_path / "set.db"))
+    for i, c in zip(mp20_first20["id"], mp20_first20["cif"], strict=True):
+        db.write(AseAtomsAdaptor.get_atoms(Structure.from_str(c, fmt="cif")), material_id=i)
+    zpath = tmp_path / "set.zip"
+    with zipfile.ZipFile(zpath, "w") as zf:
+        for i, c in zip(mp20_first20["id"], mp20_first20["cif"], strict=True):
+            zf.writestr(f"cifs/{i}.cif", c)
+    for path, ids in ((tmp_path / "set.db", list(mp20_first20["id"])),
+                      (zpath, [f"cifs/{i}" for i in sorted(mp20_first20["id"])])):
+        sset = load_structure_set(path)
+        assert list(sset.table["id"]) == ids and sset.n_read_errors == 0
+        for i, c in zip(sset.table["id"], sset.table["cif"], strict=True):
+            want = Structure.from_str(mp20_first20.set_index("id").loc[i.removeprefix("cifs/"), "cif"], fmt="cif")
+            got = Structure.from_str(c, fmt="cif")
+            assert got.composition == want.composition
+            assert got.volume == pytest.approx(want.volume, rel=1e-6)
