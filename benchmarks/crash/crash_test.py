@@ -4,8 +4,9 @@
 
 For ``stability`` (24 MP-20 test structures, 30 FIRE steps each, batch size 1) and ``generate``
 (48 samples, batch 4, the shipped model): one uninterrupted run, then a run that is killed with
-SIGKILL at ``--kills`` random moments (uniform over the uninterrupted run's wall time, seeded) and
-restarted each time with the same ``--out``, then finished. The finished folder must hold exactly
+SIGKILL ``--kills`` times at random moments (seeded; each restart dies somewhere in its start-up or
+in a random share of the work, see ``_crash_loop``) and restarted each time with the same ``--out``,
+then finished. The finished folder must hold exactly
 the uninterrupted run's ids, each once, with the same values (E_hull to 1e-6 eV/atom, CIF text
 identical). Then the same commands write into a tiny tmpfs until the disk is full, the tmpfs is grown
 (space freed) and the run is repeated: again exactly the uninterrupted rows (needs root for
@@ -42,27 +43,52 @@ def _run(cmd: list[str], env: dict, kill_after: float | None = None) -> tuple[bo
         return False, time.perf_counter() - t0
 
 
-def _crash_loop(name: str, cmd_for, read_rows, compare, *, kills: int, rng, root: Path, env: dict) -> dict:
+def _first_output_s(cmd: list[str], env: dict, rows_file: Path) -> tuple[float, float]:
+    """Run ``cmd`` to the end; ``(seconds until rows_file first appears, total seconds)``."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = None
+    while p.poll() is None:
+        if first is None and rows_file.exists():
+            first = time.perf_counter() - t0
+        time.sleep(0.05)
+    total = time.perf_counter() - t0
+    if p.returncode != 0:
+        raise SystemExit(f"the uninterrupted run failed: {' '.join(cmd)}")
+    return (first if first is not None else total), total
+
+
+def _crash_loop(name: str, cmd_for, read_rows, compare, rows_name: str, *, kills: int, rng, root: Path,
+                env: dict) -> dict:
+    """Kill at ``kills`` random moments: a quarter of the restarts die during start-up (imports,
+    model load, reading what is done), the rest after start-up plus a random share (0-2/kills) of
+    the working phase, so kills land inside relaxations or batches and inside writes, and about
+    three quarters of the work is done, killed and resumed, before the final run."""
     ref_dir, crash_dir = root / f"{name}-uninterrupted", root / f"{name}-killed"
-    ok, wall = _run(cmd_for(ref_dir), env)
-    if not ok:
-        raise SystemExit(f"{name}: the uninterrupted run failed")
+    startup, wall = _first_output_s(cmd_for(ref_dir), env, ref_dir / rows_name)
     ref = read_rows(ref_dir)
+    work = max(wall - startup, 0.5)
     killed = finished_early = 0
-    times = sorted(rng.uniform(0.05, 1.0, size=kills) * wall)
-    for t_kill in times:
-        done, _ = _run(cmd_for(crash_dir), env, kill_after=float(t_kill))
+    delays = []
+    for _ in range(kills):
+        if rng.uniform() < 0.25:  # a quarter die during start-up (imports, model, resume reading)
+            delay = float(rng.uniform(0.3, 1.0) * startup)
+        else:  # the rest at a random moment of the work (inside a relaxation, a batch or a write)
+            delay = float(startup + rng.uniform(0.0, 2.0) * work / kills)
+        done, _ = _run(cmd_for(crash_dir), env, kill_after=delay)
         if done:
             finished_early += 1
             break
         killed += 1
+        delays.append(round(delay, 2))
+    rows_before_final = len(read_rows(crash_dir))
     ok, _ = _run(cmd_for(crash_dir), env)  # finish
     got = read_rows(crash_dir)
     problems = compare(ref, got) if ok else ["the final run failed"]
-    return {"uninterrupted_rows": len(ref), "final_rows": len(got), "kills": killed,
-            "finished_before_all_kills": finished_early, "kill_times_s": [round(t, 2) for t in times[:killed]],
-            "uninterrupted_wall_s": round(wall, 1), "duplicated_ids": int(got["id"].duplicated().sum()),
-            "problems": problems, "ok": not problems}
+    return {"uninterrupted_rows": len(ref), "rows_after_the_kills": rows_before_final, "final_rows": len(got),
+            "kills": killed, "finished_before_all_kills": finished_early, "kill_delays_s": delays,
+            "uninterrupted_startup_s": round(startup, 1), "uninterrupted_wall_s": round(wall, 1),
+            "duplicated_ids": int(got["id"].duplicated().sum()), "problems": problems, "ok": not problems}
 
 
 def _full_disk(name: str, cmd_for, read_rows, compare, *, root: Path, env: dict, size_kb: int) -> dict:
@@ -77,7 +103,10 @@ def _full_disk(name: str, cmd_for, read_rows, compare, *, root: Path, env: dict,
     try:
         out = mnt / "run"
         first_ok, _ = _run(cmd_for(out), env)
-        rows_when_full = len(read_rows(out)) if (out.exists()) else 0
+        try:  # what a crash on a full disk left behind (a torn table is what the rerun must repair)
+            rows_when_full = len(read_rows(out)) if out.exists() else 0
+        except Exception:  # noqa: BLE001 - pandas cannot read a file cut inside a quoted CIF
+            rows_when_full = "torn file (unreadable as a table)"
         subprocess.run(["mount", "-o", "remount,size=50m", str(mnt)], check=True)
         ok, _ = _run(cmd_for(out), env)
         got = read_rows(out)
@@ -134,8 +163,8 @@ def main() -> None:
                 out.append("error columns differ")
             return out
 
-        results["stability"] = _crash_loop("stability", stab_cmd, stab_rows, stab_compare, kills=args.kills,
-                                           rng=rng, root=root, env=env)
+        results["stability"] = _crash_loop("stability", stab_cmd, stab_rows, stab_compare, "stability.parquet",
+                                           kills=args.kills, rng=rng, root=root, env=env)
         print("stability:", json.dumps(results["stability"]), flush=True)
         results["stability_full_disk"] = _full_disk("stability", stab_cmd, stab_rows, stab_compare, root=root,
                                                     env=env, size_kb=40)
@@ -154,8 +183,8 @@ def main() -> None:
                 return [f"ids differ: {len(got)} rows vs {len(ref)}"]
             return [] if list(got["cif"]) == list(ref["cif"]) else ["CIF texts differ"]
 
-        results["generate"] = _crash_loop("generate", gen_cmd, gen_rows, gen_compare, kills=args.kills,
-                                          rng=rng, root=root, env=env)
+        results["generate"] = _crash_loop("generate", gen_cmd, gen_rows, gen_compare, "samples.csv",
+                                          kills=args.kills, rng=rng, root=root, env=env)
         print("generate:", json.dumps(results["generate"]), flush=True)
         results["generate_full_disk"] = _full_disk("generate", gen_cmd, gen_rows, gen_compare, root=root,
                                                    env=env, size_kb=24)
