@@ -29,18 +29,36 @@ import numpy as np
 import pandas as pd
 
 
-def _run(cmd: list[str], env: dict, kill_after: float | None = None) -> tuple[bool, float]:
-    """Run ``cmd``; kill it with SIGKILL after ``kill_after`` s. ``(finished_by_itself, seconds)``."""
+def _signature(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+        return st.st_size, st.st_mtime_ns
+    except OSError:
+        return None
+
+
+def _run(cmd: list[str], env: dict, kill_after: float | None = None, *, after_write: Path | None = None,
+         extra_s: float = 0.0) -> tuple[bool, float]:
+    """Run ``cmd`` and kill it with SIGKILL: after ``kill_after`` s, or (with ``after_write``) once
+    that file has been written again plus ``extra_s`` s. ``(finished_by_itself, seconds)``."""
     t0 = time.perf_counter()
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                          start_new_session=True)
-    try:
-        p.wait(timeout=kill_after)
-        return p.returncode == 0, time.perf_counter() - t0
-    except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL)
+    if kill_after is None and after_write is None:
         p.wait()
-        return False, time.perf_counter() - t0
+        return p.returncode == 0, time.perf_counter() - t0
+    before = _signature(after_write) if after_write is not None else None
+    deadline = None if after_write is not None else t0 + kill_after
+    while p.poll() is None:
+        now = time.perf_counter()
+        if deadline is None and _signature(after_write) != before:
+            deadline = now + extra_s  # a write just landed: die a random moment later
+        if deadline is not None and now >= deadline:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+            return False, time.perf_counter() - t0
+        time.sleep(0.02)
+    return p.returncode == 0, time.perf_counter() - t0
 
 
 def _first_output_s(cmd: list[str], env: dict, rows_file: Path) -> tuple[float, float]:
@@ -61,32 +79,35 @@ def _first_output_s(cmd: list[str], env: dict, rows_file: Path) -> tuple[float, 
 def _crash_loop(name: str, cmd_for, read_rows, compare, rows_name: str, *, kills: int, rng, root: Path,
                 env: dict) -> dict:
     """Kill at ``kills`` random moments: a quarter of the restarts die during start-up (imports,
-    model load, reading what is done), the rest after start-up plus a random share (0-2/kills) of
-    the working phase, so kills land inside relaxations or batches and inside writes, and about
-    three quarters of the work is done, killed and resumed, before the final run."""
+    model load, reading what is done), the rest a random 0-1.5 row-times after the output file was
+    written again (inside the next relaxation or batch, or inside the next write)."""
     ref_dir, crash_dir = root / f"{name}-uninterrupted", root / f"{name}-killed"
     startup, wall = _first_output_s(cmd_for(ref_dir), env, ref_dir / rows_name)
     ref = read_rows(ref_dir)
     work = max(wall - startup, 0.5)
     killed = finished_early = 0
     delays = []
+    per_row = work / max(len(ref), 1)
     for _ in range(kills):
-        if rng.uniform() < 0.25:  # a quarter die during start-up (imports, model, resume reading)
+        if rng.uniform() < 0.25:  # a quarter die during start-up (imports, model, reading what is done)
             delay = float(rng.uniform(0.3, 1.0) * startup)
-        else:  # the rest at a random moment of the work (inside a relaxation, a batch or a write)
-            delay = float(startup + rng.uniform(0.0, 2.0) * work / kills)
-        done, _ = _run(cmd_for(crash_dir), env, kill_after=delay)
+            done, _ = _run(cmd_for(crash_dir), env, kill_after=delay)
+            delays.append(f"start-up +{delay:.2f} s")
+        else:  # the rest a random moment after a write: inside the next relaxation, batch or write
+            extra = float(rng.uniform(0.0, 1.5) * per_row)
+            done, _ = _run(cmd_for(crash_dir), env, after_write=crash_dir / rows_name, extra_s=extra)
+            delays.append(f"write +{extra:.2f} s")
         if done:
             finished_early += 1
+            delays.pop()
             break
         killed += 1
-        delays.append(round(delay, 2))
     rows_before_final = len(read_rows(crash_dir))
     ok, _ = _run(cmd_for(crash_dir), env)  # finish
     got = read_rows(crash_dir)
     problems = compare(ref, got) if ok else ["the final run failed"]
     return {"uninterrupted_rows": len(ref), "rows_after_the_kills": rows_before_final, "final_rows": len(got),
-            "kills": killed, "finished_before_all_kills": finished_early, "kill_delays_s": delays,
+            "kills": killed, "finished_before_all_kills": finished_early, "kill_points": delays,
             "uninterrupted_startup_s": round(startup, 1), "uninterrupted_wall_s": round(wall, 1),
             "duplicated_ids": int(got["id"].duplicated().sum()), "problems": problems, "ok": not problems}
 
