@@ -2,8 +2,8 @@
 
     python benchmarks/crash/crash_test.py --kills 20 --seed 0 --out runs/crash
 
-For ``stability`` (24 MP-20 test structures, 30 FIRE steps each, batch size 1) and ``generate``
-(48 samples, batch 4, the shipped model): one uninterrupted run, then a run that is killed with
+For ``stability`` (48 MP-20 test structures, 30 FIRE steps each, batch size 1) and ``generate``
+(48 samples, batch 2, the shipped model): one uninterrupted run, then a run that is killed with
 SIGKILL ``--kills`` times at random moments (seeded; each restart dies somewhere in its start-up or
 in a random share of the work, see ``_crash_loop``) and restarted each time with the same ``--out``,
 then finished. The finished folder must hold exactly
@@ -79,7 +79,7 @@ def _first_output_s(cmd: list[str], env: dict, rows_file: Path) -> tuple[float, 
 def _crash_loop(name: str, cmd_for, read_rows, compare, rows_name: str, *, kills: int, rng, root: Path,
                 env: dict) -> dict:
     """Kill at ``kills`` random moments: a quarter of the restarts die during start-up (imports,
-    model load, reading what is done), the rest a random 0-1.5 row-times after the output file was
+    model load, reading what is done), the rest a random 0-1 row-times after the output file was
     written again (inside the next relaxation or batch, or inside the next write)."""
     ref_dir, crash_dir = root / f"{name}-uninterrupted", root / f"{name}-killed"
     startup, wall = _first_output_s(cmd_for(ref_dir), env, ref_dir / rows_name)
@@ -94,7 +94,7 @@ def _crash_loop(name: str, cmd_for, read_rows, compare, rows_name: str, *, kills
             done, _ = _run(cmd_for(crash_dir), env, kill_after=delay)
             delays.append(f"start-up +{delay:.2f} s")
         else:  # the rest a random moment after a write: inside the next relaxation, batch or write
-            extra = float(rng.uniform(0.0, 1.5) * per_row)
+            extra = float(rng.uniform(0.0, 1.0) * per_row)
             done, _ = _run(cmd_for(crash_dir), env, after_write=crash_dir / rows_name, extra_s=extra)
             delays.append(f"write +{extra:.2f} s")
         if done:
@@ -139,6 +139,15 @@ def _full_disk(name: str, cmd_for, read_rows, compare, *, root: Path, env: dict,
         subprocess.run(["umount", str(mnt)], capture_output=True)
 
 
+def _kills_and_full_disk(name: str, cmd_for, read_rows, compare, rows_name: str, *, kills: int, rng, root: Path,
+                         env: dict, disk_kb: int) -> dict:
+    out = {name: _crash_loop(name, cmd_for, read_rows, compare, rows_name, kills=kills, rng=rng, root=root, env=env)}
+    print(f"{name}:", json.dumps(out[name]), flush=True)
+    out[f"{name}_full_disk"] = _full_disk(name, cmd_for, read_rows, compare, root=root, env=env, size_kb=disk_kb)
+    print(f"{name}, full disk:", json.dumps(out[f"{name}_full_disk"]), flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--kills", type=int, default=20)
@@ -161,7 +170,7 @@ def main() -> None:
         from llamat_cif.data import load_split
 
         src = root / "structures.csv"
-        load_split("mp20", "test", limit=24)[["id", "cif"]].to_csv(src, index=False)
+        load_split("mp20", "test", limit=48)[["id", "cif"]].to_csv(src, index=False)
 
         def stab_cmd(out: Path) -> list[str]:
             return [exe, "stability", str(src), "--out", str(out), "--max-steps", "30", "--batch-size", "1",
@@ -184,16 +193,12 @@ def main() -> None:
                 out.append("error columns differ")
             return out
 
-        results["stability"] = _crash_loop("stability", stab_cmd, stab_rows, stab_compare, "stability.parquet",
-                                           kills=args.kills, rng=rng, root=root, env=env)
-        print("stability:", json.dumps(results["stability"]), flush=True)
-        results["stability_full_disk"] = _full_disk("stability", stab_cmd, stab_rows, stab_compare, root=root,
-                                                    env=env, size_kb=40)
-        print("stability, full disk:", json.dumps(results["stability_full_disk"]), flush=True)
+        results.update(_kills_and_full_disk("stability", stab_cmd, stab_rows, stab_compare, "stability.parquet",
+                                            kills=args.kills, rng=rng, root=root, env=env, disk_kb=40))
 
     if args.only in (None, "generate"):
         def gen_cmd(out: Path) -> list[str]:
-            return [exe, "generate", "-n", "48", "--batch-size", "4", "--seed", "0", "--out", str(out)]
+            return [exe, "generate", "-n", "48", "--batch-size", "2", "--seed", "0", "--out", str(out)]
 
         def gen_rows(out: Path) -> pd.DataFrame:
             p = out / "samples.csv"
@@ -204,12 +209,8 @@ def main() -> None:
                 return [f"ids differ: {len(got)} rows vs {len(ref)}"]
             return [] if list(got["cif"]) == list(ref["cif"]) else ["CIF texts differ"]
 
-        results["generate"] = _crash_loop("generate", gen_cmd, gen_rows, gen_compare, "samples.csv",
-                                          kills=args.kills, rng=rng, root=root, env=env)
-        print("generate:", json.dumps(results["generate"]), flush=True)
-        results["generate_full_disk"] = _full_disk("generate", gen_cmd, gen_rows, gen_compare, root=root,
-                                                   env=env, size_kb=24)
-        print("generate, full disk:", json.dumps(results["generate_full_disk"]), flush=True)
+        results.update(_kills_and_full_disk("generate", gen_cmd, gen_rows, gen_compare, "samples.csv",
+                                            kills=args.kills, rng=rng, root=root, env=env, disk_kb=24))
 
     (root / "crash_test.json").write_text(json.dumps(results, indent=2))
     bad = [k for k, v in results.items() if isinstance(v, dict) and not v["ok"]]
