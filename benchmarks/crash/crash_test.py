@@ -38,9 +38,10 @@ def _signature(path: Path) -> tuple[int, int] | None:
 
 
 def _run(cmd: list[str], env: dict, kill_after: float | None = None, *, after_write: Path | None = None,
-         extra_s: float = 0.0) -> tuple[bool, float]:
+         extra_s: float = 0.0, settle_s: float = 0.0) -> tuple[bool, float]:
     """Run ``cmd`` and kill it with SIGKILL: after ``kill_after`` s, or (with ``after_write``) once
-    that file has been written again plus ``extra_s`` s. ``(finished_by_itself, seconds)``."""
+    that file has been written again after the first ``settle_s`` s (start-up), plus ``extra_s`` s.
+    ``(finished_by_itself, seconds)``."""
     t0 = time.perf_counter()
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                          start_new_session=True)
@@ -51,8 +52,10 @@ def _run(cmd: list[str], env: dict, kill_after: float | None = None, *, after_wr
     deadline = None if after_write is not None else t0 + kill_after
     while p.poll() is None:
         now = time.perf_counter()
-        if deadline is None and _signature(after_write) != before:
+        if deadline is None and now - t0 >= settle_s and _signature(after_write) != before:
             deadline = now + extra_s  # a write just landed: die a random moment later
+        elif deadline is None and now - t0 < settle_s:
+            before = _signature(after_write)  # start-up writes (header, clean rewrite) do not count
         if deadline is not None and now >= deadline:
             os.killpg(p.pid, signal.SIGKILL)
             p.wait()
@@ -95,7 +98,8 @@ def _crash_loop(name: str, cmd_for, read_rows, compare, rows_name: str, *, kills
             delays.append(f"start-up +{delay:.2f} s")
         else:  # the rest a random moment after a write: inside the next relaxation, batch or write
             extra = float(rng.uniform(0.0, 1.0) * per_row)
-            done, _ = _run(cmd_for(crash_dir), env, after_write=crash_dir / rows_name, extra_s=extra)
+            done, _ = _run(cmd_for(crash_dir), env, after_write=crash_dir / rows_name, extra_s=extra,
+                           settle_s=startup)
             delays.append(f"write +{extra:.2f} s")
         if done:
             finished_early += 1
@@ -117,7 +121,7 @@ def _full_disk(name: str, cmd_for, read_rows, compare, *, root: Path, env: dict,
     rerun: the finished folder must equal the uninterrupted run. Needs root (``mount``)."""
     ref = read_rows(root / f"{name}-uninterrupted")
     mnt = root / f"{name}-disk"
-    mnt.mkdir()
+    mnt.mkdir(exist_ok=True)
     if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(mnt)],
                       capture_output=True).returncode != 0:
         return {"skipped": "mount -t tmpfs needs root", "ok": True}
@@ -156,15 +160,19 @@ def main() -> None:
     ap.add_argument("--only", choices=["stability", "generate"], default=None)
     args = ap.parse_args()
     root = Path(args.out)
-    if root.exists():
-        import shutil
+    parts = [args.only] if args.only else ["stability", "generate"]
+    import shutil
 
-        shutil.rmtree(root)
-    root.mkdir(parents=True)
+    for part in parts:  # --only keeps the other part's folders and results
+        for suffix in ("uninterrupted", "killed", "disk"):
+            shutil.rmtree(root / f"{part}-{suffix}", ignore_errors=True)
+    root.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     rng = np.random.default_rng(args.seed)
     exe = str(Path(sys.executable).with_name("llamat-cif"))
-    results: dict = {"seed": args.seed, "kills_requested": args.kills}
+    record = root / "crash_test.json"
+    results: dict = json.loads(record.read_text()) if record.exists() else {}
+    results.update({"seed": args.seed, "kills_requested": args.kills})
 
     if args.only in (None, "stability"):
         from llamat_cif.data import load_split
@@ -212,7 +220,7 @@ def main() -> None:
         results.update(_kills_and_full_disk("generate", gen_cmd, gen_rows, gen_compare, "samples.csv",
                                             kills=args.kills, rng=rng, root=root, env=env, disk_kb=24))
 
-    (root / "crash_test.json").write_text(json.dumps(results, indent=2))
+    record.write_text(json.dumps(results, indent=2))
     bad = [k for k, v in results.items() if isinstance(v, dict) and not v["ok"]]
     if bad:
         raise SystemExit(f"crash test failed: {bad}")

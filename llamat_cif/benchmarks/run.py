@@ -34,8 +34,8 @@ Coverage protocols written to ``metrics.json``:
   entries), as crystal-text-llm's ``basic_eval.py`` does; needs the validators.
 
 With ``coverage=False`` (``--no-coverage``) no CrystalNN fingerprints are computed, neither of the
-samples nor of the reference set (about 10 min uncached for the 7,342 MP-20 test structures on one
-core): the ``coverage*`` metrics and the per-element recall/precision are left out,
+samples nor of the reference set (about 15 min uncached for the 7,342 MP-20 test structures on two
+cores): the ``coverage*`` metrics and the per-element recall/precision are left out,
 ``per_element.csv`` holds element frequencies only, and ``metrics.json["protocol"]["coverage"]``
 says ``{"skipped": true, ...}``. Validity, uniqueness/novelty, property distances, CSP and the
 stability metrics do not use fingerprints and are computed as usual.

@@ -41,7 +41,7 @@ from llamat_cif.cli._common import console, data_dir_option, fail, seed_option
 @click.option("--coverage/--no-coverage", default=True, show_default=True,
               help="CrystalNN fingerprints and CDVAE coverage (overall and per element) of the samples "
                    "against the reference. --no-coverage computes no fingerprint at all (the MP-20 test "
-                   "reference alone takes ~10 min uncached on one core) and leaves the coverage metrics "
+                   "reference alone takes ~15 min uncached on two cores) and leaves the coverage metrics "
                    "out; validity, uniqueness/novelty, property distances, CSP and --stability still run.")
 @click.option("--workers", type=int, default=1, show_default=True,
               help="Processes for fingerprinting (CrystalNN, ~0.3 s per structure per core) and for the "

@@ -114,9 +114,9 @@ class SummaryCounter:
         for col in ("parsed", "structurally_valid", "compositionally_valid", "valid"):
             self.add(col, count(col))
         # an unparsed text can be compositionally valid (its listed atoms, as CDVAE counts them)
-        self.add("compositionally_valid_and_parsed", int(((df["parsed"].astype("boolean") == True)  # noqa: E712
-                                                          & (df["compositionally_valid"].astype("boolean") == True))
-                                                         .fillna(False).sum()))
+        parsed_ok = df["parsed"].astype("boolean").fillna(False).astype(bool)
+        comp_ok = df["compositionally_valid"].astype("boolean").fillna(False).astype(bool)
+        self.add("compositionally_valid_and_parsed", int((parsed_ok & comp_ok).sum()))
         err = df["error"].fillna("").astype(str)
         self.add("timeouts", int(err.str.startswith("timeout").sum() + err.str.contains("; timeout").sum()))
         self.add("crashed", int(err.str.contains("check crashed|worker process died", regex=True).sum()))
