@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import warnings
 
 import click
+
+# pymatgen sets a noble gas's missing Pauling electronegativity to NaN with a UserWarning the first
+# time it is asked (e.g. for He in the hull's chemical systems); it changes no number we report
+warnings.filterwarnings("ignore", message="No Pauling electronegativity for", category=UserWarning)
 
 # command name -> "module:attribute" (module relative to this package)
 COMMANDS: dict[str, str] = {
