@@ -2,13 +2,14 @@
 
     python benchmarks/crash/crash_test.py --kills 20 --seed 0 --out runs/crash
 
-For ``stability`` (48 MP-20 test structures, 30 FIRE steps each, batch size 1) and ``generate``
-(48 samples, batch 2, the shipped model): one uninterrupted run, then a run that is killed with
-SIGKILL ``--kills`` times at random moments (seeded; each restart dies somewhere in its start-up or
+For ``stability`` (48 MP-20 test structures, 30 FIRE steps each, batch size 1), ``generate``
+(48 samples, batch 2, the shipped model) and ``screen`` (12 samples, 60 FIRE steps): one
+uninterrupted run, then a run that is killed with SIGKILL ``--kills`` times at random moments (seeded; each restart dies somewhere in its start-up or
 in a random share of the work, see ``_crash_loop``) and restarted each time with the same ``--out``,
 then finished. The finished folder must hold exactly
 the uninterrupted run's ids, each once, with the same values (E_hull to 1e-6 eV/atom, CIF text
-identical). Then the same commands write into a tiny tmpfs until the disk is full, the tmpfs is grown
+identical; screen: the same samples and funnel too). Then the stability and generate commands write
+into a tiny tmpfs until the disk is full, the tmpfs is grown
 (space freed) and the run is repeated: again exactly the uninterrupted rows (needs root for
 ``mount``; skipped otherwise). Writes ``crash_test.json`` with the counts; exits non-zero on any
 mismatch.
@@ -80,10 +81,11 @@ def _first_output_s(cmd: list[str], env: dict, rows_file: Path) -> tuple[float, 
 
 
 def _crash_loop(name: str, cmd_for, read_rows, compare, rows_name: str, *, kills: int, rng, root: Path,
-                env: dict) -> dict:
+                env: dict, by_time: bool = False) -> dict:
     """Kill at ``kills`` random moments: a quarter of the restarts die during start-up (imports,
     model load, reading what is done), the rest a random 0-1 row-times after the output file was
-    written again (inside the next relaxation or batch, or inside the next write)."""
+    written again (inside the next relaxation or batch, or inside the next write). ``by_time``:
+    each restart dies at a random 10-50 % of the uninterrupted run's wall time instead."""
     ref_dir, crash_dir = root / f"{name}-uninterrupted", root / f"{name}-killed"
     startup, wall = _first_output_s(cmd_for(ref_dir), env, ref_dir / rows_name)
     ref = read_rows(ref_dir)
@@ -92,14 +94,19 @@ def _crash_loop(name: str, cmd_for, read_rows, compare, rows_name: str, *, kills
     delays = []
     per_row = work / max(len(ref), 1)
     for _ in range(kills):
-        if rng.uniform() < 0.25:  # a quarter die during start-up (imports, model, reading what is done)
+        if by_time:  # stages without frequent writes (screen): a random moment of a full run's span
+            delay = float(rng.uniform(0.1, 0.5) * wall)
+            done, _ = _run(cmd_for(crash_dir), env, kill_after=delay)
+            delays.append(f"+{delay:.1f} s")
+        elif rng.uniform() < 0.25:  # a quarter die during start-up (imports, model, reading what is done)
             delay = float(rng.uniform(0.3, 1.0) * startup)
             done, _ = _run(cmd_for(crash_dir), env, kill_after=delay)
             delays.append(f"start-up +{delay:.2f} s")
         else:  # the rest a random moment after a write: inside the next relaxation, batch or write
             extra = float(rng.uniform(0.0, 1.0) * per_row)
+            # writes in the tool's own start-up (a header, a clean rewrite) do not count
             done, _ = _run(cmd_for(crash_dir), env, after_write=crash_dir / rows_name, extra_s=extra,
-                           settle_s=startup)
+                           settle_s=min(startup, 6.0))
             delays.append(f"write +{extra:.2f} s")
         if done:
             finished_early += 1
@@ -143,6 +150,26 @@ def _full_disk(name: str, cmd_for, read_rows, compare, *, root: Path, env: dict,
         subprocess.run(["umount", str(mnt)], capture_output=True)
 
 
+def stab_rows(out: Path) -> pd.DataFrame:
+    p = out / "stability.parquet"
+    return pd.read_parquet(p) if p.exists() else pd.DataFrame({"id": []})
+
+
+def stab_compare(ref: pd.DataFrame, got: pd.DataFrame) -> list[str]:
+    """Same ids, once each, E_hull within 1e-6 eV/atom, same errors."""
+    out = []
+    if sorted(got["id"]) != sorted(ref["id"]):
+        out.append(f"ids differ: {len(got)} rows vs {len(ref)}")
+        return out
+    a, b = ref.set_index("id"), got.set_index("id").loc[ref["id"]]
+    de = (pd.to_numeric(a["e_hull"]) - pd.to_numeric(b["e_hull"])).abs().max()
+    if not de <= 1e-6:
+        out.append(f"E_hull differs by up to {de}")
+    if (a["error"].fillna("") != b["error"].fillna("")).any():
+        out.append("error columns differ")
+    return out
+
+
 def _kills_and_full_disk(name: str, cmd_for, read_rows, compare, rows_name: str, *, kills: int, rng, root: Path,
                          env: dict, disk_kb: int) -> dict:
     out = {name: _crash_loop(name, cmd_for, read_rows, compare, rows_name, kills=kills, rng=rng, root=root, env=env)}
@@ -157,10 +184,10 @@ def main() -> None:
     ap.add_argument("--kills", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="runs/crash")
-    ap.add_argument("--only", choices=["stability", "generate"], default=None)
+    ap.add_argument("--only", choices=["stability", "generate", "screen"], default=None)
     args = ap.parse_args()
     root = Path(args.out)
-    parts = [args.only] if args.only else ["stability", "generate"]
+    parts = [args.only] if args.only else ["stability", "generate", "screen"]
     import shutil
 
     for part in parts:  # --only keeps the other part's folders and results
@@ -184,23 +211,6 @@ def main() -> None:
             return [exe, "stability", str(src), "--out", str(out), "--max-steps", "30", "--batch-size", "1",
                     "--no-progress", "--threads", "1"]
 
-        def stab_rows(out: Path) -> pd.DataFrame:
-            p = out / "stability.parquet"
-            return pd.read_parquet(p) if p.exists() else pd.DataFrame({"id": []})
-
-        def stab_compare(ref: pd.DataFrame, got: pd.DataFrame) -> list[str]:
-            out = []
-            if sorted(got["id"]) != sorted(ref["id"]):
-                out.append(f"ids differ: {len(got)} rows vs {len(ref)}")
-                return out
-            a, b = ref.set_index("id"), got.set_index("id").loc[ref["id"]]
-            de = (pd.to_numeric(a["e_hull"]) - pd.to_numeric(b["e_hull"])).abs().max()
-            if not de <= 1e-6:
-                out.append(f"E_hull differs by up to {de}")
-            if (a["error"].fillna("") != b["error"].fillna("")).any():
-                out.append("error columns differ")
-            return out
-
         results.update(_kills_and_full_disk("stability", stab_cmd, stab_rows, stab_compare, "stability.parquet",
                                             kills=args.kills, rng=rng, root=root, env=env, disk_kb=40))
 
@@ -219,6 +229,28 @@ def main() -> None:
 
         results.update(_kills_and_full_disk("generate", gen_cmd, gen_rows, gen_compare, "samples.csv",
                                             kills=args.kills, rng=rng, root=root, env=env, disk_kb=24))
+
+    if args.only in (None, "screen"):
+        def screen_cmd(out: Path) -> list[str]:
+            return [exe, "screen", "-n", "12", "--batch-size", "2", "--seed", "0", "--max-steps", "60",
+                    "--out", str(out)]
+
+        def screen_compare(ref: pd.DataFrame, got: pd.DataFrame) -> list[str]:
+            problems = stab_compare(ref, got) if len(got) else ["no stability rows"]
+            a = pd.read_csv(root / "screen-uninterrupted" / "samples.csv", dtype={"id": str}, keep_default_na=False)
+            b = pd.read_csv(root / "screen-killed" / "samples.csv", dtype={"id": str}, keep_default_na=False)
+            if list(a["id"]) != list(b["id"]) or list(a["cif"]) != list(b["cif"]):
+                problems.append("samples differ")
+            fa = json.loads((root / "screen-uninterrupted" / "funnel.json").read_text())["stages"]
+            fb = json.loads((root / "screen-killed" / "funnel.json").read_text())["stages"]
+            if [(x["stage"], x["numerator"]) for x in fa] != [(x["stage"], x["numerator"]) for x in fb]:
+                problems.append("funnels differ")
+            return problems
+
+        out = {"screen": _crash_loop("screen", screen_cmd, stab_rows, screen_compare, "stability.parquet",
+                                     kills=args.kills, rng=rng, root=root, env=env, by_time=True)}
+        print("screen:", json.dumps(out["screen"]), flush=True)
+        results.update(out)
 
     record.write_text(json.dumps(results, indent=2))
     bad = [k for k, v in results.items() if isinstance(v, dict) and not v["ok"]]
