@@ -3,7 +3,7 @@
     python benchmarks/crash/crash_test.py --kills 20 --seed 0 --out runs/crash
 
 For ``stability`` (48 MP-20 test structures, 30 FIRE steps each, batch size 1), ``generate``
-(48 samples, batch 2, the shipped model) and ``screen`` (12 samples, 60 FIRE steps): one
+(48 samples, batch 2, the shipped model) and ``screen`` (24 samples, 60 FIRE steps): one
 uninterrupted run, then a run that is killed with SIGKILL ``--kills`` times at random moments (seeded; each restart dies somewhere in its start-up or
 in a random share of the work, see ``_crash_loop``) and restarted each time with the same ``--out``,
 then finished. The finished folder must hold exactly
@@ -85,7 +85,7 @@ def _crash_loop(name: str, cmd_for, read_rows, compare, rows_name: str, *, kills
     """Kill at ``kills`` random moments: a quarter of the restarts die during start-up (imports,
     model load, reading what is done), the rest a random 0-1 row-times after the output file was
     written again (inside the next relaxation or batch, or inside the next write). ``by_time``:
-    each restart dies at a random 10-50 % of the uninterrupted run's wall time instead."""
+    each restart dies at a random 4-10 % of the uninterrupted run's wall time instead."""
     ref_dir, crash_dir = root / f"{name}-uninterrupted", root / f"{name}-killed"
     startup, wall = _first_output_s(cmd_for(ref_dir), env, ref_dir / rows_name)
     ref = read_rows(ref_dir)
@@ -95,7 +95,7 @@ def _crash_loop(name: str, cmd_for, read_rows, compare, rows_name: str, *, kills
     per_row = work / max(len(ref), 1)
     for _ in range(kills):
         if by_time:  # stages without frequent writes (screen): a random moment of a full run's span
-            delay = float(rng.uniform(0.1, 0.5) * wall)
+            delay = float(rng.uniform(0.04, 0.10) * wall)
             done, _ = _run(cmd_for(crash_dir), env, kill_after=delay)
             delays.append(f"+{delay:.1f} s")
         elif rng.uniform() < 0.25:  # a quarter die during start-up (imports, model, reading what is done)
@@ -232,7 +232,7 @@ def main() -> None:
 
     if args.only in (None, "screen"):
         def screen_cmd(out: Path) -> list[str]:
-            return [exe, "screen", "-n", "12", "--batch-size", "2", "--seed", "0", "--max-steps", "60",
+            return [exe, "screen", "-n", "24", "--batch-size", "2", "--seed", "0", "--max-steps", "60",
                     "--out", str(out)]
 
         def screen_compare(ref: pd.DataFrame, got: pd.DataFrame) -> list[str]:
