@@ -730,16 +730,13 @@ def _input_validity(samples: pd.DataFrame, out: Path, say) -> tuple[pd.DataFrame
     samples' content and the validators' default settings, so a second benchmark of the same input
     reads them instead of validating again.
     """
-    import hashlib
-
+    from llamat_cif.benchmarks.sources import content_key
     from llamat_cif.benchmarks.validity import normalise_validity, run_validators
     from llamat_cif.validators.core import Thresholds
 
     # the validators' settings are part of the key: a new default (e.g. SMACT data) recomputes
-    h = hashlib.sha256(json.dumps(Thresholds().as_dict(), sort_keys=True, default=str).encode())
-    for i, c in zip(samples["id"].astype(str), samples["cif"].astype(str), strict=True):
-        h.update(f"{len(i)}:{i}{len(c)}:{c}".encode())
-    key = h.hexdigest()[:24]
+    key = content_key(samples["id"], samples["cif"],
+                      salt=json.dumps(Thresholds().as_dict(), sort_keys=True, default=str))
     rows_path, summary_path = out / "validity.parquet", out / "validity_summary.json"
     protocol: dict = {}
     table = None

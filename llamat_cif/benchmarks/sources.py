@@ -75,13 +75,18 @@ class StructureSet:
 
     def content_key(self) -> str:
         """Hash of the ids and CIF texts in order (names caches derived from this set)."""
-        h = hashlib.sha256()
-        for i, c in zip(self.table["id"].astype(str), self.table["cif"].astype(str), strict=True):
-            for part in (i, c):
-                b = part.encode()
-                h.update(len(b).to_bytes(8, "little"))
-                h.update(b)
-        return h.hexdigest()[:24]
+        return content_key(self.table["id"], self.table["cif"])
+
+
+def content_key(ids, cifs, *, salt: str = "") -> str:
+    """Hash of ids and CIF texts in order (length-prefixed, so ["ab", "c"] != ["a", "bc"]), plus a salt."""
+    h = hashlib.sha256(salt.encode())
+    for i, c in zip(map(str, ids), map(str, cifs), strict=True):
+        for part in (i, c):
+            b = part.encode()
+            h.update(len(b).to_bytes(8, "little"))
+            h.update(b)
+    return h.hexdigest()[:24]
 
 
 def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
