@@ -6,6 +6,11 @@ Usage::
         --name "from-scratch mini LLaMA (1.3M params), 100 steps on CPU" --out benchmarks/text/doping_scratch_mini.json
 
 Writes a JSON record (scores with counts, wall times, protocol) and prints a Markdown table.
+
+Re-score a recorded run from its kept raw answers (after a metrics change)::
+
+    python benchmarks/text/compare.py --rescore benchmarks/text/doping_mini_stage2.json \
+        --predictions benchmarks/text/doping_mini_stage2_predictions.jsonl
 """
 
 from __future__ import annotations
@@ -31,19 +36,22 @@ def _value(rate):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--eval", required=True, type=Path, help="llamat-cif text eval --out folder")
+    ap.add_argument("--eval", type=Path, help="llamat-cif text eval --out folder")
     ap.add_argument("--train", type=Path, default=None, help="llamat-cif text train --out folder")
-    ap.add_argument("--name", required=True)
-    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--name")
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--rescore", type=Path, help="a record written by this script: recompute its scores")
+    ap.add_argument("--predictions", type=Path, help="with --rescore: the run's doping predictions.jsonl")
     args = ap.parse_args()
+    if args.rescore:
+        rescore(args.rescore, args.predictions)
+        return
+    if not (args.eval and args.name and args.out):
+        ap.error("--eval, --name and --out are required (or --rescore with --predictions)")
 
     rec = json.loads((args.eval / "doping" / "metrics.json").read_text())
     config = json.loads((args.eval / "config.json").read_text())
-    ours = {}
-    for protocol in ("strict", "llamat_drop_unparsable"):
-        m = rec[protocol]["metrics"]
-        ours[protocol] = {k: {"value": _value(m[k]), "numerator": m[k]["numerator"],
-                              "denominator": m[k]["denominator"]} for k in COLUMNS}
+    ours = _scores(rec)
     record = {
         "model": args.name,
         "eval_dir": str(args.eval),
@@ -70,10 +78,51 @@ def main() -> None:
     print("|---" * (len(COLUMNS) + 1) + "|")
     for name, scores in PUBLISHED_DOPING.items():
         print(f"| {name} | " + " | ".join(f"{scores[c]:.3f}" if c in scores else "-" for c in COLUMNS) + " |")
-    for protocol, label in (("strict", "strict"), ("llamat_drop_unparsable", "LLaMat protocol")):
+    for protocol, label in (("strict", "strict"), ("llamat", "LLaMat protocol")):
         row = ours[protocol]
+        if "error" in row:
+            print(f"| {args.name} ({label}) | " + " | ".join("n/a" for _ in COLUMNS) + " |")
+            print(f"\n{label}: {row['error']}")
+            continue
         print(f"| {args.name} ({label}) | " + " | ".join(
             _cell(row[c]) for c in COLUMNS) + " |")
+
+
+def _scores(rec: dict) -> dict:
+    ours = {}
+    for protocol in ("strict", "llamat"):
+        m = rec[protocol]["metrics"]
+        if rec[protocol].get("error"):
+            ours[protocol] = {"error": rec[protocol]["error"]}
+            continue
+        ours[protocol] = {k: {"value": _value(m[k]), "numerator": m[k]["numerator"],
+                              "denominator": m[k]["denominator"]} for k in COLUMNS}
+    return ours
+
+
+def rescore(record_path: Path, predictions: Path) -> None:
+    """Recompute a record's scores (both protocols) from the raw answers kept beside it."""
+    from llamat_cif.text_tasks.evaluate import _json_default, score_rows
+    from llamat_cif.text_tasks.tasks import load_task
+
+    record = json.loads(record_path.read_text())
+    rows = {}
+    for line in predictions.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            rows[row["id"]] = row
+    taskset = load_task("doping", "test")
+    examples = [e for e in taskset.examples if e.id in rows]
+    if len(examples) != len(taskset.examples):
+        raise SystemExit(f"{predictions} holds {len(examples)} of {len(taskset.examples)} test answers")
+    rec = json.loads(json.dumps(score_rows(taskset, examples, rows), default=_json_default))
+    record["scores"] = _scores(rec)
+    record["protocol"] = rec["protocol"]
+    record["n_unparsable_outputs"] = rec["n_unparsable_outputs"]
+    record["unparsable_reasons"] = rec["unparsable_reasons"]
+    record_path.write_text(json.dumps(record, indent=2))
+    for protocol, row in record["scores"].items():
+        print(protocol, row.get("error") or {k: round(v["value"], 4) for k, v in row.items()})
 
 
 def _cell(rate: dict) -> str:

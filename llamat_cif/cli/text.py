@@ -130,7 +130,10 @@ def _print_results(result: dict, all_metrics: bool) -> None:
         if record["malformed_lines"]:
             console.print(f"  [yellow]{len(record['malformed_lines'])} malformed lines skipped in "
                           f"{record['data_file']}[/] (see metrics.json)")
-    console.print("  * LLaMat protocol: unparsable outputs left out of the scores instead of counted as empty.")
+        if record["llamat"].get("error"):
+            console.print(f"  [yellow]LLaMat protocol: no score[/] ({record['llamat']['error']})")
+    console.print("  * LLaMat protocol: what LLaMat's evaluation scripts print for these outputs (their parsing; "
+                  "unreadable outputs mostly left out); n/a where they give no number.")
 
 
 @text.command("train")

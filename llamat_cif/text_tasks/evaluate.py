@@ -4,7 +4,7 @@ Layout of an evaluation folder ``OUT``::
 
     OUT/config.json                  resolved EvalConfig, package versions, hardware
     OUT/<task>/predictions.jsonl     one line per example, appended batch by batch (resumable)
-    OUT/<task>/metrics.json          scores (strict and LLaMat drop-unparsable protocol), counts
+    OUT/<task>/metrics.json          scores (``strict`` and ``llamat`` protocols), counts
     OUT/summary.json                 headline scores of every task, wall times
 
 A run that stops part-way resumes where it stopped: examples whose id is already in
@@ -26,6 +26,7 @@ from typing import Any
 
 from llamat_cif.text_tasks.metrics import HEADLINE, Rate, score_task
 from llamat_cif.text_tasks.parsing import cut_at_stop, parse_prediction
+from llamat_cif.text_tasks.reference import PROTOCOL_NOTE, score_llamat
 from llamat_cif.text_tasks.prompts import IM_END, build_prompt, has_chat_template, stop_strings
 from llamat_cif.text_tasks.tasks import (
     TASKS,
@@ -284,7 +285,12 @@ def run_task(
 
 
 def score_rows(taskset: TaskSet, examples: Sequence[TextExample], rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Parse saved outputs and score them (strict, and LLaMat's drop-unparsable protocol).
+    """Parse saved outputs and score them under both protocols.
+
+    ``strict``: our tolerant parser, every annotated example in the denominator (an unparsable
+    output is an empty prediction with similarity 0). ``llamat``: the numbers LLaMat's evaluation
+    scripts print for the same raw outputs (:mod:`llamat_cif.text_tasks.reference`), or an
+    ``error`` where those scripts would raise.
 
     Args:
         taskset: The task split (for the task spec and malformed-line report).
@@ -305,7 +311,7 @@ def score_rows(taskset: TaskSet, examples: Sequence[TextExample], rows: dict[str
         else:
             reasons[row.get("error") or res.error] += 1
     strict = score_task(spec, golds, preds)
-    llamat = score_task(spec, golds, preds, skip_unparsable=True)
+    llamat = score_llamat(spec, golds, [rows[ex.id].get("output", "") for ex in examples])
     return {
         "task": spec.name,
         "split": taskset.split,
@@ -317,11 +323,11 @@ def score_rows(taskset: TaskSet, examples: Sequence[TextExample], rows: dict[str
         "unparsable_reasons": dict(reasons.most_common()),
         "parse_methods": dict(methods.most_common()),
         "strict": strict,
-        "llamat_drop_unparsable": llamat,
+        "llamat": llamat,
         "protocol": (
-            "strict: unparsable outputs scored as empty predictions (similarity 0); "
-            "llamat_drop_unparsable: unparsable outputs left out, as LLaMat's doping/discomat scripts do. "
-            "Doping and mof scores use only examples with a non-empty gold answer (LLaMat)."
+            "strict: tolerant parsing (JSON, Python literals, code fences, prose around the answer); "
+            "unparsable outputs scored as empty predictions (similarity 0). " + PROTOCOL_NOTE
+            + " Doping and mof scores use only examples with a non-empty gold answer (LLaMat)."
         ),
     }
 
@@ -333,13 +339,15 @@ def _json_default(obj: Any) -> Any:
 
 
 def headline(record: dict[str, Any], protocol: str = "strict") -> dict[str, float | None]:
-    """The task's LLaMat headline scores from a metrics record."""
+    """The task's LLaMat headline scores from a metrics record (``None`` where there is none)."""
     metrics = record[protocol]["metrics"]
-    out = {}
-    for key in HEADLINE[record["task"]]:
-        rate = metrics[key]
-        out[key] = rate.value if isinstance(rate, Rate) else rate["value"]
-    return out
+    return {key: _rate_value(metrics.get(key)) for key in HEADLINE[record["task"]]}
+
+
+def _rate_value(rate: Rate | dict[str, Any] | None) -> float | None:
+    if rate is None:
+        return None
+    return rate.value if isinstance(rate, Rate) else rate["value"]
 
 
 def evaluate(config: EvalConfig, *, progress: Progress | None = None) -> dict[str, Any]:
@@ -387,7 +395,8 @@ def evaluate(config: EvalConfig, *, progress: Progress | None = None) -> dict[st
         "load_s": round(load_s, 2),
         "wall_s": walls,
         "headline_strict": {t: headline(r) for t, r in results.items()},
-        "headline_llamat_drop_unparsable": {t: headline(r, "llamat_drop_unparsable") for t, r in results.items()},
+        "headline_llamat": {t: headline(r, "llamat") for t, r in results.items()},
+        "llamat_errors": {t: r["llamat"]["error"] for t, r in results.items() if r["llamat"].get("error")},
         "counts": {t: {"n_evaluated": r["n_evaluated"], "n_unparsable": r["n_unparsable_outputs"],
                        **{k: v for k, v in r["strict"]["counts"].items()}} for t, r in results.items()},
     }
@@ -410,16 +419,15 @@ class TableRow:
 def table_rows(record: dict[str, Any], *, all_metrics: bool = False) -> list[TableRow]:
     """Rows for a metrics table: headline metrics (or all) with their counts."""
     strict = record["strict"]["metrics"]
-    llamat = record["llamat_drop_unparsable"]["metrics"]
+    llamat = record["llamat"]["metrics"]
     keys = list(strict) if all_metrics else list(HEADLINE[record["task"]])
     rows = []
     for key in keys:
-        rate, alt = strict[key], llamat[key]
+        rate = strict[key]
         val = rate.value if isinstance(rate, Rate) else rate["value"]
         num = rate.numerator if isinstance(rate, Rate) else rate["numerator"]
         den = rate.denominator if isinstance(rate, Rate) else rate["denominator"]
-        alt_val = alt.value if isinstance(alt, Rate) else alt["value"]
         note = rate.note if isinstance(rate, Rate) else rate["note"]
         counts = f"{num:g}/{den:g}"
-        rows.append(TableRow(record["task"], key, val, counts, note, {"llamat": alt_val}))
+        rows.append(TableRow(record["task"], key, val, counts, note, {"llamat": _rate_value(llamat.get(key))}))
     return rows

@@ -30,10 +30,12 @@ discomat (Gupta et al. 2022, LLaMat ``discomat_eval.py``)
     predicted positive when the prediction matches; F1 over those.
 
 Unparsable outputs. LLaMat's scripts treat them unevenly (the doping and discomat scripts drop
-them, mof2 keeps them as empty predictions, mof1 drops JSON failures). Here every score has one
-strict denominator: an unparsable output is scored as an empty prediction with similarity 0, and
-the unparsable count is reported beside it. ``skip_unparsable=True`` gives the
-drop-them protocol of LLaMat's doping and discomat scripts for comparison with published numbers.
+them, mof2 keeps them as empty predictions, mof1 drops JSON failures). Here (protocol ``strict``)
+every score has one strict denominator: an unparsable output is scored as an empty prediction with
+similarity 0, and the unparsable count is reported beside it. ``skip_unparsable=True`` is a
+variant that leaves unparsable outputs out; it still parses tolerantly, so it is *not* LLaMat's
+numbers: those come from :mod:`llamat_cif.text_tasks.reference` (protocol ``llamat``), which
+reproduces the scripts' own parsing and rules.
 """
 
 from __future__ import annotations
@@ -213,8 +215,9 @@ def score_doping(
     Args:
         golds: Gold answers (dicts with ``basemats``, ``dopants``, ``dopants2basemats``).
         preds: Parsed predictions, ``None`` where the output was unparsable.
-        skip_unparsable: Leave unparsable outputs out of every score (LLaMat's doping script)
-            instead of scoring them as empty predictions with similarity 0.
+        skip_unparsable: Leave unparsable outputs out of every score instead of scoring them as
+            empty predictions with similarity 0 (a variant; LLaMat's own numbers come from
+            :func:`llamat_cif.text_tasks.reference.score_llamat`).
 
     Returns:
         ``{"metrics": {...Rate...}, "counts": {...}}``.
@@ -364,8 +367,8 @@ def score_entities(
         golds: Gold record lists.
         preds: Parsed predictions (lists of records), ``None`` where unparsable.
         spec: The task (entity keys and root).
-        skip_unparsable: Leave unparsable outputs out (LLaMat's mof1 script) instead of scoring
-            them as empty predictions.
+        skip_unparsable: Leave unparsable outputs out instead of scoring them as empty
+            predictions (a variant, not LLaMat's numbers).
 
     Returns:
         ``{"metrics": {...}, "counts": {...}}``; ``parsable`` counts outputs that parsed to a
@@ -477,8 +480,8 @@ def score_discomat(
     Args:
         golds: Gold answer dicts.
         preds: Parsed prediction dicts, ``None`` where unparsable.
-        skip_unparsable: Leave unparsable outputs out (LLaMat's discomat script) instead of
-            scoring them as empty predictions.
+        skip_unparsable: Leave unparsable outputs out instead of scoring them as empty
+            predictions (a variant, not LLaMat's numbers).
     """
     counts = {"n_examples": len(golds), "n_scored": 0, "n_unparsable": 0}
     exact = 0
