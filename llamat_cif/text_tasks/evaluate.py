@@ -26,8 +26,8 @@ from typing import Any
 
 from llamat_cif.text_tasks.metrics import HEADLINE, Rate, score_task
 from llamat_cif.text_tasks.parsing import cut_at_stop, parse_prediction
-from llamat_cif.text_tasks.reference import PROTOCOL_NOTE, score_llamat
 from llamat_cif.text_tasks.prompts import IM_END, build_prompt, has_chat_template, stop_strings
+from llamat_cif.text_tasks.reference import PROTOCOL_NOTE, score_llamat
 from llamat_cif.text_tasks.tasks import (
     TASKS,
     TaskSet,
