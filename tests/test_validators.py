@@ -311,7 +311,9 @@ def test_million_atoms_refused_before_building():
     body = "Na\n0.1 0.2 0.3\n" * 1_000_000
     t0 = time.perf_counter()
     r = validate_one("10.0 10.0 10.0\n90 90 90\n" + body, fmt="llamat")
-    assert time.perf_counter() - t0 < 2.0
+    # a hang guard, not a speed target (building a million sites would take minutes); the error
+    # text below is what shows the refusal came before parsing
+    assert time.perf_counter() - t0 < 20.0
     assert r["parsed"] is False and ("max_chars" in r["error"] or "max_sites" in r["error"])
     r = validate_one("10.0 10.0 10.0\n90 90 90\n" + "Na\n0.1 0.2 0.3\n" * 1500, fmt="llamat")
     assert r["parsed"] is False and "max_sites" in r["error"]

@@ -48,7 +48,7 @@ import os
 import platform
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -84,6 +84,8 @@ QUIET_WARNINGS = ("Issues encountered while parsing CIF", "No Pauling electroneg
 
 #: written by ``--stability N`` beside its ``stability.parquet``: which samples were chosen
 CHOSEN_FILE = "stability_chosen.json"
+#: benchmark protocols: ours (documented denominators) and CDVAE's compute_metrics.py on top
+PROTOCOLS = ("llamat-cif", "cdvae")
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,13 @@ class BenchmarkConfig:
         rescale_volume: with ``stability``, scale each chosen structure to its
             composition-predicted volume before relaxing.
         geometry_reference_n: reference structures (seeded sample) in the geometry table.
+        protocol: ``"llamat-cif"`` (our documented denominators, the default) or ``"cdvae"``:
+            also CDVAE's ``compute_metrics.py`` numbers exactly (:mod:`llamat_cif.benchmarks.cdvae`:
+            every generated crystal, invalid included; ``cdvae_n_samples`` valid crystals for the
+            diversity and property distances), in ``metrics.json["cdvae"]``. Needs coverage and
+            every-site fingerprints; fingerprints every parsed sample.
+        cdvae_n_samples: valid crystals CDVAE draws for diversity and property distances (1,000;
+            another number is a named deviation, recorded in the protocol).
     """
 
     samples: str
@@ -149,6 +158,19 @@ class BenchmarkConfig:
     stability: int = 0
     rescale_volume: bool = False
     geometry_reference_n: int = 500  # quartiles of 500 structures are stable to a few per cent
+    protocol: str = "llamat-cif"
+    cdvae_n_samples: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, not {self.protocol!r}")
+        if self.protocol == "cdvae":
+            if not self.coverage:
+                raise ValueError("protocol cdvae needs the fingerprints: drop --no-coverage")
+            if self.fingerprint_shortcut:
+                raise ValueError("protocol cdvae fingerprints every site: drop --fingerprint-shortcut")
+            if self.cdvae_n_samples < 2:
+                raise ValueError("cdvae_n_samples must be at least 2 (diversity needs a pair)")
 
 
 def _versions() -> dict[str, str | None]:
@@ -234,6 +256,9 @@ def run_benchmark(
 def _run_benchmark(cfg: BenchmarkConfig, *, show_progress: bool, samples_set: StructureSet | None,
                    reference_set: StructureSet | None) -> dict[str, Any]:
     t0 = time.perf_counter()
+    if cfg.protocol == "cdvae" and cfg.fingerprint_scope != "parsed":
+        # CDVAE fingerprints every crystal it can build, valid or not
+        cfg = replace(cfg, fingerprint_scope="parsed")
     say = _Progress(show_progress).log
     sset = samples_set or load_structure_set(cfg.samples, data_dir=cfg.data_dir)
     run_dir = sset.run_dir  # None unless the samples are a run folder
@@ -266,8 +291,17 @@ def _run_benchmark(cfg: BenchmarkConfig, *, show_progress: bool, samples_set: St
         validity, validity_protocol = load_or_compute_validity(run_dir, samples)
     else:
         validity, validity_protocol = _input_validity(samples, out, say)
+    cdvae_validity, cdvae_validity_protocol = validity, validity_protocol
+    if cfg.protocol == "cdvae":
+        from llamat_cif.benchmarks.cdvae import thresholds_mismatch
+
+        off = thresholds_mismatch(validity_protocol)
+        if off:
+            say("protocol cdvae: the samples' validity was computed with other settings "
+                f"({', '.join(f'{k}={a}' for k, (a, _) in off.items())}); validating again with CDVAE's")
+            cdvae_validity, cdvae_validity_protocol = _input_validity(samples, out, say, stem="validity_cdvae")
     valid = validity["valid"].to_numpy(bool)
-    parsed = validity["parsed"].to_numpy(bool)
+    parsed = validity["parsed"].to_numpy(bool)  # the validators' parse step has no settings
     metrics: dict[str, Metric] = dict(validity_rates(validity))
     t = lap("validity", t)
     read_errors = samples.loc[samples["read_error"].astype(str).str.len().gt(0), ["id", "read_error"]] \
@@ -301,13 +335,22 @@ def _run_benchmark(cfg: BenchmarkConfig, *, show_progress: bool, samples_set: St
     if cfg.fingerprint_scope not in ("valid", "parsed"):
         raise ValueError("fingerprint_scope must be 'valid' or 'parsed'")
     fp_info: dict[str, Any] = {}
+    cdvae_block: dict[str, Any] | None = None
     if cfg.coverage:
-        cov_metrics, per_el, cov_protocol, fp_info = _coverage_section(
+        cov_metrics, per_el, cov_protocol, fp_info, (gen_fp, ref_fp) = _coverage_section(
             cfg, gen_cifs, ref_cifs, ref, gen_tab, ref_tab, valid, parsed,
             struct_cutoff=struct_cutoff, comp_cutoff=comp_cutoff, say=say, lap=lap, t=t,
             show_progress=show_progress, ref_label=ref_label)
         metrics.update(cov_metrics)
         t = time.perf_counter()
+        if cfg.protocol == "cdvae":
+            from llamat_cif.benchmarks.cdvae import cdvae_metrics
+
+            cdvae_block = cdvae_metrics(cdvae_validity, gen_tab, ref_tab, gen_fp, ref_fp,
+                                        struct_cutoff=struct_cutoff, comp_cutoff=comp_cutoff,
+                                        n_samples=cfg.cdvae_n_samples, seed=cfg.seed)
+            cdvae_block["protocol"]["validity"] = cdvae_validity_protocol
+            t = lap("cdvae", t)
     else:
         say("coverage skipped (--no-coverage): no fingerprints of the samples or the reference")
         # element frequencies need no fingerprint: recall/precision columns are left out
@@ -418,7 +461,11 @@ def _run_benchmark(cfg: BenchmarkConfig, *, show_progress: bool, samples_set: St
         "metrics": {k: m.to_dict() for k, m in metrics.items()},
         "funnel": steps,
         **({"stability": stability_section} if stability_section is not None else {}),
+        **({"cdvae": {"metrics": {k: m.to_dict() for k, m in cdvae_block["metrics"].items()},
+                      "not_computed": cdvae_block["not_computed"], "protocol": cdvae_block["protocol"]}}
+           if cdvae_block is not None else {}),
         "protocol": {
+            "name": cfg.protocol,
             "config": asdict(cfg),
             "coverage": cov_protocol,
             "generation": _generation_config(run_dir) if run_dir is not None else {},
@@ -471,8 +518,9 @@ def _coverage_section(
     """Fingerprints (cached) of the reference and the samples in scope, coverage, per element.
 
     Returns:
-        ``(metrics, per_element, coverage_protocol, fingerprint_info)``; ``fingerprint_info``
-        holds the fingerprint counts, rate and cache keys written to ``metrics.json``.
+        ``(metrics, per_element, coverage_protocol, fingerprint_info, (generated, reference
+        fingerprints))``; ``fingerprint_info`` holds the fingerprint counts, rate and cache keys
+        written to ``metrics.json``.
     """
     n_gen = len(gen_cifs)
     metrics: dict[str, Metric] = {}
@@ -527,7 +575,7 @@ def _coverage_section(
     info = {"n_with_fingerprint": int(ref_fp.ok.sum()), "fingerprinted": int(gen_fp.ok.sum()),
             "fingerprints_per_s_generated": fp_rate,
             "fingerprint_cache": {"reference_key": ref_fp.key, "generated_key": gen_fp.key}}
-    return metrics, per_el, protocol, info
+    return metrics, per_el, protocol, info, (gen_fp, ref_fp)
 
 
 def _stability_benchmark(
@@ -722,7 +770,7 @@ def _training_set(cfg: BenchmarkConfig, rset: StructureSet):
     return None, "the reference is not a registry split and no training set (--train) was given"
 
 
-def _input_validity(samples: pd.DataFrame, out: Path, say) -> tuple[pd.DataFrame, dict]:
+def _input_validity(samples: pd.DataFrame, out: Path, say, *, stem: str = "validity") -> tuple[pd.DataFrame, dict]:
     """Validity of samples that are not a run folder, kept in ``out`` while the input is unchanged.
 
     The validators run on the ``cif`` column (a row without text is a parse failure); their table
@@ -737,7 +785,7 @@ def _input_validity(samples: pd.DataFrame, out: Path, say) -> tuple[pd.DataFrame
     # the validators' settings are part of the key: a new default (e.g. SMACT data) recomputes
     key = content_key(samples["id"], samples["cif"],
                       salt=json.dumps(Thresholds().as_dict(), sort_keys=True, default=str))
-    rows_path, summary_path = out / "validity.parquet", out / "validity_summary.json"
+    rows_path, summary_path = out / f"{stem}.parquet", out / f"{stem}_summary.json"
     protocol: dict = {}
     table = None
     if rows_path.exists() and summary_path.exists():

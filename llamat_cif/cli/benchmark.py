@@ -61,11 +61,20 @@ from llamat_cif.cli._common import console, data_dir_option, fail, seed_option
 @click.option("--rescale-volume", is_flag=True,
               help="With --stability: scale each chosen structure to its composition-predicted volume "
                    "before relaxing.")
+@click.option("--protocol", type=click.Choice(["llamat-cif", "cdvae"]), default="llamat-cif", show_default=True,
+              help="cdvae: also CDVAE's compute_metrics.py numbers exactly (validity over all generated with "
+                   "a fingerprint required for 'valid'; 1,000 seeded valid samples for comp/struct diversity "
+                   "and the density / #elements distances; coverage over every generated crystal), in "
+                   "metrics.json['cdvae']. Fingerprints every parsed sample.")
+@click.option("--cdvae-samples", "cdvae_n_samples", type=click.IntRange(min=2), default=1000, show_default=True,
+              help="With --protocol cdvae: valid crystals drawn (CDVAE: 1,000; another number is recorded "
+                   "as a deviation).")
 @data_dir_option
 def benchmark(samples: tuple[str, ...], reference: str, train: str | None, out: str | None, seed: int, max_samples: int | None,
               struct_cutoff: float | None, comp_cutoff: float | None, fingerprint_scope: str,
               fingerprint_shortcut: bool, coverage: bool, workers: int, cache_dir: str | None, reference_limit: int | None,
-              no_figures: bool, novelty: bool, stability_n: int, rescale_volume: bool, data_dir: str | None) -> None:
+              no_figures: bool, novelty: bool, stability_n: int, rescale_volume: bool, protocol: str,
+              cdvae_n_samples: int, data_dir: str | None) -> None:
     """Validity, coverage (overall and per element), uniqueness/novelty, distributions, diversity, CSP, S.U.N.
 
     Beside CDVAE's metrics: Jensen-Shannon distances of space-group, crystal-system and element
@@ -92,6 +101,10 @@ def benchmark(samples: tuple[str, ...], reference: str, train: str | None, out: 
 
     if rescale_volume and not stability_n:
         fail("--rescale-volume applies to the relaxations of --stability N; give --stability too")
+    if protocol == "cdvae" and (not coverage or fingerprint_shortcut):
+        fail("--protocol cdvae needs every-site fingerprints: drop --no-coverage / --fingerprint-shortcut")
+    if protocol != "cdvae" and cdvae_n_samples != 1000:
+        fail("--cdvae-samples applies to --protocol cdvae")
     if not coverage and (struct_cutoff is not None or comp_cutoff is not None or fingerprint_scope != "valid"
                          or fingerprint_shortcut):
         fail("--struct-cutoff, --comp-cutoff, --fingerprint-scope and --fingerprint-shortcut apply to coverage; "
@@ -114,7 +127,8 @@ def benchmark(samples: tuple[str, ...], reference: str, train: str | None, out: 
                     struct_cutoff=struct_cutoff, comp_cutoff=comp_cutoff, fingerprint_scope=fingerprint_scope,
                     fingerprint_shortcut=fingerprint_shortcut, coverage=coverage, workers=workers, data_dir=data_dir, cache_dir=cache_dir,
                     reference_limit=reference_limit, figures=not no_figures, novelty=novelty,
-                    stability=stability_n, rescale_volume=rescale_volume)
+                    stability=stability_n, rescale_volume=rescale_volume, protocol=protocol,
+                    cdvae_n_samples=cdvae_n_samples)
     results = {}
     for label, src in sets:
         where = out if len(sets) == 1 else f"{out}/{label}"
@@ -154,11 +168,33 @@ def benchmark(samples: tuple[str, ...], reference: str, train: str | None, out: 
             cnt = ", ".join(f"{k} {n}" for k, n in m["counts"].items()) + (f" [{m['unit']}]" if m["unit"] else "")
         table.add_row(name, val, cnt)
     console.print(table)
+    if "cdvae" in result:
+        _print_cdvae(result["cdvae"])
     if "stability" in result:
         _print_geometry(result["stability"])
     where = out or sets[0][1]
     console.print(f"wrote {where}/metrics.json" + ("" if no_figures else f", {where}/report.md, {where}/figures/")
                   + f" in {result['protocol']['wall_time_s']} s")
+
+
+def _print_cdvae(block: dict) -> None:
+    """CDVAE's ``compute_metrics.py`` numbers (``--protocol cdvae``)."""
+    from rich.table import Table
+
+    p = block["protocol"]
+    t = Table(title=f"CDVAE protocol ({p['n_samples']} valid samples, seed {p['seed']}; "
+                    f"cutoffs {p['struct_cutoff']} / {p['comp_cutoff']})")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    t.add_column("count / denominator")
+    for name, m in block["metrics"].items():
+        val = "n/a" if m["value"] is None else f"{m['value']:.4f}"
+        cnt = (f"{m['numerator']}/{m['denominator']} {m['denominator_name']}" if m["denominator"] is not None
+               else ", ".join(f"{k} {n}" for k, n in m["counts"].items()))
+        t.add_row(name, val, cnt)
+    for name, why in block["not_computed"].items():
+        t.add_row(name, "n/a", why)
+    console.print(t)
 
 
 def _print_geometry(section: dict) -> None:

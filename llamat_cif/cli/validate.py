@@ -40,8 +40,12 @@ from llamat_cif.cli._common import console, fail
               help="Store each parsed structure as CIF in the rows (for the stability stage).")
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="Reuse finished chunks of an interrupted run with the same input and settings.")
+@click.option("--protocol", type=click.Choice(["llamat-cif", "cdvae"]), default="llamat-cif", show_default=True,
+              help="cdvae: also CDVAE's validity triple (comp_valid, struct_valid, valid over all texts, "
+                   "'valid' requiring a CrystalNN fingerprint, as CDVAE's Crystal does); fingerprints the "
+                   "valid structures (cached). Needs CDVAE's thresholds and --keep-cif.")
 def validate(input_path, out_dir, n_jobs, timeout_s, chunk_size, column, fmt, targets, limit, min_distance,
-             min_volume, oxidation_states, symprec, check_bonds, max_sites, keep_cif, resume) -> None:
+             min_volume, oxidation_states, symprec, check_bonds, max_sites, keep_cif, resume, protocol) -> None:
     """Check generated crystals: parse, structure, composition, self-consistency, conditions.
 
     \b
@@ -58,6 +62,23 @@ def validate(input_path, out_dir, n_jobs, timeout_s, chunk_size, column, fmt, ta
     from llamat_cif.validators import run_validation
     from llamat_cif.validators.inputs import InputError
 
+    if protocol == "cdvae":
+        from llamat_cif.validators.composition import resolve_oxidation_states
+
+        try:
+            oxidation_states = resolve_oxidation_states(oxidation_states)
+        except ValueError as exc:
+            fail(str(exc))
+            return
+        off = [f"{name} {got} (CDVAE: {want})" for name, got, want in (
+            ("--min-distance", min_distance, 0.5), ("--min-volume", min_volume, 0.1),
+            ("--oxidation-states", oxidation_states, "cdvae")) if got != want]
+        if off:
+            fail("--protocol cdvae uses CDVAE's thresholds; drop " + ", ".join(off))
+            return
+        if not keep_cif:
+            fail("--protocol cdvae fingerprints the valid structures: drop --no-keep-cif")
+            return
     try:
         summary = run_validation(
             input_path, out_dir, n_jobs=n_jobs, timeout_s=timeout_s, chunk_size=chunk_size, column=column, fmt=fmt,
@@ -68,7 +89,15 @@ def validate(input_path, out_dir, n_jobs, timeout_s, chunk_size, column, fmt, ta
     except (InputError, ValueError, TypeError) as exc:
         fail(str(exc))
         return
+    if protocol == "cdvae":
+        from llamat_cif.benchmarks.cdvae import add_cdvae_validity
+
+        summary = add_cdvae_validity(out_dir, workers=max(1, n_jobs), show_progress=True)
     print_summary(summary, Path(out_dir))
+
+
+def _frac(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 def print_summary(summary: dict, out_dir: Path) -> None:
@@ -94,6 +123,11 @@ def print_summary(summary: dict, out_dir: Path) -> None:
         table.add_row("condition_adherent", f"{ca_ok} of {ca_n} requested", pct(ca_ok, ca_n), "")
     table.add_row("timeouts", str(summary["timeouts"]), pct(summary["timeouts"], n), "")
     console.print(table)
+    if "cdvae" in summary:
+        c = summary["cdvae"]
+        console.print("CDVAE protocol (over all texts; valid needs a CrystalNN fingerprint): " + ", ".join(
+            f"{k} {c[k]['numerator']}/{c[k]['denominator']} ({_frac(c[k]['value'])})"
+            for k in ("comp_valid", "struct_valid", "valid")))
     sps = summary.get("structures_per_s")
     console.print(f"oxidation states: {summary['protocol']['thresholds']['oxidation_states']}; "
                   f"wall {summary.get('wall_s')} s" + (f", {sps:.1f} structures/s" if sps else "")

@@ -174,7 +174,7 @@ class SummaryCounter:
             },
             "self_consistency": sc,
             "adherence": adh,
-            "protocol": {"thresholds": thresholds.as_dict(), "definitions": DEFINITIONS},
+            "protocol": {"name": "llamat-cif", "thresholds": thresholds.as_dict(), "definitions": DEFINITIONS},
             "versions": package_versions(),
             "hardware": hardware(),
             "check_time_s_total": round(self.time_s, 3),
