@@ -439,52 +439,129 @@ def _check_resume(out: Path, cfg: SampleConfig) -> None:
             raise ValueError(f"{out} holds a run with other settings {diff}; use a new --out to start afresh")
 
 
-def generate(cfg: SampleConfig, *, progress: bool = True, model=None, tokenizer=None):
+def read_targets(path: str) -> list[tuple[str | None, int | None]]:
+    """``(formula, space group)`` per row of a ``--targets`` CSV."""
+    import pandas as pd
+
+    tdf = pd.read_csv(path, keep_default_na=False)
+    if "target_formula" not in tdf.columns and "target_spacegroup" not in tdf.columns:
+        raise ValueError(f"{path}: needs a target_formula and/or target_spacegroup column")
+    return [(str(r.get("target_formula") or "") or None,
+             int(r["target_spacegroup"]) if str(r.get("target_spacegroup", "")).strip() else None)
+            for r in tdf.to_dict("records")]
+
+
+class BatchSampler:
+    """A loaded generator set up for one run: :meth:`rows` draws batch ``b`` with seed ``(seed, b)``.
+
+    What :func:`generate` builds once (model, tokenizer, grammar, conditions, resolved settings),
+    so that any process holding one (the local run, a Ray worker) draws exactly the same rows for a
+    batch index.
+
+    Attributes:
+        cfg: the settings with every ``None`` resolved (format, temperature, top-p, physics).
+        stats: constraint interventions summed over the batches drawn here.
+    """
+
+    def __init__(self, cfg: SampleConfig, *, model=None, tokenizer=None,
+                 targets: list[tuple[str | None, int | None]] | None = None) -> None:
+        import torch
+
+        from llamat_cif.grammar import GRAMMARS, Conditions, Stats, Vocab, site_lines_for
+        from llamat_cif.model import load_generator, resolve_model_path
+
+        if cfg.threads:
+            # Small models are launch-overhead bound on CPU; extra OpenMP threads only spin-wait
+            # (measured here: 59 ms/step with 1 thread, 1.3 s/step with 2 on a loaded 2-core machine).
+            torch.set_num_threads(cfg.threads)
+        if model is None:
+            model_dir = resolve_model_path(cfg.model)
+            model, tokenizer = load_generator(str(model_dir), device=cfg.device)
+            fmt = cfg.fmt or model_format(model_dir)
+        else:
+            fmt = cfg.fmt or "cif"
+        rec_t, rec_p = recommended_sampling(model)
+        contact_ratio, volume_window = resolve_physics(cfg.min_contact_ratio, cfg.volume_window)
+        self.cfg = cfg = SampleConfig(**{
+            **asdict(cfg), "fmt": fmt, "min_contact_ratio": contact_ratio, "volume_window": volume_window,
+            "steer_contact_ratio": resolve_steer(cfg.steer_contact_ratio, contact_ratio),
+            "steer_volume_window": resolve_volume_steer(cfg.steer_volume_window, volume_window),
+            "temperature": rec_t if cfg.temperature is None else cfg.temperature,
+            "top_p": rec_p if cfg.top_p is None else cfg.top_p})
+        self.model, self.tokenizer, self.targets = model, tokenizer, targets
+        self.device = next(model.parameters()).device
+        model.eval()
+        tokenizer.padding_side = "left"
+        self.formula = parse_formula(cfg.formula) if cfg.formula else None
+        self.vocab = Vocab(tokenizer) if cfg.constrained else None
+        self.stats = Stats()
+        self.max_lines = site_lines_for(cfg.max_new_tokens)
+        self.physics = dict(contact_ratio=cfg.min_contact_ratio, volume_window=window_tuple(cfg.volume_window),
+                            steer_ratio=cfg.steer_contact_ratio, volume_steer=window_tuple(cfg.steer_volume_window))
+        self.cond = Conditions(formula=self.formula, spacegroup=cfg.spacegroup, min_distance=cfg.min_distance,
+                               charge_balanced=cfg.charge_balanced, max_lines=self.max_lines, **self.physics)
+        self.grammar = GRAMMARS[fmt]
+        self.prompt = "" if cfg.constrained else _prompt(cfg, fmt, self.formula)
+
+    def rows(self, b: int) -> list[dict]:
+        """The ``samples.csv`` rows of batch ``b`` (drawn with seed ``(cfg.seed, b)``)."""
+        from llamat_cif.grammar import Conditions
+
+        cfg, targets = self.cfg, self.targets
+        start = b * cfg.batch_size
+        size = min(cfg.batch_size, cfg.n - start)
+        row_targets = [targets[start + i] if targets else (cfg.formula, cfg.spacegroup) for i in range(size)]
+        if targets and not cfg.constrained:
+            raise ValueError("--targets needs constrained decoding (prompts per row are not batched)")
+        conds = None
+        if cfg.constrained:
+            conds = [self.cond if not targets else
+                     Conditions(formula=parse_formula(f) if f else None, spacegroup=g,
+                                min_distance=cfg.min_distance, charge_balanced=cfg.charge_balanced,
+                                max_lines=self.max_lines, **self.physics)
+                     for f, g in row_targets]
+        new = draw_batch(self.model, self.tokenizer, size=size, seed=(cfg.seed, b), prompt=self.prompt,
+                         conditions=conds, grammar=self.grammar, vocab=self.vocab, stats=self.stats,
+                         temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                         max_new_tokens=cfg.max_new_tokens)
+        rows = []
+        for i in range(size):
+            ids = [t for t in new[i].tolist() if t != self.tokenizer.pad_token_id]
+            rows.append({"id": f"s{start + i:06d}", "fmt": cfg.fmt,
+                         **decode_sample(ids, self.tokenizer, prompt=self.prompt, fmt=cfg.fmt,
+                                         max_new_tokens=cfg.max_new_tokens),
+                         "target_formula": row_targets[i][0] or "", "target_spacegroup": row_targets[i][1] or "",
+                         "seed": cfg.seed, "batch": b, "n_tokens": len(ids), "constrained": cfg.constrained})
+        return rows
+
+
+def generate(cfg: SampleConfig, *, progress: bool = True, model=None, tokenizer=None, executor=None):
     """Sample ``cfg.n`` structures into ``cfg.out_dir`` (resumable); returns the samples table.
 
     Args:
         cfg: the run settings.
         progress: show a rich progress bar.
         model, tokenizer: an already loaded generator (else ``load_generator(cfg.model)``).
+        executor: a :class:`llamat_cif.executors.RayExecutor` to draw the batches on a Ray cluster
+            (each worker holds the model; batch ``b`` still uses seed ``(seed, b)``, so the rows are
+            those of a local run); None draws them here.
     """
     import pandas as pd
-    import torch
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from llamat_cif.grammar import GRAMMARS, Conditions, Stats, Vocab, site_lines_for
-    from llamat_cif.model import load_generator, resolve_model_path
-
-    if cfg.threads:
-        # Small models are launch-overhead bound on CPU; extra OpenMP threads only spin-wait
-        # (measured here: 59 ms/step with 1 thread, 1.3 s/step with 2 on a loaded 2-core machine).
-        torch.set_num_threads(cfg.threads)
-    formula = parse_formula(cfg.formula) if cfg.formula else None
     targets: list[tuple[str | None, int | None]] | None = None
     if cfg.targets:
-        tdf = pd.read_csv(cfg.targets, keep_default_na=False)
-        if "target_formula" not in tdf.columns and "target_spacegroup" not in tdf.columns:
-            raise ValueError(f"{cfg.targets}: needs a target_formula and/or target_spacegroup column")
-        targets = [(str(r.get("target_formula") or "") or None,
-                    int(r["target_spacegroup"]) if str(r.get("target_spacegroup", "")).strip() else None)
-                   for r in tdf.to_dict("records")]
+        targets = read_targets(cfg.targets)
         cfg = SampleConfig(**{**asdict(cfg), "n": len(targets)})
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "cifs").mkdir(exist_ok=True)
-    if model is None:
-        model_dir = resolve_model_path(cfg.model)
-        model, tokenizer = load_generator(str(model_dir), device=cfg.device)
-        fmt = cfg.fmt or model_format(model_dir)
+    sampler = None
+    if executor is None:
+        sampler = BatchSampler(cfg, model=model, tokenizer=tokenizer, targets=targets)
+        cfg = sampler.cfg
     else:
-        fmt = cfg.fmt or "cif"
-    rec_t, rec_p = recommended_sampling(model)
-    contact_ratio, volume_window = resolve_physics(cfg.min_contact_ratio, cfg.volume_window)
-    cfg = SampleConfig(**{**asdict(cfg), "fmt": fmt, "min_contact_ratio": contact_ratio,
-                          "volume_window": volume_window,
-                          "steer_contact_ratio": resolve_steer(cfg.steer_contact_ratio, contact_ratio),
-                          "steer_volume_window": resolve_volume_steer(cfg.steer_volume_window, volume_window),
-                          "temperature": rec_t if cfg.temperature is None else cfg.temperature,
-                          "top_p": rec_p if cfg.top_p is None else cfg.top_p})
+        cfg = executor.resolve_sampling(cfg, targets)
     shard = parse_shard("/".join(map(str, cfg.shard))) if cfg.shard else None
     _check_resume(out, cfg)
     (out / "sample_config.json").write_text(json.dumps({**asdict(cfg), "shard": None}, indent=2))
@@ -509,18 +586,13 @@ def generate(cfg: SampleConfig, *, progress: bool = True, model=None, tokenizer=
     mine = [b for b in range(n_batches) if shard is None or b % shard[1] == shard[0]]
     total = sum(min(cfg.batch_size, cfg.n - b * cfg.batch_size) for b in mine)
     done = total - sum(min(cfg.batch_size, cfg.n - b * cfg.batch_size) for b in todo)
-    device = next(model.parameters()).device
-    model.eval()
-    tokenizer.padding_side = "left"
-    vocab = Vocab(tokenizer) if cfg.constrained else None
-    stats = Stats()
-    max_lines = site_lines_for(cfg.max_new_tokens)
-    physics = dict(contact_ratio=cfg.min_contact_ratio, volume_window=window_tuple(cfg.volume_window),
-                   steer_ratio=cfg.steer_contact_ratio, volume_steer=window_tuple(cfg.steer_volume_window))
-    cond = Conditions(formula=formula, spacegroup=cfg.spacegroup, min_distance=cfg.min_distance,
-                      charge_balanced=cfg.charge_balanced, max_lines=max_lines, **physics)
-    grammar = GRAMMARS[fmt]
-    prompt = "" if cfg.constrained else _prompt(cfg, fmt, formula)
+    stats: dict[str, int] = {}
+    if sampler is not None:
+        device = str(sampler.device)
+        batches = ((b, sampler.rows(b)) for b in todo)
+    else:
+        device = executor.describe()
+        batches = executor.sample_batches(cfg, todo, targets, stats)
     t0 = time.time()
     new_rows = 0
     tokens_out = 0
@@ -533,39 +605,18 @@ def generate(cfg: SampleConfig, *, progress: bool = True, model=None, tokenizer=
             writer.writeheader()
             fh.flush()
         task = bar.add_task("gen", total=total, completed=done, note="")
-        for b in todo:
-            start = b * cfg.batch_size
-            size = min(cfg.batch_size, cfg.n - start)
-            row_targets = [targets[start + i] if targets else (cfg.formula, cfg.spacegroup) for i in range(size)]
-            if targets and not cfg.constrained:
-                raise ValueError("--targets needs constrained decoding (prompts per row are not batched)")
-            conds = None
-            if cfg.constrained:
-                conds = [cond if not targets else
-                         Conditions(formula=parse_formula(f) if f else None, spacegroup=g,
-                                    min_distance=cfg.min_distance, charge_balanced=cfg.charge_balanced,
-                                    max_lines=max_lines, **physics)
-                         for f, g in row_targets]
-            new = draw_batch(model, tokenizer, size=size, seed=(cfg.seed, b), prompt=prompt, conditions=conds,
-                             grammar=grammar, vocab=vocab, stats=stats, temperature=cfg.temperature,
-                             top_p=cfg.top_p, top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens)
-            rows = []
-            for i in range(size):
-                ids = [t for t in new[i].tolist() if t != tokenizer.pad_token_id]
-                tokens_out += len(ids)
-                sid = f"s{start + i:06d}"
-                row = {"id": sid, "fmt": fmt,
-                       **decode_sample(ids, tokenizer, prompt=prompt, fmt=fmt, max_new_tokens=cfg.max_new_tokens),
-                       "target_formula": row_targets[i][0] or "", "target_spacegroup": row_targets[i][1] or "",
-                       "seed": cfg.seed, "batch": b, "n_tokens": len(ids), "constrained": cfg.constrained}
+        for _b, rows in batches:
+            for row in rows:
+                tokens_out += int(row["n_tokens"])
                 if row["cif"]:
-                    (out / "cifs" / f"{sid}.cif").write_text(row["cif"])
-                rows.append(row)
+                    (out / "cifs" / f"{row['id']}.cif").write_text(row["cif"])
             writer.writerows(rows)
             fh.flush()
-            new_rows += size
+            new_rows += len(rows)
             el = time.time() - t0
-            bar.update(task, advance=size, note=f"{new_rows / el:.2f} structures/s, {tokens_out / el:.0f} tok/s")
+            bar.update(task, advance=len(rows), note=f"{new_rows / el:.2f} structures/s, {tokens_out / el:.0f} tok/s")
+    if sampler is not None:
+        stats = asdict(sampler.stats)
     wall = time.time() - t0
     df = pd.read_csv(samples, keep_default_na=False)
     if not df["id"].is_monotonic_increasing:  # batches merged from shards, then gaps drawn
@@ -578,10 +629,11 @@ def generate(cfg: SampleConfig, *, progress: bool = True, model=None, tokenizer=
         "this_session": {"new_rows": new_rows, "wall_s": round(wall, 2), "tokens": tokens_out,
                          "structures_per_s": round(new_rows / wall, 3) if wall else None,
                          "tokens_per_s": round(tokens_out / wall, 1) if wall else None,
-                         "constraint_fallbacks": stats.fallbacks, "lookahead_vetoes": stats.distance_vetoes,
-                         "lookahead_optimistic": stats.optimistic,
-                         "volume_window_widened": stats.window_widened},
-        "device": str(device),
+                         "constraint_fallbacks": stats.get("fallbacks", 0),
+                         "lookahead_vetoes": stats.get("distance_vetoes", 0),
+                         "lookahead_optimistic": stats.get("optimistic", 0),
+                         "volume_window_widened": stats.get("window_widened", 0)},
+        "device": device,
         "config": asdict(cfg),
     }
     if shard is None:

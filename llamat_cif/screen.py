@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -104,8 +105,18 @@ class ScreenError(RuntimeError):
 
 
 def run_screen(config: ScreenConfig, *, data_dir: str | Path | None = None, progress: bool = True,
-               on_stage: Hook | None = None) -> dict:
-    """Run (or resume) every stage and return the funnel dict (also ``out_dir/funnel.json``)."""
+               on_stage: Hook | None = None, executor: Any = None) -> dict:
+    """Run (or resume) every stage and return the funnel dict (also ``out_dir/funnel.json``).
+
+    Args:
+        config: the screen's settings.
+        data_dir: data folder override (hull, training set).
+        progress: rich progress bars.
+        on_stage: called with ``(stage, message)`` after each stage.
+        executor: a started :class:`llamat_cif.executors.RayExecutor` to run generation,
+            validation and relaxation on Ray (same files, same rows as a local run; deduplication,
+            S.U.N. and the funnel run here); None runs everything here.
+    """
     from llamat_cif.model import resolve_model_path
     from llamat_cif.stability.potentials import resolve_potential
 
@@ -120,12 +131,12 @@ def run_screen(config: ScreenConfig, *, data_dir: str | Path | None = None, prog
     timings: dict[str, float] = {}
 
     t = time.time()
-    samples = stage_generate(config, progress=progress)
+    samples = stage_generate(config, progress=progress, executor=executor)
     timings["generate"] = time.time() - t
     say("generate", f"{len(samples)} samples in samples.csv")
 
     t = time.time()
-    validity = stage_validate(config, data_dir=data_dir, progress=progress)
+    validity = stage_validate(config, data_dir=data_dir, progress=progress, executor=executor)
     timings["validate"] = time.time() - t
     n_valid = int(validity["valid"].fillna(False).astype(bool).sum())
     say("validate", f"{n_valid} / {len(validity)} valid; relaxing rows that pass: {config.relax_filter}")
@@ -136,7 +147,7 @@ def run_screen(config: ScreenConfig, *, data_dir: str | Path | None = None, prog
     say("deduplicate", f"{int(dedup['unique'].sum())} unique of {len(dedup)} passing {config.relax_filter}")
 
     t = time.time()
-    stab = stage_stability(config, samples, dedup, data_dir=data_dir, progress=progress)
+    stab = stage_stability(config, samples, dedup, data_dir=data_dir, progress=progress, executor=executor)
     timings["relax_ehull"] = time.time() - t
     say("relax + E_hull", f"{len(stab)} rows in stability.parquet")
 
@@ -146,6 +157,7 @@ def run_screen(config: ScreenConfig, *, data_dir: str | Path | None = None, prog
 
     funnel = build_funnel(config, samples, validity, dedup, stab, sun)
     funnel["wall_s_this_run"] = timings
+    funnel["executor"] = executor.describe() if executor is not None else "local"
     (out / "funnel.json").write_text(json.dumps(funnel, indent=2, default=str))
     return funnel
 
@@ -159,7 +171,7 @@ def _config_dict(config: ScreenConfig) -> dict:
 # ------------------------------------------------------------------------------------ stages
 
 
-def stage_generate(config: ScreenConfig, *, progress: bool = True) -> pd.DataFrame:
+def stage_generate(config: ScreenConfig, *, progress: bool = True, executor: Any = None) -> pd.DataFrame:
     """Generate (or finish generating) ``samples.csv``; skipped when it already has ``n`` rows."""
     path = Path(config.out_dir) / "samples.csv"
     if path.exists():
@@ -181,17 +193,18 @@ def stage_generate(config: ScreenConfig, *, progress: bool = True) -> pd.DataFra
                       min_contact_ratio=config.min_contact_ratio, volume_window=config.volume_window,
                       steer_contact_ratio=config.steer_contact_ratio,
                       steer_volume_window=config.steer_volume_window)
-    generate(sc, progress=progress)
+    generate(sc, progress=progress, executor=executor)
     return pd.read_csv(path, dtype={"id": str}, keep_default_na=False)
 
 
-def stage_validate(config: ScreenConfig, *, data_dir: str | Path | None = None, progress: bool = True) -> pd.DataFrame:
+def stage_validate(config: ScreenConfig, *, data_dir: str | Path | None = None, progress: bool = True,
+                   executor: Any = None) -> pd.DataFrame:
     """Validate ``samples.csv`` into ``validity.parquet`` (the validators resume by chunk)."""
     from llamat_cif.validators.run import run_validation
 
     out = Path(config.out_dir)
     run_validation(out / "samples.csv", out, n_jobs=max(1, config.n_workers), keep_cif=True, resume=True,
-                   progress=progress)
+                   progress=progress, executor=executor)
     v = pd.read_parquet(out / "validity.parquet")
     v["id"] = v["id"].astype(str)
     return v
@@ -241,7 +254,7 @@ def _valid_cifs(samples: pd.DataFrame, valid: pd.DataFrame) -> dict[str, str]:
 
 
 def stage_stability(config: ScreenConfig, samples: pd.DataFrame, dedup: pd.DataFrame, *,
-                    data_dir: str | Path | None = None, progress: bool = True) -> pd.DataFrame:
+                    data_dir: str | Path | None = None, progress: bool = True, executor: Any = None) -> pd.DataFrame:
     """Relax and score the unique valid structures into ``stability.parquet`` (resumes by row)."""
     out = Path(config.out_dir)
     validity = pd.read_parquet(out / "validity.parquet")
@@ -252,7 +265,7 @@ def stage_stability(config: ScreenConfig, samples: pd.DataFrame, dedup: pd.DataF
     sc = StabilityConfig(potential=config.potential, hull=config.hull, relax=config.relax,
                          n_workers=config.n_workers, batch_size=1 if len(items) < 64 else 8, device=config.device,
                          e_hull_metastable=config.e_hull_metastable)
-    return run_stability(items, out, sc, data_dir=data_dir, progress=progress)
+    return run_stability(items, out, sc, data_dir=data_dir, progress=progress, executor=executor)
 
 
 def stage_sun(config: ScreenConfig, stab: pd.DataFrame, *, n_generated: int,

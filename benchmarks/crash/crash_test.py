@@ -8,7 +8,7 @@ uninterrupted run, then a run that is killed with SIGKILL ``--kills`` times at r
 in a random share of the work, see ``_crash_loop``) and restarted each time with the same ``--out``,
 then finished. The finished folder must hold exactly
 the uninterrupted run's ids, each once, with the same values (E_hull to 1e-6 eV/atom, CIF text
-identical; screen: the same samples and funnel too). Then the stability and generate commands write
+identical; screen: the same samples and funnel too). Then each command writes
 into a tiny tmpfs until the disk is full, the tmpfs is grown
 (space freed) and the run is repeated: again exactly the uninterrupted rows (needs root for
 ``mount``; skipped otherwise). Writes ``crash_test.json`` with the counts; exits non-zero on any
@@ -81,11 +81,13 @@ def _first_output_s(cmd: list[str], env: dict, rows_file: Path) -> tuple[float, 
 
 
 def _crash_loop(name: str, cmd_for, read_rows, compare, rows_name: str, *, kills: int, rng, root: Path,
-                env: dict, by_time: bool = False) -> dict:
+                env: dict, by_time_share: float = 0.0) -> dict:
     """Kill at ``kills`` random moments: a quarter of the restarts die during start-up (imports,
     model load, reading what is done), the rest a random 0-1 row-times after the output file was
-    written again (inside the next relaxation or batch, or inside the next write). ``by_time``:
-    each restart dies at a random 4-10 % of the uninterrupted run's wall time instead."""
+    written again (inside the next relaxation or batch, or inside the next write). The first
+    ``by_time_share`` of the restarts (screen: the stages before the first stability row) die at a
+    random 4-10 % of the uninterrupted run's wall time instead; the rest after a write of
+    ``rows_name`` (screen: inside relaxations, S.U.N. and the funnel)."""
     ref_dir, crash_dir = root / f"{name}-uninterrupted", root / f"{name}-killed"
     startup, wall = _first_output_s(cmd_for(ref_dir), env, ref_dir / rows_name)
     ref = read_rows(ref_dir)
@@ -93,12 +95,12 @@ def _crash_loop(name: str, cmd_for, read_rows, compare, rows_name: str, *, kills
     killed = finished_early = 0
     delays = []
     per_row = work / max(len(ref), 1)
-    for _ in range(kills):
-        if by_time:  # stages without frequent writes (screen): a random moment of a full run's span
+    for k in range(kills):
+        if k < by_time_share * kills:  # stages without frequent writes: a random moment of a full run's span
             delay = float(rng.uniform(0.04, 0.10) * wall)
             done, _ = _run(cmd_for(crash_dir), env, kill_after=delay)
             delays.append(f"+{delay:.1f} s")
-        elif rng.uniform() < 0.25:  # a quarter die during start-up (imports, model, reading what is done)
+        elif not by_time_share and rng.uniform() < 0.25:  # a quarter die during start-up (imports, model, reading what is done)
             delay = float(rng.uniform(0.3, 1.0) * startup)
             done, _ = _run(cmd_for(crash_dir), env, kill_after=delay)
             delays.append(f"start-up +{delay:.2f} s")
@@ -116,17 +118,21 @@ def _crash_loop(name: str, cmd_for, read_rows, compare, rows_name: str, *, kills
     rows_before_final = len(read_rows(crash_dir))
     ok, _ = _run(cmd_for(crash_dir), env)  # finish
     got = read_rows(crash_dir)
-    problems = compare(ref, got) if ok else ["the final run failed"]
+    problems = compare(ref, got, ref_dir, crash_dir) if ok else ["the final run failed"]
     return {"uninterrupted_rows": len(ref), "rows_after_the_kills": rows_before_final, "final_rows": len(got),
             "kills": killed, "finished_before_all_kills": finished_early, "kill_points": delays,
             "uninterrupted_startup_s": round(startup, 1), "uninterrupted_wall_s": round(wall, 1),
             "duplicated_ids": int(got["id"].duplicated().sum()), "problems": problems, "ok": not problems}
 
 
-def _full_disk(name: str, cmd_for, read_rows, compare, *, root: Path, env: dict, size_kb: int) -> dict:
+def _full_disk(name: str, cmd_for, read_rows, compare, *, root: Path, env: dict, size_kb: int | None) -> dict:
     """Run into a ``size_kb`` tmpfs until the disk is full, then grow it (``mount -o remount``) and
-    rerun: the finished folder must equal the uninterrupted run. Needs root (``mount``)."""
+    rerun: the finished folder must equal the uninterrupted run. ``size_kb=None``: half of what
+    the uninterrupted run wrote, so the disk fills part-way. Needs root (``mount``)."""
     ref = read_rows(root / f"{name}-uninterrupted")
+    if size_kb is None:
+        written = sum(f.stat().st_size for f in (root / f"{name}-uninterrupted").rglob("*") if f.is_file())
+        size_kb = max(16, written // 2048)
     mnt = root / f"{name}-disk"
     mnt.mkdir(exist_ok=True)
     if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(mnt)],
@@ -142,7 +148,8 @@ def _full_disk(name: str, cmd_for, read_rows, compare, *, root: Path, env: dict,
         subprocess.run(["mount", "-o", "remount,size=50m", str(mnt)], check=True)
         ok, _ = _run(cmd_for(out), env)
         got = read_rows(out)
-        problems = compare(ref, got) if ok else ["the rerun after freeing space failed"]
+        problems = compare(ref, got, root / f"{name}-uninterrupted", out) if ok else \
+            ["the rerun after freeing space failed"]
         return {"disk_kb": size_kb, "first_run_failed": not first_ok, "rows_when_full": rows_when_full,
                 "final_rows": len(got), "duplicated_ids": int(got["id"].duplicated().sum()),
                 "problems": problems, "ok": not problems and not first_ok}
@@ -155,7 +162,7 @@ def stab_rows(out: Path) -> pd.DataFrame:
     return pd.read_parquet(p) if p.exists() else pd.DataFrame({"id": []})
 
 
-def stab_compare(ref: pd.DataFrame, got: pd.DataFrame) -> list[str]:
+def stab_compare(ref: pd.DataFrame, got: pd.DataFrame, *_dirs: Path) -> list[str]:
     """Same ids, once each, E_hull within 1e-6 eV/atom, same errors."""
     out = []
     if sorted(got["id"]) != sorted(ref["id"]):
@@ -222,7 +229,7 @@ def main() -> None:
             p = out / "samples.csv"
             return pd.read_csv(p, dtype={"id": str}, keep_default_na=False) if p.exists() else pd.DataFrame({"id": []})
 
-        def gen_compare(ref: pd.DataFrame, got: pd.DataFrame) -> list[str]:
+        def gen_compare(ref: pd.DataFrame, got: pd.DataFrame, *_dirs: Path) -> list[str]:
             if list(got["id"]) != list(ref["id"]):
                 return [f"ids differ: {len(got)} rows vs {len(ref)}"]
             return [] if list(got["cif"]) == list(ref["cif"]) else ["CIF texts differ"]
@@ -235,22 +242,26 @@ def main() -> None:
             return [exe, "screen", "-n", "24", "--batch-size", "2", "--seed", "0", "--max-steps", "60",
                     "--out", str(out)]
 
-        def screen_compare(ref: pd.DataFrame, got: pd.DataFrame) -> list[str]:
+        def screen_compare(ref: pd.DataFrame, got: pd.DataFrame, ref_dir: Path, got_dir: Path) -> list[str]:
             problems = stab_compare(ref, got) if len(got) else ["no stability rows"]
-            a = pd.read_csv(root / "screen-uninterrupted" / "samples.csv", dtype={"id": str}, keep_default_na=False)
-            b = pd.read_csv(root / "screen-killed" / "samples.csv", dtype={"id": str}, keep_default_na=False)
+            a = pd.read_csv(ref_dir / "samples.csv", dtype={"id": str}, keep_default_na=False)
+            b = pd.read_csv(got_dir / "samples.csv", dtype={"id": str}, keep_default_na=False)
             if list(a["id"]) != list(b["id"]) or list(a["cif"]) != list(b["cif"]):
                 problems.append("samples differ")
-            fa = json.loads((root / "screen-uninterrupted" / "funnel.json").read_text())["stages"]
-            fb = json.loads((root / "screen-killed" / "funnel.json").read_text())["stages"]
+            fa = json.loads((ref_dir / "funnel.json").read_text())["stages"]
+            fb = json.loads((got_dir / "funnel.json").read_text())["stages"]
             if [(x["stage"], x["numerator"]) for x in fa] != [(x["stage"], x["numerator"]) for x in fb]:
                 problems.append("funnels differ")
             return problems
 
+        # half the kills in generation/validation (by time), half after a stability row was written
         out = {"screen": _crash_loop("screen", screen_cmd, stab_rows, screen_compare, "stability.parquet",
-                                     kills=args.kills, rng=rng, root=root, env=env, by_time=True)}
+                                     kills=args.kills, rng=rng, root=root, env=env, by_time_share=0.5)}
         print("screen:", json.dumps(out["screen"]), flush=True)
         results.update(out)
+        results["screen_full_disk"] = _full_disk("screen", screen_cmd, stab_rows, screen_compare, root=root,
+                                                 env=env, size_kb=None)
+        print("screen, full disk:", json.dumps(results["screen_full_disk"]), flush=True)
 
     record.write_text(json.dumps(results, indent=2))
     bad = [k for k, v in results.items() if isinstance(v, dict) and not v["ok"]]

@@ -37,16 +37,29 @@ from llamat_cif.stability.relax import quiet_warnings
               show_default=True, help="Which samples are relaxed: CDVAE-valid, structurally valid, or all parsed.")
 @click.option("--workers", type=int, default=1, show_default=True, help="Processes for validation/relaxation.")
 @click.option("--device", default=None, help="cpu / cuda (default: cuda when available).")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="ray: generation, validation and relaxation as Ray tasks (pip install -e '.[ray]'); same "
+                   "files and rows as local, for the same seed.")
+@click.option("--address", default=None,
+              help="With --executor ray: 'auto' or HOST:PORT of a running cluster (ray start --head); "
+                   "default: start Ray on this machine.")
+@click.option("--ray-cpus", type=click.IntRange(min=1), default=None,
+              help="With --executor ray and no --address: CPUs of the Ray instance started here (default: all).")
 @click.option("--progress/--no-progress", default=True)
 @seed_option
 @data_dir_option
 def screen(n, model, potential, out_dir, formula, spacegroup, temperature, top_p, top_k, min_contact_ratio,
            steer_contact_ratio, steer_volume_window, volume_window, batch_size, fmax,
-           max_steps, time_limit, hull_path, relax_filter, workers, device, progress, seed, data_dir) -> None:
+           max_steps, time_limit, hull_path, relax_filter, workers, device, executor, address, ray_cpus,
+           progress, seed, data_dir) -> None:
     """Generate N crystals and screen them down to stable, unique, novel candidates.
 
     Stages: generate -> validate -> deduplicate -> relax (FIRE) -> E_hull (MP-20 reference hull)
-    -> S.U.N. -> funnel. Each stage streams into --out; rerunning resumes.
+    -> S.U.N. -> funnel. Each stage streams into --out; rerunning resumes (with either executor).
+
+    \b
+    On Ray:  ray start --head --num-cpus 8        (then `ray start --address HEAD:6379` on workers)
+             llamat-cif screen -n 10000 --out runs/big --executor ray --address auto
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     quiet_warnings()
@@ -54,6 +67,17 @@ def screen(n, model, potential, out_dir, formula, spacegroup, temperature, top_p
     from llamat_cif.screen import ScreenConfig, ScreenError, run_screen
     from llamat_cif.stability import HullError, PotentialError, RelaxConfig, StabilityResumeError
 
+    from llamat_cif.executors.ray_executor import RayUnavailable, executor_from_options
+
+    if executor == "local" and ray_cpus is not None:
+        fail("--ray-cpus applies to --executor ray")
+    if address is not None and ray_cpus is not None:
+        fail("--ray-cpus sizes a Ray instance started here; a cluster at --address has its own")
+    try:
+        runner = executor_from_options(executor, address, ray_cpus)
+    except ValueError as exc:
+        fail(str(exc))
+        return
     try:
         cfg = ScreenConfig(n=n, out_dir=out_dir, model=model, potential=potential, seed=seed, formula=formula,
                            spacegroup=spacegroup, temperature=temperature, top_p=top_p, top_k=top_k,
@@ -62,10 +86,17 @@ def screen(n, model, potential, out_dir, formula, spacegroup, temperature, top_p
                            volume_window=volume_window,
                            relax=RelaxConfig(fmax=fmax, max_steps=max_steps, time_limit_s=time_limit),
                            hull=hull_path, relax_filter=relax_filter, n_workers=workers, device=device)
-        funnel = run_screen(cfg, data_dir=data_dir, progress=progress,
-                            on_stage=lambda stage, msg: console.print(f"[bold]{stage}[/]: {msg}"))
+        if runner is not None:
+            runner.start()
+            console.print(f"[bold]executor[/]: {runner.describe()}")
+        try:
+            funnel = run_screen(cfg, data_dir=data_dir, progress=progress, executor=runner,
+                                on_stage=lambda stage, msg: console.print(f"[bold]{stage}[/]: {msg}"))
+        finally:
+            if runner is not None:
+                runner.shutdown()
     except (PotentialError, HullError, ScreenError, StabilityResumeError, ModelLoadError, ValueError,
-            OSError) as exc:
+            OSError, RayUnavailable) as exc:
         fail(str(exc))
     print_funnel(funnel)
     console.print(f"results in {out_dir}: samples.csv, validity.parquet, stability.parquet, sun.json, funnel.json")

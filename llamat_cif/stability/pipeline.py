@@ -239,6 +239,7 @@ def run_stability(
     data_dir: str | Path | None = None,
     progress: bool = True,
     filename: str = "stability.parquet",
+    executor: Any = None,
 ) -> pd.DataFrame:
     """Relax and score structures, resuming from ``out_dir/stability.parquet``.
 
@@ -255,6 +256,8 @@ def run_stability(
         data_dir: data folder for the reference hull.
         progress: show a rich progress bar.
         filename: name of the rows file inside ``out_dir``.
+        executor: a :class:`llamat_cif.executors.RayExecutor` to relax on Ray (scored and written
+            here, as a local run); None relaxes here or in ``config.n_workers`` processes.
 
     Returns:
         All rows in the output file (earlier runs included).
@@ -268,7 +271,8 @@ def run_stability(
     summary_path = out / filename.replace(".parquet", "_summary.json")
     if (out / filename).exists():
         check_resume_compatible(summary_path, config)
-    pot = potential or load_potential(config.potential, device=config.device)
+    # on Ray the workers load the potential; here it only declares its energy scale for the hull
+    pot = potential or load_potential(config.potential, device="cpu" if executor is not None else config.device)
     is_mp = hull is None and config.hull is None
     if hull is None:
         hull = Hull.from_file(config.hull) if config.hull else Hull.from_data_dir(data_dir)
@@ -291,6 +295,7 @@ def run_stability(
     protocol = {
         "relax": config.relax.protocol(), **pot.protocol(), **hull.protocol(),
         "e_hull_metastable": config.e_hull_metastable, "n_workers": config.n_workers,
+        "executor": executor.describe() if executor is not None else "local",
         "torch_threads": _torch_threads(config),
         "environment": environment_info(),
     }
@@ -322,7 +327,7 @@ def run_stability(
     with bar:
         task = bar.add_task("relax + E_hull", total=len(triples), completed=len(triples) - len(todo))
         for row in relax_many(checked(), pot_arg, config.relax, n_workers=config.n_workers, device=config.device,
-                              threads=config.threads):
+                              threads=config.threads, executor=executor):
             batch.append(score_row(row, hull, pot))
             bar.advance(task)
             flush()

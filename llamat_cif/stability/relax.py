@@ -253,6 +253,7 @@ def relax_many(
     device: str | None = None,
     on_row: Callable[[dict], None] | None = None,
     threads: int | None = None,
+    executor: Any = None,
 ) -> Iterator[dict]:
     """Relax many structures, yielding result rows as they finish (not in input order).
 
@@ -266,7 +267,15 @@ def relax_many(
         on_row: called with each row as it finishes.
         threads: torch intra-op threads of an in-process relaxation (``n_workers`` 1); None leaves
             torch's setting. Pool workers always use one thread each.
+        executor: a :class:`llamat_cif.executors.RayExecutor`: relax on Ray workers (one torch
+            thread each, the potential loaded once per worker) instead of here.
     """
+    if executor is not None:
+        for row in executor.relax(items, potential, config, device=device):
+            if on_row:
+                on_row(row)
+            yield row
+        return
     if n_workers <= 1:
         if threads is not None:
             import torch

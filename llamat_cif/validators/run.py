@@ -315,6 +315,7 @@ def run_validation(
     keep_cif: bool = True,
     resume: bool = True,
     progress: bool | Callable[[int], None] = False,
+    executor: Any = None,
     **thresholds: Any,
 ) -> dict[str, Any]:
     """Validate any supported input, streaming, and write ``validity.parquet`` + ``validity_summary.json``.
@@ -332,6 +333,8 @@ def run_validation(
             stability stage.
         resume: reuse finished chunks of an interrupted run with the same input and settings.
         progress: ``True`` for a rich progress bar, or a callback receiving the rows done so far.
+        executor: a :class:`llamat_cif.executors.RayExecutor` to validate the chunks on Ray (same
+            parts, rows and summary; the input is read in full first); None: local worker processes.
         **thresholds: fields of :class:`~llamat_cif.validators.core.Thresholds`.
 
     Returns:
@@ -387,6 +390,16 @@ def run_validation(
 
     pool = None
     hard_limit_s = None
+    todo: list[tuple[int, list[dict[str, Any]]]] = []
+
+    def commit(k: int, rows: list[dict[str, Any]]) -> None:
+        part = parts / f"part-{k:06d}.parquet"
+        table = rows_to_arrow(rows)
+        tmp = part.with_suffix(".tmp")
+        pq.write_table(table, tmp)
+        tmp.replace(part)  # a part exists only when complete: safe to resume from
+        counter.update(arrow_to_frame(table.drop_columns(["cif"])))
+
     try:
         for k, chunk in enumerate(_chunks(records, chunk_size)):
             part = parts / f"part-{k:06d}.parquet"
@@ -398,18 +411,22 @@ def run_validation(
                     for _ in range(len(df)):
                         tick()
                     continue
+            if executor is not None:
+                todo.append((k, chunk))
+                continue
             if pool is None:
                 # always in worker processes, whatever the input size: only a worker can be killed
                 # when a structure holds C code (CrystalNN's Voronoi step, spglib) past the limit;
                 # a worker from the fork server costs ~50 ms, the server itself ~1.5 s once
                 pool = ValidationPool(max(1, n_jobs), t, timeout_s=timeout_s, keep_cif=keep_cif)
                 hard_limit_s = pool.hard_timeout_s
-            rows = _validate_records(chunk, t, pool=pool, timeout_s=timeout_s, keep_cif=keep_cif, on_row=tick)
-            table = rows_to_arrow(rows)
-            tmp = part.with_suffix(".tmp")
-            pq.write_table(table, tmp)
-            tmp.replace(part)  # a part exists only when complete: safe to resume from
-            counter.update(arrow_to_frame(table.drop_columns(["cif"])))
+            commit(k, _validate_records(chunk, t, pool=pool, timeout_s=timeout_s, keep_cif=keep_cif, on_row=tick))
+        if todo:
+            hard_limit_s = timeout_s * 1.5 + 5.0
+            for k, rows in executor.validate_chunks(todo, t, timeout_s=timeout_s, keep_cif=keep_cif):
+                commit(k, rows)
+                for _ in rows:
+                    tick()
     finally:
         if pool is not None:
             pool.close()
@@ -434,6 +451,7 @@ def run_validation(
         "input": str(input_path) if not isinstance(input_path, pd.DataFrame) else f"DataFrame ({len(input_path)} rows)",
         "rows_file": ROWS_FILE,
         "n_jobs": n_jobs,
+        "executor": executor.describe() if executor is not None else "local",
         "timeout_s": timeout_s,
         "hard_time_limit_s": hard_limit_s,  # None when every row came from an interrupted run's parts
         "chunk_size": chunk_size,
