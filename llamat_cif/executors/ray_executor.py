@@ -21,6 +21,7 @@ the screen.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 import warnings
@@ -144,6 +145,7 @@ class RayExecutor:
         if not ray.is_initialized():
             env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
             kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False,
+                                          logging_level=logging.ERROR,
                                           runtime_env={"env_vars": env} if env else None)
             if self.address is None:
                 kwargs["num_cpus"] = self.num_cpus
