@@ -63,11 +63,10 @@ def screen(n, model, potential, out_dir, formula, spacegroup, temperature, top_p
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     quiet_warnings()
+    from llamat_cif.executors.ray_executor import RayUnavailable, executor_from_options
     from llamat_cif.model import ModelLoadError
     from llamat_cif.screen import ScreenConfig, ScreenError, run_screen
     from llamat_cif.stability import HullError, PotentialError, RelaxConfig, StabilityResumeError
-
-    from llamat_cif.executors.ray_executor import RayUnavailable, executor_from_options
 
     if executor == "local" and ray_cpus is not None:
         fail("--ray-cpus applies to --executor ray")
