@@ -7,7 +7,8 @@ Each stage keeps its own output files and resume rules (``samples.csv`` by batch
   :class:`~llamat_cif.sample.BatchSampler` that each worker process loads once and keeps, so the
   candidates are those of a local run with the same seed;
 * **validation**: each chunk of the local run is cut into sub-chunks of ``validate_chunk`` texts;
-* **relaxation**: one task per structure; each worker process loads the potential once.
+* **relaxation**: one task per structure; each worker process loads the potential once (with
+  ``--device cuda``, each task asks for a quarter of a GPU).
 
 Results come back to the driver, which writes them (no shared file system needed). Every task
 asks for ``num_cpus`` (and a GPU for sampling when the cluster has one); at most
@@ -332,8 +333,10 @@ class RayExecutor:
         scale = potential.energy_scale if isinstance(potential, Potential) else None
         limit = self.relax_timeout_s or 2.0 * config.time_limit_s + 120.0
         payloads = ([(sid, s if isinstance(s, str) else s.to(fmt="cif"))] for sid, s in items)
+        # a GPU device asks Ray for a share of a GPU (four relaxations per GPU), else CPU only
+        gpu_share = 0.25 if device and str(device).startswith("cuda") else 0.0
         for payload, rows, error in self.imap(_relax_task, payloads, args=(spec, device or "cpu", scale, config),
-                                              timeout_s=lambda p: limit * len(p)):
+                                              num_gpus=gpu_share, timeout_s=lambda p: limit * len(p)):
             if error is not None:
                 rows = [error_row(payload[0][0], error)]
             yield from rows
