@@ -151,3 +151,16 @@ def test_killed_worker_still_gives_every_row_once(local_run, executor, tmp_path)
     assert "error" not in result, result.get("error")
     assert killed is not None, "no sampling worker was seen"
     _assert_same_screen(local_run, tmp_path / "ray")
+
+
+def test_no_cluster_at_address_is_a_one_line_error(tmp_path):
+    from click.testing import CliRunner
+
+    from llamat_cif.cli import main
+
+    res = CliRunner().invoke(main, ["screen", "-n", "1", "--out", str(tmp_path / "x"), "--executor", "ray",
+                                    "--address", "127.0.0.1:1"])
+    assert res.exit_code != 0 and "no Ray cluster answers at 127.0.0.1:1" in res.output
+    assert not (tmp_path / "x").exists()
+    res = CliRunner().invoke(main, ["screen", "-n", "1", "--out", str(tmp_path / "y"), "--address", "auto"])
+    assert res.exit_code != 0 and "--address applies to --executor ray" in res.output

@@ -111,6 +111,21 @@ def _relax_task(spec: str, device: str | None, scale: str | None, config, items:
 # ------------------------------------------------------------------------------------- the executor
 
 
+def _probe(address: str, timeout_s: float = 5.0) -> None:
+    """Fail at once (not after Ray's minute of retries) when nothing listens at ``HOST:PORT``."""
+    import socket
+
+    if address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s):
+            return
+    except (OSError, ValueError) as exc:
+        raise RayUnavailable(f"no Ray cluster answers at {address} ({exc}); start one with "
+                             "`ray start --head`, or drop --address to start Ray here") from None
+
+
 @dataclass
 class RayExecutor:
     """Run a screen's stages on Ray.
@@ -151,6 +166,7 @@ class RayExecutor:
             if self.address is None:
                 kwargs["num_cpus"] = self.num_cpus
             else:
+                _probe(self.address)
                 kwargs["address"] = self.address
             try:
                 with warnings.catch_warnings():
