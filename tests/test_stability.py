@@ -476,3 +476,25 @@ def test_summary_reports_rates_over_converged_rows():
     assert (s["metastable_converged"]["numerator"], s["metastable_converged"]["denominator"]) == (1, 2)
     assert (s["stable_converged"]["numerator"], s["stable_converged"]["denominator"]) == (1, 2)
     assert s["n_unconverged_scored"] == 2 and s["median_e_hull_converged"] == pytest.approx(0.15)
+
+
+def test_primitive_cell_is_relaxed_and_both_site_counts_recorded():
+    """A conventional fcc Cu cell (4 sites) is relaxed as its 1-site primitive cell; the energy per
+    atom of the two agrees (same crystal); as-given keeps 4 sites; P1 with no reduction stays."""
+    from pymatgen.core import Lattice, Structure
+
+    from llamat_cif.stability import RelaxConfig, load_potential
+    from llamat_cif.stability.relax import primitive_cell, relax_structure
+
+    conv = Structure.from_spacegroup("Fm-3m", Lattice.cubic(3.61), ["Cu"], [[0, 0, 0]])
+    assert len(conv) == 4 and len(primitive_cell(conv)) == 1
+    odd = Structure(Lattice.orthorhombic(3.0, 4.0, 5.0), ["Na", "Cl"], [[0, 0, 0], [0.31, 0.17, 0.43]])
+    assert primitive_cell(odd) is odd
+    pot = load_potential("chgnet", device="cpu")
+    prim = relax_structure(conv, pot, RelaxConfig(max_steps=20), sid="cu")
+    given = relax_structure(conv, pot, RelaxConfig(max_steps=20, primitive=False), sid="cu")
+    assert (prim["n_sites_input"], prim["n_sites"]) == (4, 1)
+    assert (given["n_sites_input"], given["n_sites"]) == (4, 4)
+    assert not prim["error"] and not given["error"]
+    assert abs(prim["energy_per_atom"] - given["energy_per_atom"]) < 0.01
+    assert abs(prim["volume_change"] - given["volume_change"]) < 0.02  # per atom, comparable

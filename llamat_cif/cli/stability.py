@@ -27,6 +27,9 @@ from llamat_cif.stability.relax import quiet_warnings
 @click.option("--rescale-volume", is_flag=True,
               help="Scale each structure isotropically to its composition-predicted volume before "
                    "relaxing (llamat_cif.physics.rescale_to_predicted); recorded in the protocol.")
+@click.option("--cell", type=click.Choice(["primitive", "as-given"]), default="primitive", show_default=True,
+              help="Relax and score the primitive cell (spglib, symprec 0.1 Å) when it has fewer sites, or "
+                   "the cell as given. n_sites_input / n_sites record both site counts.")
 @click.option("--workers", type=int, default=1, show_default=True, help="Worker processes (CPU).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="torch threads of a one-worker run (default: torch's); each of several workers uses 1.")
@@ -36,8 +39,8 @@ from llamat_cif.stability.relax import quiet_warnings
 @click.option("--progress/--no-progress", default=True)
 @seed_option
 @data_dir_option
-def stability(input_path, out_dir, potential, hull_path, fmax, max_steps, time_limit, rescale_volume, workers,
-              threads, batch_size, device, limit, progress, seed, data_dir) -> None:
+def stability(input_path, out_dir, potential, hull_path, fmax, max_steps, time_limit, rescale_volume, cell,
+              workers, threads, batch_size, device, limit, progress, seed, data_dir) -> None:
     """Relax INPUT's structures (FIRE + FrechetCellFilter) and compute E_hull.
 
     INPUT: a run folder with samples.csv (valid rows only when validity.parquet exists), a folder
@@ -74,7 +77,7 @@ def stability(input_path, out_dir, potential, hull_path, fmax, max_steps, time_l
         fail("--out is required when INPUT is a file")
     cfg = StabilityConfig(potential=potential, hull=hull_path,
                           relax=RelaxConfig(fmax=fmax, max_steps=max_steps, time_limit_s=time_limit,
-                                            rescale_volume=rescale_volume),
+                                            rescale_volume=rescale_volume, primitive=cell == "primitive"),
                           n_workers=workers, batch_size=batch_size, device=device, threads=threads)
     console.print(f"{len(items)} structures -> {out / 'stability.parquet'} (potential {potential}, fmax {fmax}"
                   + (", rescaled to the predicted volume first)" if rescale_volume else ")"))

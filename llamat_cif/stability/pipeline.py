@@ -32,7 +32,7 @@ E_HULL_METASTABLE = 0.1
 E_HULL_STABLE = 0.0
 
 STABILITY_COLUMNS = [
-    "id", "formula", "n_sites", "converged", "n_steps", "wall_s", "cpu_s", "energy_initial_per_atom",
+    "id", "formula", "n_sites", "n_sites_input", "converged", "n_steps", "wall_s", "cpu_s", "energy_initial_per_atom",
     "energy_per_atom", "energy_corrected_per_atom", "e_form_per_atom", "e_hull", "volume_change",
     "volume_rescale", "relaxed_cif", "error",
 ]
@@ -187,8 +187,9 @@ def check_resume_compatible(summary_path: str | Path, config: StabilityConfig) -
         old = json.loads(path.read_text()).get("config") or {}
     except (OSError, ValueError):
         return
-    # settings absent from older files had their (then only) default value
-    old_relax = {**asdict(RelaxConfig()), **(old.get("relax") or {})}
+    # settings absent from older files had their (then only) default value; rows from before the
+    # primitive-cell reduction were relaxed as given
+    old_relax = {**asdict(RelaxConfig()), "primitive": False, **(old.get("relax") or {})}
     new_relax = asdict(config.relax)
     diffs = [f"relax.{k}: {old_relax.get(k)!r} -> {v!r}" for k, v in new_relax.items() if old_relax.get(k) != v]
     for key in ("potential", "hull"):
