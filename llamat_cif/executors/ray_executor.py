@@ -158,6 +158,8 @@ class RayExecutor:
             import ray
         except ImportError as exc:
             raise RayUnavailable("the Ray executor needs Ray: pip install -e '.[ray]'") from exc
+        if self.address is not None:
+            _probe(self.address)  # also when this process already holds a Ray connection
         if not ray.is_initialized():
             env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
             kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False,
@@ -166,7 +168,6 @@ class RayExecutor:
             if self.address is None:
                 kwargs["num_cpus"] = self.num_cpus
             else:
-                _probe(self.address)
                 kwargs["address"] = self.address
             try:
                 with warnings.catch_warnings():
