@@ -178,13 +178,7 @@ def stage_generate(config: ScreenConfig, *, progress: bool = True, executor: Any
         df = pd.read_csv(path, dtype={"id": str}, keep_default_na=False)
         if len(df) >= config.n:
             return df
-    try:
-        from llamat_cif.sample import SampleConfig, generate
-    except ImportError as exc:
-        raise ScreenError(
-            f"cannot generate: {exc}. Put an existing samples.csv (columns id, text, fmt, cif, ...) "
-            f"into {config.out_dir} to screen it, or install the generation module."
-        ) from exc
+    from llamat_cif.sample import SampleConfig, generate
 
     sc = SampleConfig(n=config.n, model=config.model, out_dir=str(config.out_dir), formula=config.formula,
                       spacegroup=config.spacegroup, temperature=config.temperature, top_p=config.top_p,

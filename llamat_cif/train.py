@@ -851,15 +851,10 @@ def _progress(enabled: bool) -> Any:
 
 
 def _versions() -> dict[str, str]:
-    import importlib.metadata as md
+    from llamat_cif.protocol import package_versions
 
-    out = {}
-    for pkg in ("torch", "transformers", "peft", "accelerate", "tokenizers", "numpy", "llamat-cif"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return out
+    found = package_versions(("torch", "transformers", "peft", "accelerate", "tokenizers", "numpy", "llamat-cif"))
+    return {k: v for k, v in found.items() if v is not None}
 
 
 # ---------------------------------------------------------------------------------------------

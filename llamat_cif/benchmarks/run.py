@@ -49,7 +49,6 @@ import platform
 import time
 import warnings
 from dataclasses import asdict, dataclass, replace
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +73,7 @@ from llamat_cif.benchmarks.stability_metrics import (
     sun_rates,
 )
 from llamat_cif.benchmarks.validity import load_or_compute_validity, validity_rates
+from llamat_cif.protocol import hardware, package_versions
 
 PACKAGES = ("llamat-cif", "numpy", "scipy", "pandas", "pymatgen", "matminer", "pymatviz", "smact",
             "matplotlib", "chgnet")
@@ -174,27 +174,11 @@ class BenchmarkConfig:
 
 
 def _versions() -> dict[str, str | None]:
-    out = {}
-    for p in PACKAGES:
-        try:
-            out[p] = metadata.version(p)
-        except metadata.PackageNotFoundError:
-            out[p] = None
-    out["python"] = platform.python_version()
-    return out
+    return {**package_versions(PACKAGES), "python": platform.python_version()}
 
 
 def _hardware() -> dict[str, Any]:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
-            "machine": platform.machine()}
+    return hardware()
 
 
 def read_samples(run_dir: Path) -> pd.DataFrame:
@@ -817,16 +801,13 @@ def _input_validity(samples: pd.DataFrame, out: Path, say, *, stem: str = "valid
 
 def _reference_validity(ref: pd.DataFrame, cfg: BenchmarkConfig) -> np.ndarray | None:
     """CDVAE validity (structural and SMACT) of the reference structures, for the crystal-text-llm
-    protocol; cached beside the reference fingerprints. None when the validators are unavailable.
+    protocol; cached beside the reference fingerprints.
 
     Only the two CDVAE checks are run (through the validators' own functions), not the whole suite:
     the self-consistency checks would cost minutes on 7,342 structures and do not enter this number.
     """
-    try:
-        from llamat_cif.validators import compositional_validity, structural_validity
-    except ImportError:
-        return None
     from llamat_cif.benchmarks.fingerprints import cache_dir, set_key
+    from llamat_cif.validators import compositional_validity, structural_validity
 
     cifs = ref["cif"].tolist()
     path = cache_dir(cfg.cache_dir) / set_key(cifs) / "cdvae_validity.npy"

@@ -218,14 +218,9 @@ class StabilityConfig:
 
 def environment_info() -> dict:
     """Package versions and hardware, for the protocol record."""
-    import importlib.metadata as md
+    from llamat_cif.protocol import package_versions
 
-    vers = {}
-    for pkg in ("llamat-cif", "chgnet", "matgl", "pymatgen", "ase", "torch"):
-        try:
-            vers[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            vers[pkg] = None
+    vers = package_versions(("llamat-cif", "chgnet", "matgl", "pymatgen", "ase", "torch"))
     return {"versions": vers, "python": platform.python_version(), "machine": platform.machine(),
             "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()}
 

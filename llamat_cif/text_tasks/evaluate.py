@@ -15,8 +15,6 @@ gives the same answers as an uninterrupted one.
 from __future__ import annotations
 
 import json
-import os
-import platform
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -24,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llamat_cif.protocol import hardware, package_versions
 from llamat_cif.text_tasks.metrics import HEADLINE, Rate, score_task
 from llamat_cif.text_tasks.parsing import cut_at_stop, parse_prediction
 from llamat_cif.text_tasks.prompts import IM_END, build_prompt, has_chat_template, stop_strings
@@ -182,26 +181,14 @@ def generate_batch(
 
 
 def _versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {}
-    for pkg in ("llamat-cif", "torch", "transformers", "peft", "tokenizers", "jellyfish"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
+    return package_versions(("llamat-cif", "torch", "transformers", "peft", "tokenizers", "jellyfish"),
+                            missing="not installed")
 
 
 def _hardware(device: str) -> dict[str, Any]:
     import torch
 
-    info: dict[str, Any] = {
-        "device": device,
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-    }
+    info = hardware(device=device, torch_threads=torch.get_num_threads())
     if device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info

@@ -41,13 +41,10 @@ class Parsed:
 
 
 def detect_fmt(text: str) -> str:
-    """``"cif"`` or ``"llamat"`` (the project's detector when present, else a CIF-tag test)."""
-    try:
-        from llamat_cif.cif import detect_format
+    """``"cif"`` or ``"llamat"`` (:func:`llamat_cif.cif.detect_format`)."""
+    from llamat_cif.cif import detect_format
 
-        return detect_format(text)
-    except ImportError:  # pragma: no cover - cif.py is part of the package
-        return "cif" if ("_cell_length_a" in text or text.lstrip().startswith("data_")) else "llamat"
+    return detect_format(text)
 
 
 def _stated_cell_problem(text: str) -> str | None:

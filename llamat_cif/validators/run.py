@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import shutil
 import time
@@ -187,20 +186,18 @@ class SummaryCounter:
 
 
 def package_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
+    """The versions the validators' numbers depend on (recorded in every summary)."""
+    from llamat_cif.protocol import package_versions as versions
 
-    out = {"python": platform.python_version()}
-    for pkg in ("llamat-cif", "pymatgen", "smact", "spglib", "numpy", "pandas", "pyarrow"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
+    return versions(("llamat-cif", "pymatgen", "smact", "spglib", "numpy", "pandas", "pyarrow"),
+                    missing="not installed", python=True)
 
 
 def hardware() -> dict[str, Any]:
-    return {"platform": platform.platform(), "machine": platform.machine(), "cpu_count": os.cpu_count(),
-            "processor": platform.processor() or "unknown"}
+    """The machine (recorded in every summary)."""
+    from llamat_cif.protocol import hardware as machine
+
+    return machine(processor=platform.processor() or "unknown")
 
 
 # ------------------------------------------------------------------------------------ running
