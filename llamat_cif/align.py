@@ -50,6 +50,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from llamat_cif.protocol import CDVAE_MIN_DISTANCE, E_HULL_METASTABLE
+
 #: reward of a sample that is invalid, does not parse or fails to relax (below any relaxed sample)
 INVALID_REWARD = -2.0
 
@@ -76,7 +78,7 @@ class AlignConfig:
     relax_time_limit_s: float = 120.0
     e_hull_cap: float = 1.0  # reward = -min(E_hull, cap), eV/atom
     invalid_reward: float = INVALID_REWARD
-    metastable: float = 0.1  # eV/atom, for the per-round record
+    metastable: float = E_HULL_METASTABLE  # eV/atom, for the per-round record
     # pairs and DPO update
     pair_margin: float = 0.05  # eV/atom: a relaxed, eligible rival loses only when this much worse
     pairs_per_prompt: int = 3
@@ -498,7 +500,7 @@ def _sample_prompt(model, tokenizer, cfg: AlignConfig, settings: dict, prompt: d
     from llamat_cif.sample import decode_sample, draw_batch, parse_formula
 
     formula = prompt["target_formula"] or None
-    cond = Conditions(formula=parse_formula(formula) if formula else None, spacegroup=None, min_distance=0.5,
+    cond = Conditions(formula=parse_formula(formula) if formula else None, spacegroup=None, min_distance=CDVAE_MIN_DISTANCE,
                       charge_balanced=False, max_lines=settings["max_lines"], **settings["physics"])
     n = cfg.samples_per_prompt
     new = draw_batch(model, tokenizer, size=n, seed=(cfg.seed, round_index, k), conditions=[cond] * n,

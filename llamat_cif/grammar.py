@@ -37,6 +37,7 @@ from functools import lru_cache
 import numpy as np
 
 from llamat_cif.cif import CIF_SITE_TAGS
+from llamat_cif.protocol import CDVAE_MIN_DISTANCE
 
 
 @dataclass
@@ -384,7 +385,7 @@ class Conditions:
 
     formula: dict[str, float] | None = None  # reduced composition (element -> amount)
     spacegroup: int | None = None
-    min_distance: float | None = 0.5  # Å; None switches the distance constraint off
+    min_distance: float | None = CDVAE_MIN_DISTANCE  # Å; None switches the distance constraint off
     max_atoms: int = 64  # per written cell (CIF: conventional cell)
     max_elements: int = 6
     max_count: int = 96  # per element in a cell

@@ -43,6 +43,7 @@ from llamat_cif.grammar import (
     space_group_ops,
     wyckoff_subspaces,
 )
+from llamat_cif.protocol import CDVAE_MIN_DISTANCE
 
 #: Fractional distance below which a symmetry image is the point itself. Coordinates are written
 #: with 4 decimals and read back by pymatgen, which snaps 0.3333 / 0.6667 to 1/3 / 2/3 and merges
@@ -201,7 +202,7 @@ class Placement:
     ``[count, ...]`` (radius 0: only ``min_distance`` applies).
     """
 
-    def __init__(self, number: int, matrix: np.ndarray, min_distance: float | None = 0.5,
+    def __init__(self, number: int, matrix: np.ndarray, min_distance: float | None = CDVAE_MIN_DISTANCE,
                  budget: int = 2000, *, contact_ratio: float = 0.0, total_budget: int = 60_000) -> None:
         self.number = number
         self.rots, self.trans = space_group_ops(number)

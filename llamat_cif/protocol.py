@@ -1,6 +1,8 @@
-"""One home for the records written beside every result: package versions and the machine.
+"""One home for the numbers that define a protocol, and for the records written beside results.
 
-Every stage writes which packages and which hardware produced its numbers (``metrics.json``,
+Thresholds used by several stages live here once: CDVAE's validity floors (a *convention*, not
+physics: :mod:`llamat_cif.physics` holds the physical contact scale) and the E_hull lines of
+"metastable" and "stable". Every stage writes which packages and which hardware produced its numbers (``metrics.json``,
 ``validity_summary.json``, ``stability_summary.json``, ``train_config.json``, text ``config.json``);
 they all read them here, each naming the packages that matter to it.
 """
@@ -13,6 +15,15 @@ from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+#: CDVAE structural validity: every pair of sites at least this far apart (Å)
+CDVAE_MIN_DISTANCE = 0.5
+#: CDVAE structural validity: cell volume at least this (Å^3)
+CDVAE_MIN_VOLUME = 0.1
+#: metastable: E_hull below this (eV/atom; LLaMat, Gruver et al.)
+E_HULL_METASTABLE = 0.1
+#: stable: E_hull at or below this (eV/atom)
+E_HULL_STABLE = 0.0
 
 
 def package_versions(packages: Iterable[str], *, missing: Any = None, python: bool = False) -> dict[str, Any]:
@@ -49,4 +60,5 @@ def hardware(**extra: Any) -> dict[str, Any]:
             "cpu_count": os.cpu_count(), **extra}
 
 
-__all__ = ["cpu_model", "hardware", "package_versions"]
+__all__ = ["CDVAE_MIN_DISTANCE", "CDVAE_MIN_VOLUME", "E_HULL_METASTABLE", "E_HULL_STABLE", "cpu_model",
+           "hardware", "package_versions"]

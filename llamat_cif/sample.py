@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from llamat_cif.protocol import CDVAE_MIN_DISTANCE
+
 SAMPLE_COLUMNS = ["id", "text", "fmt", "cif", "error", "target_formula", "target_spacegroup", "seed",
                   "batch", "n_tokens", "constrained"]
 
@@ -54,7 +56,7 @@ class SampleConfig:
     batch_size: int = 32
     seed: int = 0
     constrained: bool = True
-    min_distance: float | None = 0.5  # Å; constraint on site placement (None: off)
+    min_distance: float | None = CDVAE_MIN_DISTANCE  # Å; constraint on site placement (None: off)
     # physics in decoding (llamat_cif.physics): every pair at least f x its covalent-radius sum;
     # None: the calibrated f (>= 99.9 % of MP-20 train pass), 0: off
     min_contact_ratio: float | None = None

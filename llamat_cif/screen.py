@@ -28,6 +28,7 @@ from typing import Any
 
 import pandas as pd
 
+from llamat_cif.protocol import E_HULL_METASTABLE, E_HULL_STABLE
 from llamat_cif.stability.pipeline import StabilityConfig, rate, run_stability
 from llamat_cif.stability.relax import RelaxConfig
 
@@ -81,8 +82,8 @@ class ScreenConfig:
     relax_filter: str = "valid"
     dedup_before_relax: bool = True
     novelty_reference: str | None = "mp20"
-    e_hull_stable: float = 0.0
-    e_hull_metastable: float = 0.1
+    e_hull_stable: float = E_HULL_STABLE
+    e_hull_metastable: float = E_HULL_METASTABLE
     device: str | None = None
 
     def __post_init__(self) -> None:

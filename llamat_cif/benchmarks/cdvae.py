@@ -38,11 +38,12 @@ from llamat_cif.benchmarks.coverage import coverage, scale_composition
 from llamat_cif.benchmarks.fingerprints import Fingerprints
 from llamat_cif.benchmarks.metric import Metric, rate
 from llamat_cif.benchmarks.properties import wasserstein
+from llamat_cif.protocol import CDVAE_MIN_DISTANCE, CDVAE_MIN_VOLUME
 
 #: CDVAE ``GenEval(n_samples=1000)``: valid crystals drawn for diversity and property distances
 N_SAMPLES = 1000
 #: the validators' settings that CDVAE's numbers assume (:class:`llamat_cif.validators.core.Thresholds`)
-CDVAE_THRESHOLDS = {"min_distance": 0.5, "min_volume": 0.1, "include_self_images": False,
+CDVAE_THRESHOLDS = {"min_distance": CDVAE_MIN_DISTANCE, "min_volume": CDVAE_MIN_VOLUME, "include_self_images": False,
                     "oxidation_states": "cdvae", "use_pauling_test": True, "include_alloys": True}
 #: metric names, in CDVAE's order
 NAMES = ("comp_valid", "struct_valid", "valid", "comp_div", "struct_div", "wdist_density",

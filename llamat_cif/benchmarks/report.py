@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from llamat_cif.protocol import E_HULL_METASTABLE
+
 
 def _mpl():
     import matplotlib
@@ -171,7 +173,7 @@ def e_hull_histogram_png(
     path: Path,
     *,
     n_chosen: int,
-    metastable_threshold: float = 0.1,
+    metastable_threshold: float = E_HULL_METASTABLE,
     stable_threshold: float = 0.0,
 ) -> Path:
     """Histogram of E_hull (eV/atom) of the relaxed chosen samples, with the two threshold lines.

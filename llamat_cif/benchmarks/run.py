@@ -73,7 +73,7 @@ from llamat_cif.benchmarks.stability_metrics import (
     sun_rates,
 )
 from llamat_cif.benchmarks.validity import load_or_compute_validity, validity_rates
-from llamat_cif.protocol import hardware, package_versions
+from llamat_cif.protocol import E_HULL_METASTABLE, E_HULL_STABLE, hardware, package_versions
 
 PACKAGES = ("llamat-cif", "numpy", "scipy", "pandas", "pymatgen", "matminer", "pymatviz", "smact",
             "matplotlib", "chgnet")
@@ -147,8 +147,8 @@ class BenchmarkConfig:
     fingerprint_shortcut: bool = False
     coverage: bool = True
     csp_ks: tuple[int, ...] = (1, 20)
-    metastable_threshold: float = 0.1
-    stable_threshold: float = 0.0
+    metastable_threshold: float = E_HULL_METASTABLE
+    stable_threshold: float = E_HULL_STABLE
     workers: int = 1
     data_dir: str | None = None
     cache_dir: str | None = None

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from llamat_cif.benchmarks.metric import Metric, rate
+from llamat_cif.protocol import E_HULL_METASTABLE
 
 
 def load_stability(run_dir: Path) -> tuple[pd.DataFrame | None, dict, dict]:
@@ -59,7 +60,7 @@ def stability_rates(
     table: pd.DataFrame,
     n_generated: int,
     *,
-    metastable_threshold: float = 0.1,
+    metastable_threshold: float = E_HULL_METASTABLE,
     stable_threshold: float = 0.0,
     protocol: dict | None = None,
 ) -> dict[str, Metric]:
@@ -128,7 +129,7 @@ def funnel(
     table: pd.DataFrame | None,
     *,
     sun: Metric | None = None,
-    metastable_threshold: float = 0.1,
+    metastable_threshold: float = E_HULL_METASTABLE,
     stable_threshold: float = 0.0,
 ) -> list[tuple[str, int]]:
     """Screening funnel counts: generated -> parsed -> valid -> relaxed -> metastable -> stable -> S.U.N."""
@@ -177,7 +178,7 @@ def chosen_stability(
     n_valid: int,
     n_generated: int,
     training=None,
-    metastable_threshold: float = 0.1,
+    metastable_threshold: float = E_HULL_METASTABLE,
     stable_threshold: float = 0.0,
     protocol: dict | None = None,
 ) -> tuple[dict[str, Metric], list[dict]]:

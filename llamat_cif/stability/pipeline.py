@@ -22,14 +22,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from llamat_cif.protocol import E_HULL_METASTABLE, E_HULL_STABLE
 from llamat_cif.stability.hull import Hull, HullError, mp2020_corrected_energy
 from llamat_cif.stability.potentials import Potential, load_potential
 from llamat_cif.stability.relax import RelaxConfig, error_row, relax_many
-
-#: metastability threshold of LLaMat / Gruver et al. (eV/atom)
-E_HULL_METASTABLE = 0.1
-#: stability threshold (on or below the hull), eV/atom
-E_HULL_STABLE = 0.0
 
 STABILITY_COLUMNS = [
     "id", "formula", "n_sites", "n_sites_input", "converged", "n_steps", "wall_s", "cpu_s", "energy_initial_per_atom",

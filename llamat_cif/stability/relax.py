@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from llamat_cif.protocol import CDVAE_MIN_DISTANCE
 from llamat_cif.stability.potentials import Potential, load_potential
 
 
@@ -61,7 +62,7 @@ class RelaxConfig:
     max_steps: int = 500
     time_limit_s: float = 300.0
     relax_cell: bool = True
-    min_distance: float = 0.5
+    min_distance: float = CDVAE_MIN_DISTANCE
     max_volume_ratio: float = 5.0
     min_volume_per_atom: float = 2.0
     min_energy_per_atom: float = -50.0

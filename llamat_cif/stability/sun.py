@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from llamat_cif.paths import data_dir as resolve_data_dir
+from llamat_cif.protocol import E_HULL_METASTABLE, E_HULL_STABLE
 
 COMPOSITION_MATRIX = "hull/lemat_mp20_misc/mp20_compositions.npz"
 
@@ -155,7 +156,7 @@ def sun_table(
     chemical_systems: set[frozenset[str]] | None = None,
     cif_column: str = "relaxed_cif",
     e_hull_stable: float = 0.0,
-    e_hull_metastable: float = 0.1,
+    e_hull_metastable: float = E_HULL_METASTABLE,
 ) -> pd.DataFrame:
     """Per-structure flags: ``unique``, ``duplicate_of``, ``novel``, ``chemsys_novel``, ``stable``,
     ``metastable``, ``sun``, ``msun``.
@@ -195,7 +196,7 @@ def sun_table(
 
 
 def sun_summary(flags: pd.DataFrame, *, n_generated: int, training_name: str | None = None,
-                e_hull_stable: float = 0.0, e_hull_metastable: float = 0.1) -> dict:
+                e_hull_stable: float = E_HULL_STABLE, e_hull_metastable: float = E_HULL_METASTABLE) -> dict:
     """Rates with numerators and the stated denominator (all generated samples)."""
 
     def r(col: str) -> dict:

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from llamat_cif.protocol import CDVAE_MIN_DISTANCE, CDVAE_MIN_VOLUME
 from llamat_cif.validators.composition import compositional_validity, resolve_oxidation_states
 from llamat_cif.validators.conditions import condition_adherence
 from llamat_cif.validators.consistency import detect_spacegroup, self_consistency
@@ -28,8 +29,8 @@ class Thresholds:
     factor 2.5, bond score >= 1.0.
     """
 
-    min_distance: float = 0.5
-    min_volume: float = 0.1
+    min_distance: float = CDVAE_MIN_DISTANCE
+    min_volume: float = CDVAE_MIN_VOLUME
     include_self_images: bool = False
     oxidation_states: str = "cdvae"
     use_pauling_test: bool = True

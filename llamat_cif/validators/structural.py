@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 
+from llamat_cif.protocol import CDVAE_MIN_DISTANCE
 from llamat_cif.validators.result import CheckResult
 
 #: Sites above which a structure is rejected before any neighbour list or distance matrix is
@@ -91,7 +92,7 @@ def _shortest_lattice_vector(lattice) -> float:
 def structural_validity(
     structure,
     *,
-    min_distance: float = 0.5,
+    min_distance: float = CDVAE_MIN_DISTANCE,
     min_volume: float = 0.1,
     include_self_images: bool = False,
     max_sites: int = MAX_SITES,
