@@ -28,7 +28,7 @@ from typing import Any
 
 import pandas as pd
 
-from llamat_cif.protocol import E_HULL_METASTABLE, E_HULL_STABLE
+from llamat_cif.protocol import CDVAE_MIN_DISTANCE, E_HULL_METASTABLE, E_HULL_STABLE
 from llamat_cif.stability.pipeline import StabilityConfig, rate, run_stability
 from llamat_cif.stability.relax import RelaxConfig
 
@@ -44,6 +44,8 @@ class ScreenConfig:
         potential: ML potential (``llamat_cif.stability.load_potential``).
         seed: generation seed.
         formula / spacegroup: optional generation conditions.
+        min_distance / charge_balanced / targets: as :class:`llamat_cif.sample.SampleConfig`
+            (grammar distance floor, SMACT-balanced self-chosen formulas, one target per CSV row).
         temperature / top_p / top_k / batch_size / constrained: sampling settings (temperature and
             top_p ``None``: the model's recommendation; the values used are in ``sample_config.json``).
         min_contact_ratio / volume_window: physical geometry in constrained decoding
@@ -72,6 +74,9 @@ class ScreenConfig:
     top_k: int = 0
     batch_size: int = 32
     constrained: bool = True
+    min_distance: float | None = CDVAE_MIN_DISTANCE  # Å; the grammar's distance floor (None: off)
+    charge_balanced: bool = False  # a formula the model chooses must be SMACT charge-balanced
+    targets: str | None = None  # CSV of target_formula[, target_spacegroup]: one sample per row (n = rows)
     min_contact_ratio: float | None = None  # None: calibrated (llamat_cif.physics), 0: off
     volume_window: str = "auto"  # auto | off | "lo,hi"
     steer_contact_ratio: float | None = None  # None: calibrated, 0: off
@@ -91,7 +96,9 @@ class ScreenConfig:
 
         check_sampling_args(n=self.n, batch_size=self.batch_size, temperature=self.temperature,
                             top_p=self.top_p, top_k=self.top_k, formula=self.formula,
-                            spacegroup=self.spacegroup, device=self.device)
+                            spacegroup=self.spacegroup, device=self.device, min_distance=self.min_distance)
+        if self.targets and not self.constrained:
+            raise ValueError("--targets needs constrained decoding (drop --unconstrained)")
         if self.n_workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.n_workers}")
         if self.relax_filter not in ("valid", "structural", "parsed"):
@@ -185,6 +192,8 @@ def stage_generate(config: ScreenConfig, *, progress: bool = True, executor: Any
                       spacegroup=config.spacegroup, temperature=config.temperature, top_p=config.top_p,
                       top_k=config.top_k, batch_size=config.batch_size, seed=config.seed,
                       constrained=config.constrained, device=config.device,
+                      min_distance=config.min_distance, charge_balanced=config.charge_balanced,
+                      targets=config.targets,
                       min_contact_ratio=config.min_contact_ratio, volume_window=config.volume_window,
                       steer_contact_ratio=config.steer_contact_ratio,
                       steer_volume_window=config.steer_volume_window)

@@ -107,3 +107,30 @@ def test_screen_end_to_end_with_generator(tmp_path):
     assert counts[0] == 4 and all(a >= b for a, b in zip(counts[:5], counts[1:6], strict=True))
     again = run_screen(cfg, progress=False)  # a finished run resumes to the same funnel
     assert [s["numerator"] for s in again["stages"]] == counts
+
+
+def test_screen_passes_targets_and_grammar_settings_to_generation(tmp_path):
+    """`screen --targets` draws one sample per CSV row with that formula (the constrained grammar
+    enforces it); --unconstrained with --targets is refused before any work."""
+    from click.testing import CliRunner
+    from pymatgen.core import Structure
+
+    from llamat_cif.cli import main
+    from llamat_cif.screen import stage_generate
+
+    targets = tmp_path / "targets.csv"
+    pd.DataFrame({"target_formula": ["NaCl", "MgO"]}).to_csv(targets, index=False)
+    cfg = ScreenConfig(n=1, out_dir=str(tmp_path / "run"), batch_size=2, seed=0, targets=str(targets),
+                       charge_balanced=True, min_distance=0.6)
+    df = stage_generate(cfg, progress=False)
+    assert list(df["target_formula"]) == ["NaCl", "MgO"]
+    made = {t: Structure.from_str(c, fmt="cif").composition.reduced_formula
+            for t, c in zip(df["target_formula"], df["cif"], strict=True) if c}
+    assert made and all(t == f for t, f in made.items())
+    saved = json.loads((tmp_path / "run" / "sample_config.json").read_text())
+    assert (saved["charge_balanced"], saved["min_distance"], saved["n"]) == (True, 0.6, 2)
+
+    res = CliRunner().invoke(main, ["screen", "--out", str(tmp_path / "bad"), "--targets", str(targets),
+                                    "--unconstrained"])
+    assert res.exit_code != 0 and "--targets needs constrained decoding" in res.output
+    assert not (tmp_path / "bad").exists()

@@ -28,6 +28,14 @@ from llamat_cif.stability.relax import quiet_warnings
 @sampling_options
 @physics_options
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Generation batch size.")
+@click.option("--targets", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="CSV with target_formula[, target_spacegroup]: one sample per row (overrides -n).")
+@click.option("--constrained/--unconstrained", default=True, show_default=True,
+              help="Grammar-constrained decoding (parsable text, requested composition, min distance).")
+@click.option("--min-distance", type=float, default=0.5, show_default=True,
+              help="Å; the constraint refuses sites closer than this (0 = off).")
+@click.option("--charge-balanced", is_flag=True, default=False,
+              help="Constrained runs: a formula the model chooses must be SMACT charge-balanced.")
 @click.option("--fmax", type=float, default=0.1, show_default=True, help="FIRE force threshold, eV/Å.")
 @click.option("--max-steps", type=int, default=500, show_default=True, help="FIRE steps per structure.")
 @click.option("--time-limit", type=float, default=300.0, show_default=True, help="CPU seconds per relaxation (a safety net: --max-steps bounds it).")
@@ -49,7 +57,8 @@ from llamat_cif.stability.relax import quiet_warnings
 @seed_option
 @data_dir_option
 def screen(n, model, potential, out_dir, formula, spacegroup, temperature, top_p, top_k, min_contact_ratio,
-           steer_contact_ratio, steer_volume_window, volume_window, batch_size, fmax,
+           steer_contact_ratio, steer_volume_window, volume_window, batch_size, targets, constrained,
+           min_distance, charge_balanced, fmax,
            max_steps, time_limit, hull_path, relax_filter, workers, device, executor, address, ray_cpus,
            progress, seed, data_dir) -> None:
     """Generate N crystals and screen them down to stable, unique, novel candidates.
@@ -80,7 +89,9 @@ def screen(n, model, potential, out_dir, formula, spacegroup, temperature, top_p
     try:
         cfg = ScreenConfig(n=n, out_dir=out_dir, model=model, potential=potential, seed=seed, formula=formula,
                            spacegroup=spacegroup, temperature=temperature, top_p=top_p, top_k=top_k,
-                           batch_size=batch_size, min_contact_ratio=min_contact_ratio,
+                           batch_size=batch_size, min_contact_ratio=min_contact_ratio, targets=targets,
+                           constrained=constrained, min_distance=min_distance or None,
+                           charge_balanced=charge_balanced,
                            steer_contact_ratio=steer_contact_ratio, steer_volume_window=steer_volume_window,
                            volume_window=volume_window,
                            relax=RelaxConfig(fmax=fmax, max_steps=max_steps, time_limit_s=time_limit),
