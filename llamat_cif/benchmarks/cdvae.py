@@ -68,6 +68,28 @@ def mean_pairwise_distance(fps: np.ndarray) -> float:
     return float(pdist(np.asarray(fps, dtype=float)).mean())
 
 
+def validity_triple(validity: pd.DataFrame, fp_ok: np.ndarray) -> tuple[dict[str, Metric], np.ndarray]:
+    """CDVAE's ``comp_valid``, ``struct_valid`` and ``valid`` over all generated, and the valid mask.
+
+    Args:
+        validity: normalised validity table, one row per generated crystal.
+        fp_ok: per row, whether a CrystalNN fingerprint exists (CDVAE's ``valid`` requires one).
+    """
+    n = len(validity)
+    comp_ok = validity["compositionally_valid"].to_numpy(bool)
+    struct_ok = validity["structurally_valid"].to_numpy(bool) & validity["parsed"].to_numpy(bool)
+    valid = comp_ok & struct_ok & fp_ok
+    counts = {"generated": n}
+    metrics = {
+        "comp_valid": rate("comp_valid", int(comp_ok.sum()), n, "generated", counts=counts),
+        "struct_valid": rate("struct_valid", int(struct_ok.sum()), n, "generated", counts=counts),
+        "valid": rate("valid", int(valid.sum()), n, "generated",
+                      counts={**counts, "valid_but_no_fingerprint": int((comp_ok & struct_ok & ~fp_ok).sum())},
+                      protocol={"definition": "comp_valid and struct_valid and a CrystalNN fingerprint"}),
+    }
+    return metrics, valid
+
+
 def cdvae_metrics(
     validity: pd.DataFrame,
     gen_tab: pd.DataFrame,
@@ -98,18 +120,8 @@ def cdvae_metrics(
     """
     n = len(validity)
     parsed = validity["parsed"].to_numpy(bool)
-    comp_ok = validity["compositionally_valid"].to_numpy(bool)
-    struct_ok = validity["structurally_valid"].to_numpy(bool) & parsed
     fp_ok = np.asarray(gen_fp.ok, bool)
-    valid = comp_ok & struct_ok & fp_ok
-    counts = {"generated": n}
-    metrics: dict[str, Metric] = {
-        "comp_valid": rate("comp_valid", int(comp_ok.sum()), n, "generated", counts=counts),
-        "struct_valid": rate("struct_valid", int(struct_ok.sum()), n, "generated", counts=counts),
-        "valid": rate("valid", int(valid.sum()), n, "generated",
-                      counts={**counts, "valid_but_no_fingerprint": int((comp_ok & struct_ok & ~fp_ok).sum())},
-                      protocol={"definition": "comp_valid and struct_valid and a CrystalNN fingerprint"}),
-    }
+    metrics, valid = validity_triple(validity, fp_ok)
     not_computed: dict[str, str] = {}
     valid_idx = np.flatnonzero(valid)
     if len(valid_idx) >= n_samples:
@@ -185,18 +197,11 @@ def add_cdvae_validity(out_dir: str | Path, *, workers: int = 1, show_progress: 
         raise ValueError("protocol cdvae fingerprints the valid structures: validate with --keep-cif")
     fp = compute_fingerprints([rows["cif"].iloc[i] for i in valid_idx], cache=cache, workers=workers,
                               show_progress=show_progress, label="CrystalNN fingerprints (valid)")
-    n = len(v)
-    comp_ok = v["compositionally_valid"].to_numpy(bool)
-    struct_ok = v["structurally_valid"].to_numpy(bool) & v["parsed"].to_numpy(bool)
-    n_valid = int(fp.ok.sum())
-    block = {
-        "comp_valid": rate("comp_valid", int(comp_ok.sum()), n, "generated").to_dict(),
-        "struct_valid": rate("struct_valid", int(struct_ok.sum()), n, "generated").to_dict(),
-        "valid": rate("valid", n_valid, n, "generated",
-                      counts={"valid_but_no_fingerprint": int(len(valid_idx) - n_valid)},
-                      protocol={"definition": "comp_valid and struct_valid and a CrystalNN fingerprint"}).to_dict(),
-    }
-    summary["cdvae"] = block
+    # rows that are not valid need no fingerprint: CDVAE's "valid" only ever loses rows to it
+    fp_ok = np.ones(len(v), bool)
+    fp_ok[valid_idx] = fp.ok
+    triple, _ = validity_triple(v, fp_ok)
+    summary["cdvae"] = {k: m.to_dict() for k, m in triple.items()}
     summary["protocol"] = {**summary["protocol"], "name": "cdvae",
                            "reference_code": "CDVAE scripts/compute_metrics.py (Crystal, GenEval.get_validity)"}
     tmp = summary_path.with_name(summary_path.name + ".tmp")
@@ -205,6 +210,5 @@ def add_cdvae_validity(out_dir: str | Path, *, workers: int = 1, show_progress: 
     return summary
 
 
-__all__ = [
-    "add_cdvae_validity","CDVAE_THRESHOLDS", "NAMES", "N_SAMPLES", "cdvae_metrics", "mean_pairwise_distance",
-           "thresholds_mismatch"]
+__all__ = ["CDVAE_THRESHOLDS", "NAMES", "N_SAMPLES", "add_cdvae_validity", "cdvae_metrics",
+           "mean_pairwise_distance", "thresholds_mismatch", "validity_triple"]

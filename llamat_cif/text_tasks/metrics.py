@@ -354,6 +354,33 @@ def records_equivalent(gold: Sequence[dict[str, Any]], pred: Sequence[dict[str, 
     return canon(gold) == canon(pred)
 
 
+def entity_metrics(
+    ent: dict[str, PRF], links: dict[str, list[int]], *, undefined_without_prediction: bool = False
+) -> dict[str, Rate]:
+    """Word precision/recall/F1 per entity type and F1 per link type (``link:root->type_f1``).
+
+    Args:
+        ent: word counts per entity type.
+        links: ``[correct, predicted, gold]`` link counts per ``root|||type``.
+        undefined_without_prediction: a link F1 is undefined (``None``) when nothing was predicted
+            as well as when there is no gold link (LLaMat's scripts); default: only without gold.
+    """
+    metrics: dict[str, Rate] = {}
+    for key, prf in ent.items():
+        for name, rate in prf.rates(f"{key} words").items():
+            metrics[f"{key}_{name}"] = rate
+    for key, (c, n_p, n_g) in links.items():
+        short = key.replace(LINK_DELIMITER, "->")
+        if n_g == 0 or (undefined_without_prediction and n_p == 0):
+            why = "no predicted or no gold links" if undefined_without_prediction else "no gold links"
+            metrics[f"link:{short}_f1"] = Rate(None, 2 * c, n_p + n_g, f"undefined: {why}")
+            continue
+        rates = triplet_rates(c, n_p, n_g)
+        metrics[f"link:{short}_f1"] = Rate(rates["f1"].value, 2 * c, n_p + n_g,
+                                           f"links {short}: P={rates['precision'].value:.3f} R={rates['recall'].value:.3f}")
+    return metrics
+
+
 def score_entities(
     golds: Sequence[list[dict[str, Any]]],
     preds: Sequence[Any | None],
@@ -407,17 +434,7 @@ def score_entities(
         sims.append(0.0 if pred is None else jaro_winkler(str(gold), str(pred), long_tolerance=True))
         exact += int(pred is not None and records_equivalent(normalize_records(gold, spec), norm))
     n = counts["n_scored"]
-    metrics: dict[str, Rate] = {}
-    for key, prf in ent.items():
-        for name, rate in prf.rates(f"{key} words").items():
-            metrics[f"{key}_{name}"] = rate
-    for key, (c, n_p, n_g) in links.items():
-        short = key.replace(LINK_DELIMITER, "->")
-        if n_g == 0:
-            metrics[f"link:{short}_f1"] = Rate(None, 2 * c, n_p + n_g, "undefined: no gold links")
-            continue
-        rates = triplet_rates(c, n_p, n_g)
-        metrics[f"link:{short}_f1"] = Rate(rates["f1"].value, 2 * c, n_p + n_g, f"links {short}: P={rates['precision'].value:.3f} R={rates['recall'].value:.3f}")
+    metrics = entity_metrics(ent, links)
     metrics["similarity"] = ratio(sum(sims), n, "mean Jaro-Winkler over scored abstracts")
     metrics["exact_match"] = ratio(exact, n, "exact record-list matches / scored abstracts")
     metrics["parsable"] = ratio(
@@ -547,6 +564,7 @@ __all__ = [
     "binary_counts",
     "doping_triplets",
     "doping_words",
+    "entity_metrics",
     "entity_word_sets",
     "is_empty_answer",
     "jaro_winkler",

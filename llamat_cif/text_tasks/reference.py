@@ -46,6 +46,7 @@ from llamat_cif.text_tasks.metrics import (
     LINK_DELIMITER,
     PRF,
     Rate,
+    entity_metrics,
     jaro_winkler,
     ratio,
     set_counts,
@@ -316,20 +317,7 @@ def score_entities_llamat(
     n = counts["n_scored"]
     if n == 0:
         raise _fail(-1, "no output left to score (exact match divides by zero)")
-    metrics: dict[str, Rate] = {}
-    for key, prf in ent.items():
-        for name, rate in prf.rates(f"{key} words").items():
-            metrics[f"{key}_{name}"] = rate
-    for key, (c, n_p, n_g) in links.items():
-        short = key.replace(LINK_DELIMITER, "->")
-        if n_p == 0 or n_g == 0:
-            metrics[f"link:{short}_f1"] = Rate(None, 2 * c, n_p + n_g, "undefined: no predicted or no gold links")
-            continue
-        rates = triplet_rates(c, n_p, n_g)
-        metrics[f"link:{short}_f1"] = Rate(
-            rates["f1"].value, 2 * c, n_p + n_g,
-            f"links {short}: P={rates['precision'].value:.3f} R={rates['recall'].value:.3f}",
-        )
+    metrics = entity_metrics(ent, links, undefined_without_prediction=True)
     metrics["similarity"] = ratio(sum(sims), n, "mean Jaro-Winkler (long tolerance) over scored abstracts")
     metrics["exact_match"] = ratio(exact, n, "exact record-list matches / scored abstracts")
     metrics["parsable"] = ratio(
