@@ -315,8 +315,9 @@ class RayExecutor:
                         keep_cif: bool) -> Iterator[tuple[int, list[dict]]]:
         """Yield ``(k, rows)`` for every chunk (rows in input order) once all its texts are done."""
         from llamat_cif.validators.core import empty_row
+        from llamat_cif.validators.pool import hard_timeout
 
-        per_text = timeout_s * 1.5 + 5.0  # the local pool's hard limit
+        per_text = hard_timeout(timeout_s)  # the local pool's hard limit
         pending: dict[int, list] = {}
         payloads = []
         for k, records in chunks:

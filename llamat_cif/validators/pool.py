@@ -24,6 +24,11 @@ from llamat_cif.validators.core import Thresholds, empty_row, validate_one
 _CTX: Any = None
 
 
+def hard_timeout(timeout_s: float) -> float:
+    """Seconds without a result after which a structure's worker is killed (soft limit x1.5 + 5 s)."""
+    return timeout_s * 1.5 + 5.0
+
+
 def _context():
     global _CTX
     if _CTX is None:
@@ -101,7 +106,7 @@ class ValidationPool:
                  soft_timeout_s: float | None | str = "same") -> None:
         self.n_workers = max(1, int(n_workers))
         self.timeout_s = float(timeout_s)
-        self.hard_timeout_s = self.timeout_s * 1.5 + 5.0
+        self.hard_timeout_s = hard_timeout(self.timeout_s)
         self.start_timeout_s = start_timeout_s
         self.batch_size = max(1, int(batch_size))
         soft = self.timeout_s if soft_timeout_s == "same" else soft_timeout_s

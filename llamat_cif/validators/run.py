@@ -340,7 +340,7 @@ def run_validation(
     import pyarrow.parquet as pq
 
     from llamat_cif.validators.inputs import iter_input
-    from llamat_cif.validators.pool import ValidationPool
+    from llamat_cif.validators.pool import ValidationPool, hard_timeout
 
     t = Thresholds.from_kwargs(**thresholds)
     out = Path(out_dir)
@@ -419,7 +419,7 @@ def run_validation(
                 hard_limit_s = pool.hard_timeout_s
             commit(k, _validate_records(chunk, t, pool=pool, timeout_s=timeout_s, keep_cif=keep_cif, on_row=tick))
         if todo:
-            hard_limit_s = timeout_s * 1.5 + 5.0
+            hard_limit_s = hard_timeout(timeout_s)
             for k, rows in executor.validate_chunks(todo, t, timeout_s=timeout_s, keep_cif=keep_cif):
                 commit(k, rows)
                 for _ in rows:
