@@ -126,11 +126,13 @@ def run_screen(config: ScreenConfig, *, data_dir: str | Path | None = None, prog
             S.U.N. and the funnel run here); None runs everything here.
     """
     from llamat_cif.model import resolve_model_path
+    from llamat_cif.stability.pipeline import potential_names
     from llamat_cif.stability.potentials import resolve_potential
 
     out = Path(config.out_dir)
     # refused before any work (and before the folder is claimed): a bad potential or model
-    resolve_potential(config.potential)
+    for name in potential_names(config.potential):
+        resolve_potential(name)
     if not (out / "samples.csv").is_file():
         resolve_model_path(config.model)
     out.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,9 @@ from llamat_cif.stability.relax import quiet_warnings
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-n", "n", type=int, default=20, show_default=True, help="Samples to generate.")
 @click.option("--model", default="default", show_default=True, help="Generator name or local checkpoint path.")
-@click.option("--potential", default="chgnet", show_default=True, help="ML potential name or path.")
+@click.option("--potential", default="chgnet", show_default=True,
+              help="ML potential name or path (as in `stability`); 'chgnet,sevennet-0' relaxes with the first "
+                   "and scores with both (agreement columns in stability.parquet).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
               help="Run folder (rerun with the same folder to resume).")
 @click.option("--formula", default=None, help="Condition generation on a formula.")

@@ -16,7 +16,12 @@ from llamat_cif.stability.relax import quiet_warnings
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Output folder [INPUT itself when it is a run folder].")
 @click.option("--potential", default="chgnet", show_default=True,
-              help="'chgnet', a CHGNet checkpoint, or a matgl folder / name under $LLAMAT_CIF_MODELS/matgl.")
+              help="'chgnet', 'sevennet-0' / 'sevennet-mf-0' / 'sevennet-l3i5' (extra [sevenn]), a CHGNet "
+                   "checkpoint, or a matgl folder / name under $LLAMAT_CIF_MODELS/matgl. Several, comma-"
+                   "separated (chgnet,sevennet-0): relax with the first, score the relaxed cell with each, "
+                   "and flag rows where their E_hull differ by more than --disagree-above.")
+@click.option("--disagree-above", type=click.FloatRange(min=0), default=0.1, show_default=True,
+              help="Agreement mode: flag a row when the potentials' E_hull differ by more (eV/atom).")
 @click.option("--hull", "hull_path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="User hull: PhaseDiagram JSON or a JSON list of entries (default: MP-20 reference hull).")
 @click.option("--fmax", type=float, default=0.1, show_default=True, help="FIRE force threshold, eV/Å.")
@@ -39,7 +44,7 @@ from llamat_cif.stability.relax import quiet_warnings
 @click.option("--progress/--no-progress", default=True)
 @seed_option
 @data_dir_option
-def stability(input_path, out_dir, potential, hull_path, fmax, max_steps, time_limit, rescale_volume, cell,
+def stability(input_path, out_dir, potential, disagree_above, hull_path, fmax, max_steps, time_limit, rescale_volume, cell,
               workers, threads, batch_size, device, limit, progress, seed, data_dir) -> None:
     """Relax INPUT's structures (FIRE + FrechetCellFilter) and compute E_hull.
 
@@ -78,12 +83,13 @@ def stability(input_path, out_dir, potential, hull_path, fmax, max_steps, time_l
     cfg = StabilityConfig(potential=potential, hull=hull_path,
                           relax=RelaxConfig(fmax=fmax, max_steps=max_steps, time_limit_s=time_limit,
                                             rescale_volume=rescale_volume, primitive=cell == "primitive"),
-                          n_workers=workers, batch_size=batch_size, device=device, threads=threads)
+                          n_workers=workers, batch_size=batch_size, device=device, threads=threads,
+                          disagreement=disagree_above)
     console.print(f"{len(items)} structures -> {out / 'stability.parquet'} (potential {potential}, fmax {fmax}"
                   + (", rescaled to the predicted volume first)" if rescale_volume else ")"))
     try:
         run_stability(items, out, cfg, data_dir=data_dir, progress=progress)
-    except (PotentialError, HullError, StabilityResumeError) as exc:
+    except (PotentialError, HullError, StabilityResumeError, ValueError) as exc:
         fail(str(exc))
     summary = json.loads((out / "stability_summary.json").read_text())
     summary["seed"] = seed  # the relaxation is deterministic; the seed is recorded with the run
@@ -115,6 +121,20 @@ def _print_summary(summary: dict, seed: int) -> None:
         t.add_row("median E_hull (eV/atom)", f"{summary['median_e_hull']:.3f}")
     if summary.get("median_wall_s") is not None:
         t.add_row("median s / relaxation", f"{summary['median_wall_s']:.2f}")
+    agreement = summary.get("agreement")
+    if agreement:
+        for name, a in agreement["potentials"].items():
+            m = a["metastable"]
+            t.add_row(f"metastable by {name} (single point on the relaxed cell)",
+                      f"{m['numerator']} / {m['denominator']}")
+            if a["median_abs_diff_ev_atom"] is not None:
+                t.add_row(f"median |E_hull({name}) - E_hull({agreement['relaxed_with']})|",
+                          f"{a['median_abs_diff_ev_atom']:.3f}")
+        d, every = agreement.get("disagree"), agreement["metastable_by_every_potential"]
+        if d:
+            t.add_row(f"potentials disagree by > {agreement['threshold_ev_atom']} eV/atom",
+                      f"{d['numerator']} / {d['denominator']}")
+        t.add_row("metastable by every potential", f"{every['numerator']} / {every['denominator']}")
     console.print(t)
     p = summary["protocol"]
     console.print(f"potential {p['potential']} ({p['energy_scale']} scale, MP2020 applied: "

@@ -194,8 +194,14 @@ def mp2020_corrected_energy(structure, energy: float) -> float:
         structure, energy,
         parameters={"run_type": "GGA+U" if hubbards else "GGA", "is_hubbard": bool(hubbards), "hubbards": hubbards},
     )
+    import warnings
+
     compat = MaterialsProject2020Compatibility(check_potcar=False)
-    processed = compat.process_entry(entry, clean=True)
+    with warnings.catch_warnings():
+        # "Failed to guess oxidation states ... anion correction to the most electronegative atom":
+        # one line per intermetallic, and the fallback it names is what MP itself applies
+        warnings.filterwarnings("ignore", message="Failed to guess oxidation states")
+        processed = compat.process_entry(entry, clean=True)
     if processed is None:
         raise HullError(f"MP2020 compatibility rejected {structure.composition.reduced_formula}")
     return float(processed.energy)

@@ -150,6 +150,99 @@ def score_row(row: dict, hull: Hull | None, potential: Potential) -> dict:
     return row
 
 
+#: row columns a cross-checking potential adds: ``e_hull:<name>`` (single point on the relaxed cell)
+CHECK_PREFIX = "e_hull:"
+
+
+def potential_names(spec: str) -> list[str]:
+    """The potentials of a ``--potential`` value: ``"chgnet,sevennet-0"`` relaxes with the first and
+    scores the relaxed cell with every one (agreement mode); one name is a plain run.
+
+    Raises:
+        ValueError: an empty list or a name given twice.
+    """
+    names = [n.strip() for n in str(spec).split(",") if n.strip()]
+    if not names:
+        raise ValueError(f"no potential in {spec!r}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"a potential is named twice in {spec!r}")
+    return names
+
+
+def cross_score(row: dict, checks: list[Potential], hull: Hull | None, *,
+                threshold: float) -> dict:
+    """Score a relaxed row with more potentials (agreement mode).
+
+    Each check potential takes a single point on the cell the first potential relaxed; its E_hull
+    goes to ``e_hull:<name>``. ``e_hull_spread`` is the largest minus the smallest E_hull over all
+    potentials, ``disagree`` is True when it exceeds ``threshold`` (eV/atom). A check that fails
+    leaves NaN and its reason in ``check_error``; the row itself stays valid.
+    """
+    row = dict(row)
+    for cp in checks:
+        row[CHECK_PREFIX + cp.name] = np.nan
+    row["e_hull_spread"] = np.nan
+    row["disagree"] = None
+    if not checks or row.get("error") or hull is None or not row.get("relaxed_cif") or \
+            not np.isfinite(row.get("e_hull", np.nan)):
+        return row
+    from pymatgen.core import Structure
+
+    s = Structure.from_str(row["relaxed_cif"], fmt="cif")
+    values = [float(row["e_hull"])]
+    problems = []
+    for cp in checks:
+        try:
+            e = cp.predict_energies([s])[0]
+            if cp.needs_mp2020_correction:
+                e = mp2020_corrected_energy(s, e)
+            eh = hull.e_above_hull(s.composition, e / len(s))
+        except Exception as exc:  # noqa: BLE001 - a failed cross-check must not lose the row
+            problems.append(f"{cp.name}: {type(exc).__name__}: {exc}")
+            continue
+        row[CHECK_PREFIX + cp.name] = eh
+        values.append(eh)
+    if len(values) > 1:
+        row["e_hull_spread"] = float(max(values) - min(values))
+        row["disagree"] = bool(row["e_hull_spread"] > threshold)
+    row["check_error"] = "; ".join(problems) or None
+    return row
+
+
+def agreement_summary(df: pd.DataFrame, *, primary: str, threshold: float,
+                      e_hull_metastable: float = E_HULL_METASTABLE) -> dict | None:
+    """Agreement-mode counts: per check potential, metastable by it and how far it is from the
+    relaxing potential; over all, how many rows the potentials disagree on. None without checks."""
+    cols = [c for c in df.columns if str(c).startswith(CHECK_PREFIX)]
+    if not cols:
+        return None
+    n = len(df)
+    eh = pd.to_numeric(df["e_hull"], errors="coerce")
+    out: dict[str, Any] = {"relaxed_with": primary, "threshold_ev_atom": threshold, "potentials": {}}
+    both = eh.notna()
+    for c in cols:
+        other = pd.to_numeric(df[c], errors="coerce")
+        ok = eh.notna() & other.notna()
+        both &= other.notna()
+        d = (other[ok] - eh[ok])
+        out["potentials"][c[len(CHECK_PREFIX):]] = {
+            "metastable": rate(int((other < e_hull_metastable).sum()), n),
+            "stable": rate(int((other <= E_HULL_STABLE).sum()), n),
+            "median_abs_diff_ev_atom": float(d.abs().median()) if len(d) else None,
+            "median_signed_diff_ev_atom": float(d.median()) if len(d) else None,
+            "n_scored_by_both": int(ok.sum()),
+        }
+    spread = pd.to_numeric(df["e_hull_spread"], errors="coerce") if "e_hull_spread" in df.columns else None
+    if spread is not None:
+        out["disagree"] = {**rate(int((spread > threshold).sum()), int(both.sum())),
+                           "denominator_is": "rows scored by every potential"}
+    every = eh < e_hull_metastable
+    for c in cols:
+        every &= pd.to_numeric(df[c], errors="coerce") < e_hull_metastable
+    out["metastable_by_every_potential"] = {**rate(int(every.sum()), n), "denominator_is": "all input structures"}
+    return out
+
+
 def check_hull_compatible(potential: Potential, hull: Hull, *, is_mp_reference: bool) -> None:
     """Refuse to score PBE/r2SCAN-scale energies against the Materials Project hull."""
     if is_mp_reference and not potential.mp_hull_compatible:
@@ -200,7 +293,12 @@ def check_resume_compatible(summary_path: str | Path, config: StabilityConfig) -
 
 @dataclass(frozen=True)
 class StabilityConfig:
-    """Settings of a relax + E_hull run (written beside the results)."""
+    """Settings of a relax + E_hull run (written beside the results).
+
+    ``potential`` may list several, comma-separated (``"chgnet,sevennet-0"``): the first relaxes,
+    every one scores the relaxed cell, and rows where their E_hull differ by more than
+    ``disagreement`` eV/atom are flagged (:func:`cross_score`).
+    """
 
     potential: str = "chgnet"
     hull: str | None = None  # None: MP-20 reference hull from the data dir; else a file
@@ -210,6 +308,7 @@ class StabilityConfig:
     device: str | None = None
     e_hull_metastable: float = E_HULL_METASTABLE
     threads: int | None = None  # torch threads of an in-process run (n_workers 1); None: torch's default
+    disagreement: float = 0.1  # agreement mode: flag rows whose E_hull differs by more (eV/atom)
 
 
 def environment_info() -> dict:
@@ -243,7 +342,8 @@ def run_stability(
             ``(id, Structure|CIF)`` pairs. Ids must be unique.
         out_dir: output folder (``stability.parquet``, ``stability_summary.json``).
         config: settings.
-        potential: an already loaded potential (else loaded from ``config.potential``).
+        potential: an already loaded relaxing potential (else loaded from ``config.potential``'s
+            first name; the others are loaded here as check potentials).
         hull: an already built hull (else ``config.hull`` or the MP-20 reference hull).
         data_dir: data folder for the reference hull.
         progress: show a rich progress bar.
@@ -263,12 +363,16 @@ def run_stability(
     summary_path = out / filename.replace(".parquet", "_summary.json")
     if (out / filename).exists():
         check_resume_compatible(summary_path, config)
+    names = potential_names(config.potential)
+    primary = names[0]
     # on Ray the workers load the potential; here it only declares its energy scale for the hull
-    pot = potential or load_potential(config.potential, device="cpu" if executor is not None else config.device)
+    pot = potential or load_potential(primary, device="cpu" if executor is not None else config.device)
+    checks = [load_potential(n, device=config.device) for n in names[1:]]
     is_mp = hull is None and config.hull is None
     if hull is None:
         hull = Hull.from_file(config.hull) if config.hull else Hull.from_data_dir(data_dir)
-    check_hull_compatible(pot, hull, is_mp_reference=is_mp)
+    for p_ in (pot, *checks):
+        check_hull_compatible(p_, hull, is_mp_reference=is_mp)
 
     if isinstance(items, pd.DataFrame):
         errs = items["read_error"].fillna("").astype(str) if "read_error" in items.columns else [""] * len(items)
@@ -291,10 +395,17 @@ def run_stability(
         "torch_threads": _torch_threads(config),
         "environment": environment_info(),
     }
+    if checks:
+        protocol["agreement"] = {
+            "relaxed_with": pot.name, "scored_with": [pot.name, *(c.name for c in checks)],
+            "check": "single point of each further potential on the relaxed cell, same hull",
+            "disagreement_threshold_ev_atom": config.disagreement,
+            "check_potentials": [c.protocol() for c in checks],
+        }
     t0 = time.time()
     batch: list[dict] = []
     bar = _progress(progress, len(todo), len(done))
-    pot_arg: Potential | str = pot if config.n_workers <= 1 else config.potential
+    pot_arg: Potential | str = pot if config.n_workers <= 1 else primary
     refused: list[dict] = []
 
     def checked():
@@ -320,12 +431,19 @@ def run_stability(
         task = bar.add_task("relax + E_hull", total=len(triples), completed=len(triples) - len(todo))
         for row in relax_many(checked(), pot_arg, config.relax, n_workers=config.n_workers, device=config.device,
                               threads=config.threads, executor=executor):
-            batch.append(score_row(row, hull, pot))
+            row = score_row(row, hull, pot)
+            if checks:
+                row = cross_score(row, checks, hull, threshold=config.disagreement)
+            batch.append(row)
             bar.advance(task)
             flush()
         flush(force=True)
     df = store.df
     summary = summarize(df, e_hull_metastable=config.e_hull_metastable)
+    agreement = agreement_summary(df, primary=pot.name, threshold=config.disagreement,
+                                  e_hull_metastable=config.e_hull_metastable)
+    if agreement is not None:
+        summary["agreement"] = agreement
     summary["protocol"] = protocol
     summary["config"] = {**asdict(config), "relax": asdict(config.relax)}
     summary["wall_s_this_run"] = time.time() - t0

@@ -1,4 +1,4 @@
-"""ML interatomic potentials behind one loader: CHGNet (default, offline) and matgl (optional).
+"""ML interatomic potentials behind one loader: CHGNet (default, offline), SevenNet and matgl (optional).
 
 Every potential declares the *energy scale* of its predictions, because that decides whether its
 energies can be put on the Materials Project hull and whether the MP2020 corrections apply:
@@ -9,6 +9,13 @@ energies can be put on the Materials Project hull and whether the MP2020 correct
 * ``"mp-uncorrected"``: trained on raw MP GGA/GGA+U energies (matgl ``M3GNet-MP-2021.2.8-PES``).
   Needs the MP2020 scheme before it meets the MP hull.
 * ``"pbe"`` / ``"r2scan"``: MatPES-style plain functional energies; never mix with MP references.
+
+SevenNet (optional extra ``llamat-cif[sevenn]``): the checkpoints inside the ``sevenn`` wheel,
+``sevennet-0`` (SevenNet-0, 11 Jul 2024), ``sevennet-mf-0`` (its PBE modal) and ``sevennet-l3i5``,
+all trained on MPtrj. Unlike CHGNet they predict *uncorrected* energies (``"mp-uncorrected"``): measured,
+not assumed, by ``benchmarks/stability/sevennet_scale.py`` (single points on 200 DFT-relaxed MP-20
+test structures: on the 86 whose MP2020 correction is non-zero, E_hull taken as is misses MP's own by a
+median 0.31 eV/atom, after MP2020 by 0.005-0.013; CHGNet the other way round, 0.016 vs 0.30).
 
 matgl checkpoints are tied to the matgl version that wrote them: a 2.0.x checkpoint loads under
 matgl 4.x without an error but gives wrong energies. :func:`load_potential` therefore reads the
@@ -40,6 +47,15 @@ KNOWN_MATGL_CHECKPOINTS: dict[str, dict[str, str]] = {
 }
 
 
+#: SevenNet checkpoints shipped inside the ``sevenn`` wheel: our name -> (sevenn's name, calculator
+#: keyword arguments, energy scale). The scale was measured (see module docstring).
+SEVENNET_MODELS: dict[str, tuple[str, dict, str]] = {
+    "sevennet-0": ("7net-0", {}, "mp-uncorrected"),
+    "sevennet-mf-0": ("7net-mf-0", {"modal": "PBE"}, "mp-uncorrected"),
+    "sevennet-l3i5": ("7net-l3i5", {}, "mp-uncorrected"),
+}
+
+
 class PotentialError(RuntimeError):
     """A potential cannot be found, loaded, or is incompatible with the installed packages."""
 
@@ -50,7 +66,7 @@ class Potential:
 
     Attributes:
         name: model name or path as given.
-        backend: ``"chgnet"`` or ``"matgl"``.
+        backend: ``"chgnet"``, ``"sevennet"`` or ``"matgl"``.
         model: the backend's model object.
         device: ``"cpu"`` or ``"cuda"``.
         energy_scale: one of :data:`ENERGY_SCALES`.
@@ -88,6 +104,8 @@ class Potential:
             from chgnet.model.dynamics import CHGNetCalculator
 
             return CHGNetCalculator(model=self.model, use_device=self.device, on_isolated_atoms="ignore")
+        if self.backend == "sevennet":
+            return self.model  # the SevenNet ASE calculator itself
         if self.backend == "matgl":
             from matgl.ext.ase import PESCalculator  # type: ignore[import-not-found]
 
@@ -121,6 +139,8 @@ class Potential:
             "device": self.device,
             "energy_scale": self.energy_scale,
             "mp2020_correction_applied": self.needs_mp2020_correction,
+            **({"checkpoint": Path(self.extra["checkpoint"]).name} if "checkpoint" in self.extra else {}),
+            **({"modal": self.extra["modal"]} if "modal" in self.extra else {}),
         }
 
 
@@ -152,6 +172,8 @@ def load_potential(
     Accepted forms:
         * ``"chgnet"`` (default) or ``"chgnet-0.3.0"`` / ``"chgnet-0.2.0"``: weights from the chgnet wheel.
         * a CHGNet checkpoint file (``*.pth.tar``).
+        * ``"sevennet-0"``, ``"sevennet-mf-0"``, ``"sevennet-l3i5"``: weights from the sevenn wheel
+          (extra ``llamat-cif[sevenn]``), or ``"sevennet:<checkpoint.pth>"`` (pass ``energy_scale``).
         * ``"matgl:<NAME>"`` or a matgl model name: the folder ``$LLAMAT_CIF_MODELS/matgl/<NAME>``.
         * a folder holding ``model.json`` + ``model.pt`` + ``state.pt`` (matgl).
 
@@ -171,18 +193,25 @@ def load_potential(
     dev = auto_device(device)
     if backend == "chgnet":
         return _load_chgnet(str(target), dev, energy_scale)
+    if backend == "sevennet":
+        return _load_sevennet(str(target), dev, energy_scale)
     return _load_matgl_folder(Path(target), dev, energy_scale, allow_version_mismatch)
 
 
 def resolve_potential(name_or_path: str | Path) -> tuple[str, str | Path]:
     """Which backend and weights a potential name means, without loading anything (so a run can
-    refuse a bad ``--potential`` before it starts): ``("chgnet", spec)`` or ``("matgl", folder)``.
+    refuse a bad ``--potential`` before it starts): ``("chgnet", spec)``, ``("sevennet", name or
+    checkpoint)`` or ``("matgl", folder)``.
 
     Raises:
-        PotentialError: neither a CHGNet name or checkpoint nor a local matgl folder.
+        PotentialError: neither a CHGNet or SevenNet name or checkpoint nor a local matgl folder.
     """
     spec = str(name_or_path)
     low = spec.lower()
+    if low in SEVENNET_MODELS:
+        return "sevennet", low
+    if low.startswith("sevennet:"):
+        return "sevennet", spec.split(":", 1)[1]
     if low == "chgnet" or low.startswith("chgnet-") or low.endswith((".pth.tar", ".pth")):
         return "chgnet", spec
     path = Path(spec).expanduser()
@@ -193,7 +222,8 @@ def resolve_potential(name_or_path: str | Path) -> tuple[str, str | Path]:
             path = cand
         else:
             raise PotentialError(
-                f"unknown potential {spec!r}: not 'chgnet', not a CHGNet checkpoint file, and no matgl "
+                f"unknown potential {spec!r}: not 'chgnet' or one of {', '.join(SEVENNET_MODELS)}, not a "
+                f"CHGNet checkpoint file, and no matgl "
                 f"folder {cand} (set $LLAMAT_CIF_MODELS or pass a folder with model.json). "
                 "Models are never downloaded at run time."
             )
@@ -217,6 +247,39 @@ def _load_chgnet(spec: str, device: str, energy_scale: str | None) -> Potential:
     return Potential(
         name=spec, backend="chgnet", model=model, device=device,
         energy_scale=energy_scale or "mp2020", package_version=_pkg_version("chgnet") or "?",
+    )
+
+
+def _load_sevennet(spec: str, device: str, energy_scale: str | None) -> Potential:
+    version = _pkg_version("sevenn")
+    if version is None:
+        raise PotentialError(f"potential {spec} needs the optional extra: pip install 'llamat-cif[sevenn]'")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # e3nn's "`torch.jit.script` is deprecated" at import
+        from sevenn.calculator import SevenNetCalculator
+        from sevenn.util import pretrained_name_to_path
+
+    if spec in SEVENNET_MODELS:
+        name, kwargs, scale = SEVENNET_MODELS[spec]
+        try:
+            path = Path(pretrained_name_to_path(name))
+        except Exception as exc:  # noqa: BLE001 - sevenn's own lookup error, with context
+            raise PotentialError(f"sevenn {version} does not know {name!r} ({exc})") from exc
+        if not path.is_file():
+            raise PotentialError(f"{spec}: checkpoint {path} is not inside the installed sevenn {version} wheel; "
+                                 "models are never downloaded at run time")
+    else:
+        path, kwargs, scale = Path(spec).expanduser(), {}, "unknown"
+        if not path.is_file():
+            raise PotentialError(f"SevenNet checkpoint {path} does not exist")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "no tensor-product accelerator" on every CPU load
+        calc = SevenNetCalculator(str(path), device=device, **kwargs)
+    return Potential(
+        name=spec, backend="sevennet", model=calc, device=device,
+        energy_scale=energy_scale or scale, package_version=version, extra={"checkpoint": str(path), **kwargs},
     )
 
 
