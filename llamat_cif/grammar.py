@@ -522,14 +522,26 @@ def _lattice_matrix(a, b, c, al, be, ga) -> np.ndarray:
 _SHIFTS = np.array([[i, j, k] for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)], dtype=float)
 
 
+def min_image_sq(cart: np.ndarray, shift_cart: np.ndarray) -> np.ndarray:
+    """Smallest ``|v + s|^2`` over the lattice translations ``shift_cart`` (rows, Å) for every
+    vector ``v`` in ``cart`` (last axis 3); shape ``cart.shape[:-1]``.
+
+    Expanded as ``|v|^2 + 2 v.s + |s|^2`` so the work is one matrix product instead of a
+    (..., 27, 3) array of differences: the look-ahead asks this ~10^5 times per batch. Rounding
+    differs from the direct sum by ~1e-12 Å^2, far below any threshold it is compared with.
+    """
+    v2 = np.einsum("...k,...k->...", cart, cart)
+    d2 = (cart @ (2.0 * shift_cart.T)) + (shift_cart * shift_cart).sum(1)
+    return np.maximum(d2.min(-1) + v2, 0.0)
+
+
 def pair_distances(frac_new: np.ndarray, frac_old: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     """Periodic distance (Å) from each new point to each old point, shape (new, old) (27 images)."""
     if len(frac_old) == 0 or len(frac_new) == 0:
         return np.zeros((len(frac_new), len(frac_old)))
     d = frac_new[:, None, :] - frac_old[None, :, :]
     d -= np.round(d)
-    diff = (d @ matrix)[:, :, None, :] + (_SHIFTS @ matrix)[None, None, :, :]
-    return np.sqrt(np.einsum("npsk,npsk->nps", diff, diff).min(axis=2))
+    return np.sqrt(min_image_sq(d @ matrix, _SHIFTS @ matrix))
 
 
 def min_distance(frac_new: np.ndarray, frac_old: np.ndarray, matrix: np.ndarray) -> np.ndarray:

@@ -37,6 +37,7 @@ import numpy as np
 
 from llamat_cif.grammar import (
     _SHIFTS,
+    min_image_sq,
     orbit,
     orbit_sizes,
     pair_distances,
@@ -206,11 +207,12 @@ class Placement:
                  budget: int = 2000, *, contact_ratio: float = 0.0, total_budget: int = 60_000) -> None:
         self.number = number
         self.rots, self.trans = space_group_ops(number)
+        self.rots_t = np.ascontiguousarray(self.rots.transpose(0, 2, 1))
         self.ops = (self.rots, self.trans)
         self.matrix = np.asarray(matrix, dtype=float)
         self.dmin = float(min_distance) if min_distance else 0.05
         self.f = float(contact_ratio or 0.0)
-        lat = _SHIFTS @ self.matrix
+        lat = self.shift_cart = _SHIFTS @ self.matrix  # the 27 lattice translations, Å
         norms = np.sqrt((lat * lat).sum(1))
         self.shortest_vector = float(norms[norms > 1e-9].min())  # an atom's distance to its own copy
         self.table = wyckoff_table(number)
@@ -220,6 +222,7 @@ class Placement:
         self.budget = budget
         self.optimistic = 0  # questions answered "yes" because the budget ran out
         self._memo: dict[tuple, list[np.ndarray] | None] = {}
+        self._own_cache: dict[tuple, np.ndarray] = {}  # (points, m, radius, ratio) -> own-copies mask
         self._certs: dict[tuple, tuple[np.ndarray, np.ndarray, int]] = {}  # counts -> (atoms, radii, lines)
         self._nodes = 0
         self.total_budget = total_budget
@@ -261,30 +264,45 @@ class Placement:
             placed, placed_r = self.placed, self.placed_r
         elif placed_r is None:
             placed_r = np.zeros(len(placed))
-        own_min = float(self._threshold(radius, np.array([radius]), ratio)[0])  # copies of the same atom
-        if self.shortest_vector < own_min:
-            return np.zeros(len(pts), dtype=bool)
-        imgs = np.einsum("kij,nj->nki", self.rots, pts) + self.trans[None]
-        d = imgs - pts[:, None, :]
-        d -= np.round(d)
-        same = (np.abs(d) < SAME_TOL).all(-1)  # (n, k)
-        ok = len(self.rots) == m * same.sum(1)  # orbit size = |G| / |stabiliser|
-        if ok.any():
-            idx = np.nonzero(ok)[0]
-            cart = (d[idx] @ self.matrix)[:, :, None, :] + (_SHIFTS @ self.matrix)[None, None]
-            own = np.sqrt(np.einsum("nksx,nksx->nks", cart, cart).min(-1))  # (n_ok, k)
-            own[same[idx]] = np.inf
-            ok[idx] = own.min(1) >= own_min
+        ok = self._own_ok(pts, m, radius, ratio)
         if len(placed) and ok.any():
             idx = np.nonzero(ok)[0]
             dist = pair_distances(pts[idx], placed, self.matrix)  # (n_ok, placed)
             ok[idx] = (dist >= self._threshold(radius, placed_r, ratio)[None, :]).all(1)
         return ok
 
+    def _own_ok(self, pts: np.ndarray, m: int, radius: float, ratio: float | None) -> np.ndarray:
+        """Orbit size ``m`` and distance rule to the point's own symmetry copies and lattice
+        translations, for snapped points. It does not depend on the placed atoms, and the
+        look-ahead asks it again and again for the same candidate chunks, so answers are kept
+        (a copy is returned: callers update the mask in place)."""
+        key = (pts.tobytes(), m, radius, ratio)
+        hit = self._own_cache.get(key)
+        if hit is not None:
+            return hit.copy()
+        own_min = float(self._threshold(radius, np.array([radius]), ratio)[0])  # copies of the same atom
+        if self.shortest_vector < own_min:
+            ok = np.zeros(len(pts), dtype=bool)
+        else:
+            # integer rotation matrices: the product is exact whichever way it is taken
+            imgs = np.matmul(pts, self.rots_t).transpose(1, 0, 2) + self.trans[None]
+            d = imgs - pts[:, None, :]
+            d -= np.round(d)
+            same = (np.abs(d) < SAME_TOL).all(-1)  # (n, k)
+            ok = len(self.rots) == m * same.sum(1)  # orbit size = |G| / |stabiliser|
+            if ok.any():
+                idx = np.nonzero(ok)[0]
+                own = np.sqrt(min_image_sq(d[idx] @ self.matrix, self.shift_cart))  # (n_ok, k)
+                own[same[idx]] = np.inf
+                ok[idx] = own.min(1) >= own_min
+        if len(self._own_cache) < 50_000:
+            self._own_cache[key] = ok
+        return ok.copy()
+
     def orbit_of(self, p: np.ndarray) -> np.ndarray:
         """The distinct symmetry images of ``p`` as the reader will generate them."""
         p = snap(np.asarray(p, dtype=float))
-        imgs = np.mod(np.einsum("kij,j->ki", self.rots, p) + self.trans, 1.0)
+        imgs = np.mod(self.rots @ p + self.trans, 1.0)
         d = imgs[:, None, :] - imgs[None, :, :]
         same = (np.abs(d - np.round(d)) < SAME_TOL).all(-1)
         first = same.argmax(1)  # the first image each one coincides with
