@@ -281,6 +281,11 @@ def load_generator(
             f"{folder} holds neither config.json (a Hugging Face model) nor adapter_config.json "
             f"(a peft adapter)"
         )
+    from transformers.utils import logging as hf_logging
+
+    # transformers 5 draws a "Loading weights" tqdm bar per load: a flood in screens and tests, and
+    # a 6.5M-parameter model loads in well under a second
+    hf_logging.disable_progress_bar()
     try:
         if is_adapter:
             from peft import PeftModel

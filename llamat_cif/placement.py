@@ -151,14 +151,24 @@ def allocatable(number: int, counts: tuple[int, ...]) -> bool:
 def min_lines(number: int, counts: tuple[int, ...]) -> int:
     """Fewest site lines that can write these element counts (each count a sum of the group's
     Wyckoff multiplicities; special-point limits ignored, so a lower bound)."""
+    best = _fewest_lines(number, max(counts, default=0))
+    return sum(best[c] for c in counts if c > 0)
+
+
+_LINES: dict[int, list[int]] = {}
+
+
+def _fewest_lines(number: int, top: int) -> list[int]:
+    """``best[t]``: fewest multiplicities of the group summing to ``t``, for every ``t <= top``
+    (10**6 where none does); one table per group, extended on demand."""
     from llamat_cif.grammar import orbit_sizes
 
-    sizes = sorted(orbit_sizes(number))
-    top = max(counts, default=0)
-    best = [0] + [10**6] * top
-    for t in range(1, top + 1):
-        best[t] = min((best[t - m] + 1 for m in sizes if m <= t), default=10**6)
-    return sum(best[c] for c in counts if c > 0)
+    best = _LINES.setdefault(number, [0])
+    if len(best) <= top:
+        sizes = sorted(orbit_sizes(number))
+        for t in range(len(best), top + 1):
+            best.append(min((best[t - m] + 1 for m in sizes if m <= t), default=10**6))
+    return best
 
 
 @lru_cache(maxsize=200_000)

@@ -48,6 +48,37 @@ def physics_options(f):
                              "[default: calibrated, 0.68: >= 99.9 % of MP-20 train pass; 0 = off].")(f)
 
 
+json_option = click.option(
+    "--json", "as_json", is_flag=True,
+    help="Print the summary as one JSON object on stdout (tables, progress and messages go to stderr).")
+
+
+def json_mode(enabled: bool) -> None:
+    """With ``--json``: everything rich prints (our tables, the library's progress bars) goes to
+    stderr, so stdout holds only the JSON object."""
+    if not enabled:
+        return
+    import rich
+
+    console.stderr = True
+    rich.reconfigure(stderr=True)
+
+    def restore() -> None:  # the command may run inside a longer-lived process (tests, notebooks)
+        console.stderr = False
+        rich.reconfigure()
+
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.call_on_close(restore)
+
+
+def emit_json(obj) -> None:
+    """The summary on stdout as one line of JSON."""
+    import json
+
+    click.echo(json.dumps(obj, default=str))
+
+
 def fail(message: str, code: int = 1) -> None:
     """Print an error in red and exit with ``code``."""
     err_console.print(f"[bold red]error:[/] {message}", highlight=False)

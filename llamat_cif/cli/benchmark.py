@@ -6,7 +6,15 @@ from pathlib import Path
 
 import click
 
-from llamat_cif.cli._common import console, data_dir_option, fail, seed_option
+from llamat_cif.cli._common import (
+    console,
+    data_dir_option,
+    emit_json,
+    fail,
+    json_mode,
+    json_option,
+    seed_option,
+)
 
 
 @click.command()
@@ -69,12 +77,13 @@ from llamat_cif.cli._common import console, data_dir_option, fail, seed_option
 @click.option("--cdvae-samples", "cdvae_n_samples", type=click.IntRange(min=2), default=1000, show_default=True,
               help="With --protocol cdvae: valid crystals drawn (CDVAE: 1,000; another number is recorded "
                    "as a deviation).")
+@json_option
 @data_dir_option
 def benchmark(samples: tuple[str, ...], reference: str, train: str | None, out: str | None, seed: int, max_samples: int | None,
               struct_cutoff: float | None, comp_cutoff: float | None, fingerprint_scope: str,
               fingerprint_shortcut: bool, coverage: bool, workers: int, cache_dir: str | None, reference_limit: int | None,
               no_figures: bool, novelty: bool, stability_n: int, rescale_volume: bool, protocol: str,
-              cdvae_n_samples: int, data_dir: str | None) -> None:
+              cdvae_n_samples: int, as_json: bool, data_dir: str | None) -> None:
     """Validity, coverage (overall and per element), uniqueness/novelty, distributions, diversity, CSP, S.U.N.
 
     Beside CDVAE's metrics: Jensen-Shannon distances of space-group, crystal-system and element
@@ -99,6 +108,7 @@ def benchmark(samples: tuple[str, ...], reference: str, train: str | None, out: 
     from llamat_cif.benchmarks.run import BenchmarkConfig, run_benchmark
     from llamat_cif.data import DataError
 
+    json_mode(as_json)
     if rescale_volume and not stability_n:
         fail("--rescale-volume applies to the relaxations of --stability N; give --stability too")
     if protocol == "cdvae" and (not coverage or fingerprint_shortcut):
@@ -151,6 +161,8 @@ def benchmark(samples: tuple[str, ...], reference: str, train: str | None, out: 
         _print_comparison(summary, [label for label, _ in sets])
         console.print(f"wrote {out}/comparison.md, {out}/comparison.csv"
                       + ("" if no_figures else f", {out}/figures/compare_*.png") + f" and {out}/<label>/")
+        if as_json:
+            emit_json({"comparison": summary, "sets": results})
         return
     result = results[sets[0][0]]
     table = Table(title=f"benchmark vs {result['reference']['description']}")
@@ -175,6 +187,8 @@ def benchmark(samples: tuple[str, ...], reference: str, train: str | None, out: 
     where = out or sets[0][1]
     console.print(f"wrote {where}/metrics.json" + ("" if no_figures else f", {where}/report.md, {where}/figures/")
                   + f" in {result['protocol']['wall_time_s']} s")
+    if as_json:
+        emit_json(result)
 
 
 def _print_cdvae(block: dict) -> None:

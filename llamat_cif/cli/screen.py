@@ -9,7 +9,10 @@ import click
 from llamat_cif.cli._common import (
     console,
     data_dir_option,
+    emit_json,
     fail,
+    json_mode,
+    json_option,
     physics_options,
     sampling_options,
     seed_option,
@@ -57,12 +60,13 @@ from llamat_cif.stability.relax import quiet_warnings
               help="With --executor ray and no --address: CPUs of the Ray instance started here (default: all).")
 @click.option("--progress/--no-progress", default=True)
 @seed_option
+@json_option
 @data_dir_option
 def screen(n, model, potential, out_dir, formula, spacegroup, temperature, top_p, top_k, min_contact_ratio,
            steer_contact_ratio, steer_volume_window, volume_window, batch_size, targets, constrained,
            min_distance, charge_balanced, fmax,
            max_steps, time_limit, hull_path, relax_filter, workers, device, executor, address, ray_cpus,
-           progress, seed, data_dir) -> None:
+           progress, seed, as_json, data_dir) -> None:
     """Generate N crystals and screen them down to stable, unique, novel candidates.
 
     Stages: generate -> validate -> deduplicate -> relax (FIRE) -> E_hull (MP-20 reference hull)
@@ -74,6 +78,7 @@ def screen(n, model, potential, out_dir, formula, spacegroup, temperature, top_p
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     quiet_warnings()
+    json_mode(as_json)
     from llamat_cif.executors.ray_executor import RayUnavailable, executor_from_options
     from llamat_cif.model import ModelLoadError
     from llamat_cif.screen import ScreenConfig, ScreenError, run_screen
@@ -112,6 +117,8 @@ def screen(n, model, potential, out_dir, formula, spacegroup, temperature, top_p
         fail(str(exc))
     print_funnel(funnel)
     console.print(f"results in {out_dir}: samples.csv, validity.parquet, stability.parquet, sun.json, funnel.json")
+    if as_json:
+        emit_json(funnel)
 
 
 def print_funnel(funnel: dict) -> None:

@@ -7,7 +7,15 @@ import os
 
 import click
 
-from llamat_cif.cli._common import console, data_dir_option, fail, seed_option
+from llamat_cif.cli._common import (
+    console,
+    data_dir_option,
+    emit_json,
+    fail,
+    json_mode,
+    json_option,
+    seed_option,
+)
 from llamat_cif.stability.relax import quiet_warnings
 
 
@@ -43,9 +51,10 @@ from llamat_cif.stability.relax import quiet_warnings
 @click.option("--limit", type=int, default=None, help="Score only the first N structures.")
 @click.option("--progress/--no-progress", default=True)
 @seed_option
+@json_option
 @data_dir_option
 def stability(input_path, out_dir, potential, disagree_above, hull_path, fmax, max_steps, time_limit, rescale_volume, cell,
-              workers, threads, batch_size, device, limit, progress, seed, data_dir) -> None:
+              workers, threads, batch_size, device, limit, progress, seed, as_json, data_dir) -> None:
     """Relax INPUT's structures (FIRE + FrechetCellFilter) and compute E_hull.
 
     INPUT: a run folder with samples.csv (valid rows only when validity.parquet exists), a folder
@@ -59,6 +68,7 @@ def stability(input_path, out_dir, potential, disagree_above, hull_path, fmax, m
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     quiet_warnings()
+    json_mode(as_json)
     from pathlib import Path
 
     from llamat_cif.stability import (
@@ -95,6 +105,8 @@ def stability(input_path, out_dir, potential, disagree_above, hull_path, fmax, m
     summary["seed"] = seed  # the relaxation is deterministic; the seed is recorded with the run
     (out / "stability_summary.json").write_text(json.dumps(summary, indent=2))
     _print_summary(summary, seed)
+    if as_json:
+        emit_json(summary)
 
 
 def _print_summary(summary: dict, seed: int) -> None:

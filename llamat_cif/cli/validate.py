@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from llamat_cif.cli._common import console, fail
+from llamat_cif.cli._common import console, emit_json, fail, json_mode, json_option
 
 
 @click.command("validate")
@@ -44,8 +44,10 @@ from llamat_cif.cli._common import console, fail
               help="cdvae: also CDVAE's validity triple (comp_valid, struct_valid, valid over all texts, "
                    "'valid' requiring a CrystalNN fingerprint, as CDVAE's Crystal does); fingerprints the "
                    "valid structures (cached). Needs CDVAE's thresholds and --keep-cif.")
+@json_option
 def validate(input_path, out_dir, n_jobs, timeout_s, chunk_size, column, fmt, targets, limit, min_distance,
-             min_volume, oxidation_states, symprec, check_bonds, max_sites, keep_cif, resume, protocol) -> None:
+             min_volume, oxidation_states, symprec, check_bonds, max_sites, keep_cif, resume, protocol,
+             as_json) -> None:
     """Check generated crystals: parse, structure, composition, self-consistency, conditions.
 
     \b
@@ -61,6 +63,8 @@ def validate(input_path, out_dir, n_jobs, timeout_s, chunk_size, column, fmt, ta
     """
     from llamat_cif.validators import run_validation
     from llamat_cif.validators.inputs import InputError
+
+    json_mode(as_json)
 
     if protocol == "cdvae":
         from llamat_cif.validators.composition import resolve_oxidation_states
@@ -94,6 +98,8 @@ def validate(input_path, out_dir, n_jobs, timeout_s, chunk_size, column, fmt, ta
 
         summary = add_cdvae_validity(out_dir, workers=max(1, n_jobs), show_progress=True)
     print_summary(summary, Path(out_dir))
+    if as_json:
+        emit_json(summary)
 
 
 def _frac(value: float | None) -> str:

@@ -103,7 +103,8 @@ class Potential:
         if self.backend == "chgnet":
             from chgnet.model.dynamics import CHGNetCalculator
 
-            return CHGNetCalculator(model=self.model, use_device=self.device, on_isolated_atoms="ignore")
+            with _quiet_stdout():  # "CHGNet will run on cpu", once per calculator and worker
+                return CHGNetCalculator(model=self.model, use_device=self.device, on_isolated_atoms="ignore")
         if self.backend == "sevennet":
             return self.model  # the SevenNet ASE calculator itself
         if self.backend == "matgl":
@@ -142,6 +143,14 @@ class Potential:
             **({"checkpoint": Path(self.extra["checkpoint"]).name} if "checkpoint" in self.extra else {}),
             **({"modal": self.extra["modal"]} if "modal" in self.extra else {}),
         }
+
+
+def _quiet_stdout():
+    """Swallow what a backend prints on stdout while loading (stdout belongs to ``--json``)."""
+    import contextlib
+    import io
+
+    return contextlib.redirect_stdout(io.StringIO())
 
 
 def auto_device(device: str | None = None) -> str:
@@ -235,14 +244,15 @@ def _load_chgnet(spec: str, device: str, energy_scale: str | None) -> Potential:
         from chgnet.model import CHGNet
     except ImportError as exc:  # pragma: no cover - chgnet is a core dependency
         raise PotentialError("chgnet is not installed: pip install chgnet") from exc
-    if spec.lower() == "chgnet":
-        model = CHGNet.load(use_device=device, verbose=False)
-    elif spec.lower().startswith("chgnet-"):
-        model = CHGNet.load(model_name=spec.split("-", 1)[1], use_device=device, verbose=False)
-    else:
-        if not Path(spec).is_file():
-            raise PotentialError(f"CHGNet checkpoint {spec} does not exist")
-        model = CHGNet.from_file(spec)
+    with _quiet_stdout():  # CHGNet prints "CHGNet v0.3.0 initialized with ..." on stdout
+        if spec.lower() == "chgnet":
+            model = CHGNet.load(use_device=device, verbose=False)
+        elif spec.lower().startswith("chgnet-"):
+            model = CHGNet.load(model_name=spec.split("-", 1)[1], use_device=device, verbose=False)
+        else:
+            if not Path(spec).is_file():
+                raise PotentialError(f"CHGNet checkpoint {spec} does not exist")
+            model = CHGNet.from_file(spec)
     model.eval()
     return Potential(
         name=spec, backend="chgnet", model=model, device=device,
