@@ -24,9 +24,14 @@ HERE = Path(__file__).resolve().parent
 
 
 def _shim_torch_sim_sevennet():
+    import warnings
+
     import sevenn._keys as key
     import torch
-    import torch_sim.models.sevennet as tsm
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch-sim warns with the whole ImportError traceback
+        import torch_sim.models.sevennet as tsm
     from sevenn.atom_graph_data import AtomGraphData
     from torch_geometric.loader.dataloader import Collater
 
