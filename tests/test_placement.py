@@ -164,3 +164,29 @@ def test_search_counts_site_lines_where_geometry_decides():
     assert p.fits([2])  # a certificate with two orbits is cached ...
     assert not p.fits([2], lines=1)  # ... and is not taken for a one-line answer
     assert not p.multiplicity_ok(1, [1], lines=0) and p.multiplicity_ok(1, [1], lines=1)
+
+
+def test_min_image_distances_match_the_direct_sum():
+    """The expanded |v + s|^2 (one matrix product) gives the direct 27-image minimum, and the
+    own-copies cache answers exactly what a fresh Placement computes."""
+    from llamat_cif.grammar import _SHIFTS, pair_distances
+    from llamat_cif.placement import Placement
+
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        m = np.triu(rng.uniform(-1.5, 1.5, (3, 3))) + np.diag(rng.uniform(3, 9, 3))
+        a, b = rng.random((7, 3)), rng.random((11, 3))
+        d = a[:, None, :] - b[None, :, :]
+        d -= np.round(d)
+        diff = (d @ m)[:, :, None, :] + (_SHIFTS @ m)[None, None]
+        direct = np.sqrt((diff ** 2).sum(-1).min(-1))
+        np.testing.assert_allclose(pair_distances(a, b, m), direct, atol=1e-9)
+    # rock salt, Fm-3m, contact ratio 0.7 (Na 1.66, Cl 1.02 Å: pairs >= 1.876 Å): Cl on 4b, a/2 from
+    # the Na at the origin, fits at a = 5.64 (2.82 Å) and not at a = 3.2 (1.6 Å); asked twice, the
+    # cached own-copies answer gives the same mask
+    for a, want in ((5.64, True), (3.2, False)):
+        p = Placement(225, np.eye(3) * a, contact_ratio=0.7)
+        p.place(np.zeros(3), "Na")
+        cl = np.array([[0.5, 0.5, 0.5]])
+        assert p.check(cl, 4, radius=p.radius_of("Cl"))[0] == want
+        assert p.check(cl, 4, radius=p.radius_of("Cl"))[0] == want
