@@ -69,12 +69,10 @@ def test_sevennet_puts_srtio3_on_the_hull_only_after_mp2020(sevennet, mp_hull, p
 
 @requires_data
 def test_agreement_mode_relaxes_with_the_first_and_scores_with_both(tmp_path, mp_hull, nacl, perovskite):
-    from llamat_cif.stability.potentials import load_potential as lp
-
     items = pd.DataFrame({"id": ["nacl", "srtio3", "junk"],
                           "cif": [nacl.to(fmt="cif"), perovskite.to(fmt="cif"), "garbage"]})
     cfg = StabilityConfig(potential="chgnet,sevennet-0", relax=RelaxConfig(max_steps=100), batch_size=1)
-    df = run_stability(items, tmp_path, cfg, potential=lp("chgnet", device="cpu"), hull=mp_hull, progress=False)
+    df = run_stability(items, tmp_path, cfg, potential=load_potential("chgnet", device="cpu"), hull=mp_hull, progress=False)
     rows = df.set_index("id")
     assert "e_hull:sevennet-0" in df.columns
     for sid in ("nacl", "srtio3"):
