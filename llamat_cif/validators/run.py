@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
-import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -19,12 +18,12 @@ from typing import Any
 
 import pandas as pd
 
+from llamat_cif.runs import RunStore
 from llamat_cif.validators.core import COLUMNS, Thresholds, validate_one
 
 ROWS_FILE = "validity.parquet"
 #: Not ``summary.json``: a run folder also holds other stages' summaries (stability, benchmark).
 SUMMARY_FILE = "validity_summary.json"
-PARTS_DIR = "validity.parts"
 
 DEFINITIONS = {
     "parsed": "the text became an ordered pymatgen Structure within the limits (max_sites, max_chars, max_lattice_length)",
@@ -345,15 +344,11 @@ def run_validation(
     t = Thresholds.from_kwargs(**thresholds)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    parts = out / PARTS_DIR
     manifest = {"input": _input_fingerprint(input_path), "chunk_size": chunk_size, "column": column, "fmt": fmt,
                 "targets": str(targets) if targets else None, "limit": limit, "keep_cif": keep_cif,
                 "thresholds": t.as_dict()}
-    mpath = parts / "manifest.json"
-    if parts.exists() and (not resume or not mpath.exists() or json.loads(mpath.read_text()) != manifest):
-        shutil.rmtree(parts)
-    parts.mkdir(exist_ok=True)
-    mpath.write_text(json.dumps(manifest, indent=1, default=str))
+    # chunk k is part k; parts of another input or other settings are discarded, not mixed in
+    store = RunStore(out / ROWS_FILE, manifest=manifest, append=False, reset=not resume)
 
     records = iter_input(input_path, column=column, fmt=fmt, chunk_size=chunk_size, targets=targets, limit=limit)
     counter = SummaryCounter()
@@ -390,16 +385,13 @@ def run_validation(
     todo: list[tuple[int, list[dict[str, Any]]]] = []
 
     def commit(k: int, rows: list[dict[str, Any]]) -> None:
-        part = parts / f"part-{k:06d}.parquet"
         table = rows_to_arrow(rows)
-        tmp = part.with_suffix(".tmp")
-        pq.write_table(table, tmp)
-        tmp.replace(part)  # a part exists only when complete: safe to resume from
+        store.write_part(table, k)  # a part exists only when complete: safe to resume from
         counter.update(arrow_to_frame(table.drop_columns(["cif"])))
 
     try:
         for k, chunk in enumerate(_chunks(records, chunk_size)):
-            part = parts / f"part-{k:06d}.parquet"
+            part = store.part_path(k)
             if part.exists():
                 df = arrow_to_frame(pq.read_table(part))
                 if len(df) == len(chunk):
@@ -431,17 +423,7 @@ def run_validation(
             bar.stop()
     wall = time.perf_counter() - t0
 
-    # merge parts into one file, streaming
-    final = out / ROWS_FILE
-    tmp_final = final.with_suffix(".tmp")
-    writer = pq.ParquetWriter(tmp_final, _arrow_schema())
-    try:
-        for part in sorted(parts.glob("part-*.parquet")):
-            writer.write_table(pq.read_table(part, schema=_arrow_schema()))
-    finally:
-        writer.close()
-    tmp_final.replace(final)
-    shutil.rmtree(parts, ignore_errors=True)
+    store.commit(schema=_arrow_schema())  # merge the parts into one file, streaming
 
     n_new = counter.get("n") - reused
     summary = counter.summary(t, extra={

@@ -1,0 +1,72 @@
+"""The run store: parts appear whole, a rerun skips what is written, commits merge without duplicates."""
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from llamat_cif.runs import RunStore
+
+
+def test_append_resume_and_commit(tmp_path):
+    path = tmp_path / "run" / "stability.parquet"
+    store = RunStore(path, columns=["id", "e_hull", "error"])
+    store.write_part([{"id": "a", "e_hull": 0.1}, {"id": "b", "e_hull": 0.2}])
+    # an error batch: e_hull all missing, error set; must not turn e_hull into an object column
+    store.write_part([{"id": "c", "e_hull": None, "error": "relax: NaN energy"}])
+    # a half-written part of a killed run is only a .tmp file: never read
+    (store.parts_dir / "part-000002.parquet.tmp").write_bytes(b"garbage")
+
+    rerun = RunStore(path, columns=["id", "e_hull", "error"])
+    assert rerun.done_ids() == {"a", "b", "c"}
+    assert [p.name for p in rerun.part_paths()] == ["part-000000.parquet", "part-000001.parquet"]
+    rerun.write_part([{"id": "b", "e_hull": 0.25}, {"id": "d", "e_hull": -0.05}])  # b written again
+    df = rerun.read().set_index("id")
+    assert list(df.index) == ["a", "c", "b", "d"]  # one row per id, the last one wins
+    assert df.loc["b", "e_hull"] == 0.25
+    assert df["e_hull"].dtype == np.float64 and np.isnan(df.loc["c", "e_hull"])
+    assert list(rerun.read().columns[:3]) == ["id", "e_hull", "error"]
+
+    rerun.commit()
+    assert not rerun.parts_dir.exists()
+    committed = pd.read_parquet(path)
+    assert len(committed) == 4 and committed["id"].is_unique
+
+    # appending after a commit: committed rows stay part of the table
+    later = RunStore(path)
+    later.write_part([{"id": "e", "e_hull": 0.0}])
+    assert later.done_ids() == {"a", "b", "c", "d", "e"}
+    later.commit()
+    assert sorted(pd.read_parquet(path)["id"]) == ["a", "b", "c", "d", "e"]
+
+
+def test_chunked_manifest_and_streaming_commit(tmp_path):
+    path = tmp_path / "validity.parquet"
+    schema = pa.schema([("id", pa.string()), ("valid", pa.bool_())])
+    manifest = {"input": "x.csv", "chunk_size": 2}
+    store = RunStore(path, manifest=manifest, append=False)
+    store.write_part(pa.table({"id": ["2", "3"], "valid": [True, False]}, schema=schema), k=1)
+    store.write_part(pa.table({"id": ["0", "1"], "valid": [False, True]}, schema=schema), k=0)
+
+    assert RunStore(path, manifest=manifest, append=False).part_path(1).exists()  # same settings: reused
+    other = RunStore(path, manifest={**manifest, "chunk_size": 3}, append=False)  # other settings: discarded
+    assert other.part_paths() == []
+
+    store = RunStore(path, manifest=manifest, append=False)
+    store.write_part(pa.table({"id": ["2", "3"], "valid": [True, False]}, schema=schema), k=1)
+    store.write_part(pa.table({"id": ["0", "1"], "valid": [False, True]}, schema=schema), k=0)
+    path.write_bytes(b"an older committed file is not part of a chunked table")
+    store.commit(schema=schema)
+    out = pd.read_parquet(path)
+    assert list(out["id"]) == ["0", "1", "2", "3"] and list(out["valid"]) == [False, True, True, False]
+    assert not store.parts_dir.exists()
+
+
+def test_reset_starts_over(tmp_path):
+    path = tmp_path / "rows.parquet"
+    store = RunStore(path)
+    store.write_part([{"id": "a"}])
+    store.commit()
+    store.write_part([{"id": "b"}])
+    fresh = RunStore(path, reset=True)
+    assert fresh.done_ids() == set() and not path.exists()
+    assert fresh.write_part([]) is None and fresh.read().empty
