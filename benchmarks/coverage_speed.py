@@ -1,7 +1,7 @@
 """Coverage speed: 10,000 generated x 7,342 reference fingerprints, once fingerprints are cached.
 
 The reference fingerprints are the real MP-20 test (available subset) ones from the cache (warm it
-with ``python -m llamat_cif.benchmarks.fingerprints mp20-test``); the 10,000 "generated" rows are
+with ``python -m llamat_cif.metrics.fingerprints mp20-test``); the 10,000 "generated" rows are
 reference rows drawn with replacement plus Gaussian noise, so that distances have realistic
 magnitudes and both covered and uncovered pairs occur. The result is also checked against
 ``scipy.spatial.distance.cdist`` on a slice.
@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial.distance import cdist
 
-from llamat_cif.benchmarks.coverage import coverage, nearest_neighbours, scale_composition
-from llamat_cif.benchmarks.fingerprints import compute_fingerprints, reference_cifs
+from llamat_cif.metrics.coverage import coverage, nearest_neighbours, scale_composition
+from llamat_cif.metrics.fingerprints import compute_fingerprints, reference_cifs
 
 
 def main() -> None:
@@ -48,7 +48,7 @@ def main() -> None:
         probe = compute_fingerprints(cifs[:64])
         if probe.computed:
             raise SystemExit("reference fingerprints are not cached; run "
-                             f"`python -m llamat_cif.benchmarks.fingerprints {args.reference}` first")
+                             f"`python -m llamat_cif.metrics.fingerprints {args.reference}` first")
     ref = compute_fingerprints(cifs)
     t_load = time.perf_counter() - t
     if ref.computed and not args.allow_compute:
@@ -114,7 +114,7 @@ def _fingerprint_speed(cifs: list[str]) -> dict:
 
     from pymatgen.core import Structure
 
-    from llamat_cif.benchmarks.fingerprints import fingerprint_structure
+    from llamat_cif.metrics.fingerprints import fingerprint_structure
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

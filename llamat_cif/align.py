@@ -122,7 +122,7 @@ class StabilityReward:
 
     Args:
         config: the run settings (potential, relaxation, reward shape).
-        training: novelty reference (:class:`~llamat_cif.stability.sun.TrainingSet`).
+        training: novelty reference (:class:`~llamat_cif.metrics.sun.TrainingSet`).
         data_dir: data root holding ``hull/`` (``$LLAMAT_CIF_DATA`` by default).
     """
 
@@ -198,7 +198,7 @@ def _finish(row: dict, c: AlignConfig) -> dict:
 def mark_duplicates(scores: pd.DataFrame) -> pd.DataFrame:
     """Add ``unique`` / ``duplicate_of`` over the round (StructureMatcher, first occurrence wins,
     relaxed CIF where there is one); a duplicate is not eligible."""
-    from llamat_cif.stability.sun import parse_structure, unique_representatives
+    from llamat_cif.metrics.sun import parse_structure, unique_representatives
 
     df = scores.sort_values("id").reset_index(drop=True)
     cif = df["relaxed_cif"] if "relaxed_cif" in df else pd.Series([None] * len(df))
@@ -545,7 +545,7 @@ def run_align(cfg: AlignConfig, *, scorer: Scorer | None = None, data_dir: str |
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if training is None:
-        from llamat_cif.stability.sun import TrainingSet
+        from llamat_cif.metrics.sun import TrainingSet
 
         training = TrainingSet.from_split(cfg.dataset, "train", data_dir=data_dir)
     formulas = training.formulas()

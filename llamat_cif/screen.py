@@ -221,7 +221,7 @@ def stage_dedup(config: ScreenConfig, samples: pd.DataFrame, validity: pd.DataFr
 
     Writes ``dedup.csv`` (``id, unique, duplicate_of``) over the rows passing ``config.relax_filter``.
     """
-    from llamat_cif.stability.sun import parse_structure, unique_representatives
+    from llamat_cif.metrics.sun import parse_structure, unique_representatives
 
     valid = validity[passing(validity, config.relax_filter)]
     cifs = _valid_cifs(samples, valid)
@@ -277,7 +277,7 @@ def stage_stability(config: ScreenConfig, samples: pd.DataFrame, dedup: pd.DataF
 def stage_sun(config: ScreenConfig, stab: pd.DataFrame, *, n_generated: int,
               data_dir: str | Path | None = None) -> pd.DataFrame:
     """Stable / unique / novel flags (``sun.parquet``) and rates over all generated (``sun.json``)."""
-    from llamat_cif.stability.sun import TrainingSet, load_chemical_systems, sun_summary, sun_table
+    from llamat_cif.metrics.sun import TrainingSet, load_chemical_systems, sun_summary, sun_table
 
     training = TrainingSet.mp20_train(data_dir) if config.novelty_reference == "mp20" else None
     try:

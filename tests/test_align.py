@@ -21,8 +21,8 @@ from llamat_cif.align import (
     run_align,
     sequence_logps,
 )
+from llamat_cif.metrics.sun import TrainingSet
 from llamat_cif.model import load_generator, resolve_model_path
-from llamat_cif.stability.sun import TrainingSet
 
 torch.set_num_threads(1)
 

@@ -55,8 +55,8 @@ def test_folder_csv_extxyz_and_objects_give_identical_metrics(tmp_path, monkeypa
     from click.testing import CliRunner
     from pymatgen.core import Structure
 
-    from llamat_cif.benchmarks.run import benchmark_structures
     from llamat_cif.cli import main
+    from llamat_cif.metrics.run import benchmark_structures
 
     monkeypatch.setenv("LLAMAT_CIF_CACHE", str(tmp_path / "cache"))
     paths = _write_inputs(tmp_path, mp20_first20)
@@ -101,8 +101,8 @@ def test_folder_csv_extxyz_and_objects_give_identical_metrics(tmp_path, monkeypa
 def test_reference_folder_equals_registry_and_self_benchmark(tmp_path, monkeypatch):
     """A folder holding the registry's first structures gives the registry's coverage; the valid ones
     benchmarked against themselves give COV-R = COV-P = 1, unique 1, novel 0, distances 0."""
-    from llamat_cif.benchmarks.run import BenchmarkConfig, run_benchmark
     from llamat_cif.data import load_split
+    from llamat_cif.metrics.run import BenchmarkConfig, run_benchmark
     from llamat_cif.validators import compositional_validity, structural_validity
 
     monkeypatch.setenv("LLAMAT_CIF_CACHE", str(tmp_path / "cache"))
@@ -161,8 +161,8 @@ def test_reference_folder_equals_registry_and_self_benchmark(tmp_path, monkeypat
 def test_bad_inputs_become_rows_or_one_line_errors(tmp_path, monkeypatch, mp20_first20):
     from click.testing import CliRunner
 
-    from llamat_cif.benchmarks.sources import load_structure_set
     from llamat_cif.cli import main
+    from llamat_cif.metrics.sources import load_structure_set
 
     monkeypatch.setenv("LLAMAT_CIF_CACHE", str(tmp_path / "cache"))
     d = tmp_path / "hostile"
@@ -209,7 +209,7 @@ def test_bad_inputs_become_rows_or_one_line_errors(tmp_path, monkeypatch, mp20_f
 def test_lemat_metric_known_answers(nacl, perovskite):
     from pymatgen.analysis.hhi import HHIModel
 
-    from llamat_cif.benchmarks.distribution import (
+    from llamat_cif.metrics.distribution import (
         composition_hhi,
         crystal_system,
         distribution_distances,
@@ -218,7 +218,7 @@ def test_lemat_metric_known_answers(nacl, perovskite):
         supply_risk,
         vendi_categorical,
     )
-    from llamat_cif.benchmarks.properties import describe_cif
+    from llamat_cif.metrics.properties import describe_cif
 
     assert [crystal_system(s) for s in (1, 2, 3, 15, 16, 75, 143, 168, 194, 195, 230)] == [
         "triclinic", "triclinic", "monoclinic", "monoclinic", "orthorhombic", "tetragonal", "trigonal",
@@ -259,7 +259,7 @@ def test_lemat_metric_known_answers(nacl, perovskite):
 
 
 def test_comparison_refuses_different_references(tmp_path):
-    from llamat_cif.benchmarks.compare import ComparisonError, check_same_protocol
+    from llamat_cif.metrics.compare import ComparisonError, check_same_protocol
 
     def result(ref_name: str, n: int) -> dict:
         return {"reference": {"name": ref_name, "n": n},
@@ -279,7 +279,7 @@ def test_pyxtal_baseline_is_seeded_and_keeps_composition_and_spacegroup():
     from pymatgen.core import Composition
     from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
-    from llamat_cif.benchmarks.baseline import MAX_ATOMS, baseline_set
+    from llamat_cif.metrics.baseline import MAX_ATOMS, baseline_set
 
     formulas, groups = ["NaCl", "SrTiO3", "GaAs", "Li2O"], [225, 221, 216, 225]
     a = baseline_set(formulas, groups, 8, seed=3)
@@ -308,7 +308,7 @@ def test_ase_database_and_zip_inputs(tmp_path, mp20_first20):
     from pymatgen.core import Structure
     from pymatgen.io.ase import AseAtomsAdaptor
 
-    from llamat_cif.benchmarks.sources import load_structure_set
+    from llamat_cif.metrics.sources import load_structure_set
 
     db = connect(str(tmp_path / "set.db"))
     for i, c in zip(mp20_first20["id"], mp20_first20["cif"], strict=True):

@@ -9,17 +9,17 @@ import pandas as pd
 import pytest
 from conftest import requires_data
 
-from llamat_cif.benchmarks.coverage import (
+from llamat_cif.metrics.coverage import (
     coverage,
     coverage_bruteforce,
     cutoffs_for,
     scale_composition,
 )
-from llamat_cif.benchmarks.csp import csp_match
-from llamat_cif.benchmarks.elements import per_element_coverage
-from llamat_cif.benchmarks.fingerprints import compute_fingerprints
-from llamat_cif.benchmarks.metric import rate
-from llamat_cif.benchmarks.properties import describe_cif, wasserstein
+from llamat_cif.metrics.csp import csp_match
+from llamat_cif.metrics.elements import per_element_coverage
+from llamat_cif.metrics.fingerprints import compute_fingerprints
+from llamat_cif.metrics.metric import rate
+from llamat_cif.metrics.properties import describe_cif, wasserstein
 
 N_SMALL = 30  # real MP-20 structures with few sites: CrystalNN costs ~0.05 s per site
 
@@ -155,7 +155,7 @@ def test_cdvae_cutoffs_and_scaler():
     assert cutoffs_for("mp20-test") == (0.4, 10.0)
     assert cutoffs_for("perov5-test") == (0.2, 4.0)
     assert cutoffs_for("carbon24-test") == (0.2, 4.0)
-    from llamat_cif.benchmarks._cdvae_scaler import COMP_SCALER_MEANS, COMP_SCALER_STDS
+    from llamat_cif.metrics._cdvae_scaler import COMP_SCALER_MEANS, COMP_SCALER_STDS
 
     x = np.array([COMP_SCALER_MEANS]) + np.array([COMP_SCALER_STDS])
     x[0, 5] = np.nan
@@ -188,7 +188,7 @@ def test_wasserstein_and_rate_known_answers():
 
 
 def test_validity_rates_from_a_validators_table():
-    from llamat_cif.benchmarks.validity import normalise_validity, validity_rates
+    from llamat_cif.metrics.validity import normalise_validity, validity_rates
 
     t = pd.DataFrame({"id": ["a", "b", "c", "d"], "parsed": [True, True, True, False],
                       "structurally_valid": pd.array([True, True, None, False], dtype="boolean"),
@@ -231,7 +231,7 @@ def test_csp_best_of_k(nacl, perovskite):
 
 @requires_data
 def test_symmetry_shortcut_matches_every_site(perovskite, small_set):
-    from llamat_cif.benchmarks.fingerprints import equivalent_site_groups, fingerprint_structure
+    from llamat_cif.metrics.fingerprints import equivalent_site_groups, fingerprint_structure
 
     assert sorted(len(g) for g in equivalent_site_groups(perovskite)) == [1, 1, 3]  # Sr, Ti, 3 O
     for s in [perovskite, *small_set[2][:4]]:
@@ -246,7 +246,7 @@ def test_default_fingerprints_are_every_site_and_the_shortcut_is_cached_apart(tm
     with its own cache entries (never served for the exact one)."""
     from pymatgen.core import Structure
 
-    from llamat_cif.benchmarks.fingerprints import fingerprint_structure
+    from llamat_cif.metrics.fingerprints import fingerprint_structure
 
     cifs = [perovskite.to(fmt="cif"), nacl.to(fmt="cif")]
     exact = compute_fingerprints(cifs, cache=tmp_path, chunk_size=1)
@@ -341,7 +341,7 @@ def test_cli_benchmark_no_coverage(tmp_path, monkeypatch):
     per-element recall is written, and validity, novelty and property distances are as with coverage."""
     from click.testing import CliRunner
 
-    import llamat_cif.benchmarks.run as bench_run
+    import llamat_cif.metrics.run as bench_run
     from llamat_cif.cli import main
 
     def no_fingerprints(*args, **kwargs):
@@ -385,8 +385,8 @@ def test_uniqueness_and_novelty_as_generated():
     and only structures absent from the training set are novel."""
     from pymatgen.core import Lattice, Structure
 
-    from llamat_cif.benchmarks.diversity import uniqueness_novelty
-    from llamat_cif.stability.sun import TrainingSet
+    from llamat_cif.metrics.diversity import uniqueness_novelty
+    from llamat_cif.metrics.sun import TrainingSet
 
     rocksalt = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
     shifted = rocksalt.copy()
@@ -404,7 +404,7 @@ def test_uniqueness_and_novelty_as_generated():
 @requires_data
 def test_training_set_for_reference():
     """MP-20 test is judged against MP-20 train; a dataset without a train split on disk says why."""
-    from llamat_cif.benchmarks.diversity import training_set_for
+    from llamat_cif.metrics.diversity import training_set_for
 
     training, why = training_set_for("mp20-test")
     assert why is None and training.name == "MP-20 train, available subset (n=8344)"
@@ -416,7 +416,7 @@ def test_training_set_for_reference():
 
 
 def test_choose_valid_is_seeded_and_capped():
-    from llamat_cif.benchmarks.stability_metrics import choose_valid
+    from llamat_cif.metrics.stability_metrics import choose_valid
 
     valid = np.array([True, False, True, True, False, True, True])
     a, b = choose_valid(valid, 3, seed=5), choose_valid(valid, 3, seed=5)
@@ -427,8 +427,8 @@ def test_choose_valid_is_seeded_and_capped():
 def test_chosen_stability_counts_failures_in_the_chosen_denominator(nacl, diamond):
     """Four chosen: NaCl on the hull, diamond 0.05 above, one time-out, one without a row. Every
     rate is over the 4 chosen; the estimate over generated scales by valid/generated = 8/10."""
-    from llamat_cif.benchmarks.stability_metrics import chosen_stability
-    from llamat_cif.stability.sun import TrainingSet
+    from llamat_cif.metrics.stability_metrics import chosen_stability
+    from llamat_cif.metrics.sun import TrainingSet
 
     table = pd.DataFrame({
         "id": ["a", "b", "c", "other"],

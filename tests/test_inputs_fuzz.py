@@ -13,7 +13,7 @@ import pandas as pd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from llamat_cif.benchmarks.sources import SourceError, load_structure_set
+from llamat_cif.metrics.sources import SourceError, load_structure_set
 from llamat_cif.stability.pipeline import input_problem
 
 FUZZ = settings(deadline=None, derandomize=True, database=None, max_examples=60,

@@ -12,6 +12,12 @@ from monty.json import MontyEncoder
 from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
 from pymatgen.core import Composition, Lattice, Structure
 
+from llamat_cif.metrics.sun import (
+    TrainingSet,
+    load_chemical_systems,
+    sun_table,
+    unique_representatives,
+)
 from llamat_cif.stability.hull import Hull, HullError, mp2020_corrected_energy
 from llamat_cif.stability.pipeline import (
     StabilityConfig,
@@ -29,12 +35,6 @@ from llamat_cif.stability.potentials import (
     load_potential,
 )
 from llamat_cif.stability.relax import LOGM_WARNING, RelaxConfig, relax_many, relax_structure
-from llamat_cif.stability.sun import (
-    TrainingSet,
-    load_chemical_systems,
-    sun_table,
-    unique_representatives,
-)
 
 
 @pytest.fixture(scope="module")

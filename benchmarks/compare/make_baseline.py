@@ -3,7 +3,7 @@
     python benchmarks/compare/make_baseline.py --n 1000 --seed 0 --out runs/compare/pyxtal-random-1000
 
 Each draw takes a random MP-20 train structure (available subset) and places its composition on random
-Wyckoff positions of its own space group (:mod:`llamat_cif.benchmarks.baseline`; needs the ``baseline``
+Wyckoff positions of its own space group (:mod:`llamat_cif.metrics.baseline`; needs the ``baseline``
 extra). Draws pyxtal cannot build are listed in ``failed.json`` beside the CIFs.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from llamat_cif.benchmarks.baseline import baseline_set
+from llamat_cif.metrics.baseline import baseline_set
 from llamat_cif.cif import structure_to_cif
 from llamat_cif.data import load_split
 

@@ -10,7 +10,7 @@ speed), and the table is printed and written to RESULTS.md and results.json with
 denominators. Rows still being written by a running `generate` are simply not there yet: the
 denominator is the number of samples present. ``--novelty`` adds how many valid samples are unique
 (among the run's valid samples) and unique + novel (vs MP-20 train, available subset), as generated
-(``llamat_cif.benchmarks.diversity``); pooled runs are judged as one set.
+(``llamat_cif.metrics.diversity``); pooled runs are judged as one set.
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ def main() -> None:
 
     training = None
     if args.novelty:
-        from llamat_cif.benchmarks.diversity import uniqueness_novelty
-        from llamat_cif.stability.sun import TrainingSet
+        from llamat_cif.metrics.diversity import uniqueness_novelty
+        from llamat_cif.metrics.sun import TrainingSet
 
         training = TrainingSet.mp20_train()
 

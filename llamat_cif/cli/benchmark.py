@@ -105,8 +105,8 @@ def benchmark(samples: tuple[str, ...], reference: str, train: str | None, out: 
     """
     from rich.table import Table
 
-    from llamat_cif.benchmarks.run import BenchmarkConfig, run_benchmark
     from llamat_cif.data import DataError
+    from llamat_cif.metrics.run import BenchmarkConfig, run_benchmark
 
     json_mode(as_json)
     if rescale_volume and not stability_n:
@@ -123,8 +123,8 @@ def benchmark(samples: tuple[str, ...], reference: str, train: str | None, out: 
         from llamat_cif.stability.relax import quiet_warnings
 
         quiet_warnings()  # as `llamat-cif stability` does: no per-CIF / per-step warning floods
-    from llamat_cif.benchmarks.compare import ComparisonError, write_comparison
-    from llamat_cif.benchmarks.sources import SourceError, iter_sources
+    from llamat_cif.metrics.compare import ComparisonError, write_comparison
+    from llamat_cif.metrics.sources import SourceError, iter_sources
 
     try:
         sets = list(iter_sources(samples))
@@ -237,7 +237,7 @@ def _print_comparison(summary: dict, labels: list[str]) -> None:
     """The comparison table (headline metrics, one column per set)."""
     from rich.table import Table
 
-    from llamat_cif.benchmarks.compare import HEADLINE, format_cell
+    from llamat_cif.metrics.compare import HEADLINE, format_cell
 
     t = Table(title=f"comparison vs {summary['reference']['description']}")
     t.add_column("metric")

@@ -94,7 +94,7 @@ def validate(input_path, out_dir, n_jobs, timeout_s, chunk_size, column, fmt, ta
         fail(str(exc))
         return
     if protocol == "cdvae":
-        from llamat_cif.benchmarks.cdvae import add_cdvae_validity
+        from llamat_cif.metrics.cdvae import add_cdvae_validity
 
         summary = add_cdvae_validity(out_dir, workers=max(1, n_jobs), show_progress=True)
     print_summary(summary, Path(out_dir))

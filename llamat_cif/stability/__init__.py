@@ -1,4 +1,4 @@
-"""Stability of crystals: ML-potential relaxation, energy above the hull, S.U.N.
+"""Stability of crystals: ML-potential relaxation and energy above the hull.
 
 Modules, in pipeline order:
 
@@ -7,7 +7,8 @@ Modules, in pipeline order:
 * :mod:`~llamat_cif.stability.relax`: FIRE + FrechetCellFilter relaxation with guards, process pool.
 * :mod:`~llamat_cif.stability.hull`: the MP-20 reference hull (or a user hull) and E_hull.
 * :mod:`~llamat_cif.stability.pipeline`: relax + score many structures, streaming and resumable.
-* :mod:`~llamat_cif.stability.sun`: stable, unique, novel.
+
+S.U.N. (stable, unique, novel) is a metric: :mod:`llamat_cif.metrics.sun`.
 """
 
 from llamat_cif.stability.hull import Hull, HullError, mp2020_corrected_energy

@@ -40,7 +40,7 @@ STABILITY_COLUMNS = [
 def read_structures_input(path: str | Path, *, data_dir: str | Path | None = None) -> pd.DataFrame:
     """Read structures to score into a table ``id, cif, read_error`` (plus the input's extras).
 
-    Every input :func:`llamat_cif.benchmarks.sources.load_structure_set` reads is accepted (a folder
+    Every input :func:`llamat_cif.metrics.sources.load_structure_set` reads is accepted (a folder
     of ``.cif`` files searched recursively, a ``.zip``, a ``.cif`` file, a CSV/parquet with a ``cif``
     column, an ASE database or trajectory, a registry split), and every structure in it becomes a
     row: a file that cannot be read (binary, too large, unreadable) keeps its id and a
@@ -50,7 +50,7 @@ def read_structures_input(path: str | Path, *, data_dir: str | Path | None = Non
     Raises:
         SourceError: the input as a whole cannot be read, or ids repeat (they name rows and resume).
     """
-    from llamat_cif.benchmarks.sources import load_structure_set
+    from llamat_cif.metrics.sources import load_structure_set
 
     sset = load_structure_set(path, data_dir=data_dir)
     df = sset.table

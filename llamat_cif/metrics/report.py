@@ -260,7 +260,7 @@ def write_report(
     Args:
         out: output folder (figures go to ``out/figures``).
         result: the ``metrics.json`` content.
-        per_element: table from :func:`llamat_cif.benchmarks.elements.per_element_coverage`
+        per_element: table from :func:`llamat_cif.metrics.elements.per_element_coverage`
             (frequency columns only when coverage was skipped: no recall/precision maps then).
         gen_valid: structure table rows of the valid generated structures.
         ref_parsed: structure table rows of the reference structures.

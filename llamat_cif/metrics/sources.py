@@ -341,7 +341,7 @@ def load_structure_set(
     low = path.name.lower()
     if path.is_dir():
         if (path / "samples.csv").exists():
-            from llamat_cif.benchmarks.run import read_samples
+            from llamat_cif.metrics.run import read_samples
 
             df = read_samples(path)
             df["cif"] = df["cif"].astype(str)

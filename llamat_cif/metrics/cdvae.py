@@ -34,10 +34,10 @@ import numpy as np
 import pandas as pd
 from scipy.spatial.distance import pdist
 
-from llamat_cif.benchmarks.coverage import coverage, scale_composition
-from llamat_cif.benchmarks.fingerprints import Fingerprints
-from llamat_cif.benchmarks.metric import Metric, rate
-from llamat_cif.benchmarks.properties import wasserstein
+from llamat_cif.metrics.coverage import coverage, scale_composition
+from llamat_cif.metrics.fingerprints import Fingerprints
+from llamat_cif.metrics.metric import Metric, rate
+from llamat_cif.metrics.properties import wasserstein
 from llamat_cif.protocol import CDVAE_MIN_DISTANCE, CDVAE_MIN_VOLUME
 
 #: CDVAE ``GenEval(n_samples=1000)``: valid crystals drawn for diversity and property distances
@@ -180,8 +180,8 @@ def add_cdvae_validity(out_dir: str | Path, *, workers: int = 1, show_progress: 
     """
     import json
 
-    from llamat_cif.benchmarks.fingerprints import compute_fingerprints
-    from llamat_cif.benchmarks.validity import normalise_validity
+    from llamat_cif.metrics.fingerprints import compute_fingerprints
+    from llamat_cif.metrics.validity import normalise_validity
 
     out = Path(out_dir)
     summary_path = out / "validity_summary.json"

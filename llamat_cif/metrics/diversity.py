@@ -8,7 +8,7 @@ more repeats of them), so a validity number means little without these two next 
   reference's dataset (MP-20: the available train subset, n=8344), over all valid samples.
 
 Both use pymatgen ``StructureMatcher(ltol=0.2, stol=0.3, angle_tol=5)`` within one reduced formula,
-the S.U.N. matcher of :mod:`llamat_cif.stability.sun`, on the structures as generated; the screen's
+the S.U.N. matcher of :mod:`llamat_cif.metrics.sun`, on the structures as generated; the screen's
 S.U.N. rates compare *relaxed* structures and divide by all generated samples instead.
 """
 
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from llamat_cif.benchmarks.metric import Metric, rate
+from llamat_cif.metrics.metric import Metric, rate
 
 MATCHER = "pymatgen StructureMatcher(ltol=0.2, stol=0.3, angle_tol=5), within one reduced formula"
 
@@ -29,9 +29,9 @@ def uniqueness_novelty(cifs: Sequence[str], mask: np.ndarray, training=None) -> 
     Args:
         cifs: CIF text per generated sample.
         mask: which samples count (the valid ones); the denominator is ``mask.sum()``.
-        training: a :class:`llamat_cif.stability.sun.TrainingSet` for novelty; None skips novelty.
+        training: a :class:`llamat_cif.metrics.sun.TrainingSet` for novelty; None skips novelty.
     """
-    from llamat_cif.stability.sun import parse_structure, structure_matcher, unique_representatives
+    from llamat_cif.metrics.sun import parse_structure, structure_matcher, unique_representatives
 
     idx = np.flatnonzero(np.asarray(mask, dtype=bool))
     ids = [str(i) for i in idx]
@@ -54,7 +54,7 @@ def training_set_for(reference: str, data_dir=None):
     """``(training set, None)`` for the train split of the reference's dataset (``mp20-test`` -> MP-20
     train), or ``(None, reason)`` where that split is not on disk."""
     from llamat_cif.data import DataError
-    from llamat_cif.stability.sun import TrainingSet
+    from llamat_cif.metrics.sun import TrainingSet
 
     dataset = reference.split("-")[0]
     try:

@@ -3,7 +3,7 @@
 * Structure fingerprint: the mean over sites of matminer's ``CrystalNNFingerprint.from_preset("ops")``
   (61 numbers per site), as in CDVAE ``eval_utils`` / ``Crystal.get_fingerprints``.
 * Composition fingerprint: matminer's Magpie ``ElementProperty`` statistics (132 numbers) of the cell
-  composition. They are stored *unscaled*; scaling happens in :mod:`llamat_cif.benchmarks.coverage`.
+  composition. They are stored *unscaled*; scaling happens in :mod:`llamat_cif.metrics.coverage`.
 
 By default every site is fingerprinted, exactly as CDVAE does. ``shortcut=True`` (``benchmark
 --fingerprint-shortcut``) evaluates one site per group of symmetry-equivalent sites instead, 2-5x
@@ -366,7 +366,7 @@ def reference_cifs(reference: str, *, data_dir: str | os.PathLike | None = None,
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m llamat_cif.benchmarks.fingerprints mp20-test [--limit N]``: warm the cache."""
+    """``python -m llamat_cif.metrics.fingerprints mp20-test [--limit N]``: warm the cache."""
     import argparse
 
     ap = argparse.ArgumentParser(description=main.__doc__)

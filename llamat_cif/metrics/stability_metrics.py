@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from llamat_cif.benchmarks.metric import Metric, rate
+from llamat_cif.metrics.metric import Metric, rate
 from llamat_cif.protocol import E_HULL_METASTABLE
 
 
@@ -196,7 +196,7 @@ def chosen_stability(
         chosen_ids: ids of the chosen valid samples (the denominator).
         n_valid: valid samples among the generated ones.
         n_generated: all generated samples (benchmarked).
-        training: a :class:`llamat_cif.stability.sun.TrainingSet` for novelty; None: S.U.N. and
+        training: a :class:`llamat_cif.metrics.sun.TrainingSet` for novelty; None: S.U.N. and
             M.S.U.N. are not assessed (left out).
         metastable_threshold: E_hull below which a structure is metastable, eV/atom
             (LLaMat / Gruver et al.: 0.1).
@@ -208,7 +208,7 @@ def chosen_stability(
         ``stability_<stage>_est_generated`` metrics plus the three medians, and the funnel as a
         list of ``{"stage", "key", "count", "of_chosen", "estimate_over_generated"}``.
     """
-    from llamat_cif.stability.sun import sun_table
+    from llamat_cif.metrics.sun import sun_table
 
     ids = [str(i) for i in chosen_ids]
     n = len(ids)

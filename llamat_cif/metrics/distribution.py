@@ -1,6 +1,6 @@
 """Distribution distances, diversity and supply risk of a structure set (LeMat-GenBench's families).
 
-All functions take the descriptor tables of :func:`llamat_cif.benchmarks.properties.structure_table`
+All functions take the descriptor tables of :func:`llamat_cif.metrics.properties.structure_table`
 (one row per structure, with ``spacegroup``, ``composition``, ``volume``, ``n_sites``) and a mask of
 the structures that count (by convention the *valid* generated ones, against every parsed reference
 structure). Definitions follow LeMat-GenBench (Betala et al., NeurIPS AI4Mat 2025, arXiv:2512.04562)
@@ -40,8 +40,8 @@ import numpy as np
 import pandas as pd
 from scipy.spatial.distance import jensenshannon
 
-from llamat_cif.benchmarks.metric import Metric, rate
-from llamat_cif.benchmarks.properties import SYMPREC, wasserstein
+from llamat_cif.metrics.metric import Metric, rate
+from llamat_cif.metrics.properties import SYMPREC, wasserstein
 
 N_ELEMENTS = 118
 N_SPACEGROUPS = 230

@@ -8,7 +8,7 @@ For each element E:
 * ``freq_generated`` / ``freq_reference``: share of valid generated / reference structures that
   contain E (so a model that never writes Tc shows recall 0 *and* frequency 0 for Tc).
 
-The flags come from :func:`llamat_cif.benchmarks.coverage.coverage`, so the per-element numbers use
+The flags come from :func:`llamat_cif.metrics.coverage.coverage`, so the per-element numbers use
 exactly the cutoffs, pairing and masks of the headline coverage.
 """
 

@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from llamat_cif.benchmarks._cdvae_scaler import COMP_SCALER_MEANS, COMP_SCALER_STDS
-from llamat_cif.benchmarks.metric import Metric, rate
+from llamat_cif.metrics._cdvae_scaler import COMP_SCALER_MEANS, COMP_SCALER_STDS
+from llamat_cif.metrics.metric import Metric, rate
 
 # CDVAE COV_Cutoffs: (structure, composition) per dataset
 COVERAGE_CUTOFFS: dict[str, tuple[float, float]] = {

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from llamat_cif.benchmarks.metric import Metric, rate
+from llamat_cif.metrics.metric import Metric, rate
 
 MATCHER_DEFAULTS = {"stol": 0.5, "angle_tol": 10.0, "ltol": 0.3}
 

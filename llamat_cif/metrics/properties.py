@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import wasserstein_distance
 
-from llamat_cif.benchmarks.fingerprints import cache_dir, set_key
-from llamat_cif.benchmarks.metric import Metric
+from llamat_cif.metrics.fingerprints import cache_dir, set_key
+from llamat_cif.metrics.metric import Metric
 
 TABLE_VERSION = "2"  # 2: + spacegroup (spglib, SYMPREC) and composition (cell formula)
 TABLE_COLUMNS = ["parsed", "formula", "composition", "elements", "n_elements", "n_sites", "density", "volume",

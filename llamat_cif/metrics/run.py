@@ -1,6 +1,6 @@
 """The benchmark run: read a structure set, compute every metric, write metrics.json + report.
 
-Samples and reference come from anywhere :func:`llamat_cif.benchmarks.sources.load_structure_set`
+Samples and reference come from anywhere :func:`llamat_cif.metrics.sources.load_structure_set`
 reads: a run folder, a registry split, a folder/zip of CIFs, a CSV/parquet with a ``cif`` column, an
 ASE database or trajectory, or pymatgen/ASE objects in Python (:func:`benchmark_structures`). A run
 folder (``samples.csv``: id, text, fmt, cif, error, target_formula, ...) also lends its
@@ -9,7 +9,7 @@ its validity table is kept in ``out`` (``validity.parquet``, reused while the in
 Outputs in ``out``: ``metrics.json``, ``per_element.csv``, ``report.md`` and ``figures/*.png``.
 
 Beside CDVAE's validity, coverage and property distances, every benchmark reports the distribution,
-diversity and supply-risk metrics of :mod:`llamat_cif.benchmarks.distribution` (LeMat-GenBench's
+diversity and supply-risk metrics of :mod:`llamat_cif.metrics.distribution` (LeMat-GenBench's
 definitions: Jensen-Shannon distances of space-group, crystal-system and element frequencies,
 W(volume per atom), element/space-group Vendi scores and coverage, HHI), and uniqueness and novelty
 against a training set: the reference's own train split for a registry reference, or ``train``.
@@ -55,15 +55,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from llamat_cif.benchmarks.coverage import coverage, cutoffs_for
-from llamat_cif.benchmarks.csp import csp_match
-from llamat_cif.benchmarks.distribution import distribution_distances, diversity, supply_risk
-from llamat_cif.benchmarks.elements import per_element_coverage
-from llamat_cif.benchmarks.fingerprints import compute_fingerprints
-from llamat_cif.benchmarks.metric import Metric
-from llamat_cif.benchmarks.properties import SYMPREC, structure_table, wasserstein
-from llamat_cif.benchmarks.sources import SourceError, StructureSet, load_structure_set
-from llamat_cif.benchmarks.stability_metrics import (
+from llamat_cif.metrics.coverage import coverage, cutoffs_for
+from llamat_cif.metrics.csp import csp_match
+from llamat_cif.metrics.distribution import distribution_distances, diversity, supply_risk
+from llamat_cif.metrics.elements import per_element_coverage
+from llamat_cif.metrics.fingerprints import compute_fingerprints
+from llamat_cif.metrics.metric import Metric
+from llamat_cif.metrics.properties import SYMPREC, structure_table, wasserstein
+from llamat_cif.metrics.sources import SourceError, StructureSet, load_structure_set
+from llamat_cif.metrics.stability_metrics import (
     choose_valid,
     chosen_stability,
     funnel,
@@ -72,7 +72,7 @@ from llamat_cif.benchmarks.stability_metrics import (
     stability_rates,
     sun_rates,
 )
-from llamat_cif.benchmarks.validity import load_or_compute_validity, validity_rates
+from llamat_cif.metrics.validity import load_or_compute_validity, validity_rates
 from llamat_cif.protocol import E_HULL_METASTABLE, E_HULL_STABLE, hardware, package_versions
 
 PACKAGES = ("llamat-cif", "numpy", "scipy", "pandas", "pymatgen", "matminer", "pymatviz", "smact",
@@ -95,7 +95,7 @@ class BenchmarkConfig:
     Attributes:
         samples: the structures to benchmark: a run folder, a registry split, a folder/zip of CIFs,
             a CSV/parquet with a ``cif`` column, an ASE database or trajectory
-            (:func:`~llamat_cif.benchmarks.sources.load_structure_set`).
+            (:func:`~llamat_cif.metrics.sources.load_structure_set`).
         out: output folder (default: the run folder; required for any other input).
         reference: the reference set, a registry split ``<dataset>-<split>`` (``mp20-test``: MP-20
             test, available subset) or any input ``samples`` accepts.
@@ -127,7 +127,7 @@ class BenchmarkConfig:
             composition-predicted volume before relaxing.
         geometry_reference_n: reference structures (seeded sample) in the geometry table.
         protocol: ``"llamat-cif"`` (our documented denominators, the default) or ``"cdvae"``:
-            also CDVAE's ``compute_metrics.py`` numbers exactly (:mod:`llamat_cif.benchmarks.cdvae`:
+            also CDVAE's ``compute_metrics.py`` numbers exactly (:mod:`llamat_cif.metrics.cdvae`:
             every generated crystal, invalid included; ``cdvae_n_samples`` valid crystals for the
             diversity and property distances), in ``metrics.json["cdvae"]``. Needs coverage and
             every-site fingerprints; fingerprints every parsed sample.
@@ -277,7 +277,7 @@ def _run_benchmark(cfg: BenchmarkConfig, *, show_progress: bool, samples_set: St
         validity, validity_protocol = _input_validity(samples, out, say)
     cdvae_validity, cdvae_validity_protocol = validity, validity_protocol
     if cfg.protocol == "cdvae":
-        from llamat_cif.benchmarks.cdvae import thresholds_mismatch
+        from llamat_cif.metrics.cdvae import thresholds_mismatch
 
         off = thresholds_mismatch(validity_protocol)
         if off:
@@ -328,7 +328,7 @@ def _run_benchmark(cfg: BenchmarkConfig, *, show_progress: bool, samples_set: St
         metrics.update(cov_metrics)
         t = time.perf_counter()
         if cfg.protocol == "cdvae":
-            from llamat_cif.benchmarks.cdvae import cdvae_metrics
+            from llamat_cif.metrics.cdvae import cdvae_metrics
 
             cdvae_block = cdvae_metrics(cdvae_validity, gen_tab, ref_tab, gen_fp, ref_fp,
                                         struct_cutoff=struct_cutoff, comp_cutoff=comp_cutoff,
@@ -366,7 +366,7 @@ def _run_benchmark(cfg: BenchmarkConfig, *, show_progress: bool, samples_set: St
     if cfg.novelty or cfg.stability > 0:
         training, why_not = _training_set(cfg, rset)
     if cfg.novelty:
-        from llamat_cif.benchmarks.diversity import uniqueness_novelty
+        from llamat_cif.metrics.diversity import uniqueness_novelty
 
         say("uniqueness and novelty of valid samples (StructureMatcher within each formula)")
         metrics.update(uniqueness_novelty(gen_cifs, valid, training))
@@ -470,7 +470,7 @@ def _run_benchmark(cfg: BenchmarkConfig, *, show_progress: bool, samples_set: St
     }
     (out / "metrics.json").write_text(json.dumps(result, indent=2, default=_json_default))
     if cfg.figures:
-        from llamat_cif.benchmarks.report import write_report
+        from llamat_cif.metrics.report import write_report
 
         write_report(out, result, per_el, gen_tab[valid], ref_tab[ref_tab["parsed"]],
                      e_form_gen=e_form_gen,
@@ -551,7 +551,7 @@ def _coverage_section(
     per_el = per_element_coverage(ref_tab["elements"].tolist(), main.ref_covered,
                                   gen_tab["elements"].tolist(), main.gen_precise,
                                   ref_mask=main.ref_mask, gen_mask=valid)
-    from llamat_cif.benchmarks.fingerprints import variant_name
+    from llamat_cif.metrics.fingerprints import variant_name
 
     protocol = {**main.protocol, "headline": "generated = valid samples; recall over reference; "
                 "precision over valid generated (crystal-text-llm denominator)",
@@ -581,13 +581,13 @@ def _stability_benchmark(
         ``metrics.json`` (protocol, funnel, geometry table) and the E_hull of the chosen samples
         relaxed without error (for the histogram).
     """
+    from llamat_cif.metrics.sun import parse_structure
     from llamat_cif.stability.pipeline import (
         StabilityConfig,
         check_resume_compatible,
         run_stability,
     )
     from llamat_cif.stability.relax import RelaxConfig
-    from llamat_cif.stability.sun import parse_structure
 
     n_gen, n_valid = len(samples), int(valid.sum())
     pos = choose_valid(valid, cfg.stability, seed=cfg.seed)
@@ -731,10 +731,10 @@ def _training_set(cfg: BenchmarkConfig, rset: StructureSet):
     ``cfg.train`` (registry split or any input) when given, else the train split of a registry
     reference's dataset.
     """
-    from llamat_cif.benchmarks.diversity import training_set_for
-    from llamat_cif.benchmarks.sources import registry_split
     from llamat_cif.data import DataError
-    from llamat_cif.stability.sun import TrainingSet
+    from llamat_cif.metrics.diversity import training_set_for
+    from llamat_cif.metrics.sources import registry_split
+    from llamat_cif.metrics.sun import TrainingSet
 
     if cfg.train:
         reg = registry_split(cfg.train)
@@ -762,8 +762,8 @@ def _input_validity(samples: pd.DataFrame, out: Path, say, *, stem: str = "valid
     samples' content and the validators' default settings, so a second benchmark of the same input
     reads them instead of validating again.
     """
-    from llamat_cif.benchmarks.sources import content_key
-    from llamat_cif.benchmarks.validity import normalise_validity, run_validators
+    from llamat_cif.metrics.sources import content_key
+    from llamat_cif.metrics.validity import normalise_validity, run_validators
     from llamat_cif.validators.core import Thresholds
 
     # the validators' settings are part of the key: a new default (e.g. SMACT data) recomputes
@@ -806,7 +806,7 @@ def _reference_validity(ref: pd.DataFrame, cfg: BenchmarkConfig) -> np.ndarray |
     Only the two CDVAE checks are run (through the validators' own functions), not the whole suite:
     the self-consistency checks would cost minutes on 7,342 structures and do not enter this number.
     """
-    from llamat_cif.benchmarks.fingerprints import cache_dir, set_key
+    from llamat_cif.metrics.fingerprints import cache_dir, set_key
     from llamat_cif.validators import compositional_validity, structural_validity
 
     cifs = ref["cif"].tolist()

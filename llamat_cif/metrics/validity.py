@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from llamat_cif.benchmarks.metric import Metric, rate
+from llamat_cif.metrics.metric import Metric, rate
 
 # accepted spellings of the validators' columns -> our canonical name
 _ALIASES = {
