@@ -1,8 +1,10 @@
 """One home for the numbers that define a protocol, and for the records written beside results.
 
 Thresholds used by several stages live here once: CDVAE's validity floors (a *convention*, not
-physics: :mod:`llamat_cif.physics` holds the physical contact scale) and the E_hull lines of
-"metastable" and "stable". Every stage writes which packages and which hardware produced its numbers (``metrics.json``,
+physics: :mod:`llamat_cif.physics` holds the physical contact scale), the E_hull lines of
+"metastable" and "stable", and the tolerances of the two ``StructureMatcher`` presets, S.U.N. and
+CSP (:mod:`llamat_cif.metrics.matching` builds matchers from them and records what a matcher holds).
+Every stage writes which packages and which hardware produced its numbers (``metrics.json``,
 ``validity_summary.json``, ``stability_summary.json``, ``train_config.json``, text ``config.json``);
 they all read them here, each naming the packages that matter to it.
 """
@@ -14,6 +16,7 @@ import platform
 from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 #: CDVAE structural validity: every pair of sites at least this far apart (Å)
@@ -24,6 +27,11 @@ CDVAE_MIN_VOLUME = 0.1
 E_HULL_METASTABLE = 0.1
 #: stable: E_hull at or below this (eV/atom)
 E_HULL_STABLE = 0.0
+#: pymatgen ``StructureMatcher`` tolerances of S.U.N. uniqueness and novelty (MatterGen; pymatgen's
+#: own defaults), compared within one reduced formula
+SUN_MATCHER = MappingProxyType({"ltol": 0.2, "stol": 0.3, "angle_tol": 5.0})
+#: pymatgen ``StructureMatcher`` tolerances of CSP match rates and CIF round trips (CDVAE, DiffCSP)
+CSP_MATCHER = MappingProxyType({"stol": 0.5, "angle_tol": 10.0, "ltol": 0.3})
 
 
 def package_versions(packages: Iterable[str], *, missing: Any = None, python: bool = False) -> dict[str, Any]:
@@ -43,6 +51,13 @@ def package_versions(packages: Iterable[str], *, missing: Any = None, python: bo
     return out
 
 
+def environment_info(packages: Iterable[str]) -> dict[str, Any]:
+    """The stability record: ``packages``' versions, the Python version, machine, processor, CPU count."""
+    return {"versions": package_versions(packages), "python": platform.python_version(),
+            "machine": platform.machine(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count()}
+
+
 def cpu_model() -> str:
     """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows, else ``""``."""
     try:
@@ -60,5 +75,5 @@ def hardware(**extra: Any) -> dict[str, Any]:
             "cpu_count": os.cpu_count(), **extra}
 
 
-__all__ = ["CDVAE_MIN_DISTANCE", "CDVAE_MIN_VOLUME", "E_HULL_METASTABLE", "E_HULL_STABLE", "cpu_model",
-           "hardware", "package_versions"]
+__all__ = ["CDVAE_MIN_DISTANCE", "CDVAE_MIN_VOLUME", "CSP_MATCHER", "E_HULL_METASTABLE", "E_HULL_STABLE",
+           "SUN_MATCHER", "cpu_model", "environment_info", "hardware", "package_versions"]

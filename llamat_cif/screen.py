@@ -221,7 +221,7 @@ def stage_dedup(config: ScreenConfig, samples: pd.DataFrame, validity: pd.DataFr
 
     Writes ``dedup.csv`` (``id, unique, duplicate_of``) over the rows passing ``config.relax_filter``.
     """
-    from llamat_cif.metrics.sun import parse_structure, unique_representatives
+    from llamat_cif.metrics.matching import parse_structure, unique_representatives
 
     valid = validity[passing(validity, config.relax_filter)]
     cifs = _valid_cifs(samples, valid)

@@ -61,9 +61,10 @@ def test_cdvae_protocol_known_answers(tmp_path, monkeypatch, samples):
     from pymatgen.core import Structure
     from scipy.stats import wasserstein_distance
 
+    from llamat_cif.metrics.config import BenchmarkConfig
     from llamat_cif.metrics.coverage import coverage_bruteforce, scale_composition
     from llamat_cif.metrics.fingerprints import compute_fingerprints
-    from llamat_cif.metrics.run import BenchmarkConfig, run_benchmark
+    from llamat_cif.metrics.run import run_benchmark
     from llamat_cif.validators import compositional_validity, structural_validity
 
     monkeypatch.setenv("LLAMAT_CIF_CACHE", str(tmp_path / "cache"))
@@ -123,7 +124,8 @@ def test_default_protocol_is_named_and_cdvae_revalidates_other_settings(tmp_path
     from click.testing import CliRunner
 
     from llamat_cif.cli import main
-    from llamat_cif.metrics.run import BenchmarkConfig, run_benchmark
+    from llamat_cif.metrics.config import BenchmarkConfig
+    from llamat_cif.metrics.run import run_benchmark
     from llamat_cif.validators import run_validation
 
     monkeypatch.setenv("LLAMAT_CIF_CACHE", str(tmp_path / "cache"))

@@ -102,7 +102,8 @@ def test_reference_folder_equals_registry_and_self_benchmark(tmp_path, monkeypat
     """A folder holding the registry's first structures gives the registry's coverage; the valid ones
     benchmarked against themselves give COV-R = COV-P = 1, unique 1, novel 0, distances 0."""
     from llamat_cif.data import load_split
-    from llamat_cif.metrics.run import BenchmarkConfig, run_benchmark
+    from llamat_cif.metrics.config import BenchmarkConfig
+    from llamat_cif.metrics.run import run_benchmark
     from llamat_cif.validators import compositional_validity, structural_validity
 
     monkeypatch.setenv("LLAMAT_CIF_CACHE", str(tmp_path / "cache"))

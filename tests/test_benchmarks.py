@@ -341,14 +341,14 @@ def test_cli_benchmark_no_coverage(tmp_path, monkeypatch):
     per-element recall is written, and validity, novelty and property distances are as with coverage."""
     from click.testing import CliRunner
 
-    import llamat_cif.metrics.run as bench_run
+    import llamat_cif.metrics.benchmark_coverage as bench_coverage
     from llamat_cif.cli import main
 
     def no_fingerprints(*args, **kwargs):
         raise AssertionError("--no-coverage must not fingerprint anything")
 
-    monkeypatch.setattr(bench_run, "compute_fingerprints", no_fingerprints)
-    monkeypatch.setattr(bench_run, "_reference_validity", no_fingerprints)
+    monkeypatch.setattr(bench_coverage, "compute_fingerprints", no_fingerprints)
+    monkeypatch.setattr(bench_coverage, "reference_validity", no_fingerprints)
     monkeypatch.setenv("LLAMAT_CIF_CACHE", str(tmp_path / "cache"))
     run = _reference_run(tmp_path)
     out = tmp_path / "bench"

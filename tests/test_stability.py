@@ -12,12 +12,8 @@ from monty.json import MontyEncoder
 from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
 from pymatgen.core import Composition, Lattice, Structure
 
-from llamat_cif.metrics.sun import (
-    TrainingSet,
-    load_chemical_systems,
-    sun_table,
-    unique_representatives,
-)
+from llamat_cif.metrics.matching import unique_representatives
+from llamat_cif.metrics.sun import TrainingSet, load_chemical_systems, sun_table
 from llamat_cif.stability.hull import Hull, HullError, mp2020_corrected_energy
 from llamat_cif.stability.pipeline import (
     StabilityConfig,

@@ -106,7 +106,8 @@ def benchmark(samples: tuple[str, ...], reference: str, train: str | None, out: 
     from rich.table import Table
 
     from llamat_cif.data import DataError
-    from llamat_cif.metrics.run import BenchmarkConfig, run_benchmark
+    from llamat_cif.metrics.config import BenchmarkConfig
+    from llamat_cif.metrics.run import run_benchmark
 
     json_mode(as_json)
     if rescale_volume and not stability_n:

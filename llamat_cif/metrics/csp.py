@@ -1,7 +1,8 @@
 """Crystal-structure prediction (CSP) metrics for formula-conditioned generation.
 
 Protocol of CDVAE's reconstruction / DiffCSP's CSP task: for each target, up to ``k`` samples are
-compared with the target structure by ``StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3)``; the
+compared with the target structure by ``StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3)``
+(``CSP_MATCHER`` in :mod:`llamat_cif.protocol`); the
 target counts as matched when any sample matches, and its RMSE is the smallest normalised RMS
 displacement (pymatgen ``get_rms_dist``: divided by ``(V / n_sites)^(1/3)``) among the matching
 samples. Match rate = matched targets / targets; RMSE = mean over matched targets.
@@ -20,9 +21,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from llamat_cif.metrics.matching import matcher_tolerances, structure_matcher
 from llamat_cif.metrics.metric import Metric, rate
-
-MATCHER_DEFAULTS = {"stol": 0.5, "angle_tol": 10.0, "ltol": 0.3}
+from llamat_cif.protocol import CSP_MATCHER
 
 
 def _reduced(formula: str) -> str | None:
@@ -52,9 +53,9 @@ def csp_match(
     reference: pd.DataFrame,
     *,
     ks: Sequence[int] = (1, 20),
-    stol: float = 0.5,
-    angle_tol: float = 10.0,
-    ltol: float = 0.3,
+    stol: float = CSP_MATCHER["stol"],
+    angle_tol: float = CSP_MATCHER["angle_tol"],
+    ltol: float = CSP_MATCHER["ltol"],
     valid_column: str | None = "valid",
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Metric]:
@@ -72,10 +73,8 @@ def csp_match(
     Returns:
         ``{"csp_match_rate@k": Metric, "csp_rmse@k": Metric}`` for every k.
     """
-    from pymatgen.analysis.structure_matcher import StructureMatcher
-
-    matcher = StructureMatcher(stol=stol, angle_tol=angle_tol, ltol=ltol)
-    protocol = {"stol": stol, "angle_tol": angle_tol, "ltol": ltol,
+    matcher = structure_matcher(stol=stol, angle_tol=angle_tol, ltol=ltol)
+    protocol = {**matcher_tolerances(matcher, ("stol", "angle_tol", "ltol")),
                 "matcher": "pymatgen StructureMatcher.get_rms_dist", "rmse": "normalised by (V/n)^(1/3)"}
     s = samples.copy()
     by_id = "target_id" in s.columns and s["target_id"].astype(str).str.len().gt(0).any()

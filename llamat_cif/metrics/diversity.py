@@ -8,19 +8,27 @@ more repeats of them), so a validity number means little without these two next 
   reference's dataset (MP-20: the available train subset, n=8344), over all valid samples.
 
 Both use pymatgen ``StructureMatcher(ltol=0.2, stol=0.3, angle_tol=5)`` within one reduced formula,
-the S.U.N. matcher of :mod:`llamat_cif.metrics.sun`, on the structures as generated; the screen's
-S.U.N. rates compare *relaxed* structures and divide by all generated samples instead.
+the S.U.N. matcher (:func:`llamat_cif.metrics.matching.structure_matcher`), on the structures as
+generated; the screen's S.U.N. rates compare *relaxed* structures and divide by all generated
+samples instead. :func:`benchmark_training_set` picks the training set a benchmark measures
+novelty against.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
+from llamat_cif.metrics.matching import (
+    matcher_label,
+    parse_structure,
+    structure_matcher,
+    unique_representatives,
+)
 from llamat_cif.metrics.metric import Metric, rate
-
-MATCHER = "pymatgen StructureMatcher(ltol=0.2, stol=0.3, angle_tol=5), within one reduced formula"
+from llamat_cif.metrics.sources import StructureSet, load_structure_set, registry_split
 
 
 def uniqueness_novelty(cifs: Sequence[str], mask: np.ndarray, training=None) -> dict[str, Metric]:
@@ -31,18 +39,17 @@ def uniqueness_novelty(cifs: Sequence[str], mask: np.ndarray, training=None) -> 
         mask: which samples count (the valid ones); the denominator is ``mask.sum()``.
         training: a :class:`llamat_cif.metrics.sun.TrainingSet` for novelty; None skips novelty.
     """
-    from llamat_cif.metrics.sun import parse_structure, structure_matcher, unique_representatives
-
     idx = np.flatnonzero(np.asarray(mask, dtype=bool))
     ids = [str(i) for i in idx]
     structs = [parse_structure(cifs[i]) for i in idx]
-    rep = unique_representatives(ids, structs)
+    sm = structure_matcher()
+    rep = unique_representatives(ids, structs, matcher=sm)
     unique = [s is not None and rep[i] == i for i, s in zip(ids, structs, strict=True)]
-    proto = {"matcher": MATCHER, "structures_compared": "as generated (unrelaxed)"}
+    proto = {"matcher": f"{matcher_label(sm)}, within one reduced formula",
+             "structures_compared": "as generated (unrelaxed)"}
     out = {"unique_as_generated": rate("unique_as_generated", sum(unique), len(idx), "valid generated",
                                        protocol=proto)}
     if training is not None:
-        sm = structure_matcher()
         novel = [u and training.is_novel(s, sm) for u, s in zip(unique, structs, strict=True)]
         out["novel_as_generated"] = rate("novel_as_generated", sum(novel), len(idx), "valid generated",
                                          protocol={**proto, "novelty_reference": training.name,
@@ -61,3 +68,34 @@ def training_set_for(reference: str, data_dir=None):
         return TrainingSet.from_split(dataset, "train", data_dir), None
     except DataError as exc:
         return None, str(exc)
+
+
+def benchmark_training_set(train: str | None, reference: StructureSet, *, data_dir=None, cache_dir=None):
+    """``(TrainingSet, None)`` for novelty and S.U.N. of a benchmark, or ``(None, reason)``.
+
+    Args:
+        train: a registry split or any input :func:`~llamat_cif.metrics.sources.load_structure_set`
+            reads (``--train``); None: the train split of a registry reference's dataset.
+        reference: the benchmark's reference set.
+        data_dir, cache_dir: overrides of the data folder and the structure-table cache.
+    """
+    from llamat_cif.data import DataError
+    from llamat_cif.metrics.properties import structure_table
+    from llamat_cif.metrics.sun import TrainingSet
+
+    if train:
+        reg = registry_split(train)
+        if reg is not None and not Path(train).exists():
+            try:
+                return TrainingSet.from_split(*reg, data_dir), None
+            except DataError as exc:
+                return None, str(exc)
+        tset = load_structure_set(train, data_dir=data_dir)
+        cifs = [c for c, e in zip(tset.table["cif"], tset.table["read_error"], strict=True) if not e]
+        tab = structure_table(cifs, cache=cache_dir)
+        ok = tab["parsed"].to_numpy(bool)
+        return TrainingSet(tab.loc[ok, "formula"].tolist(), [c for c, k in zip(cifs, ok, strict=True) if k],
+                           name=f"{tset.kind} {tset.name} (n={int(ok.sum())})"), None
+    if reference.registry:
+        return training_set_for(f"{reference.registry[0]}-train", data_dir)
+    return None, "the reference is not a registry split and no training set (--train) was given"

@@ -1,10 +1,16 @@
-"""The value every metric function returns: a number with its counts, denominator and protocol."""
+"""The value every metric function returns: a number with its counts, denominator and protocol.
+
+Also :func:`json_default`, how the benchmark's JSON files write numpy scalars and paths.
+"""
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -56,3 +62,16 @@ def rate(name: str, numerator: int, denominator: int, denominator_name: str, **k
     """A rate ``numerator / denominator`` (None when the denominator is 0)."""
     value = numerator / denominator if denominator else None
     return Metric(name, value, int(numerator), int(denominator), denominator_name, **kwargs)
+
+
+def json_default(o: Any) -> Any:
+    """``json.dumps`` fallback of the benchmark's files: numpy scalars as numbers, anything else as text."""
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, (np.bool_,)):
+        return bool(o)
+    if isinstance(o, Path):
+        return str(o)
+    return str(o)

@@ -284,6 +284,19 @@ def _split_blocks(text: str) -> list[str]:
     return ["".join(b) for b in blocks if "".join(b).strip()]
 
 
+def read_samples(run_dir: Path) -> pd.DataFrame:
+    """``samples.csv`` of a run folder with string columns (empty strings for missing text)."""
+    path = Path(run_dir) / "samples.csv"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: a run folder holds samples.csv (llamat-cif generate)")
+    df = pd.read_csv(path, dtype={"id": str}, keep_default_na=False)
+    if "cif" not in df.columns:
+        raise ValueError(f"{path} has no 'cif' column (columns: {list(df.columns)})")
+    if "id" not in df.columns:
+        df.insert(0, "id", [f"s{i:06d}" for i in range(len(df))])
+    return df
+
+
 def registry_split(name: str) -> tuple[str, str] | None:
     """``(dataset, split)`` when ``name`` reads as a registry split (``mp20-test``), else None."""
     from llamat_cif.data import DataError, get_dataset
@@ -341,8 +354,6 @@ def load_structure_set(
     low = path.name.lower()
     if path.is_dir():
         if (path / "samples.csv").exists():
-            from llamat_cif.metrics.run import read_samples
-
             df = read_samples(path)
             df["cif"] = df["cif"].astype(str)
             df["read_error"] = ""
@@ -361,6 +372,15 @@ def load_structure_set(
     n_err = int(table["read_error"].str.len().gt(0).sum())
     desc += f" ({len(table)} structures" + (f", {n_err} unreadable)" if n_err else ")")
     return StructureSet(table, kind, text, desc)
+
+
+def describe_set(sset: StructureSet, n: int) -> str:
+    """How results name a set of ``n`` structures (``"MP-20 test, available subset (n=7342)"``)."""
+    if sset.registry == ("mp20", "test"):
+        return f"MP-20 test, available subset (n={n})"
+    if sset.registry:
+        return f"{sset.name} (n={n})"
+    return f"{sset.kind} {sset.name} (n={n})"
 
 
 def iter_sources(values: Sequence[str]) -> Iterator[tuple[str, str]]:
@@ -384,5 +404,5 @@ def iter_sources(values: Sequence[str]) -> Iterator[tuple[str, str]]:
         yield label, src
 
 
-__all__ = ["SourceError", "StructureSet", "iter_sources", "load_structure_set", "registry_split", "structure_cif",
-           "table_from_frame"]
+__all__ = ["SourceError", "StructureSet", "describe_set", "iter_sources", "load_structure_set", "read_samples",
+           "registry_split", "structure_cif", "table_from_frame"]

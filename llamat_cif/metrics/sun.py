@@ -1,8 +1,9 @@
 """S.U.N.: stable, unique and novel generated structures (MatterGen's definition).
 
 * **Unique**: no earlier structure of the generated set matches it (pymatgen ``StructureMatcher``,
-  default tolerances ``ltol=0.2, stol=0.3, angle_tol=5``); comparisons only within one reduced
-  formula, which is what makes it scale.
+  default tolerances ``ltol=0.2, stol=0.3, angle_tol=5``: ``SUN_MATCHER`` in
+  :mod:`llamat_cif.protocol`); comparisons only within one reduced formula
+  (:func:`llamat_cif.metrics.matching.unique_representatives`), which is what makes it scale.
 * **Novel**: it matches no training structure (same matcher, same formula grouping). Here the
   training set is "MP-20 train, available subset (n=8344)", so novelty is measured against that
   subset and says so.
@@ -23,53 +24,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from llamat_cif.metrics.matching import (
+    matcher_label,
+    parse_structure,
+    structure_matcher,
+    unique_representatives,
+)
 from llamat_cif.paths import data_dir as resolve_data_dir
 from llamat_cif.protocol import E_HULL_METASTABLE, E_HULL_STABLE
 
 COMPOSITION_MATRIX = "hull/lemat_mp20_misc/mp20_compositions.npz"
-
-
-def structure_matcher(**kw):
-    """pymatgen ``StructureMatcher`` with ``kw`` (S.U.N.: ``ltol=0.2, stol=0.3, angle_tol=5``, its defaults)."""
-    from pymatgen.analysis.structure_matcher import StructureMatcher
-
-    return StructureMatcher(**kw)
-
-
-def parse_structure(cif: str | None):
-    """A pymatgen ``Structure`` from CIF text, or None when there is none or it does not parse."""
-    from pymatgen.core import Structure
-
-    if not isinstance(cif, str) or not cif.strip():
-        return None
-    try:
-        return Structure.from_str(cif, fmt="cif")
-    except Exception:  # noqa: BLE001 - unparsable -> treated as absent
-        return None
-
-
-def unique_representatives(ids: Sequence[str], structures: Sequence, *, ltol: float = 0.2, stol: float = 0.3,
-                           angle_tol: float = 5.0) -> dict[str, str]:
-    """Map every id to the id of the first structure (input order) it matches.
-
-    A structure is unique when it maps to itself. ``None`` structures map to themselves.
-    """
-    sm = structure_matcher(ltol=ltol, stol=stol, angle_tol=angle_tol)
-    by_formula: dict[str, list[int]] = defaultdict(list)
-    rep = {str(i): str(i) for i in ids}
-    for k, s in enumerate(structures):
-        if s is not None:
-            by_formula[s.composition.reduced_formula].append(k)
-    for members in by_formula.values():
-        kept: list[int] = []
-        for k in members:
-            for j in kept:
-                if sm.fit(structures[j], structures[k]):
-                    rep[str(ids[k])] = str(ids[j])
-                    break
-            else:
-                kept.append(k)
-    return rep
 
 
 class TrainingSet:
@@ -171,8 +135,8 @@ def sun_table(
     """
     ids = df["id"].astype(str).tolist()
     structs = [parse_structure(c) for c in df[cif_column]]
-    rep = unique_representatives(ids, structs)
     sm = structure_matcher()
+    rep = unique_representatives(ids, structs, matcher=sm)
     eh = pd.to_numeric(df["e_hull"], errors="coerce").to_numpy(dtype=float)
     out = pd.DataFrame({"id": ids, "formula": [s.composition.reduced_formula if s else None for s in structs]})
     out["parsed"] = [s is not None for s in structs]
@@ -196,8 +160,13 @@ def sun_table(
 
 
 def sun_summary(flags: pd.DataFrame, *, n_generated: int, training_name: str | None = None,
-                e_hull_stable: float = E_HULL_STABLE, e_hull_metastable: float = E_HULL_METASTABLE) -> dict:
-    """Rates with numerators and the stated denominator (all generated samples)."""
+                e_hull_stable: float = E_HULL_STABLE, e_hull_metastable: float = E_HULL_METASTABLE,
+                matcher=None) -> dict:
+    """Rates with numerators and the stated denominator (all generated samples).
+
+    ``matcher`` is the ``StructureMatcher`` the flags were computed with (None: the S.U.N. preset
+    :func:`sun_table` uses); the protocol records its tolerances.
+    """
 
     def r(col: str) -> dict:
         num = int(flags[col].fillna(False).astype(bool).sum()) if col in flags else 0
@@ -216,7 +185,7 @@ def sun_summary(flags: pd.DataFrame, *, n_generated: int, training_name: str | N
         "sun": r("sun"),
         "msun": {**r("msun"), "note": "metastable (< threshold) & unique & novel"},
         "protocol": {
-            "matcher": "pymatgen StructureMatcher(ltol=0.2, stol=0.3, angle_tol=5), grouped by reduced formula",
+            "matcher": f"{matcher_label(matcher or structure_matcher())}, grouped by reduced formula",
             "novelty_reference": training_name,
             "compositional_novelty_reference": "MP-20 element-presence matrix, all splits (45,229 rows)",
             "structures_compared": "relaxed",

@@ -1,19 +1,27 @@
 """Validity rates from the validators' table, over generated and over parsed structures.
 
 The benchmark reads ``DIR/validity.parquet`` written by ``llamat-cif validate`` (or computes it with
-:func:`llamat_cif.validators.validate_table` when absent). This module only *counts*: the checks and
-their thresholds (CDVAE: interatomic distance >= 0.5 A, volume >= 0.1 A^3, SMACT charge neutrality)
-live in :mod:`llamat_cif.validators` and are copied into the protocol from their summary.
+:func:`llamat_cif.validators.validate_table` when absent); samples that are not a run folder are
+validated once and kept in the benchmark's output folder (:func:`input_validity`). This module only
+*counts*: the checks and their thresholds (CDVAE: interatomic distance >= 0.5 A, volume >= 0.1 A^3,
+SMACT charge neutrality) live in :mod:`llamat_cif.validators` and are copied into the protocol from
+their summary.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from llamat_cif.metrics.metric import Metric, rate
+from llamat_cif.metrics.metric import Metric, json_default, rate
+from llamat_cif.metrics.sources import content_key
+
+#: what a validators summary lends the benchmark's protocol
+SUMMARY_KEYS = ("thresholds", "protocol", "versions")
 
 # accepted spellings of the validators' columns -> our canonical name
 _ALIASES = {
@@ -66,14 +74,25 @@ def run_validators(table: pd.DataFrame, column: str | None = None) -> tuple[pd.D
     return out, {}
 
 
+def _summary_protocol(summary: dict) -> dict:
+    return {k: summary[k] for k in SUMMARY_KEYS if k in summary}
+
+
+def _aligned(samples: pd.DataFrame, v: pd.DataFrame) -> pd.DataFrame:
+    """``v`` in the order of ``samples`` (by ``id``); samples without a row count as not passed."""
+    v = samples[["id"]].astype(str).merge(v.drop_duplicates("id"), on="id", how="left")
+    for c in v.columns:
+        if c != "id":
+            v[c] = v[c].fillna(False).astype(bool)
+    return v
+
+
 def load_or_compute_validity(run_dir: Path, samples: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     """Validity per sample, aligned with ``samples`` (by ``id``), plus its protocol.
 
     Reads ``validity.parquet`` (and ``validity_summary.json`` for the protocol) when present,
     else runs :func:`llamat_cif.validators.validate_table` on the samples.
     """
-    import json
-
     path = Path(run_dir) / "validity.parquet"
     protocol: dict = {}
     if path.exists():
@@ -81,22 +100,62 @@ def load_or_compute_validity(run_dir: Path, samples: pd.DataFrame) -> tuple[pd.D
         summary = Path(run_dir) / "validity_summary.json"
         if summary.exists():
             try:
-                s = json.loads(summary.read_text())
-                protocol = {k: s[k] for k in ("thresholds", "protocol", "versions") if k in s}
+                protocol = _summary_protocol(json.loads(summary.read_text()))
             except (OSError, ValueError):
                 pass
         protocol["source"] = str(path.name)
     else:
         table, summary = run_validators(samples)
-        protocol.update({k: summary[k] for k in ("thresholds", "protocol", "versions") if k in summary})
+        protocol.update(_summary_protocol(summary))
         protocol["source"] = "computed by llamat_cif.validators.validate_table"
     v = normalise_validity(table)
     if "id" in v.columns and "id" in samples.columns:
-        v = samples[["id"]].astype(str).merge(v.drop_duplicates("id"), on="id", how="left")
-        for c in v.columns:
-            if c != "id":
-                v[c] = v[c].fillna(False).astype(bool)
+        v = _aligned(samples, v)
     return v, protocol
+
+
+def input_validity(samples: pd.DataFrame, out: Path, say, *, stem: str = "validity") -> tuple[pd.DataFrame, dict]:
+    """Validity of samples that are not a run folder, kept in ``out`` while the input is unchanged.
+
+    The validators run on the ``cif`` column (a row without text is a parse failure); their table
+    and summary go to ``out/validity.parquet`` / ``out/validity_summary.json`` with a key of the
+    samples' content and the validators' default settings, so a second benchmark of the same input
+    reads them instead of validating again.
+
+    Args:
+        samples: rows with ``id`` and ``cif``.
+        out: the benchmark's output folder.
+        say: progress logger (one line of text).
+        stem: file names' stem (``validity_cdvae`` for the CDVAE protocol's own settings).
+    """
+    from llamat_cif.validators.core import Thresholds
+
+    # the validators' settings are part of the key: a new default (e.g. SMACT data) recomputes
+    key = content_key(samples["id"], samples["cif"],
+                      salt=json.dumps(Thresholds().as_dict(), sort_keys=True, default=str))
+    rows_path, summary_path = out / f"{stem}.parquet", out / f"{stem}_summary.json"
+    protocol: dict = {}
+    table = None
+    if rows_path.exists() and summary_path.exists():
+        try:
+            summary = json.loads(summary_path.read_text())
+            if summary.get("samples_key") == key:
+                table = pd.read_parquet(rows_path)
+                protocol = _summary_protocol(summary)
+                protocol["source"] = f"{rows_path.name} (kept from an earlier benchmark of the same input)"
+        except (OSError, ValueError):
+            table = None
+    if table is None:
+        say(f"validating {len(samples)} structures (CDVAE checks and more; kept in {rows_path})")
+        frame = samples[["id", "cif"]].assign(id=samples["id"].astype(str))
+        table, summary = run_validators(frame, column="cif")
+        protocol = _summary_protocol(summary)
+        protocol["source"] = "computed by llamat_cif.validators.validate_table"
+        tmp = rows_path.with_name(rows_path.name + ".tmp")
+        table.drop(columns=["cif"], errors="ignore").to_parquet(tmp, index=False)
+        os.replace(tmp, rows_path)
+        summary_path.write_text(json.dumps({**summary, "samples_key": key}, indent=2, default=json_default))
+    return _aligned(samples, normalise_validity(table)), protocol
 
 
 def validity_rates(validity: pd.DataFrame) -> dict[str, Metric]:
