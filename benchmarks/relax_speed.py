@@ -42,8 +42,9 @@ def main() -> None:
     from pymatgen.io.ase import AseAtomsAdaptor
 
     from llamat_cif.data import load_split
+    from llamat_cif.protocol import environment_info
     from llamat_cif.stability import RelaxConfig, load_potential, relax_many
-    from llamat_cif.stability.pipeline import environment_info
+    from llamat_cif.stability.pipeline import STABILITY_PACKAGES
 
     torch.set_num_threads(args.threads)
     df = load_split("mp20", "test").sample(args.n, random_state=args.seed)
@@ -96,7 +97,7 @@ def main() -> None:
                        "dataset": "MP-20 test, available subset (n=7342), seeded sample",
                        "torch_threads_serial": args.threads, "load_average": os.getloadavg(),
                        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-                       "environment": environment_info()}
+                       "environment": environment_info(STABILITY_PACKAGES)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=2, default=str))
     print(json.dumps({k: v for k, v in res.items() if k != "protocol"}, indent=2))

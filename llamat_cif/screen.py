@@ -29,8 +29,9 @@ from typing import Any
 import pandas as pd
 
 from llamat_cif.protocol import CDVAE_MIN_DISTANCE, E_HULL_METASTABLE, E_HULL_STABLE
-from llamat_cif.stability.pipeline import StabilityConfig, rate, run_stability
+from llamat_cif.stability.pipeline import StabilityConfig, run_stability
 from llamat_cif.stability.relax import RelaxConfig
+from llamat_cif.stability.summary import rate
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,7 @@ def run_screen(config: ScreenConfig, *, data_dir: str | Path | None = None, prog
             S.U.N. and the funnel run here); None runs everything here.
     """
     from llamat_cif.model import resolve_model_path
-    from llamat_cif.stability.pipeline import potential_names
+    from llamat_cif.stability.agreement import potential_names
     from llamat_cif.stability.potentials import resolve_potential
 
     out = Path(config.out_dir)

@@ -15,13 +15,9 @@ from conftest import requires_data
 
 pytest.importorskip("sevenn")
 
+from llamat_cif.stability.agreement import agreement_summary, potential_names  # noqa: E402
 from llamat_cif.stability.hull import Hull  # noqa: E402
-from llamat_cif.stability.pipeline import (  # noqa: E402
-    StabilityConfig,
-    agreement_summary,
-    potential_names,
-    run_stability,
-)
+from llamat_cif.stability.pipeline import StabilityConfig, run_stability  # noqa: E402
 from llamat_cif.stability.potentials import PotentialError, load_potential, resolve_potential  # noqa: E402
 from llamat_cif.stability.relax import RelaxConfig  # noqa: E402
 

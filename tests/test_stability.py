@@ -20,7 +20,6 @@ from llamat_cif.stability.pipeline import (
     StabilityResumeError,
     check_hull_compatible,
     run_stability,
-    summarize,
 )
 from llamat_cif.stability.potentials import (
     Potential,
@@ -31,6 +30,7 @@ from llamat_cif.stability.potentials import (
     load_potential,
 )
 from llamat_cif.stability.relax import LOGM_WARNING, RelaxConfig, relax_many, relax_structure
+from llamat_cif.stability.summary import summarize
 
 
 @pytest.fixture(scope="module")

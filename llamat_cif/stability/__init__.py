@@ -7,18 +7,19 @@ Modules, in pipeline order:
 * :mod:`~llamat_cif.stability.relax`: FIRE + FrechetCellFilter relaxation with guards, process pool.
 * :mod:`~llamat_cif.stability.hull`: the MP-20 reference hull (or a user hull) and E_hull.
 * :mod:`~llamat_cif.stability.pipeline`: relax + score many structures, streaming and resumable.
+* :mod:`~llamat_cif.stability.agreement`: score the relaxed cell with further potentials, flag disagreement.
+* :mod:`~llamat_cif.stability.summary`: counts and rates of a stability table.
 
 S.U.N. (stable, unique, novel) is a metric: :mod:`llamat_cif.metrics.sun`.
 """
 
+from llamat_cif.protocol import E_HULL_METASTABLE
 from llamat_cif.stability.hull import Hull, HullError, mp2020_corrected_energy
 from llamat_cif.stability.pipeline import (
-    E_HULL_METASTABLE,
     StabilityConfig,
     StabilityResumeError,
     read_structures_input,
     run_stability,
-    summarize,
 )
 from llamat_cif.stability.potentials import (
     DEFAULT_POTENTIAL,
@@ -27,6 +28,7 @@ from llamat_cif.stability.potentials import (
     load_potential,
 )
 from llamat_cif.stability.relax import RelaxConfig, relax_many, relax_structure
+from llamat_cif.stability.summary import summarize
 
 __all__ = [
     "DEFAULT_POTENTIAL",

@@ -4,15 +4,15 @@
 structures from any of the supported inputs, skips ids already in the output file, relaxes the rest
 (process pool or in-process), converts energies to formation energies and E_hull on the reference
 hull, and rewrites ``stability.parquet`` after every batch (atomic replace, so an interrupted run
-leaves a readable file with every finished row). The protocol is written to
-``stability_summary.json`` beside it.
+leaves a readable file with every finished row). The protocol and the summary
+(:func:`llamat_cif.stability.summary.summarize`, plus :mod:`llamat_cif.stability.agreement`'s
+counts when several potentials score) are written to ``stability_summary.json`` beside it.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import platform
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -22,16 +22,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from llamat_cif.protocol import E_HULL_METASTABLE, E_HULL_STABLE
+from llamat_cif.protocol import E_HULL_METASTABLE, environment_info
+from llamat_cif.stability.agreement import agreement_summary, cross_score, potential_names
 from llamat_cif.stability.hull import Hull, HullError, mp2020_corrected_energy
 from llamat_cif.stability.potentials import Potential, load_potential
 from llamat_cif.stability.relax import RelaxConfig, error_row, relax_many
+from llamat_cif.stability.summary import summarize
 
 STABILITY_COLUMNS = [
     "id", "formula", "n_sites", "n_sites_input", "converged", "n_steps", "wall_s", "cpu_s", "energy_initial_per_atom",
     "energy_per_atom", "energy_corrected_per_atom", "e_form_per_atom", "e_hull", "volume_change",
     "volume_rescale", "relaxed_cif", "error",
 ]
+#: the packages whose versions ``stability_summary.json`` records
+STABILITY_PACKAGES = ("llamat-cif", "chgnet", "matgl", "pymatgen", "ase", "torch")
 
 
 # --------------------------------------------------------------------------------- inputs
@@ -150,99 +154,6 @@ def score_row(row: dict, hull: Hull | None, potential: Potential) -> dict:
     return row
 
 
-#: row columns a cross-checking potential adds: ``e_hull:<name>`` (single point on the relaxed cell)
-CHECK_PREFIX = "e_hull:"
-
-
-def potential_names(spec: str) -> list[str]:
-    """The potentials of a ``--potential`` value: ``"chgnet,sevennet-0"`` relaxes with the first and
-    scores the relaxed cell with every one (agreement mode); one name is a plain run.
-
-    Raises:
-        ValueError: an empty list or a name given twice.
-    """
-    names = [n.strip() for n in str(spec).split(",") if n.strip()]
-    if not names:
-        raise ValueError(f"no potential in {spec!r}")
-    if len(set(names)) != len(names):
-        raise ValueError(f"a potential is named twice in {spec!r}")
-    return names
-
-
-def cross_score(row: dict, checks: list[Potential], hull: Hull | None, *,
-                threshold: float) -> dict:
-    """Score a relaxed row with more potentials (agreement mode).
-
-    Each check potential takes a single point on the cell the first potential relaxed; its E_hull
-    goes to ``e_hull:<name>``. ``e_hull_spread`` is the largest minus the smallest E_hull over all
-    potentials, ``disagree`` is True when it exceeds ``threshold`` (eV/atom). A check that fails
-    leaves NaN and its reason in ``check_error``; the row itself stays valid.
-    """
-    row = dict(row)
-    for cp in checks:
-        row[CHECK_PREFIX + cp.name] = np.nan
-    row["e_hull_spread"] = np.nan
-    row["disagree"] = None
-    if not checks or row.get("error") or hull is None or not row.get("relaxed_cif") or \
-            not np.isfinite(row.get("e_hull", np.nan)):
-        return row
-    from pymatgen.core import Structure
-
-    s = Structure.from_str(row["relaxed_cif"], fmt="cif")
-    values = [float(row["e_hull"])]
-    problems = []
-    for cp in checks:
-        try:
-            e = cp.predict_energies([s])[0]
-            if cp.needs_mp2020_correction:
-                e = mp2020_corrected_energy(s, e)
-            eh = hull.e_above_hull(s.composition, e / len(s))
-        except Exception as exc:  # noqa: BLE001 - a failed cross-check must not lose the row
-            problems.append(f"{cp.name}: {type(exc).__name__}: {exc}")
-            continue
-        row[CHECK_PREFIX + cp.name] = eh
-        values.append(eh)
-    if len(values) > 1:
-        row["e_hull_spread"] = float(max(values) - min(values))
-        row["disagree"] = bool(row["e_hull_spread"] > threshold)
-    row["check_error"] = "; ".join(problems) or None
-    return row
-
-
-def agreement_summary(df: pd.DataFrame, *, primary: str, threshold: float,
-                      e_hull_metastable: float = E_HULL_METASTABLE) -> dict | None:
-    """Agreement-mode counts: per check potential, metastable by it and how far it is from the
-    relaxing potential; over all, how many rows the potentials disagree on. None without checks."""
-    cols = [c for c in df.columns if str(c).startswith(CHECK_PREFIX)]
-    if not cols:
-        return None
-    n = len(df)
-    eh = pd.to_numeric(df["e_hull"], errors="coerce")
-    out: dict[str, Any] = {"relaxed_with": primary, "threshold_ev_atom": threshold, "potentials": {}}
-    both = eh.notna()
-    for c in cols:
-        other = pd.to_numeric(df[c], errors="coerce")
-        ok = eh.notna() & other.notna()
-        both &= other.notna()
-        d = (other[ok] - eh[ok])
-        out["potentials"][c[len(CHECK_PREFIX):]] = {
-            "metastable": rate(int((other < e_hull_metastable).sum()), n),
-            "stable": rate(int((other <= E_HULL_STABLE).sum()), n),
-            "median_abs_diff_ev_atom": float(d.abs().median()) if len(d) else None,
-            "median_signed_diff_ev_atom": float(d.median()) if len(d) else None,
-            "n_scored_by_both": int(ok.sum()),
-        }
-    spread = pd.to_numeric(df["e_hull_spread"], errors="coerce") if "e_hull_spread" in df.columns else None
-    if spread is not None:
-        out["disagree"] = {**rate(int((spread > threshold).sum()), int(both.sum())),
-                           "denominator_is": "rows scored by every potential"}
-    every = eh < e_hull_metastable
-    for c in cols:
-        every &= pd.to_numeric(df[c], errors="coerce") < e_hull_metastable
-    out["metastable_by_every_potential"] = {**rate(int(every.sum()), n), "denominator_is": "all input structures"}
-    return out
-
-
 def check_hull_compatible(potential: Potential, hull: Hull, *, is_mp_reference: bool) -> None:
     """Refuse to score PBE/r2SCAN-scale energies against the Materials Project hull."""
     if is_mp_reference and not potential.mp_hull_compatible:
@@ -309,15 +220,6 @@ class StabilityConfig:
     e_hull_metastable: float = E_HULL_METASTABLE
     threads: int | None = None  # torch threads of an in-process run (n_workers 1); None: torch's default
     disagreement: float = 0.1  # agreement mode: flag rows whose E_hull differs by more (eV/atom)
-
-
-def environment_info() -> dict:
-    """Package versions and hardware, for the protocol record."""
-    from llamat_cif.protocol import package_versions
-
-    vers = package_versions(("llamat-cif", "chgnet", "matgl", "pymatgen", "ase", "torch"))
-    return {"versions": vers, "python": platform.python_version(), "machine": platform.machine(),
-            "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()}
 
 
 def run_stability(
@@ -393,7 +295,7 @@ def run_stability(
         "e_hull_metastable": config.e_hull_metastable, "n_workers": config.n_workers,
         "executor": executor.describe() if executor is not None else "local",
         "torch_threads": _torch_threads(config),
-        "environment": environment_info(),
+        "environment": environment_info(STABILITY_PACKAGES),
     }
     if checks:
         protocol["agreement"] = {
@@ -476,52 +378,6 @@ def _progress(enabled: bool, n_todo: int, n_done: int):
 
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeRemainingColumn(), disable=not enabled, transient=False)
-
-
-def rate(num: int, den: int) -> dict:
-    """A rate with its numerator and denominator."""
-    return {"rate": (num / den) if den else None, "numerator": int(num), "denominator": int(den)}
-
-
-def summarize(df: pd.DataFrame, *, e_hull_metastable: float = E_HULL_METASTABLE,
-              e_hull_stable: float = E_HULL_STABLE) -> dict:
-    """Counts and rates of a stability table; each rate states its denominator.
-
-    Args:
-        df: rows from :func:`run_stability`.
-        e_hull_metastable: metastability threshold, eV/atom (LLaMat / Gruver: 0.1).
-        e_hull_stable: stability threshold, eV/atom (0: on or below the hull).
-    """
-    n = len(df)
-    ok = df[df["error"].isna() | (df["error"] == "")] if n else df
-    eh = pd.to_numeric(ok["e_hull"], errors="coerce") if n else pd.Series(dtype=float)
-    scored = eh.notna()
-    conv = ok["converged"].fillna(False).astype(bool) if n else pd.Series(dtype=bool)
-    eh_conv = eh[conv & scored] if n else eh
-    n_conv = int(conv.sum()) if n else 0
-    return {
-        "n_structures": n,
-        "n_errors": int(n - len(ok)),
-        "n_scored": int(scored.sum()),
-        "n_unconverged_scored": int((scored & ~conv).sum()) if n else 0,
-        "converged": rate(n_conv, len(ok)),
-        "metastable": {**rate(int((eh < e_hull_metastable).sum()), n), "threshold_ev_atom": e_hull_metastable,
-                       "denominator_is": "all input structures (unconverged relaxations scored as they ended)"},
-        "stable": {**rate(int((eh <= e_hull_stable).sum()), n), "threshold_ev_atom": e_hull_stable,
-                   "denominator_is": "all input structures (unconverged relaxations scored as they ended)"},
-        # the same over converged relaxations only: an unconverged E_hull is an upper estimate at best
-        "metastable_converged": {**rate(int((eh_conv < e_hull_metastable).sum()), n_conv),
-                                 "threshold_ev_atom": e_hull_metastable,
-                                 "denominator_is": "converged relaxations"},
-        "stable_converged": {**rate(int((eh_conv <= e_hull_stable).sum()), n_conv),
-                             "threshold_ev_atom": e_hull_stable, "denominator_is": "converged relaxations"},
-        "median_e_hull": float(eh.median()) if scored.any() else None,
-        "median_e_hull_converged": float(eh_conv.median()) if len(eh_conv) else None,
-        "median_wall_s": float(pd.to_numeric(ok["wall_s"]).median()) if len(ok) else None,
-        "median_cpu_s": (float(pd.to_numeric(ok["cpu_s"], errors="coerce").median())
-                         if len(ok) and "cpu_s" in ok.columns and ok["cpu_s"].notna().any() else None),
-        "median_n_steps": float(pd.to_numeric(ok["n_steps"]).median()) if len(ok) else None,
-    }
 
 
 def iter_pairs(df: pd.DataFrame) -> Iterator[tuple[str, str]]:
