@@ -9,18 +9,15 @@ from pathlib import Path
 import pytest
 
 from llamat_cif.text_tasks.metrics import (
-    PRF,
     doping_triplets,
-    entity_word_sets,
-    jaro_winkler,
-    records_equivalent,
     score_discomat,
     score_doping,
-    score_entities,
     score_task,
     word_counts,
 )
+from llamat_cif.text_tasks.mof_metrics import entity_word_sets, records_equivalent, score_entities
 from llamat_cif.text_tasks.parsing import parse_output, parse_prediction
+from llamat_cif.text_tasks.rates import PRF, jaro_winkler
 from llamat_cif.text_tasks.tasks import TASKS, TaskError, answer_keys, load_task
 
 _TEXT = Path(os.environ.get("LLAMAT_CIF_DATA", "/nonexistent")) / "text"

@@ -102,7 +102,7 @@ def _scores(rec: dict) -> dict:
 
 def rescore(record_path: Path, predictions: Path) -> None:
     """Recompute a record's scores (both protocols) from the raw answers kept beside it."""
-    from llamat_cif.text_tasks.evaluate import _json_default, score_rows
+    from llamat_cif.text_tasks.evaluate import json_default, score_rows
     from llamat_cif.text_tasks.tasks import load_task
 
     record = json.loads(record_path.read_text())
@@ -115,7 +115,7 @@ def rescore(record_path: Path, predictions: Path) -> None:
     examples = [e for e in taskset.examples if e.id in rows]
     if len(examples) != len(taskset.examples):
         raise SystemExit(f"{predictions} holds {len(examples)} of {len(taskset.examples)} test answers")
-    rec = json.loads(json.dumps(score_rows(taskset, examples, rows), default=_json_default))
+    rec = json.loads(json.dumps(score_rows(taskset, examples, rows), default=json_default))
     record["scores"] = _scores(rec)
     record["protocol"] = rec["protocol"]
     record["n_unparsable_outputs"] = rec["n_unparsable_outputs"]

@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from llamat_cif.protocol import hardware, package_versions
-from llamat_cif.text_tasks.metrics import HEADLINE, Rate, score_task
+from llamat_cif.text_tasks.metrics import HEADLINE, score_task
 from llamat_cif.text_tasks.parsing import cut_at_stop, parse_prediction
 from llamat_cif.text_tasks.prompts import IM_END, build_prompt, has_chat_template, stop_strings
+from llamat_cif.text_tasks.rates import Rate
 from llamat_cif.text_tasks.reference import PROTOCOL_NOTE, score_llamat
 from llamat_cif.text_tasks.tasks import (
     TASKS,
@@ -38,6 +39,8 @@ from llamat_cif.text_tasks.tasks import (
 
 #: Progress callback: (task, n_done, n_total).
 Progress = Callable[[str, int, int], None]
+#: the packages whose versions a text evaluation records
+TEXT_PACKAGES = ("llamat-cif", "torch", "transformers", "peft", "tokenizers", "jellyfish")
 
 
 @dataclass(frozen=True)
@@ -180,11 +183,6 @@ def generate_batch(
     return results
 
 
-def _versions() -> dict[str, str]:
-    return package_versions(("llamat-cif", "torch", "transformers", "peft", "tokenizers", "jellyfish"),
-                            missing="not installed")
-
-
 def _hardware(device: str) -> dict[str, Any]:
     import torch
 
@@ -267,7 +265,7 @@ def run_task(
         "batch_size": batch_size,
         "resumed_rows": len(examples) - len(todo),
     }
-    (out_dir / "metrics.json").write_text(json.dumps(record, indent=2, default=_json_default))
+    (out_dir / "metrics.json").write_text(json.dumps(record, indent=2, default=json_default))
     return record
 
 
@@ -319,7 +317,8 @@ def score_rows(taskset: TaskSet, examples: Sequence[TextExample], rows: dict[str
     }
 
 
-def _json_default(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
+    """``json.dumps`` fallback of the text-task records: a :class:`Rate` as its dict, else an error."""
     if isinstance(obj, Rate):
         return obj.as_dict()
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
@@ -360,7 +359,7 @@ def evaluate(config: EvalConfig, *, progress: Progress | None = None) -> dict[st
         "is_peft_adapter": (Path(config.model) / "adapter_config.json").is_file(),
         "uses_chat_template": has_chat_template(tokenizer) and config.chat_template != "never",
         "end_marker": IM_END,
-        "versions": _versions(),
+        "versions": package_versions(TEXT_PACKAGES, missing="not installed"),
         "hardware": _hardware(device),
     }
     (out / "config.json").write_text(json.dumps(meta, indent=2))
@@ -387,7 +386,7 @@ def evaluate(config: EvalConfig, *, progress: Progress | None = None) -> dict[st
         "counts": {t: {"n_evaluated": r["n_evaluated"], "n_unparsable": r["n_unparsable_outputs"],
                        **{k: v for k, v in r["strict"]["counts"].items()}} for t, r in results.items()},
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default))
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=json_default))
     return {"tasks": results, "summary": summary}
 
 

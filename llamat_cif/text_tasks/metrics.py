@@ -1,6 +1,9 @@
 """SIE metrics as LLaMat defines them (M3RG-IITD/llamat, ``evaluation_codes/*_eval.py``).
 
-Our own implementation of the published definitions, one small function per idea:
+Our own implementation of the published definitions, one small function per idea. The doping and
+discomat scores and :func:`score_task` (the dispatch) live here, the mof1 / mof2 scores in
+:mod:`llamat_cif.text_tasks.mof_metrics`, and the score types they return (:class:`Rate`, ``PRF``)
+in :mod:`llamat_cif.text_tasks.rates`:
 
 doping (Cruse et al. 2022 scheme, LLaMat ``doping_eval.py``)
     Word-level scores for ``basemats`` and ``dopants``: each entity dict's values are joined with
@@ -41,77 +44,11 @@ reproduces the scripts' own parsing and rules.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from typing import Any
 
-import jellyfish
-
-from llamat_cif.text_tasks.tasks import DOPING_KEYS, TaskSpec, is_empty_answer
-
-LINK_DELIMITER = "|||"
-
-
-@dataclass(frozen=True)
-class Rate:
-    """A score with the counts it comes from.
-
-    Attributes:
-        value: The score (``None`` when undefined, e.g. nothing retrieved).
-        numerator: Count above the line (for F1: 2 TP).
-        denominator: Count below the line (for F1: 2 TP + FP + FN).
-        note: What the denominator counts.
-    """
-
-    value: float | None
-    numerator: float
-    denominator: float
-    note: str = ""
-
-    def as_dict(self) -> dict[str, Any]:
-        """Plain dict for JSON."""
-        return asdict(self)
-
-
-def ratio(numerator: float, denominator: float, note: str = "") -> Rate:
-    """``numerator / denominator``; 0 when the denominator is 0 (a strict, defined default)."""
-    value = numerator / denominator if denominator else 0.0
-    return Rate(value, numerator, denominator, note)
-
-
-@dataclass(frozen=True)
-class PRF:
-    """True/false positive and false negative counts with derived precision, recall and F1."""
-
-    tp: int = 0
-    fp: int = 0
-    fn: int = 0
-
-    def __add__(self, other: PRF) -> PRF:
-        return PRF(self.tp + other.tp, self.fp + other.fp, self.fn + other.fn)
-
-    @property
-    def precision(self) -> float:
-        """TP / (TP + FP), 0 when nothing was predicted."""
-        return self.tp / (self.tp + self.fp) if self.tp + self.fp else 0.0
-
-    @property
-    def recall(self) -> float:
-        """TP / (TP + FN), 0 when there is no gold."""
-        return self.tp / (self.tp + self.fn) if self.tp + self.fn else 0.0
-
-    @property
-    def f1(self) -> float:
-        """TP / (TP + (FP + FN) / 2) (= harmonic mean of P and R); 0 when TP is 0."""
-        return 2 * self.tp / (2 * self.tp + self.fp + self.fn) if self.tp else 0.0
-
-    def rates(self, what: str) -> dict[str, Rate]:
-        """Precision, recall and F1 as :class:`Rate` objects with their counts."""
-        return {
-            "precision": Rate(self.precision, self.tp, self.tp + self.fp, f"{what}: TP/(TP+FP)"),
-            "recall": Rate(self.recall, self.tp, self.tp + self.fn, f"{what}: TP/(TP+FN)"),
-            "f1": Rate(self.f1, 2 * self.tp, 2 * self.tp + self.fp + self.fn, f"{what}: 2TP/(2TP+FP+FN)"),
-        }
-
+from llamat_cif.text_tasks.mof_metrics import score_entities
+from llamat_cif.text_tasks.rates import PRF, Rate, as_text, jaro_winkler, ratio, triplet_rates
+from llamat_cif.text_tasks.tasks import DOPING_KEYS, TaskSpec
 
 # ----------------------------------------------------------------------------------------- doping
 
@@ -156,31 +93,6 @@ def triplet_counts(gold: Sequence[str], pred: Sequence[str]) -> tuple[int, int, 
     return sum(1 for t in gold if t in pred_set), len(pred), len(gold)
 
 
-def triplet_rates(n_correct: int, n_pred: int, n_gold: int) -> dict[str, Rate]:
-    """Link precision n_correct/n_pred, recall n_correct/n_gold, F1 (0 when either is 0)."""
-    p = n_correct / n_pred if n_pred else 0.0
-    r = n_correct / n_gold if n_gold else 0.0
-    f1 = 2 * p * r / (p + r) if p and r else 0.0
-    return {
-        "precision": Rate(p, n_correct, n_pred, "links: correct / predicted triplets"),
-        "recall": Rate(r, n_correct, n_gold, "links: correct / gold triplets"),
-        "f1": Rate(f1, 2 * n_correct, n_pred + n_gold, "links: 2 correct / (predicted + gold)"),
-    }
-
-
-def jaro_winkler(gold: str, pred: str, *, long_tolerance: bool = False) -> float:
-    """Jaro-Winkler similarity (jellyfish), as LLaMat computes it on ``str()`` of the structures."""
-    return float(jellyfish.jaro_winkler_similarity(gold, pred, long_tolerance=long_tolerance))
-
-
-def _as_text(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list | tuple):
-        return " ".join(_as_text(v) for v in value)
-    return "" if value is None else str(value)
-
-
 def normalize_doping(pred: Any) -> dict[str, Any]:
     """A predicted doping dict reduced to the typed shape the metrics read.
 
@@ -193,7 +105,7 @@ def normalize_doping(pred: Any) -> dict[str, Any]:
         ents = pred.get(key, {})
         if isinstance(ents, list):
             ents = {str(i): v for i, v in enumerate(ents)}
-        out[key] = {str(k): _as_text(v) for k, v in ents.items()} if isinstance(ents, dict) else {}
+        out[key] = {str(k): as_text(v) for k, v in ents.items()} if isinstance(ents, dict) else {}
     links = pred.get("dopants2basemats", {})
     norm_links: dict[str, list[str]] = {}
     if isinstance(links, dict):
@@ -204,12 +116,8 @@ def normalize_doping(pred: Any) -> dict[str, Any]:
     return out
 
 
-def score_doping(
-    golds: Sequence[dict[str, Any]],
-    preds: Sequence[Any | None],
-    *,
-    skip_unparsable: bool = False,
-) -> dict[str, Any]:
+def score_doping(golds: Sequence[dict[str, Any]], preds: Sequence[Any | None], *,
+                 skip_unparsable: bool = False) -> dict[str, Any]:
     """Doping scores over annotated sentences, plus a separate count for unannotated ones.
 
     Args:
@@ -274,178 +182,6 @@ def score_doping(
     return {"metrics": metrics, "counts": counts}
 
 
-# ------------------------------------------------------------------------------------- mof1 / mof2
-
-
-def entity_words(text: str) -> list[str]:
-    """Words of one entity string: split on spaces, stripped, blanks dropped."""
-    return [w for w in (p.strip() for p in text.split(" ")) if w]
-
-
-def entity_word_sets(records: Sequence[dict[str, Any]], spec: TaskSpec) -> dict[str, set[str]]:
-    """Word sets per entity type and ``root|||word`` link sets per ``root|||type``.
-
-    The root (``formula`` / ``name_of_mof``) links as one whole string, only when it is a
-    non-empty string; self-links (a word equal to the root) are left out.
-    """
-    non_root = [k for k in spec.entity_keys if k != spec.root_key]
-    link_keys = [f"{spec.root_key}{LINK_DELIMITER}{k}" for k in non_root]
-    out: dict[str, set[str]] = {k: set() for k in list(spec.entity_keys) + link_keys}
-    for rec in records:
-        for key in spec.entity_keys:
-            for text in _strings(rec.get(key, "")):
-                out[key].update(entity_words(text))
-        root = rec.get(spec.root_key, "")
-        if not (isinstance(root, str) and root):
-            continue
-        for key in non_root:
-            words = [w for text in _strings(rec.get(key, "")) for w in entity_words(text)]
-            out[f"{spec.root_key}{LINK_DELIMITER}{key}"].update(
-                f"{root}{LINK_DELIMITER}{w}" for w in words if w != root
-            )
-    return out
-
-
-def _strings(value: Any) -> list[str]:
-    if isinstance(value, str):
-        return [value] if value else []
-    if isinstance(value, list):
-        return [v for v in value if isinstance(v, str) and v]
-    return []
-
-
-def set_counts(gold: set[str], pred: set[str]) -> PRF:
-    """TP = |gold & pred|, FP = |pred - gold|, FN = |gold - pred|."""
-    tp = len(gold & pred)
-    return PRF(tp, len(pred) - tp, len(gold) - tp)
-
-
-def normalize_records(pred: Any, spec: TaskSpec) -> list[dict[str, Any]]:
-    """Predicted records in the task's schema, as LLaMat prepares them before scoring.
-
-    Non-dict items are dropped, absent keys are filled (``""`` for string keys, ``[""]`` for
-    list keys), keys outside the schema are removed, non-string scalars become strings.
-    """
-    if not isinstance(pred, list):
-        return []
-    out = []
-    for rec in pred:
-        if not isinstance(rec, dict):
-            continue
-        clean: dict[str, Any] = {}
-        for key in spec.entity_keys:
-            val = rec.get(key, "" if key in spec.string_keys else [""])
-            if isinstance(val, list):
-                val = [v if isinstance(v, str) else _as_text(v) for v in val]
-            elif not isinstance(val, str):
-                val = _as_text(val)
-            clean[key] = val
-        out.append(clean)
-    return out
-
-
-def records_equivalent(gold: Sequence[dict[str, Any]], pred: Sequence[dict[str, Any]]) -> bool:
-    """LLaMat exact match: records sorted by ``formula`` (stable), keys sorted, ``str()`` equal."""
-
-    def canon(records: Sequence[dict[str, Any]]) -> str:
-        ordered = sorted(records, key=lambda r: str(r.get("formula", "")))
-        return str([dict(sorted(r.items())) for r in ordered])
-
-    return canon(gold) == canon(pred)
-
-
-def entity_metrics(
-    ent: dict[str, PRF], links: dict[str, list[int]], *, undefined_without_prediction: bool = False
-) -> dict[str, Rate]:
-    """Word precision/recall/F1 per entity type and F1 per link type (``link:root->type_f1``).
-
-    Args:
-        ent: word counts per entity type.
-        links: ``[correct, predicted, gold]`` link counts per ``root|||type``.
-        undefined_without_prediction: a link F1 is undefined (``None``) when nothing was predicted
-            as well as when there is no gold link (LLaMat's scripts); default: only without gold.
-    """
-    metrics: dict[str, Rate] = {}
-    for key, prf in ent.items():
-        for name, rate in prf.rates(f"{key} words").items():
-            metrics[f"{key}_{name}"] = rate
-    for key, (c, n_p, n_g) in links.items():
-        short = key.replace(LINK_DELIMITER, "->")
-        if n_g == 0 or (undefined_without_prediction and n_p == 0):
-            why = "no predicted or no gold links" if undefined_without_prediction else "no gold links"
-            metrics[f"link:{short}_f1"] = Rate(None, 2 * c, n_p + n_g, f"undefined: {why}")
-            continue
-        rates = triplet_rates(c, n_p, n_g)
-        metrics[f"link:{short}_f1"] = Rate(rates["f1"].value, 2 * c, n_p + n_g,
-                                           f"links {short}: P={rates['precision'].value:.3f} R={rates['recall'].value:.3f}")
-    return metrics
-
-
-def score_entities(
-    golds: Sequence[list[dict[str, Any]]],
-    preds: Sequence[Any | None],
-    spec: TaskSpec,
-    *,
-    skip_unparsable: bool = False,
-) -> dict[str, Any]:
-    """mof1 / mof2 scores over abstracts with at least one gold record.
-
-    Args:
-        golds: Gold record lists.
-        preds: Parsed predictions (lists of records), ``None`` where unparsable.
-        spec: The task (entity keys and root).
-        skip_unparsable: Leave unparsable outputs out instead of scoring them as empty
-            predictions (a variant, not LLaMat's numbers).
-
-    Returns:
-        ``{"metrics": {...}, "counts": {...}}``; ``parsable`` counts outputs that parsed to a
-        non-empty record list, as LLaMat's mof scripts do.
-    """
-    non_root = [k for k in spec.entity_keys if k != spec.root_key]
-    link_keys = [f"{spec.root_key}{LINK_DELIMITER}{k}" for k in non_root]
-    ent = {k: PRF() for k in spec.entity_keys}
-    links = {k: [0, 0, 0] for k in link_keys}
-    counts = {"n_examples": len(golds), "n_annotated": 0, "n_scored": 0, "n_unparsable": 0, "n_empty_pred": 0}
-    sims: list[float] = []
-    exact = 0
-    empty_gold = {"n": 0, "pred_empty": 0, "pred_nonempty": 0, "unparsable": 0}
-    for gold, pred in zip(golds, preds, strict=True):
-        if gold == []:
-            empty_gold["n"] += 1
-            key = "unparsable" if pred is None else ("pred_nonempty" if normalize_records(pred, spec) else "pred_empty")
-            empty_gold[key] += 1
-            continue
-        counts["n_annotated"] += 1
-        if pred is None:
-            counts["n_unparsable"] += 1
-            if skip_unparsable:
-                continue
-        counts["n_scored"] += 1
-        norm = normalize_records(pred, spec)
-        if pred is not None and not norm:
-            counts["n_empty_pred"] += 1
-        gold_sets = entity_word_sets(gold, spec)
-        pred_sets = entity_word_sets(norm, spec)
-        for key in spec.entity_keys:
-            ent[key] += set_counts(gold_sets[key], pred_sets[key])
-        for key in link_keys:
-            c = len(gold_sets[key] & pred_sets[key])
-            links[key] = [links[key][0] + c, links[key][1] + len(pred_sets[key]), links[key][2] + len(gold_sets[key])]
-        sims.append(0.0 if pred is None else jaro_winkler(str(gold), str(pred), long_tolerance=True))
-        exact += int(pred is not None and records_equivalent(normalize_records(gold, spec), norm))
-    n = counts["n_scored"]
-    metrics = entity_metrics(ent, links)
-    metrics["similarity"] = ratio(sum(sims), n, "mean Jaro-Winkler over scored abstracts")
-    metrics["exact_match"] = ratio(exact, n, "exact record-list matches / scored abstracts")
-    metrics["parsable"] = ratio(
-        counts["n_annotated"] - counts["n_unparsable"] - counts["n_empty_pred"],
-        counts["n_annotated"],
-        "outputs parsed to >=1 record / annotated abstracts",
-    )
-    counts["empty_gold"] = empty_gold
-    return {"metrics": metrics, "counts": counts}
-
-
 # ----------------------------------------------------------------------------------------- discomat
 
 DISCOMAT_GROUPS: dict[str, tuple[tuple[str, ...], bool]] = {
@@ -486,12 +222,8 @@ def index_match(gold: list[int], pred: Any, *, sort: bool) -> bool:
         return False
 
 
-def score_discomat(
-    golds: Sequence[dict[str, Any]],
-    preds: Sequence[Any | None],
-    *,
-    skip_unparsable: bool = False,
-) -> dict[str, Any]:
+def score_discomat(golds: Sequence[dict[str, Any]], preds: Sequence[Any | None], *,
+                   skip_unparsable: bool = False) -> dict[str, Any]:
     """DiSCoMaT scores: exact match, table-type F1s and row/column F1s.
 
     Args:
@@ -558,24 +290,17 @@ HEADLINE: dict[str, tuple[str, ...]] = {
 }
 
 __all__ = [
+    "DISCOMAT_GROUPS",
     "HEADLINE",
-    "PRF",
-    "Rate",
     "binary_counts",
     "doping_triplets",
     "doping_words",
-    "entity_metrics",
-    "entity_word_sets",
-    "is_empty_answer",
-    "jaro_winkler",
+    "index_match",
     "normalize_doping",
-    "normalize_records",
-    "records_equivalent",
     "score_discomat",
     "score_doping",
-    "score_entities",
     "score_task",
-    "set_counts",
+    "table_flag",
     "triplet_counts",
     "word_counts",
 ]

@@ -42,17 +42,15 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from llamat_cif.text_tasks.metrics import (
+from llamat_cif.text_tasks.metrics import word_counts
+from llamat_cif.text_tasks.mof_metrics import (
     LINK_DELIMITER,
-    PRF,
-    Rate,
+    add_sets,
+    empty_tallies,
     entity_metrics,
-    jaro_winkler,
-    ratio,
-    set_counts,
-    triplet_rates,
-    word_counts,
+    link_keys,
 )
+from llamat_cif.text_tasks.rates import PRF, Rate, jaro_winkler, ratio, triplet_rates
 from llamat_cif.text_tasks.tasks import TaskSpec, is_empty_answer
 
 #: End markers LLaMat splits LLaMat-3 outputs at (the mof2 script uses the full marker).
@@ -203,7 +201,7 @@ def _words(text: Any, example: int) -> list[str]:
 def _record_sets(records: list[dict[str, Any]], spec: TaskSpec, example: int) -> dict[str, set[str]]:
     non_root = [k for k in spec.entity_keys if k != spec.root_key]
     out: dict[str, set[str]] = {k: set() for k in spec.entity_keys}
-    out.update({f"{spec.root_key}{LINK_DELIMITER}{k}": set() for k in non_root})
+    out.update({k: set() for k in link_keys(spec)})
     for rec in records:
         roots: set[str] = set()
         missing = [k for k in spec.entity_keys if k not in rec]
@@ -282,10 +280,7 @@ def score_entities_llamat(
 ) -> dict[str, Any]:
     """mof1 / mof2 scores as ``mof1_eval.py`` / ``mof2_eval.py`` compute them."""
     keep_unreadable = spec.name == "mof2"
-    non_root = [k for k in spec.entity_keys if k != spec.root_key]
-    link_keys = [f"{spec.root_key}{LINK_DELIMITER}{k}" for k in non_root]
-    ent = {k: PRF() for k in spec.entity_keys}
-    links = {k: [0, 0, 0] for k in link_keys}
+    ent, links = empty_tallies(spec)
     counts = {"n_examples": len(golds), "n_annotated": 0, "n_scored": 0, "n_unreadable": 0, "n_unparsable": 0}
     sims: list[float] = []
     exact = 0
@@ -309,11 +304,7 @@ def score_entities_llamat(
         exact += int(_canonical(gold, i) == _canonical(test, i))
         gold_sets = _record_sets(gold, spec, i)
         test_sets = _record_sets(test, spec, i) if test else {k: set() for k in gold_sets}
-        for key in spec.entity_keys:
-            ent[key] += set_counts(gold_sets[key], test_sets[key])
-        for key in link_keys:
-            c = len(gold_sets[key] & test_sets[key])
-            links[key] = [links[key][0] + c, links[key][1] + len(test_sets[key]), links[key][2] + len(gold_sets[key])]
+        add_sets(ent, links, gold_sets, test_sets)
     n = counts["n_scored"]
     if n == 0:
         raise _fail(-1, "no output left to score (exact match divides by zero)")
