@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from llamat_cif.cif import CrystalTextError, from_text, to_text
+from llamat_cif.protocol import CSP_MATCHER, matcher_label
 
 #: Keys a header may carry, and the table columns they come from.
 HEADER_SOURCES = {
@@ -146,10 +147,11 @@ def _load_holdout(holdout_cifs: list[tuple[str, str]]) -> None:
         _HOLDOUT.setdefault(s.composition.reduced_formula, []).append(s)
 
 
-def _matcher():
+def roundtrip_matcher():
+    """The round-trip check's ``StructureMatcher`` (the CSP preset ``CSP_MATCHER``: CDVAE's tolerances)."""
     from pymatgen.analysis.structure_matcher import StructureMatcher
 
-    return StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3)
+    return StructureMatcher(**CSP_MATCHER)
 
 
 def _process(task: tuple) -> dict:
@@ -177,7 +179,7 @@ def _process(task: tuple) -> dict:
         return out
     same = _HOLDOUT.get(s.composition.reduced_formula, [])
     if same:
-        sm = _matcher()
+        sm = roundtrip_matcher()
         if any(sm.fit(s, h) for h in same):
             out["skip"] = "structure matches a held-out structure"
             return out
@@ -194,7 +196,7 @@ def _process(task: tuple) -> dict:
                                              permute=cfg["permute"]))
         if check_roundtrip:
             body = to_text(s, fmt)
-            out["roundtrip"] = bool(_matcher().fit(s, from_text(body, fmt)))
+            out["roundtrip"] = bool(roundtrip_matcher().fit(s, from_text(body, fmt)))
     except CrystalTextError as exc:
         out["skip"] = f"cannot write: {exc}"
         out["docs"] = []
@@ -308,7 +310,7 @@ def build_corpus(config: CorpusConfig, *, progress: bool = True) -> dict:
                 "matched": int(sum(rt)),
                 "checked": len(rt),
                 "rate": (sum(rt) / len(rt)) if rt else None,
-                "protocol": "StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3), random sample of the input structures",
+                "protocol": f"{matcher_label(roundtrip_matcher(), CSP_MATCHER)}, random sample of the input structures",
             },
             "tokenizer_exact": {"documents": len(train_docs) + len(val_docs), "mismatches": 0},
             "vocab_size": len(tok),
@@ -341,7 +343,7 @@ def _roundtrip_one(task: tuple[str, str, str]) -> tuple[str, bool, str]:
     sid, cif, fmt = task
     try:
         s = Structure.from_str(cif, fmt="cif")
-        ok = bool(_matcher().fit(s, from_text(to_text(s, fmt), fmt)))
+        ok = bool(roundtrip_matcher().fit(s, from_text(to_text(s, fmt), fmt)))
         return sid, ok, ""
     except Exception as exc:  # noqa: BLE001
         return sid, False, f"{type(exc).__name__}: {exc}"

@@ -3,7 +3,7 @@
 Thresholds used by several stages live here once: CDVAE's validity floors (a *convention*, not
 physics: :mod:`llamat_cif.physics` holds the physical contact scale), the E_hull lines of
 "metastable" and "stable", and the tolerances of the two ``StructureMatcher`` presets, S.U.N. and
-CSP (:mod:`llamat_cif.metrics.matching` builds matchers from them and records what a matcher holds).
+CSP (:func:`matcher_label` records what a matcher object holds, so a record cannot drift from it).
 Every stage writes which packages and which hardware produced its numbers (``metrics.json``,
 ``validity_summary.json``, ``stability_summary.json``, ``train_config.json``, text ``config.json``);
 they all read them here, each naming the packages that matter to it.
@@ -32,6 +32,8 @@ E_HULL_STABLE = 0.0
 SUN_MATCHER = MappingProxyType({"ltol": 0.2, "stol": 0.3, "angle_tol": 5.0})
 #: pymatgen ``StructureMatcher`` tolerances of CSP match rates and CIF round trips (CDVAE, DiffCSP)
 CSP_MATCHER = MappingProxyType({"stol": 0.5, "angle_tol": 10.0, "ltol": 0.3})
+#: the tolerances a matcher record names, in the order written by default
+MATCHER_TOLERANCES = ("ltol", "stol", "angle_tol")
 
 
 def package_versions(packages: Iterable[str], *, missing: Any = None, python: bool = False) -> dict[str, Any]:
@@ -49,6 +51,17 @@ def package_versions(packages: Iterable[str], *, missing: Any = None, python: bo
         except metadata.PackageNotFoundError:
             out[pkg] = missing
     return out
+
+
+def matcher_tolerances(matcher: Any, keys: Iterable[str] = MATCHER_TOLERANCES) -> dict[str, float]:
+    """``{tolerance: value}`` read from a pymatgen ``StructureMatcher`` object (``ltol``, ``stol``, ``angle_tol``)."""
+    return {k: getattr(matcher, k) for k in keys}
+
+
+def matcher_label(matcher: Any, keys: Iterable[str] = MATCHER_TOLERANCES) -> str:
+    """``"StructureMatcher(ltol=0.2, stol=0.3, angle_tol=5)"``, read from the matcher object."""
+    tol = ", ".join(f"{k}={v:g}" for k, v in matcher_tolerances(matcher, keys).items())
+    return f"StructureMatcher({tol})"
 
 
 def environment_info(packages: Iterable[str]) -> dict[str, Any]:
@@ -76,4 +89,5 @@ def hardware(**extra: Any) -> dict[str, Any]:
 
 
 __all__ = ["CDVAE_MIN_DISTANCE", "CDVAE_MIN_VOLUME", "CSP_MATCHER", "E_HULL_METASTABLE", "E_HULL_STABLE",
-           "SUN_MATCHER", "cpu_model", "environment_info", "hardware", "package_versions"]
+           "MATCHER_TOLERANCES", "SUN_MATCHER", "cpu_model", "environment_info", "hardware", "matcher_label",
+           "matcher_tolerances", "package_versions"]

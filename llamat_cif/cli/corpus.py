@@ -77,8 +77,9 @@ def build(dataset, split, extra, holdout, fmt, header, translations, permute, va
 @data_dir_option
 def roundtrip(dataset, split, fmts, limit, jobs, out_file, data_dir) -> None:
     """Measure text -> Structure round trips with StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3)."""
-    from llamat_cif.corpus import measure_roundtrip
+    from llamat_cif.corpus import measure_roundtrip, roundtrip_matcher
     from llamat_cif.data import load_split
+    from llamat_cif.protocol import CSP_MATCHER, matcher_label
 
     df = load_split(dataset, split, data_dir=data_dir, limit=limit)
     pairs = list(zip(df["id"], df["cif"], strict=True))
@@ -89,5 +90,5 @@ def roundtrip(dataset, split, fmts, limit, jobs, out_file, data_dir) -> None:
         console.print(f"{fmt}: {r.matched}/{r.checked} = {r.rate:.4f} ({dataset}/{split})")
     if out_file:
         with open(out_file, "w") as fh:
-            json.dump({"dataset": dataset, "split": split, "protocol": "StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3)",
+            json.dump({"dataset": dataset, "split": split, "protocol": matcher_label(roundtrip_matcher(), CSP_MATCHER),
                        "results": results}, fh, indent=2)

@@ -176,7 +176,7 @@ def write_comparison(out: Path, labels: list[str], *, figures: bool = True) -> d
 
 
 def _figures(out: Path, results: dict[str, dict[str, Any]]) -> list[tuple[Path, str]]:
-    from llamat_cif.metrics.report import ptable_grid_png
+    from llamat_cif.metrics.figures import ptable_grid_png
 
     figs = out / "figures"
     figs.mkdir(parents=True, exist_ok=True)

@@ -21,9 +21,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from llamat_cif.metrics.matching import matcher_tolerances, structure_matcher
+from llamat_cif.metrics.matching import structure_matcher
 from llamat_cif.metrics.metric import Metric, rate
-from llamat_cif.protocol import CSP_MATCHER
+from llamat_cif.protocol import CSP_MATCHER, matcher_tolerances
 
 
 def _reduced(formula: str) -> str | None:
@@ -74,7 +74,7 @@ def csp_match(
         ``{"csp_match_rate@k": Metric, "csp_rmse@k": Metric}`` for every k.
     """
     matcher = structure_matcher(stol=stol, angle_tol=angle_tol, ltol=ltol)
-    protocol = {**matcher_tolerances(matcher, ("stol", "angle_tol", "ltol")),
+    protocol = {**matcher_tolerances(matcher, CSP_MATCHER),
                 "matcher": "pymatgen StructureMatcher.get_rms_dist", "rmse": "normalised by (V/n)^(1/3)"}
     s = samples.copy()
     by_id = "target_id" in s.columns and s["target_id"].astype(str).str.len().gt(0).any()

@@ -21,14 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from llamat_cif.metrics.matching import (
-    matcher_label,
-    parse_structure,
-    structure_matcher,
-    unique_representatives,
-)
+from llamat_cif.metrics.matching import parse_structure, structure_matcher, unique_representatives
 from llamat_cif.metrics.metric import Metric, rate
 from llamat_cif.metrics.sources import StructureSet, load_structure_set, registry_split
+from llamat_cif.protocol import matcher_label
 
 
 def uniqueness_novelty(cifs: Sequence[str], mask: np.ndarray, training=None) -> dict[str, Metric]:
@@ -45,7 +41,7 @@ def uniqueness_novelty(cifs: Sequence[str], mask: np.ndarray, training=None) -> 
     sm = structure_matcher()
     rep = unique_representatives(ids, structs, matcher=sm)
     unique = [s is not None and rep[i] == i for i, s in zip(ids, structs, strict=True)]
-    proto = {"matcher": f"{matcher_label(sm)}, within one reduced formula",
+    proto = {"matcher": f"pymatgen {matcher_label(sm)}, within one reduced formula",
              "structures_compared": "as generated (unrelaxed)"}
     out = {"unique_as_generated": rate("unique_as_generated", sum(unique), len(idx), "valid generated",
                                        protocol=proto)}

@@ -1,10 +1,10 @@
-"""Structure matching: the matcher presets as pymatgen objects, what a matcher records, duplicates.
+"""Structure matching: the matcher presets as pymatgen objects, parsing for it, first-match duplicates.
 
 The tolerances live in :mod:`llamat_cif.protocol` (``SUN_MATCHER``: ``ltol=0.2, stol=0.3,
 angle_tol=5``, pymatgen's defaults, for S.U.N. uniqueness and novelty; ``CSP_MATCHER``: ``stol=0.5,
 angle_tol=10, ltol=0.3`` for CSP match rates). Results name the matcher by reading its tolerances back
-from the matcher object (:func:`matcher_label`, :func:`matcher_tolerances`), so a record cannot drift
-from the matcher that produced the numbers.
+from the matcher object (:func:`llamat_cif.protocol.matcher_label`), so a record cannot drift from the
+matcher that produced the numbers.
 """
 
 from __future__ import annotations
@@ -15,26 +15,12 @@ from typing import Any
 
 from llamat_cif.protocol import SUN_MATCHER
 
-#: the tolerances a matcher record names, in the order written
-TOLERANCES = ("ltol", "stol", "angle_tol")
-
 
 def structure_matcher(**kw: Any):
     """pymatgen ``StructureMatcher`` with ``kw``; with none, the S.U.N. preset (``SUN_MATCHER``)."""
     from pymatgen.analysis.structure_matcher import StructureMatcher
 
     return StructureMatcher(**(kw or SUN_MATCHER))
-
-
-def matcher_tolerances(matcher: Any, keys: Sequence[str] = TOLERANCES) -> dict[str, float]:
-    """``{tolerance: value}`` read from a ``StructureMatcher`` (``ltol``, ``stol``, ``angle_tol``)."""
-    return {k: getattr(matcher, k) for k in keys}
-
-
-def matcher_label(matcher: Any) -> str:
-    """``"pymatgen StructureMatcher(ltol=0.2, stol=0.3, angle_tol=5)"``, read from the matcher object."""
-    tol = ", ".join(f"{k}={v:g}" for k, v in matcher_tolerances(matcher).items())
-    return f"pymatgen StructureMatcher({tol})"
 
 
 def parse_structure(cif: str | None):
@@ -78,5 +64,4 @@ def unique_representatives(ids: Sequence[str], structures: Sequence, *, matcher:
     return rep
 
 
-__all__ = ["TOLERANCES", "matcher_label", "matcher_tolerances", "parse_structure", "structure_matcher",
-           "unique_representatives"]
+__all__ = ["parse_structure", "structure_matcher", "unique_representatives"]

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from llamat_cif.metrics.metric import Metric, rate
-from llamat_cif.protocol import E_HULL_METASTABLE
+from llamat_cif.protocol import E_HULL_METASTABLE, matcher_label
 
 
 def load_stability(run_dir: Path) -> tuple[pd.DataFrame | None, dict, dict]:
@@ -208,7 +208,7 @@ def chosen_stability(
         ``stability_<stage>_est_generated`` metrics plus the three medians, and the funnel as a
         list of ``{"stage", "key", "count", "of_chosen", "estimate_over_generated"}``.
     """
-    from llamat_cif.metrics.matching import matcher_label, structure_matcher
+    from llamat_cif.metrics.matching import structure_matcher
     from llamat_cif.metrics.sun import sun_table
 
     ids = [str(i) for i in chosen_ids]
@@ -238,7 +238,7 @@ def chosen_stability(
         stages.append(("sun", "S.U.N. (stable, unique among the chosen, novel)", int(flags["sun"].sum())))
         stages.append(("msun", "M.S.U.N. (metastable, unique, novel)", int(flags["msun"].sum())))
         sun_proto = {"novelty_reference": training.name, "uniqueness": "among the chosen, relaxed structures",
-                     "matcher": f"{matcher_label(structure_matcher())}, by reduced formula"}
+                     "matcher": f"pymatgen {matcher_label(structure_matcher())}, by reduced formula"}
     valid_fraction = n_valid / n_generated if n_generated else None
     counts = {"chosen": n, "valid": int(n_valid), "generated": int(n_generated)}
     metrics: dict[str, Metric] = {}

@@ -24,14 +24,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from llamat_cif.metrics.matching import (
-    matcher_label,
-    parse_structure,
-    structure_matcher,
-    unique_representatives,
-)
+from llamat_cif.metrics.matching import parse_structure, structure_matcher, unique_representatives
 from llamat_cif.paths import data_dir as resolve_data_dir
-from llamat_cif.protocol import E_HULL_METASTABLE, E_HULL_STABLE
+from llamat_cif.protocol import E_HULL_METASTABLE, E_HULL_STABLE, matcher_label
 
 COMPOSITION_MATRIX = "hull/lemat_mp20_misc/mp20_compositions.npz"
 
@@ -185,7 +180,7 @@ def sun_summary(flags: pd.DataFrame, *, n_generated: int, training_name: str | N
         "sun": r("sun"),
         "msun": {**r("msun"), "note": "metastable (< threshold) & unique & novel"},
         "protocol": {
-            "matcher": f"{matcher_label(matcher or structure_matcher())}, grouped by reduced formula",
+            "matcher": f"pymatgen {matcher_label(matcher or structure_matcher())}, grouped by reduced formula",
             "novelty_reference": training_name,
             "compositional_novelty_reference": "MP-20 element-presence matrix, all splits (45,229 rows)",
             "structures_compared": "relaxed",
