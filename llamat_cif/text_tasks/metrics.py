@@ -47,7 +47,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from llamat_cif.text_tasks.mof_metrics import score_entities
-from llamat_cif.text_tasks.rates import PRF, Rate, as_text, jaro_winkler, ratio, triplet_rates
+from llamat_cif.text_tasks.rates import (
+    PRF,
+    Rate,
+    as_text,
+    count_scored,
+    jaro_winkler,
+    ratio,
+    triplet_rates,
+)
 from llamat_cif.text_tasks.tasks import DOPING_KEYS, TaskSpec
 
 # ----------------------------------------------------------------------------------------- doping
@@ -146,12 +154,8 @@ def score_doping(golds: Sequence[dict[str, Any]], preds: Sequence[Any | None], *
             else:
                 empty_gold["pred_empty"] += 1
             continue
-        counts["n_annotated"] += 1
-        if pred is None:
-            counts["n_unparsable"] += 1
-            if skip_unparsable:
-                continue
-        counts["n_scored"] += 1
+        if not count_scored(counts, pred, skip_unparsable=skip_unparsable):
+            continue
         norm = normalize_doping(pred)
         for key in totals:
             totals[key] += word_counts(doping_words(gold[key]), doping_words(norm[key]))

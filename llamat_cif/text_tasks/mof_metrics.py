@@ -14,7 +14,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from llamat_cif.text_tasks.rates import PRF, Rate, as_text, jaro_winkler, ratio, triplet_rates
+from llamat_cif.text_tasks.rates import (
+    PRF,
+    Rate,
+    as_text,
+    count_scored,
+    jaro_winkler,
+    ratio,
+    triplet_rates,
+)
 from llamat_cif.text_tasks.tasks import TaskSpec
 
 LINK_DELIMITER = "|||"
@@ -173,12 +181,8 @@ def score_entities(
             key = "unparsable" if pred is None else ("pred_nonempty" if normalize_records(pred, spec) else "pred_empty")
             empty_gold[key] += 1
             continue
-        counts["n_annotated"] += 1
-        if pred is None:
-            counts["n_unparsable"] += 1
-            if skip_unparsable:
-                continue
-        counts["n_scored"] += 1
+        if not count_scored(counts, pred, skip_unparsable=skip_unparsable):
+            continue
         norm = normalize_records(pred, spec)
         if pred is not None and not norm:
             counts["n_empty_pred"] += 1

@@ -93,6 +93,20 @@ def jaro_winkler(gold: str, pred: str, *, long_tolerance: bool = False) -> float
     return float(jellyfish.jaro_winkler_similarity(gold, pred, long_tolerance=long_tolerance))
 
 
+def count_scored(counts: dict[str, Any], pred: Any, *, skip_unparsable: bool) -> bool:
+    """Count one annotated example (``n_annotated``, ``n_unparsable``, ``n_scored``); False: leave it out.
+
+    An unparsable output (``pred`` None) is scored as an empty prediction unless ``skip_unparsable``.
+    """
+    counts["n_annotated"] += 1
+    if pred is None:
+        counts["n_unparsable"] += 1
+        if skip_unparsable:
+            return False
+    counts["n_scored"] += 1
+    return True
+
+
 def as_text(value: Any) -> str:
     """An answer value as text: strings as they are, lists joined by spaces, None as ``""``."""
     if isinstance(value, str):
@@ -102,4 +116,4 @@ def as_text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-__all__ = ["PRF", "Rate", "as_text", "jaro_winkler", "ratio", "triplet_rates"]
+__all__ = ["PRF", "Rate", "as_text", "count_scored", "jaro_winkler", "ratio", "triplet_rates"]
