@@ -38,7 +38,8 @@ def main() -> None:
     from rich.table import Table
 
     from llamat_cif.model import load_generator, resolve_model_path
-    from llamat_cif.sample import SampleConfig, generate, model_format
+    from llamat_cif.sampling import SampleConfig, generate
+    from llamat_cif.sampling.config import model_format
 
     torch.set_num_threads(args.threads)
     model_dir = resolve_model_path(args.model)

@@ -7,7 +7,7 @@ pipeline as the judge. Each round:
    training compositions (``dataset`` train split), the rest unconditional;
 2. **samples** — ``samples_per_prompt`` constrained samples per prompt from the current policy,
    through the same grammar, physics rules and seeding as ``llamat-cif generate``
-   (:func:`llamat_cif.sample.draw_batch`); the exact token ids drawn are kept;
+   (:func:`llamat_cif.sampling.sample.draw_batch`); the exact token ids drawn are kept;
 3. **scores** — every sample validated (CDVAE structural + compositional), relaxed briefly with the
    ML potential (``relax_steps`` FIRE steps, ``fmax``) and placed on the MP-20 hull; the reward is
    ``-min(E_hull, e_hull_cap)``, and a sample that does not parse, is invalid or fails to relax
@@ -475,14 +475,14 @@ def plot_rounds(records: list[dict], out: Path) -> list[Path]:
 
 def _sampling(cfg: AlignConfig, model) -> dict:
     """Sampling settings exactly as ``llamat-cif generate`` resolves them."""
-    from llamat_cif.grammar import site_lines_for
-    from llamat_cif.sample import (
+    from llamat_cif.sampling.config import (
         recommended_sampling,
         resolve_physics,
         resolve_steer,
         resolve_volume_steer,
         window_tuple,
     )
+    from llamat_cif.sampling.fields import site_lines_for
 
     t, p = recommended_sampling(model)
     f, win = resolve_physics(None, "auto")
@@ -496,8 +496,11 @@ def _sampling(cfg: AlignConfig, model) -> dict:
 
 def _sample_prompt(model, tokenizer, cfg: AlignConfig, settings: dict, prompt: dict, round_index: int,
                    k: int) -> pd.DataFrame:
-    from llamat_cif.grammar import GRAMMARS, Conditions, Stats, Vocab
-    from llamat_cif.sample import decode_sample, draw_batch, parse_formula
+    from llamat_cif.sampling.config import parse_formula
+    from llamat_cif.sampling.engine import Stats, Vocab
+    from llamat_cif.sampling.fields import Conditions
+    from llamat_cif.sampling.grammars import GRAMMARS
+    from llamat_cif.sampling.sample import decode_sample, draw_batch
 
     formula = prompt["target_formula"] or None
     cond = Conditions(formula=parse_formula(formula) if formula else None, spacegroup=None, min_distance=CDVAE_MIN_DISTANCE,
@@ -532,7 +535,7 @@ def run_align(cfg: AlignConfig, *, scorer: Scorer | None = None, data_dir: str |
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from llamat_cif.model import resolve_model_path
-    from llamat_cif.sample import model_format
+    from llamat_cif.sampling.config import model_format
 
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -199,7 +199,7 @@ def _cif_from_cell(lattice: np.ndarray, frac: np.ndarray, numbers: list[int], sy
     lat = Lattice(std_lat)
     comp = Composition({Element.from_Z(z): std_types.count(z) for z in set(std_types)})
     _, z_units = comp.get_reduced_composition_and_factor()
-    sum_formula = " ".join(f"{el.symbol}{_int_amount(amt)}" for el, amt in _formula_items(comp))
+    sum_formula = " ".join(f"{el.symbol}{_int_amount(amt)}" for el, amt in formula_items(comp))
     lines = [
         f"data_{comp.reduced_formula}",
         f"_symmetry_space_group_name_H-M {symbol}",
@@ -263,8 +263,9 @@ def _representative(pos: np.ndarray, ops, lattice: np.ndarray, tol: float) -> tu
     return min(tuple(_wrap(p, COORD_DECIMALS + 2)) for p in ideal), COORD_DECIMALS + 2
 
 
-def _formula_items(comp: Composition):
-    """Elements in pymatgen's formula order (by electronegativity), with amounts."""
+def formula_items(comp: Composition):
+    """Elements in pymatgen's formula order (by electronegativity), with amounts: the order of
+    ``_chemical_formula_sum`` (and of the constrained decoder's formula field)."""
     return sorted(comp.items(), key=lambda kv: (kv[0].X if not math.isnan(kv[0].X) else 99, kv[0].symbol))
 
 

@@ -2,7 +2,7 @@
 
 CDVAE's structural validity (every distance >= 0.5 Å) is a convention, not physics: a Na-Cl pair at
 0.6 Å passes it. This module measures geometry on chemical scales instead, and holds the two
-calibrated windows the constrained decoder (:mod:`llamat_cif.grammar`) enforces:
+calibrated windows the constrained decoder (:mod:`llamat_cif.sampling`) enforces:
 
 * **Contacts.** Every pair of atoms must keep ``d_ij >= f * (r_i + r_j)`` with ``r`` the covalent
   radii of Cordero et al. (Dalton Trans. 2008, as tabulated by ASE: ``ase.data.covalent_radii``).

@@ -6,7 +6,7 @@ an interrupted screen resumes where it stopped without losing or duplicating row
 =============  =====================================  ==========================================
 stage          output in ``out_dir``                  resume unit
 =============  =====================================  ==========================================
-generate       ``samples.csv``                        rows (``llamat_cif.sample.generate``)
+generate       ``samples.csv``                        rows (``llamat_cif.sampling.generate``)
 validate       ``validity.parquet`` + summary         chunks (``llamat_cif.validators``)
 deduplicate    ``dedup.csv``                          recomputed (deterministic, cheap)
 relax + E_hull ``stability.parquet`` + summary        rows, appended per batch
@@ -41,16 +41,16 @@ class ScreenConfig:
     Attributes:
         n: samples to generate.
         out_dir: run folder.
-        model: generator name or path (``llamat_cif.sample``).
+        model: generator name or path (``llamat_cif.sampling``).
         potential: ML potential (``llamat_cif.stability.load_potential``).
         seed: generation seed.
         formula / spacegroup: optional generation conditions.
-        min_distance / charge_balanced / targets: as :class:`llamat_cif.sample.SampleConfig`
+        min_distance / charge_balanced / targets: as :class:`llamat_cif.sampling.SampleConfig`
             (grammar distance floor, SMACT-balanced self-chosen formulas, one target per CSV row).
         temperature / top_p / top_k / batch_size / constrained: sampling settings (temperature and
             top_p ``None``: the model's recommendation; the values used are in ``sample_config.json``).
         min_contact_ratio / volume_window: physical geometry in constrained decoding
-            (:class:`llamat_cif.sample.SampleConfig`).
+            (:class:`llamat_cif.sampling.SampleConfig`).
         relax: relaxer settings.
         hull: user hull file (None: MP-20 reference hull).
         n_workers: processes for validation and relaxation.
@@ -93,7 +93,7 @@ class ScreenConfig:
     device: str | None = None
 
     def __post_init__(self) -> None:
-        from llamat_cif.sample import check_sampling_args
+        from llamat_cif.sampling.config import check_sampling_args
 
         check_sampling_args(n=self.n, batch_size=self.batch_size, temperature=self.temperature,
                             top_p=self.top_p, top_k=self.top_k, formula=self.formula,
@@ -189,7 +189,7 @@ def stage_generate(config: ScreenConfig, *, progress: bool = True, executor: Any
         df = pd.read_csv(path, dtype={"id": str}, keep_default_na=False)
         if len(df) >= config.n:
             return df
-    from llamat_cif.sample import SampleConfig, generate
+    from llamat_cif.sampling import SampleConfig, generate
 
     sc = SampleConfig(n=config.n, model=config.model, out_dir=str(config.out_dir), formula=config.formula,
                       spacegroup=config.spacegroup, temperature=config.temperature, top_p=config.top_p,

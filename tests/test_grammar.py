@@ -2,13 +2,10 @@
 
 import numpy as np
 
-from llamat_cif.grammar import (
-    Decoder,
-    Num,
-    Stats,
-    Vocab,
+from llamat_cif.sampling.engine import Decoder, Num, Stats, Vocab
+from llamat_cif.sampling.lattice import min_distance
+from llamat_cif.symmetry import (
     _solve_values,
-    min_distance,
     orbit,
     orbit_sizes,
     space_group_ops,
@@ -67,7 +64,7 @@ def test_number_field_only_allows_in_range_digits():
 def test_hints_keep_a_narrow_window_reachable_digit_by_digit():
     # only x in [0.4374, 0.4376] is admissible: the 11 probe points of the interval [0.4, 0.4999]
     # miss it, a hint (a value known to pass) does not
-    from llamat_cif.grammar import Decoder, Num, Stats, Vocab
+    from llamat_cif.sampling.engine import Decoder, Num, Stats, Vocab
     from llamat_cif.tokenizer import build_tokenizer
 
     vocab = Vocab(build_tokenizer())

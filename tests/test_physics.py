@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 from pymatgen.core import Lattice, Structure
 
-from llamat_cif.grammar import Conditions, LatticeWindow, Vocab
 from llamat_cif.physics import (
     calibration,
     contact_ratio_default,
@@ -25,7 +24,10 @@ from llamat_cif.physics import (
     volume_ratio,
     volume_window_default,
 )
-from llamat_cif.placement import Placement
+from llamat_cif.sampling.engine import Vocab
+from llamat_cif.sampling.fields import Conditions
+from llamat_cif.sampling.lattice import LatticeWindow
+from llamat_cif.sampling.placement import Placement
 from llamat_cif.tokenizer import build_tokenizer
 
 
@@ -61,11 +63,11 @@ def test_placement_refuses_a_short_na_cl_contact_and_accepts_a_long_one():
 
 def test_an_atom_keeps_its_contact_with_its_own_copies():
     # Pmc2_1 2a (0, y, z): the two Cr copies are 1.66 Å apart, below 0.68 x 2 x 1.39 = 1.89 Å
-    from llamat_cif.grammar import _lattice_matrix
+    from llamat_cif.sampling.lattice import lattice_matrix
 
-    p = Placement(26, _lattice_matrix(3.334, 1.919, 3.184, 90, 90, 90), 0.5, contact_ratio=0.68)
+    p = Placement(26, lattice_matrix(3.334, 1.919, 3.184, 90, 90, 90), 0.5, contact_ratio=0.68)
     assert not p.site_fits(np.array([0.0, 0.6237, 0.4256]), 2, {}, element="Cr")
-    assert Placement(26, _lattice_matrix(3.334, 1.919, 3.184, 90, 90, 90), 0.5).site_fits(
+    assert Placement(26, lattice_matrix(3.334, 1.919, 3.184, 90, 90, 90), 0.5).site_fits(
         np.array([0.0, 0.6237, 0.4256]), 2, {}, element="Cr")
     # a 1.5 Å lattice vector is below 0.68 x 2 x 1.39 whatever the position
     assert not Placement(1, np.diag([1.5, 6.0, 6.0]), 0.5, contact_ratio=0.68).site_fits(
@@ -123,11 +125,11 @@ def test_rescale_to_predicted_volume():
 
 
 def test_triclinic_gamma_span_keeps_the_cell_volume():
-    from llamat_cif.grammar import _gamma_span, _sin_at_least
+    from llamat_cif.sampling.lattice import gamma_span, sin_at_least
 
-    lo, hi = _sin_at_least(0.9)
+    lo, hi = sin_at_least(0.9)
     assert lo == pytest.approx(np.degrees(np.arcsin(0.9))) and hi == pytest.approx(180 - lo)
-    g_lo, g_hi = _gamma_span(80.0, 100.0, 0.8)
+    g_lo, g_hi = gamma_span(80.0, 100.0, 0.8)
     for g in (g_lo + 1e-3, (g_lo + g_hi) / 2, g_hi - 1e-3):
         v = Lattice.from_parameters(1, 1, 1, 80.0, 100.0, g).volume
         assert v >= 0.8 - 1e-6

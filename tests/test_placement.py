@@ -10,8 +10,12 @@ import pytest
 from pymatgen.core import Composition
 
 from llamat_cif.cif import from_text
-from llamat_cif.grammar import Conditions, Decoder, Stats, Vocab, _lattice_matrix, cif_grammar
-from llamat_cif.placement import Placement, _allocation_table, allocatable, allocation_entry
+from llamat_cif.sampling.engine import Decoder, Stats, Vocab
+from llamat_cif.sampling.fields import Conditions
+from llamat_cif.sampling.grammars import cif_grammar
+from llamat_cif.sampling.lattice import lattice_matrix
+from llamat_cif.sampling.placement import Placement
+from llamat_cif.symmetry import _allocation_table, allocatable, allocation_entry
 from llamat_cif.tokenizer import build_tokenizer
 from llamat_cif.validators.composition import compositional_validity
 
@@ -45,11 +49,11 @@ def test_site_check_reads_orbits_as_pymatgen_does():
     assert not fcc.check(np.array([[0.0, 0.0, 0.0]]), 4)[0]  # occupied
     assert fcc.check(np.array([[0.5, 0.5, 0.5]]), 4)[0]  # 4b is free
     # P422: (0.9999, y, 1/2) is not on the 4n line x=0; its 8 images come in pairs 0.0007 A apart
-    tet = Placement(89, _lattice_matrix(3.464, 3.464, 41.109, 90, 90, 90))
+    tet = Placement(89, lattice_matrix(3.464, 3.464, 41.109, 90, 90, 90))
     assert not tet.check(np.array([[0.9999, 0.2255, 0.5]]), 4)[0]
     assert not tet.check(np.array([[0.9999, 0.2255, 0.5]]), 8)[0]
     # P6_3/mmc: 2c (1/3, 2/3, 1/4) written with 4 decimals is still a 2-fold site
-    hcp = Placement(194, _lattice_matrix(3.2, 3.2, 5.2, 90, 90, 120))
+    hcp = Placement(194, lattice_matrix(3.2, 3.2, 5.2, 90, 90, 120))
     assert hcp.check(np.array([[0.3333, 0.6667, 0.25]]), 2)[0]
     assert len(hcp.orbit_of(np.array([0.3333, 0.6667, 0.25]))) == 2
 
@@ -117,17 +121,17 @@ def test_charge_balanced_formulas(vocab):
 
 
 def test_target_formula_limits_the_space_group():
-    from llamat_cif.grammar import _spacegroups_for_formula
+    from llamat_cif.symmetry import spacegroups_for_formula
 
     # KLaSiS4 in Fm-3m would need three 4-fold sites (only 4a and 4b exist) or three 8-fold ones
-    assert 225 not in _spacegroups_for_formula((1, 1, 1, 4), 64)
-    assert 225 in _spacegroups_for_formula((1, 1), 64)  # rock salt
-    assert 1 in _spacegroups_for_formula((1, 1, 1, 4), 64)
+    assert 225 not in spacegroups_for_formula((1, 1, 1, 4), 64)
+    assert 225 in spacegroups_for_formula((1, 1), 64)  # rock salt
+    assert 1 in spacegroups_for_formula((1, 1, 1, 4), 64)
 
 
 def test_a_site_that_blocks_the_special_points_still_needed_is_refused():
     # P6_3/mcm (a = c = 9.908 A): 4d and 4c taken; Dy2 + Bi2 still need 2a (0,0,1/4) and 2b (0,0,0)
-    p = Placement(193, _lattice_matrix(9.908, 9.908, 9.908, 90, 90, 120))
+    p = Placement(193, lattice_matrix(9.908, 9.908, 9.908, 90, 90, 120))
     p.place(np.array([1 / 3, 2 / 3, 0.0]))
     p.place(np.array([2 / 3, 1 / 3, 0.75]))
     assert not p.site_fits(np.array([0.3333, 0.6667, 0.75]), 4, [2, 2])  # on an occupied 4c point
@@ -136,7 +140,7 @@ def test_a_site_that_blocks_the_special_points_still_needed_is_refused():
 
 
 def test_min_lines_and_the_line_budget(vocab):
-    from llamat_cif.placement import min_lines
+    from llamat_cif.symmetry import min_lines
 
     assert min_lines(1, (5, 3)) == 8  # P1: one line per atom
     assert min_lines(225, (4, 8)) == 2
@@ -153,7 +157,7 @@ def test_search_counts_site_lines_where_geometry_decides():
     # Pm with b = 0.8 A: a general 2-fold site (x,y,z),(x,-y,z) has its copies at most b/2 = 0.4 A
     # apart, so two atoms need two 1-fold mirror-plane sites, i.e. two lines, although the group's
     # multiplicities alone (min_lines) would allow one.
-    from llamat_cif.placement import min_lines
+    from llamat_cif.symmetry import min_lines
 
     matrix = np.diag([4.0, 0.8, 4.0])
     assert min_lines(6, (2,)) == 1
@@ -169,8 +173,7 @@ def test_search_counts_site_lines_where_geometry_decides():
 def test_min_image_distances_match_the_direct_sum():
     """The expanded |v + s|^2 (one matrix product) gives the direct 27-image minimum, and the
     own-copies cache answers exactly what a fresh Placement computes."""
-    from llamat_cif.grammar import _SHIFTS, pair_distances
-    from llamat_cif.placement import Placement
+    from llamat_cif.sampling.lattice import SHIFTS, pair_distances
 
     rng = np.random.default_rng(3)
     for _ in range(20):
@@ -178,7 +181,7 @@ def test_min_image_distances_match_the_direct_sum():
         a, b = rng.random((7, 3)), rng.random((11, 3))
         d = a[:, None, :] - b[None, :, :]
         d -= np.round(d)
-        diff = (d @ m)[:, :, None, :] + (_SHIFTS @ m)[None, None]
+        diff = (d @ m)[:, :, None, :] + (SHIFTS @ m)[None, None]
         direct = np.sqrt((diff ** 2).sum(-1).min(-1))
         np.testing.assert_allclose(pair_distances(a, b, m), direct, atol=1e-9)
     # rock salt, Fm-3m, contact ratio 0.7 (Na 1.66, Cl 1.02 Å: pairs >= 1.876 Å): Cl on 4b, a/2 from

@@ -12,7 +12,8 @@ import pytest
 from pymatgen.core import Composition, Structure
 
 from llamat_cif.cif import strip_header
-from llamat_cif.sample import SampleConfig, generate, parse_formula, parse_shard
+from llamat_cif.sampling import SampleConfig, generate
+from llamat_cif.sampling.config import parse_formula, parse_shard
 
 MGO = dict(n=4, batch_size=2, seed=5, formula="MgO")
 
@@ -65,7 +66,7 @@ def test_constrained_text_follows_the_grammar(tmp_path):
 
 def test_interrupted_run_resumes_to_exactly_n(tmp_path, mgo_reference):
     out = tmp_path / "run"
-    code = ("from llamat_cif.sample import SampleConfig, generate;"
+    code = ("from llamat_cif.sampling import SampleConfig, generate;"
             f"generate(SampleConfig(n=4, out_dir={str(out)!r}, batch_size=2, seed=5, formula='MgO'), progress=False)")
     p = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "HF_HUB_OFFLINE": "1"})
     deadline = time.time() + 240
@@ -167,7 +168,7 @@ def test_sampling_settings_default_to_the_models_recommendation(tmp_path):
 def test_recommended_sampling_falls_back_to_one():
     from types import SimpleNamespace
 
-    from llamat_cif.sample import recommended_sampling
+    from llamat_cif.sampling.config import recommended_sampling
 
     assert recommended_sampling(SimpleNamespace()) == (1.0, 1.0)
     gc = SimpleNamespace(temperature=None, top_p=0.9)
@@ -180,7 +181,7 @@ def test_model_format_is_read_from_the_training_run(tmp_path):
     import json
 
     from llamat_cif.model import resolve_model_path
-    from llamat_cif.sample import model_format
+    from llamat_cif.sampling.config import model_format
 
     assert model_format(resolve_model_path("default")) == "cif"
     run = tmp_path / "run"

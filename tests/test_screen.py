@@ -97,8 +97,8 @@ def test_screen_interrupted_and_resumed(tmp_path, samples, monkeypatch):
 @requires_data
 @pytest.mark.slow
 def test_screen_end_to_end_with_generator(tmp_path):
-    """generate -> ... -> funnel with the shipped default model (needs llamat_cif.sample)."""
-    pytest.importorskip("llamat_cif.sample")
+    """generate -> ... -> funnel with the shipped default model (needs llamat_cif.sampling)."""
+    pytest.importorskip("llamat_cif.sampling")
     cfg = ScreenConfig(n=4, out_dir=str(tmp_path), batch_size=4, seed=0, relax=RelaxConfig(max_steps=100))
     funnel = run_screen(cfg, progress=False)
     samples = pd.read_csv(tmp_path / "samples.csv", dtype={"id": str})

@@ -4,8 +4,10 @@ Components (by the file a function lives in, own time only, so nothing is counte
 
 * ``model forward``: torch / transformers modelling code (matmuls, attention, the KV cache);
 * ``generate loop``: the rest of transformers' ``generate`` (stopping criteria, warpers, bookkeeping);
-* ``look-ahead geometry``: ``llamat_cif/placement.py`` plus numpy called from it (distances, orbits);
-* ``grammar``: ``llamat_cif/grammar.py`` and the logits processor in ``llamat_cif/sample.py``;
+* ``look-ahead geometry``: ``llamat_cif/sampling/placement.py``, the distance and orbit helpers of
+  ``sampling/lattice.py`` and ``llamat_cif/symmetry.py``, plus numpy called from them;
+* ``grammar``: the rest of ``llamat_cif/sampling/`` (engine, grammars, logits processor) and
+  ``llamat_cif/symmetry.py``;
 * ``decode to structure``: pymatgen / our CIF code turning finished documents into structures;
 * ``other``.
 
@@ -31,16 +33,19 @@ HERE = Path(__file__).resolve().parent
 COMPONENTS = ("model forward", "generate loop", "look-ahead geometry", "grammar", "decode to structure", "other")
 
 
-#: geometry helpers that live in grammar.py but serve the look-ahead
-GEOMETRY_IN_GRAMMAR = {"pair_distances", "min_image_sq", "min_distance", "orbit", "space_group_ops",
-                       "wyckoff_subspaces", "orbit_sizes"}
+#: helpers in sampling/lattice.py and symmetry.py that serve the look-ahead (before the split into
+#: llamat_cif/sampling/ and symmetry.py they lived in grammar.py and placement.py)
+GEOMETRY_HELPERS = {"pair_distances", "min_image_sq", "min_distance", "orbit", "space_group_ops",
+                    "wyckoff_subspaces", "orbit_sizes", "wyckoff_table", "allocation_entry", "allocatable",
+                    "allocatable_on", "min_lines", "_fewest_lines", "_probe_params", "_radical_inverse"}
+SHARED = ("llamat_cif/sampling/lattice.py", "llamat_cif/symmetry.py")
 
 
 def component_of(filename: str, name: str = "") -> str | None:
     f = filename.replace("\\", "/")
-    if "llamat_cif/placement.py" in f or ("llamat_cif/grammar.py" in f and name in GEOMETRY_IN_GRAMMAR):
+    if "llamat_cif/sampling/placement.py" in f or (any(p in f for p in SHARED) and name in GEOMETRY_HELPERS):
         return "look-ahead geometry"
-    if "llamat_cif/grammar.py" in f or "llamat_cif/sample.py" in f or "llamat_cif/physics.py" in f:
+    if "llamat_cif/sampling/" in f or "llamat_cif/symmetry.py" in f or "llamat_cif/physics.py" in f:
         return "grammar"
     if "transformers/generation" in f:
         return "generate loop"
@@ -90,7 +95,7 @@ def main() -> None:
     torch.set_num_threads(1)
     from llamat_cif.model import load_generator, resolve_model_path
     from llamat_cif.protocol import hardware, package_versions
-    from llamat_cif.sample import SampleConfig, generate
+    from llamat_cif.sampling import SampleConfig, generate
 
     model, tok = load_generator(str(resolve_model_path(args.model)))
     with tempfile.TemporaryDirectory() as d:

@@ -19,7 +19,7 @@ seed_option = click.option("--seed", type=int, default=0, show_default=True, hel
 
 def sampling_options(f):
     """``--temperature``, ``--top-p``, ``--top-k``; unset temperature / top-p take the model's
-    ``generation_config.json`` (``llamat_cif.sample.recommended_sampling``)."""
+    ``generation_config.json`` (``llamat_cif.sampling.config.recommended_sampling``)."""
     f = click.option("--top-k", type=int, default=0, show_default=True, help="0 = off.")(f)
     f = click.option("--top-p", type=float, default=None,
                      help="Nucleus (top-p) cut [default: the model's generation_config.json; "

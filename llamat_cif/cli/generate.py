@@ -41,8 +41,9 @@ def generate(n, model, out_dir, formula, spacegroup, targets, temperature, top_p
              constrained, min_distance, min_contact_ratio, steer_contact_ratio, steer_volume_window, volume_window, charge_balanced, max_new_tokens, device, threads, shard, seed) -> None:
     """Sample structures into OUT/samples.csv and OUT/cifs/ (resumes an interrupted run)."""
     from llamat_cif.model import ModelLoadError
-    from llamat_cif.sample import SampleConfig, parse_shard
-    from llamat_cif.sample import generate as run
+    from llamat_cif.sampling import SampleConfig
+    from llamat_cif.sampling import generate as run
+    from llamat_cif.sampling.config import parse_shard
 
     try:
         shard_ik = parse_shard(shard)

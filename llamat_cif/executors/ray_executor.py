@@ -4,7 +4,7 @@ Each stage keeps its own output files and resume rules (``samples.csv`` by batch
 ``validity.parts/`` by chunk, ``stability.parquet`` by row); only the work moves to Ray:
 
 * **generation**: one task per batch ``b``, drawn with seed ``(seed, b)`` by a
-  :class:`~llamat_cif.sample.BatchSampler` that each worker process loads once and keeps, so the
+  :class:`~llamat_cif.sampling.sample.BatchSampler` that each worker process loads once and keeps, so the
   candidates are those of a local run with the same seed;
 * **validation**: each chunk of the local run is cut into sub-chunks of ``validate_chunk`` texts;
 * **relaxation**: one task per structure; each worker process loads the potential once (with
@@ -52,7 +52,7 @@ def _quiet() -> None:
 
 
 def _sampler(cfg: dict, targets: list | None):
-    from llamat_cif.sample import BatchSampler, SampleConfig
+    from llamat_cif.sampling.sample import BatchSampler, SampleConfig
 
     key = ("sampler", json.dumps(cfg, sort_keys=True, default=str))
     if key not in _CACHE:
@@ -285,7 +285,7 @@ class RayExecutor:
         """The run settings with the model's recommendations filled in (read on a worker)."""
         import ray
 
-        from llamat_cif.sample import SampleConfig
+        from llamat_cif.sampling import SampleConfig
 
         remote = self._fn(_resolve_task, num_cpus=1, num_gpus=self._gpus_per_sampler())
         resolved = ray.get(remote.remote(self._remote_cfg(cfg), targets))

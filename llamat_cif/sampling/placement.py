@@ -1,15 +1,15 @@
 """Where the atoms of a symmetric CIF can still go: the look-ahead behind constrained decoding.
 
-The CIF grammar (:mod:`llamat_cif.grammar`) lets the model write a structure one site line at a
-time: element, Wyckoff multiplicity, then x, y, z. A choice can be locally fine and still leave no
-way to finish the document: a formula whose counts need more special points than the group has,
-a site placed on the last free special point another element needed, a coordinate prefix from
+The CIF grammar (:mod:`llamat_cif.sampling.grammars`) lets the model write a structure one site
+line at a time: element, Wyckoff multiplicity, then x, y, z. A choice can be locally fine and still
+leave no way to finish the document: a formula whose counts need more special points than the group
+has, a site placed on the last free special point another element needed, a coordinate prefix from
 which every completion sits too close to a mirror image. This module answers "can the rest still
 be placed?" so that the grammar only offers choices that keep a completion in reach.
 
 Two levels:
 
-* :func:`allocatable` (no lattice yet): can every element count be written as a sum of Wyckoff
+* :func:`llamat_cif.symmetry.allocatable` (no lattice yet): can every element count be written as a sum of Wyckoff
   multiplicities, when each zero-dimensional Wyckoff position (a fixed point orbit such as 1a or
   8c) holds at most one site and positions with free parameters may be used repeatedly?
 * :class:`Placement` (lattice known): the same question with geometry. It keeps the atoms placed so
@@ -28,23 +28,19 @@ contact rule is off, so the memo stays as small as before).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
-from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 
-from llamat_cif.grammar import (
-    _SHIFTS,
-    min_image_sq,
-    orbit,
-    orbit_sizes,
-    pair_distances,
-    space_group_ops,
-    wyckoff_subspaces,
-)
 from llamat_cif.protocol import CDVAE_MIN_DISTANCE
+from llamat_cif.sampling.lattice import SHIFTS, min_image_sq, pair_distances
+from llamat_cif.symmetry import (
+    allocatable,
+    allocatable_on,
+    min_lines,
+    space_group_ops,
+    wyckoff_table,
+)
 
 #: Fractional distance below which a symmetry image is the point itself. Coordinates are written
 #: with 4 decimals and read back by pymatgen, which snaps 0.3333 / 0.6667 to 1/3 / 2/3 and merges
@@ -59,137 +55,6 @@ def snap(p: np.ndarray) -> np.ndarray:
     for c in (1 / 3, 2 / 3):
         p[np.abs(p / c - 1) <= 1e-4] = c
     return p
-
-def _radical_inverse(i: int, base: int) -> float:
-    f, r = 1.0, 0.0
-    while i > 0:
-        f /= base
-        r += f * (i % base)
-        i //= base
-    return r
-
-
-#: Probe points per dimension of a Wyckoff subspace with free parameters: enough that a cell full
-#: of one general position (64 atoms of P1) finds room for every atom in the look-ahead search.
-_N_PROBES = {1: 16, 2: 48, 3: 96}
-
-
-@lru_cache(maxsize=3)
-def _probe_params(dim: int) -> np.ndarray:
-    """Halton points in [0, 1)^dim, shifted off the special values 0, 1/4, 1/3, 1/2 ..."""
-    bases = (2, 3, 5)[:dim]
-    pts = np.array([[_radical_inverse(i, b) for b in bases] for i in range(1, _N_PROBES[dim] + 1)])
-    return (pts + 0.0703) % 1.0
-
-
-@lru_cache(maxsize=512)
-def wyckoff_table(number: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """Per multiplicity m: (distinct zero-dimensional orbit representatives, probe points on the
-    subspaces with free parameters). Either array may be empty (shape (0, 3))."""
-    ops = space_group_ops(number)
-    table: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    for m in sorted(orbit_sizes(number)):
-        fixed, probes, seen = [], [], set()
-        for p0, basis in wyckoff_subspaces(number, m):
-            if basis.shape[1] == 0:
-                pts = orbit(np.asarray(p0, dtype=float), ops)
-                if len(pts) != m:
-                    continue
-                key = frozenset(map(tuple, np.round(pts, 3) % 1.0))
-                if key not in seen:
-                    seen.add(key)
-                    fixed.append(np.asarray(p0, dtype=float) % 1.0)
-            else:
-                t = _probe_params(basis.shape[1])
-                probes.extend(list((p0[None, :] + t @ basis.T) % 1.0))
-        table[m] = (np.array(fixed).reshape(-1, 3), np.array(probes).reshape(-1, 3))
-    return table
-
-
-ALLOCATION_TABLE = Path(__file__).resolve().parent / "resources" / "wyckoff_allocation.json"
-
-
-def allocation_entry(number: int) -> tuple[frozenset[int], tuple[int, ...], tuple[int, ...]]:
-    """(multiplicities with free parameters, sizes of the other Wyckoff positions, how many
-    distinct zero-dimensional positions of each of those sizes) computed from the operations."""
-    table = wyckoff_table(number)
-    unlimited = frozenset(m for m, (_, probes) in table.items() if len(probes))
-    points = sorted((m, len(fixed)) for m, (fixed, _) in table.items() if m not in unlimited and len(fixed))
-    return unlimited, tuple(m for m, _ in points), tuple(n for _, n in points)
-
-
-def write_allocation_table(path: Path = ALLOCATION_TABLE) -> None:
-    """Precompute :func:`allocation_entry` for all 230 groups (building it takes ~1 min)."""
-    rows = {}
-    for n in range(1, 231):
-        unlimited, sizes, counts = allocation_entry(n)
-        rows[str(n)] = {"free": sorted(unlimited), "point_sizes": list(sizes), "points": list(counts)}
-    path.write_text(json.dumps({"note": "llamat_cif.placement.write_allocation_table()", "groups": rows}))
-
-
-@lru_cache(maxsize=1)
-def _allocation_table() -> dict[int, tuple[frozenset[int], tuple[int, ...], tuple[int, ...]]]:
-    if not ALLOCATION_TABLE.is_file():
-        return {}
-    rows = json.loads(ALLOCATION_TABLE.read_text())["groups"]
-    return {int(k): (frozenset(r["free"]), tuple(r["point_sizes"]), tuple(r["points"])) for k, r in rows.items()}
-
-
-@lru_cache(maxsize=200_000)
-def allocatable(number: int, counts: tuple[int, ...]) -> bool:
-    """Can the element ``counts`` be distributed over the Wyckoff positions of the space group?
-
-    Each zero-dimensional Wyckoff position takes at most one site; positions with free parameters
-    take any number. Distances are ignored (the lattice is not known yet).
-    """
-    entry = _allocation_table().get(number) or allocation_entry(number)
-    unlimited, point_sizes, points = entry
-    return _allocate(tuple(sorted((c for c in counts if c > 0), reverse=True)), unlimited, points, point_sizes)
-
-
-@lru_cache(maxsize=200_000)
-def min_lines(number: int, counts: tuple[int, ...]) -> int:
-    """Fewest site lines that can write these element counts (each count a sum of the group's
-    Wyckoff multiplicities; special-point limits ignored, so a lower bound)."""
-    best = _fewest_lines(number, max(counts, default=0))
-    return sum(best[c] for c in counts if c > 0)
-
-
-_LINES: dict[int, list[int]] = {}
-
-
-def _fewest_lines(number: int, top: int) -> list[int]:
-    """``best[t]``: fewest multiplicities of the group summing to ``t``, for every ``t <= top``
-    (10**6 where none does); one table per group, extended on demand."""
-    from llamat_cif.grammar import orbit_sizes
-
-    best = _LINES.setdefault(number, [0])
-    if len(best) <= top:
-        sizes = sorted(orbit_sizes(number))
-        for t in range(len(best), top + 1):
-            best.append(min((best[t - m] + 1 for m in sizes if m <= t), default=10**6))
-    return best
-
-
-@lru_cache(maxsize=200_000)
-def _allocate(counts: tuple[int, ...], unlimited: frozenset[int], free_points: tuple[int, ...],
-              point_sizes: tuple[int, ...]) -> bool:
-    if not counts:
-        return True
-    r, rest = counts[0], counts[1:]
-    # unlimited sizes first (they use up nothing), largest first
-    for m in sorted(unlimited, reverse=True):
-        if m <= r and _allocate(tuple(sorted(rest + ((r - m),) if r > m else rest, reverse=True)),
-                                unlimited, free_points, point_sizes):
-            return True
-    for j, m in enumerate(point_sizes):
-        if m <= r and free_points[j] > 0:
-            left = free_points[:j] + (free_points[j] - 1,) + free_points[j + 1:]
-            nxt = tuple(sorted(rest + ((r - m),) if r > m else rest, reverse=True))
-            if _allocate(nxt, unlimited, left, point_sizes):
-                return True
-    return False
-
 
 Counts = Mapping[str, int] | Sequence[int] | Sequence[tuple[int, float]]
 
@@ -222,7 +87,7 @@ class Placement:
         self.matrix = np.asarray(matrix, dtype=float)
         self.dmin = float(min_distance) if min_distance else 0.05
         self.f = float(contact_ratio or 0.0)
-        lat = self.shift_cart = _SHIFTS @ self.matrix  # the 27 lattice translations, Å
+        lat = self.shift_cart = SHIFTS @ self.matrix  # the 27 lattice translations, Å
         norms = np.sqrt((lat * lat).sum(1))
         self.shortest_vector = float(norms[norms > 1e-9].min())  # an atom's distance to its own copy
         self.table = wyckoff_table(number)
@@ -434,7 +299,7 @@ class Placement:
                 if n_free:
                     sizes.append(m)
                     free.append(n_free)
-        return _allocate(tuple(c for c, _ in counts), frozenset(unlimited), tuple(free), tuple(sizes))
+        return allocatable_on(tuple(c for c, _ in counts), frozenset(unlimited), tuple(free), tuple(sizes))
 
     def site_fits(self, p: np.ndarray, m: int, rest_counts: Counts, lines: int | None = None, *,
                   element: str | None = None, site_ratio: float | None = None) -> bool:

@@ -1,0 +1,27 @@
+"""Crystal generation with a small language model under a grammar-constrained decoder.
+
+Entry points: :class:`SampleConfig` (one run's settings) and :func:`generate` (sample a run into a
+folder, resumable). The modules, top to bottom (arrows point down only):
+
+* :mod:`~llamat_cif.sampling.sample` — :func:`generate`, ``BatchSampler`` (one seeded batch per
+  index), ``draw_batch`` and ``decode_sample`` (also used by alignment);
+* :mod:`~llamat_cif.sampling.config` — :class:`SampleConfig`, checks and resolution of its values;
+* :mod:`~llamat_cif.sampling.rows` — the ``samples.csv`` table and resuming from it;
+* :mod:`~llamat_cif.sampling.processor` — ``GrammarLogitsProcessor``, a ``transformers``
+  logits processor that walks every row through its grammar;
+* :mod:`~llamat_cif.sampling.grammars` — the CIF and LLaMat document grammars;
+* :mod:`~llamat_cif.sampling.fields` — ``Conditions`` and the conditioning header (formula, space
+  group) both grammars share;
+* :mod:`~llamat_cif.sampling.placement` — the look-ahead: can the rest of the composition still
+  be placed?
+* :mod:`~llamat_cif.sampling.lattice` — periodic distances and the lattice window;
+* :mod:`~llamat_cif.sampling.engine` — field specs and the per-sequence ``Decoder``.
+
+Space-group maths lives in :mod:`llamat_cif.symmetry`, physical scales in :mod:`llamat_cif.physics`,
+the canonical text format in :mod:`llamat_cif.cif`.
+"""
+
+from llamat_cif.sampling.config import SampleConfig
+from llamat_cif.sampling.sample import generate
+
+__all__ = ["SampleConfig", "generate"]

@@ -1,0 +1,385 @@
+"""Space groups and their Wyckoff positions, from the symmetry operations alone.
+
+Everything here is a function of a space-group number (1-230) in spglib's default setting, the
+setting the canonical CIF of :mod:`llamat_cif.cif` is written in (conventional cell):
+
+* operations and orbits: :func:`space_group_ops`, :func:`orbit`, :func:`crystal_system`;
+* multiplicities: :func:`orbit_sizes` (the Wyckoff multiplicities, precomputed in
+  ``resources/orbit_sizes.json``), :func:`reachable_counts` (atom counts that are sums of them) and
+  the groups compatible with a set of element counts (:func:`compatible_spacegroups`);
+* Wyckoff subspaces: :func:`wyckoff_subspaces` (the affine subspaces of each multiplicity),
+  :func:`solve_values` (which values a coordinate can take once others are typed) and
+  :func:`wyckoff_table` (orbit representatives and probe points per multiplicity);
+* allocation: :func:`allocatable` (can element counts be distributed over the Wyckoff positions,
+  each zero-dimensional position used at most once; precomputed in
+  ``resources/wyckoff_allocation.json``), :func:`min_lines` (fewest site lines for the counts),
+  :func:`spacegroups_for` / :func:`spacegroups_for_formula` (groups that can hold a composition).
+
+The constrained decoder (:mod:`llamat_cif.sampling`) builds on these; nothing here knows about
+tokens, grammars or lattices.
+
+The operations come from spglib's database (one Hall number per group, its default setting).
+moyopy's ``operations_from_number(n, setting=Setting.spglib())`` gives the same set of operations but
+in another order for 159 of the 230 groups, and the Wyckoff subspace bases derived from that order
+differ for 16 (group, multiplicity) pairs (a flipped direction in 221, 225 and 229, last-bit
+differences elsewhere): the probe points of the look-ahead would move and seeded samples would
+change, so spglib's order is kept.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+RESOURCES = Path(__file__).resolve().parent / "resources"
+ORBIT_SIZES_TABLE = RESOURCES / "orbit_sizes.json"
+ALLOCATION_TABLE = RESOURCES / "wyckoff_allocation.json"
+
+# ------------------------------------------------------------------------ operations and orbits
+
+
+@lru_cache(maxsize=256)
+def space_group_ops(number: int) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetry operations of a space group in spglib's default setting (conventional cell)."""
+    import spglib
+
+    for hall in range(1, 531):
+        if spglib.get_spacegroup_type(hall).number == number:
+            sym = spglib.get_symmetry_from_database(hall)
+            return np.asarray(sym["rotations"], dtype=float), np.asarray(sym["translations"], dtype=float)
+    raise ValueError(f"no space group {number}")
+
+
+def orbit(p: np.ndarray, ops: tuple[np.ndarray, np.ndarray], decimals: int = 3) -> np.ndarray:
+    """Distinct images of a fractional point under the operations (mod 1, merged at 1e-3)."""
+    rots, trans = ops
+    imgs = np.mod(np.round(np.einsum("kij,j->ki", rots, p) + trans, decimals), 1.0)
+    return np.unique(np.round(imgs, decimals) % 1.0, axis=0)
+
+
+def crystal_system(number: int) -> str:
+    """Crystal system (``"triclinic"`` ... ``"cubic"``) of a space-group number."""
+    for hi, name in ((2, "triclinic"), (15, "monoclinic"), (74, "orthorhombic"), (142, "tetragonal"),
+                     (167, "trigonal"), (194, "hexagonal"), (230, "cubic")):
+        if number <= hi:
+            return name
+    raise ValueError(number)
+
+
+# ---------------------------------------------------------------------------- multiplicities
+
+
+@lru_cache(maxsize=1)
+def _orbit_table() -> dict[int, frozenset[int]]:
+    if ORBIT_SIZES_TABLE.is_file():
+        return {int(k): frozenset(v) for k, v in json.loads(ORBIT_SIZES_TABLE.read_text())["sizes"].items()}
+    return {}
+
+
+@lru_cache(maxsize=256)
+def orbit_sizes(number: int) -> frozenset[int]:
+    """Wyckoff multiplicities of a space group (precomputed table, else :func:`_orbit_sizes`)."""
+    table = _orbit_table()
+    return table[number] if number in table else _orbit_sizes(number)
+
+
+@lru_cache(maxsize=256)
+def _orbit_sizes(number: int) -> frozenset[int]:
+    """Multiplicities a Wyckoff orbit can have: |G| / |site stabiliser| (divisors of |G| that occur
+    on a grid of special points; a superset is harmless, the orbit check at the last digit is exact).
+
+    The grid misses special points at odd eighths: for P4_132 (213) the 4-fold positions 4a/4b at
+    (3/8, 3/8, 3/8) and (7/8, 7/8, 7/8) are not found, so 4 is missing (``tests/test_symmetry.py``)."""
+    rots, trans = space_group_ops(number)
+    n = len(rots)
+    grid = [0, 1 / 8, 1 / 6, 1 / 4, 1 / 3, 1 / 2, 2 / 3, 3 / 4, 5 / 6, 0.1234]
+    sizes = set()
+    for p in np.array([[x, y, z] for x in grid for y in grid for z in grid]):
+        sizes.add(len(orbit(p, (rots, trans))))
+    sizes.add(n)
+    return frozenset(s for s in sizes if n % s == 0)
+
+
+def reachable_counts(number: int, limit: int = 200) -> frozenset[int]:
+    """Atom counts of one element a cell of this space group can hold (sums of orbit sizes)."""
+    return _reachable(tuple(sorted(orbit_sizes(number))), limit)
+
+
+def compatible_spacegroups(counts: dict[str, int]) -> frozenset[int]:
+    """Space groups in which every element count is a sum of Wyckoff multiplicities."""
+    top = max(counts.values())
+    return frozenset(n for n in range(1, 231) if all(c in reachable_counts(n, top) for c in counts.values()))
+
+
+@lru_cache(maxsize=256)
+def _reachable(sizes: tuple[int, ...], limit: int) -> frozenset[int]:
+    ok = [False] * (limit + 1)
+    ok[0] = True
+    for t in range(1, limit + 1):
+        ok[t] = any(t >= s and ok[t - s] for s in sizes)
+    return frozenset(t for t in range(limit + 1) if ok[t])
+
+
+# --------------------------------------------------------------------------- Wyckoff subspaces
+
+
+@lru_cache(maxsize=2048)
+def wyckoff_subspaces(number: int, m: int) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    """Affine subspaces ``p0 + B t`` (mod 1) whose points have orbit size ``m`` (special positions).
+
+    Derived from the operations alone: points of a 1/24 grid (which holds a point of every Wyckoff
+    position of every space group in its standard setting) are grouped by stabiliser; the subspace of
+    a stabiliser H through p0 is p0 + null(W - I for W in H). For the general position (m = |G|) the
+    subspace is the whole cell.
+    """
+    from scipy.linalg import null_space
+
+    rots, trans = space_group_ops(number)
+    n = len(rots)
+    if m == n:
+        return ((np.zeros(3), np.eye(3)),)
+    g = np.arange(24) / 24
+    pts = np.stack(np.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3)
+    d = np.einsum("kij,pj->kpi", rots, pts) + trans[:, None, :] - pts[None]
+    fixed = (np.abs(d - np.round(d)) < 1e-6).all(-1)  # (ops, points)
+    sizes = n // fixed.sum(0)
+    out: list[tuple[np.ndarray, np.ndarray]] = []
+    seen: dict[bytes, list[int]] = {}
+    for j in np.nonzero(sizes == m)[0]:
+        key = fixed[:, j].tobytes()
+        p0 = pts[j]
+        members = seen.setdefault(key, [])
+        if members:
+            # the same stabiliser can fix parallel subspaces: keep p0 unless it lies on a kept one
+            on = False
+            for idx in members:
+                q0, b = out[idx]
+                diff = p0 - q0
+                diff -= np.round(diff)
+                if b.shape[1] == 0:
+                    on = np.abs(diff).max() < 1e-6
+                else:
+                    r = diff - b @ (b.T @ diff)  # b is orthonormal: the least-squares residual
+                    on = np.abs(r - np.round(r)).max() < 1e-6
+                if on:
+                    break
+            if on:
+                continue
+        w = rots[fixed[:, j]]
+        a = (w - np.eye(3)).reshape(-1, 3)
+        basis = null_space(a) if np.abs(a).max() > 0 else np.eye(3)
+        members.append(len(out))
+        out.append((p0, basis))
+    return tuple(out)
+
+
+@lru_cache(maxsize=200_000)
+def solve_values(number: int, m: int, typed: tuple[tuple[int, float], ...], target: int):
+    """Memoised :func:`_solve_values` on the Wyckoff subspaces of (space group, multiplicity)."""
+    return _solve_values(wyckoff_subspaces(number, m), dict(typed), target)
+
+
+#: Integer shifts tried for each typed coordinate (a subspace point may wrap around the cell).
+_WRAPS = {n: np.array(list(itertools.product(range(-2, 3), repeat=n)), dtype=float) for n in (1, 2, 3)}
+
+
+def _solve_values(subspaces, typed: dict[int, float], target: int, tol: float = 2.5e-4):
+    """Values the ``target`` coordinate can take on the subspaces, given typed coordinates.
+
+    Returns ``None`` when some subspace leaves it free, else a sorted array of admissible values
+    (mod 1). Typed coordinates are 4-decimal roundings, hence the tolerance. For each subspace
+    ``p0 + B t`` the typed coordinates are solved for ``t`` under every integer wrap at once.
+    """
+    from scipy.linalg import null_space
+
+    idx = list(typed)
+    tv = np.array([typed[i] for i in idx], dtype=float)
+    vals: list[float] = []
+    for p0, b in subspaces:
+        if b.shape[1] == 0:
+            diff = tv - p0[idx]
+            if np.all(np.abs(diff - np.round(diff)) < tol):
+                vals.append(p0[target] % 1.0)
+            continue
+        if not idx:
+            if np.abs(b[target]).max() > 1e-6:
+                return None  # the target coordinate is a free parameter here
+            vals.append(p0[target] % 1.0)
+            continue
+        bt = b[idx]
+        rhs = tv[None, :] + _WRAPS[len(idx)] - p0[idx][None, :]  # (wraps, typed)
+        t = rhs @ np.linalg.pinv(bt).T  # least-squares parameters per wrap
+        hit = np.abs(t @ bt.T - rhs).max(1) < tol
+        ns = null_space(bt)
+        if ns.size and np.abs(b[target] @ ns).max() > 1e-6:
+            if hit.any():
+                return None  # typed coordinates reachable and the target still free
+            continue
+        vals.extend(float((p0[target] + b[target] @ tt) % 1.0) for tt in t[hit])
+    if not vals:
+        return np.zeros(0)
+    v = np.round(np.array(vals), 4) % 1.0
+    return np.unique(v)
+
+
+def _radical_inverse(i: int, base: int) -> float:
+    f, r = 1.0, 0.0
+    while i > 0:
+        f /= base
+        r += f * (i % base)
+        i //= base
+    return r
+
+
+#: Probe points per dimension of a Wyckoff subspace with free parameters: enough that a cell full
+#: of one general position (64 atoms of P1) finds room for every atom in the look-ahead search.
+_N_PROBES = {1: 16, 2: 48, 3: 96}
+
+
+@lru_cache(maxsize=3)
+def _probe_params(dim: int) -> np.ndarray:
+    """Halton points in [0, 1)^dim, shifted off the special values 0, 1/4, 1/3, 1/2 ..."""
+    bases = (2, 3, 5)[:dim]
+    pts = np.array([[_radical_inverse(i, b) for b in bases] for i in range(1, _N_PROBES[dim] + 1)])
+    return (pts + 0.0703) % 1.0
+
+
+@lru_cache(maxsize=512)
+def wyckoff_table(number: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Per multiplicity m: (distinct zero-dimensional orbit representatives, probe points on the
+    subspaces with free parameters). Either array may be empty (shape (0, 3))."""
+    ops = space_group_ops(number)
+    table: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for m in sorted(orbit_sizes(number)):
+        fixed, probes, seen = [], [], set()
+        for p0, basis in wyckoff_subspaces(number, m):
+            if basis.shape[1] == 0:
+                pts = orbit(np.asarray(p0, dtype=float), ops)
+                if len(pts) != m:
+                    continue
+                key = frozenset(map(tuple, np.round(pts, 3) % 1.0))
+                if key not in seen:
+                    seen.add(key)
+                    fixed.append(np.asarray(p0, dtype=float) % 1.0)
+            else:
+                t = _probe_params(basis.shape[1])
+                probes.extend(list((p0[None, :] + t @ basis.T) % 1.0))
+        table[m] = (np.array(fixed).reshape(-1, 3), np.array(probes).reshape(-1, 3))
+    return table
+
+
+# -------------------------------------------------------------------------------- allocation
+
+
+def allocation_entry(number: int) -> tuple[frozenset[int], tuple[int, ...], tuple[int, ...]]:
+    """(multiplicities with free parameters, sizes of the other Wyckoff positions, how many
+    distinct zero-dimensional positions of each of those sizes) computed from the operations."""
+    table = wyckoff_table(number)
+    unlimited = frozenset(m for m, (_, probes) in table.items() if len(probes))
+    points = sorted((m, len(fixed)) for m, (fixed, _) in table.items() if m not in unlimited and len(fixed))
+    return unlimited, tuple(m for m, _ in points), tuple(n for _, n in points)
+
+
+def write_allocation_table(path: Path = ALLOCATION_TABLE) -> None:
+    """Precompute :func:`allocation_entry` for all 230 groups (building it takes ~1 min)."""
+    rows = {}
+    for n in range(1, 231):
+        unlimited, sizes, counts = allocation_entry(n)
+        rows[str(n)] = {"free": sorted(unlimited), "point_sizes": list(sizes), "points": list(counts)}
+    path.write_text(json.dumps({"note": "llamat_cif.symmetry.write_allocation_table()", "groups": rows}))
+
+
+@lru_cache(maxsize=1)
+def _allocation_table() -> dict[int, tuple[frozenset[int], tuple[int, ...], tuple[int, ...]]]:
+    if not ALLOCATION_TABLE.is_file():
+        return {}
+    rows = json.loads(ALLOCATION_TABLE.read_text())["groups"]
+    return {int(k): (frozenset(r["free"]), tuple(r["point_sizes"]), tuple(r["points"])) for k, r in rows.items()}
+
+
+@lru_cache(maxsize=200_000)
+def allocatable(number: int, counts: tuple[int, ...]) -> bool:
+    """Can the element ``counts`` be distributed over the Wyckoff positions of the space group?
+
+    Each zero-dimensional Wyckoff position takes at most one site; positions with free parameters
+    take any number. Distances are ignored (the lattice is not known yet).
+    """
+    entry = _allocation_table().get(number) or allocation_entry(number)
+    unlimited, point_sizes, points = entry
+    return allocatable_on(tuple(sorted((c for c in counts if c > 0), reverse=True)), unlimited, points, point_sizes)
+
+
+@lru_cache(maxsize=200_000)
+def min_lines(number: int, counts: tuple[int, ...]) -> int:
+    """Fewest site lines that can write these element counts (each count a sum of the group's
+    Wyckoff multiplicities; special-point limits ignored, so a lower bound)."""
+    best = _fewest_lines(number, max(counts, default=0))
+    return sum(best[c] for c in counts if c > 0)
+
+
+_LINES: dict[int, list[int]] = {}
+
+
+def _fewest_lines(number: int, top: int) -> list[int]:
+    """``best[t]``: fewest multiplicities of the group summing to ``t``, for every ``t <= top``
+    (10**6 where none does); one table per group, extended on demand."""
+    best = _LINES.setdefault(number, [0])
+    if len(best) <= top:
+        sizes = sorted(orbit_sizes(number))
+        for t in range(len(best), top + 1):
+            best.append(min((best[t - m] + 1 for m in sizes if m <= t), default=10**6))
+    return best
+
+
+@lru_cache(maxsize=200_000)
+def allocatable_on(counts: tuple[int, ...], unlimited: frozenset[int], free_points: tuple[int, ...],
+                   point_sizes: tuple[int, ...]) -> bool:
+    """Can ``counts`` (largest first) be written as sums of the ``unlimited`` multiplicities (free
+    parameters: any number of sites) and of the point positions, ``free_points[j]`` positions of
+    size ``point_sizes[j]`` left, each taking one site?"""
+    if not counts:
+        return True
+    r, rest = counts[0], counts[1:]
+    # unlimited sizes first (they use up nothing), largest first
+    for m in sorted(unlimited, reverse=True):
+        if m <= r and allocatable_on(tuple(sorted(rest + ((r - m),) if r > m else rest, reverse=True)),
+                                      unlimited, free_points, point_sizes):
+            return True
+    for j, m in enumerate(point_sizes):
+        if m <= r and free_points[j] > 0:
+            left = free_points[:j] + (free_points[j] - 1,) + free_points[j + 1:]
+            nxt = tuple(sorted(rest + ((r - m),) if r > m else rest, reverse=True))
+            if allocatable_on(nxt, unlimited, left, point_sizes):
+                return True
+    return False
+
+
+def allocatable_within(number: int, counts: tuple[int, ...], max_lines: int | None = None) -> bool:
+    """The group's Wyckoff positions can hold the counts (special points used once), in at most
+    ``max_lines`` site lines (the document must end within the token budget)."""
+    key = tuple(sorted(counts, reverse=True))
+    return allocatable(number, key) and (max_lines is None or min_lines(number, key) <= max_lines)
+
+
+@lru_cache(maxsize=4096)
+def spacegroups_for(counts: tuple[int, ...], max_lines: int | None = None) -> frozenset[int] | None:
+    """Groups whose Wyckoff positions can hold these element counts (special points used once)."""
+    ok = frozenset(n for n in compatible_spacegroups(dict(enumerate(counts))) if allocatable_within(n, counts, max_lines))
+    return ok or None
+
+
+@lru_cache(maxsize=4096)
+def spacegroups_for_formula(amounts: tuple[int, ...], max_atoms: int,
+                            max_lines: int | None = None) -> frozenset[int] | None:
+    """Groups that can hold some multiple k of a reduced formula within ``max_atoms``."""
+    top = max(1, max_atoms // sum(amounts))
+    ok = frozenset(n for n in range(1, 231) if any(
+        all(a * k in reachable_counts(n, a * k) for a in amounts)
+        and allocatable_within(n, tuple(a * k for a in amounts), max_lines)
+        for k in range(1, top + 1)))
+    return ok or None
+

@@ -1,0 +1,153 @@
+"""The CIF grammar against the canonical text of real crystals (:func:`llamat_cif.cif.to_text`).
+
+200 MP-20 test structures are written with ``to_text`` (the text the model is trained on), given the
+conditioning header the corpus writes (``# formula:`` and ``# spacegroup:``, read off the text
+itself, in both orders) and fed through :class:`~llamat_cif.sampling.engine.Decoder` with the CIF
+grammar. At each step the grammar must allow the next piece of the text (and, where the sampler
+would run it, pass the look-ahead check), and the document must be able to end.
+
+The grammar's own limits are lifted: the physics rules are off (``Conditions``' defaults: no
+covalent-contact ratio, no volume window; some real crystals sit outside the calibrated windows by
+design) and the size limits (atoms, elements, atoms per element, site lines) are raised so that a
+large conventional cell is not refused for its size. CDVAE's 0.5 Å distance floor stays on (every
+real crystal keeps it). Cells with a length of 60 Å or more are left out: the grammar's lattice
+window ends there (:attr:`~llamat_cif.sampling.lattice.LatticeWindow.LEN_HI`, one structure of 200).
+
+Three differences between the grammar and ``to_text`` are known (``xfail(strict=True)`` below, so a
+fix shows up as an unexpected pass):
+
+* ``_cell_volume``: the grammar writes the volume of the cell as written (parameters rounded to
+  3 / 2 decimals), ``to_text`` the volume of the unrounded cell; the last digits differ in most
+  documents.
+* coordinates: ``to_text`` writes 6 decimals where 4 would break a site's symmetry (1/3, 2/3 on
+  hexagonal axes: ``0.333333 0.666667``); the grammar only writes 4.
+* tokens: the grammar forces the Hermann-Mauguin symbol as a literal tokenized on its own
+  (``P6_3/mmc`` -> ``P``, ``6``, ``_`` ...), while the tokenizer reads it as one token inside the
+  document, so the model's own tokens for the symbol are not allowed.
+
+:func:`test_cif_grammar_accepts_mp20_text_up_to_the_known_differences` rewrites the first two the
+grammar's way and then requires every document to be accepted (walking the grammar's tokens), so
+the rest of the format is checked on all documents, except the crystals in :data:`KNOWN_REFUSALS`
+(the look-ahead refuses one of their real sites; listed so that a fix, or a new refusal, shows).
+"""
+
+import re
+import warnings
+
+import numpy as np
+import pytest
+from pymatgen.core import Structure
+
+from llamat_cif.cif import COORD_DECIMALS, VOLUME_DECIMALS, to_text
+from llamat_cif.sampling.engine import Decoder, Stats, Vocab
+from llamat_cif.sampling.fields import Conditions
+from llamat_cif.sampling.grammars import cif_grammar
+from llamat_cif.sampling.lattice import LatticeWindow, lattice_matrix
+
+N_STRUCTURES = 200
+#: limits far above anything in MP-20 (<= 20 atoms in the primitive cell, so <= 80 conventional)
+OPEN_LIMITS = dict(max_atoms=400, max_elements=10, max_count=400, max_lines=400)
+_NUMBER = r"([0-9.]+)"
+#: Real crystals the grammar refuses although their text is in its format.
+KNOWN_REFUSALS = {
+    # P-6m2 Mg15Sb: site "Mg 6 0.3342 0.1671 0.2502" (6n, (2x, x, z)); with x typed, y is free on the
+    # 6-fold mirror planes z = 0, 1/2, and the look-ahead's probe points of y's second digit miss the
+    # one line y = x / 2 that keeps the site off the planes: the digit 6 of 0.1671 is refused.
+    "mp-1023488",
+}
+
+
+@pytest.fixture(scope="module")
+def vocab():
+    from llamat_cif.model import resolve_model_path
+    from llamat_cif.tokenizer import load_tokenizer
+
+    return Vocab(load_tokenizer(resolve_model_path("default")))
+
+
+def _cell(text: str) -> list[float]:
+    return [float(re.search(rf"_cell_{k} {_NUMBER}\n", text).group(1)) for k in
+            ("length_a", "length_b", "length_c", "angle_alpha", "angle_beta", "angle_gamma")]
+
+
+@pytest.fixture(scope="module")
+def documents() -> list[tuple[str, str]]:
+    from llamat_cif.data import load_split
+
+    df = load_split("mp20", "test", limit=N_STRUCTURES)
+    assert len(df) == N_STRUCTURES
+    docs = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for i, (sid, cif) in enumerate(zip(df["id"], df["cif"], strict=True)):
+            body = to_text(Structure.from_str(cif, fmt="cif"))
+            if max(_cell(body)[:3]) >= LatticeWindow.LEN_HI:
+                continue  # beyond the grammar's lattice window
+            formula = re.search(r"_chemical_formula_sum '([^']*)'", body).group(1)
+            number = re.search(r"_symmetry_Int_Tables_number (\d+)", body).group(1)
+            lines = [f"# formula: {formula}\n", f"# spacegroup: {number}\n"]
+            docs.append((sid, "".join(lines if i % 2 == 0 else lines[::-1]) + body))
+    return docs
+
+
+def _grammars_way(text: str) -> str:
+    """``text`` with the volume of the cell as written and coordinates at 4 decimals."""
+    volume = abs(float(np.linalg.det(lattice_matrix(*_cell(text)))))
+    text = re.sub(r"_cell_volume [0-9.]+\n", f"_cell_volume {volume:.{VOLUME_DECIMALS}f}\n", text)
+    return re.sub(r"(?<= )0\.\d{5,}(?= )", lambda m: f"{float(m.group()):.{COORD_DECIMALS}f}", text)
+
+
+def _decoder(vocab: Vocab) -> Decoder:
+    stats = Stats()
+    return Decoder(cif_grammar(vocab, Conditions(**OPEN_LIMITS), stats), vocab, stats)
+
+
+def _step(d: Decoder, tid: int) -> bool:
+    """Feed one token the way the sampler does (checked only when there is a choice)."""
+    allowed = d.allowed()
+    if tid not in allowed or (d.needs_check() and len(allowed) > 1 and not d.check(tid)):
+        return False
+    d.advance(tid)
+    return True
+
+
+def _text_rejection(vocab: Vocab, text: str) -> str | None:
+    """Walk the grammar's own tokens along ``text``: ``None`` when it writes exactly ``text`` and can
+    end, else where it refused."""
+    d, pos = _decoder(vocab), 0
+    while pos < len(text):
+        pieces = {t: vocab.tok.convert_ids_to_tokens(t) for t in d.allowed() if t != vocab.eos}
+        fits = [t for t, s in pieces.items() if text.startswith(s, pos)]
+        tid = max(fits, key=lambda t: len(pieces[t])) if fits else None
+        if tid is None or not _step(d, tid):
+            return f"refused at ...{text[max(0, pos - 50):pos]!r} | {text[pos:pos + 12]!r}"
+        pos += len(pieces[tid])
+    return None if d.allowed() == [vocab.eos] else "cannot end"
+
+
+def _token_rejection(vocab: Vocab, text: str) -> str | None:
+    """Feed the tokenizer's own tokens of ``text``: ``None`` when all pass and the document can end."""
+    d = _decoder(vocab)
+    ids = vocab.tok(text, add_special_tokens=False)["input_ids"]
+    for k, tid in enumerate(ids):
+        if not _step(d, tid):
+            return f"token {k} refused at ...{vocab.tok.decode(ids[max(0, k - 12):k + 1])!r}"
+    return None if d.allowed() == [vocab.eos] else "cannot end"
+
+
+def test_cif_grammar_accepts_mp20_text_up_to_the_known_differences(vocab, documents):
+    assert len(documents) >= N_STRUCTURES - 2
+    rejected = {sid: why for sid, text in documents if (why := _text_rejection(vocab, _grammars_way(text)))}
+    assert set(rejected) == KNOWN_REFUSALS, rejected
+
+
+@pytest.mark.xfail(strict=True, reason="known: _cell_volume of the rounded cell; 6-decimal coordinates")
+def test_cif_grammar_writes_to_text_exactly(vocab, documents):
+    rejected = {sid: why for sid, text in documents if (why := _text_rejection(vocab, text))}
+    assert not rejected, f"{len(rejected)} of {len(documents)}: {rejected}"
+
+
+@pytest.mark.xfail(strict=True, reason="known: the space-group symbol is forced in other tokens than the tokenizer's")
+def test_cif_grammar_allows_the_tokenizers_tokens(vocab, documents):
+    rejected = {sid: why for sid, text in documents if (why := _token_rejection(vocab, _grammars_way(text)))}
+    assert not rejected, f"{len(rejected)} of {len(documents)}: {rejected}"
