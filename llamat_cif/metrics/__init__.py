@@ -4,6 +4,17 @@ Each metric is a small function with keyword-only thresholds returning a
 :class:`~llamat_cif.metrics.metric.Metric` (value, numerator, denominator and its name, protocol).
 :func:`~llamat_cif.metrics.run.run_benchmark` runs them all on a generation run folder and writes
 ``metrics.json`` and ``report.md`` (``llamat-cif benchmark``).
+
+Where things live:
+
+* the metrics: ``validity``, ``fingerprints`` + ``coverage`` + ``elements`` (CDVAE coverage, per
+  element), ``properties`` + ``distribution`` (property distances, LeMat-GenBench families),
+  ``diversity`` (uniqueness and novelty as generated), ``matching`` (StructureMatcher presets,
+  duplicates), ``sun`` (stable, unique, novel), ``stability_metrics``, ``csp``, ``cdvae`` (CDVAE's
+  own protocol);
+* the benchmark command: ``config`` (its settings), ``sources`` (inputs), ``run`` (the stages in
+  order), ``benchmark_coverage`` and ``benchmark_stability`` (its two long stages), ``report`` +
+  ``figures``, ``compare`` (several generators), ``baseline`` (a non-learned generator).
 """
 
 from llamat_cif.metrics.coverage import (
