@@ -92,16 +92,17 @@ def _orbit_sizes(number: int) -> frozenset[int]:
     """Multiplicities a Wyckoff orbit can have: |G| / |site stabiliser| (divisors of |G| that occur
     on a grid of special points; a superset is harmless, the orbit check at the last digit is exact).
 
-    The grid misses special points at odd eighths: for P4_132 (213) the 4-fold positions 4a/4b at
-    (3/8, 3/8, 3/8) and (7/8, 7/8, 7/8) are not found, so 4 is missing (``tests/test_symmetry.py``)."""
+    The grid is every multiple of 1/24 (which holds a point of every Wyckoff position of every space
+    group in its standard setting, odd eighths such as P4_132's 4a at (3/8, 3/8, 3/8) included) plus
+    a general point."""
     rots, trans = space_group_ops(number)
     n = len(rots)
-    grid = [0, 1 / 8, 1 / 6, 1 / 4, 1 / 3, 1 / 2, 2 / 3, 3 / 4, 5 / 6, 0.1234]
-    sizes = set()
-    for p in np.array([[x, y, z] for x in grid for y in grid for z in grid]):
-        sizes.add(len(orbit(p, (rots, trans))))
-    sizes.add(n)
-    return frozenset(s for s in sizes if n % s == 0)
+    g = np.array([*(np.arange(24) / 24), 0.1234])
+    pts = np.stack(np.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3)
+    # orbit size = |G| / |stabiliser|; the stabiliser of p: operations that map p onto itself mod 1
+    d = np.einsum("kij,pj->kpi", rots, pts) + trans[:, None, :] - pts[None]
+    stabiliser = (np.abs(d - np.round(d)) < 1e-6).all(-1).sum(0)
+    return frozenset(int(n // s) for s in np.unique(stabiliser) if n % s == 0) | {n}
 
 
 def reachable_counts(number: int, limit: int = 200) -> frozenset[int]:

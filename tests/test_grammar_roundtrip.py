@@ -13,7 +13,7 @@ large conventional cell is not refused for its size. CDVAE's 0.5 Å distance flo
 real crystal keeps it). Cells with a length of 60 Å or more are left out: the grammar's lattice
 window ends there (:attr:`~llamat_cif.sampling.lattice.LatticeWindow.LEN_HI`, one structure of 200).
 
-Three differences between the grammar and ``to_text`` are known (``xfail(strict=True)`` below, so a
+Two differences between the grammar and ``to_text`` are known (``xfail(strict=True)`` below, so a
 fix shows up as an unexpected pass):
 
 * ``_cell_volume``: the grammar writes the volume of the cell as written (parameters rounded to
@@ -21,14 +21,15 @@ fix shows up as an unexpected pass):
   documents.
 * coordinates: ``to_text`` writes 6 decimals where 4 would break a site's symmetry (1/3, 2/3 on
   hexagonal axes: ``0.333333 0.666667``); the grammar only writes 4.
-* tokens: the grammar forces the Hermann-Mauguin symbol as a literal tokenized on its own
-  (``P6_3/mmc`` -> ``P``, ``6``, ``_`` ...), while the tokenizer reads it as one token inside the
-  document, so the model's own tokens for the symbol are not allowed.
 
 :func:`test_cif_grammar_accepts_mp20_text_up_to_the_known_differences` rewrites the first two the
 grammar's way and then requires every document to be accepted (walking the grammar's tokens), so
 the rest of the format is checked on all documents, except the crystals in :data:`KNOWN_REFUSALS`
 (the look-ahead refuses one of their real sites; listed so that a fix, or a new refusal, shows).
+:func:`test_cif_grammar_allows_the_tokenizers_tokens` feeds the tokenizer's own tokens of the same
+texts, so a literal the grammar forces in other tokens than the training text's (once the case for
+the Hermann-Mauguin symbol: ``P6_3/mmc`` is one token after the tag, but split into characters when
+encoded alone) fails it.
 """
 
 import re
@@ -147,7 +148,6 @@ def test_cif_grammar_writes_to_text_exactly(vocab, documents):
     assert not rejected, f"{len(rejected)} of {len(documents)}: {rejected}"
 
 
-@pytest.mark.xfail(strict=True, reason="known: the space-group symbol is forced in other tokens than the tokenizer's")
 def test_cif_grammar_allows_the_tokenizers_tokens(vocab, documents):
     rejected = {sid: why for sid, text in documents if (why := _token_rejection(vocab, _grammars_way(text)))}
-    assert not rejected, f"{len(rejected)} of {len(documents)}: {rejected}"
+    assert set(rejected) == KNOWN_REFUSALS, rejected

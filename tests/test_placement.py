@@ -113,11 +113,17 @@ def test_random_choices_meet_a_requested_formula(vocab):
 
 
 def test_charge_balanced_formulas(vocab):
+    """A charge-balanced formula whenever the grammar did not have to drop the balance to finish the
+    crystal (its documented fallback, counted in ``stats.fallbacks``); random walks through the
+    grammar rarely need it (4 of these 20 do: TiAs11, Ra10LiTs, ...)."""
     rng = random.Random(2)
-    for _ in range(5):
+    clean = 0
+    for _ in range(20):
         text, stats = _drive(vocab, Conditions(max_atoms=12, max_elements=3, charge_balanced=True), rng)
         s = _assert_sound(text)
-        assert compositional_validity(s.composition).ok, text
+        assert compositional_validity(s.composition).ok or stats.fallbacks, text
+        clean += stats.fallbacks == 0
+    assert clean >= 15
 
 
 def test_target_formula_limits_the_space_group():

@@ -4,34 +4,27 @@ tables (the International Tables) and moyopy's space-group operations."""
 import numpy as np
 import pytest
 
-from llamat_cif.symmetry import crystal_system, orbit_sizes, space_group_ops
-
-#: P4_132: its 4-fold positions 4a (3/8, 3/8, 3/8) and 4b (7/8, 7/8, 7/8) lie off the grid of special
-#: points the multiplicities are computed on, so 4 is missing from the shipped table (a known bug,
-#: kept here so the test flags the fix instead of hiding the difference).
-MISSING_MULTIPLICITY = {213: {4}}
-
-
-def _case(n: int):
-    if n in MISSING_MULTIPLICITY:
-        return pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=f"orbit_sizes({n}) lacks "
-                                                       f"{sorted(MISSING_MULTIPLICITY[n])}"))
-    return n
+from llamat_cif.symmetry import (
+    _orbit_sizes,
+    allocation_entry,
+    crystal_system,
+    orbit_sizes,
+    space_group_ops,
+)
 
 
-@pytest.mark.parametrize("number", [_case(n) for n in range(1, 231)])
+@pytest.mark.parametrize("number", range(1, 231))
 def test_wyckoff_multiplicities_equal_pyxtal(number):
     symmetry = pytest.importorskip("pyxtal.symmetry")
     reference = {w.multiplicity for w in symmetry.Group(number).Wyckoff_positions}
     assert set(orbit_sizes(number)) == reference
 
 
-def test_the_only_multiplicity_difference_is_the_known_one():
-    symmetry = pytest.importorskip("pyxtal.symmetry")
-    for number, missing in MISSING_MULTIPLICITY.items():
-        reference = {w.multiplicity for w in symmetry.Group(number).Wyckoff_positions}
-        assert reference - set(orbit_sizes(number)) == missing
-        assert set(orbit_sizes(number)) <= reference
+def test_shipped_table_is_what_the_operations_give():
+    """The precomputed multiplicities equal a fresh computation (P4_132's 4a/4b at odd eighths
+    included: the grid once missed them)."""
+    assert all(orbit_sizes(n) == _orbit_sizes(n) for n in range(1, 231))
+    assert 4 in orbit_sizes(213) and allocation_entry(213)[1] == (4,)
 
 
 def _op_set(rots, trans) -> set:

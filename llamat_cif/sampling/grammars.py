@@ -68,7 +68,9 @@ def cif_grammar(v: Vocab, cond: Conditions, stats: Stats, *, header: bool = True
     yield Lit(f"data_{comp.reduced_formula}\n{_HM} ")
     if sg:
         symbol = v.sg_symbols[sg - 1]
-        yield Lit(symbol)
+        # the symbol's own token, as the tokenizer writes it after the tag in every training document
+        # (encoded alone, the text would split into characters the model never saw there)
+        yield Choice({v.sg_id[symbol]: symbol}) if symbol in v.sg_id else Lit(symbol)
     else:
         symbol = yield Choice({i: s for s, i in v.sg_id.items()})
         sg = v.sg_symbols.index(symbol) + 1
