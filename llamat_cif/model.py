@@ -1,4 +1,5 @@
-"""Generator models: named from-scratch LLaMA configs and one loader for every kind of checkpoint.
+"""Generator models: named from-scratch LLaMA configs, one loader for every kind of checkpoint, and
+the model a training run starts from.
 
 ``load_generator(name_or_path)`` accepts
 
@@ -8,6 +9,9 @@
   recorded in ``base_model_name_or_path`` and the adapter applied on top,
 * the name of a model shipped inside the package (``llamat_cif/models/<name>/``; ``"default"`` is
   :data:`DEFAULT_MODEL`), or of a folder under the models directory (``$LLAMAT_CIF_MODELS``).
+
+:func:`prepare_model` builds what a training run trains: a fresh named size or a local checkpoint,
+optionally wrapped in a LoRA adapter (:class:`LoraSettings`, :func:`add_lora`).
 
 It never reaches the network: every ``from_pretrained`` call passes ``local_files_only=True``.
 This module imports neither pymatgen nor peft at module level, so the training machine needs
@@ -62,6 +66,16 @@ MODEL_CONFIGS: dict[str, ModelSize] = {
     # GPU size: ~25M params, 4 heads of 96 would be too few; 8 heads of 64.
     "base": ModelSize(512, 8, 8, 1376, note="GPU; ~25M params"),
 }
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """peft LoRA settings; defaults are those of LLaMat-CIF / crystal-text-llm."""
+
+    r: int = 8
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
 
 
 def llama_config(
@@ -314,3 +328,99 @@ def load_generator(
     model.to(device)
     model.eval()
     return model, tokenizer
+
+
+# ---------------------------------------------------------------------------------------------
+# the model a training run starts from
+
+
+def add_lora(model: PreTrainedModel, lora: LoraSettings, *, seed: int | None = None) -> PreTrainedModel:
+    """``model`` wrapped in a fresh peft LoRA adapter (only the adapter trains).
+
+    Args:
+        model: the causal LM to adapt.
+        lora: adapter shape and dropout.
+        seed: when given, seeds torch first, so the same seed gives the same adapter weights.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    if seed is not None:
+        import torch
+
+        torch.manual_seed(seed)
+    return get_peft_model(model, LoraConfig(
+        task_type="CAUSAL_LM", r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules)))
+
+
+def prepare_model(
+    tokenizer: Any,
+    *,
+    base_model: str | os.PathLike | None = None,
+    model_config: str | None = "small",
+    lora: LoraSettings | None = None,
+    seed: int = 0,
+    block_size: int = CONTEXT_LENGTH,
+    dropout: float = 0.0,
+    load_dtype: torch.dtype | None = None,
+) -> torch.nn.Module:
+    """A model to train: a fresh named config, or a local checkpoint, optionally LoRA-wrapped.
+
+    Args:
+        tokenizer: defines vocabulary and special ids of a fresh model.
+        base_model: local folder of a Hugging Face causal LM (never downloaded).
+        model_config: ``tiny``/``small``/``base`` for a fresh model (ignored with ``base_model``).
+        lora: wrap with a peft LoRA adapter (only the adapter trains).
+        seed: initialisation seed of a fresh model.
+        block_size: context length of a fresh model.
+        dropout: attention dropout of a fresh model.
+        load_dtype: dtype to load ``base_model`` in (default fp32).
+
+    Raises:
+        ModelLoadError: ``base_model`` is not a local model folder.
+    """
+    import torch
+
+    if base_model is not None:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(
+            local_model_dir(base_model), local_files_only=True, **dtype_kwargs(load_dtype or torch.float32))
+        if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+            model.resize_token_embeddings(len(tokenizer))
+    else:
+        if model_config is None:
+            raise ValueError("need a base_model or a model_config")
+        pad = tokenizer.pad_token_id
+        model = build_model(model_config, len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                            eos_token_id=tokenizer.eos_token_id, pad_token_id=pad,
+                            context_length=max(block_size, CONTEXT_LENGTH), dropout=dropout, seed=seed)
+    gen = model.generation_config
+    gen.bos_token_id, gen.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
+    gen.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if lora is not None:
+        model = add_lora(model, lora, seed=seed)
+    return model
+
+
+def local_model_dir(base_model: str | os.PathLike) -> Path:
+    """The resolved folder of a local Hugging Face model, or a clear :class:`ModelLoadError`."""
+    path = Path(base_model).expanduser()
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"base model {base_model}: not a local Hugging Face model folder "
+                             f"(no config.json); models are never downloaded")
+    return path.resolve()
+
+
+def tokenizer_for(base_model: str | os.PathLike | None, fallback: Any | None) -> Any:
+    """The tokenizer of a local ``base_model`` (pad = eos where it has none), else ``fallback``."""
+    if base_model is None:
+        if fallback is None:
+            raise ValueError("need a tokenizer (or a base model that has one)")
+        return fallback
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(local_model_dir(base_model), local_files_only=True)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok

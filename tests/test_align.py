@@ -12,17 +12,12 @@ import torch
 from click.testing import CliRunner
 from conftest import requires_data
 
-from llamat_cif.align import (
-    AlignConfig,
-    StabilityReward,
-    build_pairs,
-    mark_duplicates,
-    round_prompts,
-    run_align,
-    sequence_logps,
-)
 from llamat_cif.metrics.sun import TrainingSet
 from llamat_cif.model import load_generator, resolve_model_path
+from llamat_cif.train.align import round_prompts, run_align
+from llamat_cif.train.align_policy import sequence_logps
+from llamat_cif.train.align_scores import StabilityReward, build_pairs, mark_duplicates
+from llamat_cif.train.config import AlignConfig
 
 torch.set_num_threads(1)
 

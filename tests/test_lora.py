@@ -18,7 +18,9 @@ from llamat_cif.instructions import (
     split_examples,
 )
 from llamat_cif.model import build_model, load_generator
-from llamat_cif.train import latest_checkpoint, lora_defaults, train_supervised
+from llamat_cif.train.checkpoints import latest_checkpoint
+from llamat_cif.train.config import lora_defaults
+from llamat_cif.train.recipes import train_supervised
 
 torch.set_num_threads(1)
 
@@ -117,7 +119,7 @@ def test_lora_resume_is_exact(base_dir, pairs, tmp_path):
 
 
 def test_lora_merge_without_lora_is_refused(tmp_path):
-    from llamat_cif.train import TrainConfig
+    from llamat_cif.train.config import TrainConfig
 
     with pytest.raises(ValueError, match="merge"):
         TrainConfig(out_dir=str(tmp_path), merge=True)

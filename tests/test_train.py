@@ -10,19 +10,16 @@ import pytest
 import torch
 from conftest import requires_data
 
-from llamat_cif.train import (
+from llamat_cif.train.checkpoints import latest_checkpoint, read_log
+from llamat_cif.train.config import TrainConfig, config_from_dict
+from llamat_cif.train.loop import lr_at
+from llamat_cif.train.recipes import train_from_corpus, train_supervised
+from llamat_cif.train.streams import (
     IGNORE_INDEX,
     MixedStream,
     PackedStream,
     SupervisedStream,
-    TrainConfig,
-    _process_indices,
-    config_from_dict,
-    latest_checkpoint,
-    lr_at,
-    read_log,
-    train_from_corpus,
-    train_supervised,
+    process_indices,
 )
 
 torch.set_num_threads(1)  # tiny models: threads cost more than they give on a shared 2-core box
@@ -44,7 +41,7 @@ def char_tokenizer(texts: list[str]):
 
 def write_corpus(folder: Path, train_docs: list[str], val_docs: list[str]) -> Path:
     """A corpus folder in the layout of `llamat-cif corpus build`."""
-    from llamat_cif.train import tokenize_documents
+    from llamat_cif.train.streams import tokenize_documents
 
     folder.mkdir(parents=True, exist_ok=True)
     tok = char_tokenizer(train_docs + val_docs)
@@ -134,10 +131,10 @@ def test_lr_schedule_warmup_then_cosine_to_floor():
 
 def test_process_indices_partition_the_stream():
     cfg = TrainConfig(out_dir="x", batch_size=3, grad_accum=2)
-    both = np.concatenate([_process_indices(0, 4, cfg, r, 2) for r in range(2)])
+    both = np.concatenate([process_indices(0, 4, cfg, r, 2) for r in range(2)])
     assert sorted(both.tolist()) == list(range(4 * 2 * 2 * 3))
     # resuming at step 2 reads exactly the tail of the uninterrupted run
-    assert np.array_equal(_process_indices(2, 4, cfg, 1, 2), _process_indices(0, 4, cfg, 1, 2)[12:])
+    assert np.array_equal(process_indices(2, 4, cfg, 1, 2), process_indices(0, 4, cfg, 1, 2)[12:])
 
 
 def test_resume_is_exact(toy_corpus, tmp_path):
@@ -255,7 +252,7 @@ def test_two_process_ddp_resume_is_exact(toy_corpus, tmp_path):
     from safetensors.torch import load_file
 
     def run(out, *extra):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "llamat_cif.train",
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "llamat_cif", "train",
                "--corpus", str(toy_corpus), "--config", "tiny", "--max-steps", "6", "--batch-size", "2",
                "--block-size", "64", "--precision", "fp32", "--save-dtype", "fp32", "--log-every", "1",
                "--out", str(out), "--no-progress", *extra]
@@ -273,16 +270,16 @@ def test_two_process_ddp_resume_is_exact(toy_corpus, tmp_path):
 
 
 def test_corpus_training_runs_without_pymatgen(toy_corpus, tmp_path):
-    """The GPU training machine has no pymatgen: `python -m llamat_cif.train --corpus` must not need it."""
+    """The GPU training machine has no pymatgen: `python -m llamat_cif train --corpus` must not need it."""
     import subprocess
     import sys
 
     out = tmp_path / "nopmg"
     code = (
         "import sys, runpy; sys.modules['pymatgen'] = None; "  # any `import pymatgen` now fails
-        f"sys.argv = ['llamat_cif.train', '--corpus', {str(toy_corpus)!r}, '--config', 'tiny', "
+        f"sys.argv = ['llamat_cif', 'train', '--corpus', {str(toy_corpus)!r}, '--config', 'tiny', "
         f"'--max-steps', '1', '--batch-size', '2', '--block-size', '32', '--out', {str(out)!r}, '--no-progress']; "
-        "runpy.run_module('llamat_cif.train', run_name='__main__')"
+        "runpy.run_module('llamat_cif', run_name='__main__')"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -307,7 +304,9 @@ class _SignalAt(PackedStream):
 def test_ctrl_c_checkpoints_and_resumes_exactly(toy_corpus, tmp_path):
     from transformers import AutoTokenizer
 
-    from llamat_cif.train import load_corpus_arrays, prepare_model, run_training
+    from llamat_cif.model import prepare_model
+    from llamat_cif.train.loop import run_training
+    from llamat_cif.train.streams import load_corpus_arrays
 
     tok = AutoTokenizer.from_pretrained(toy_corpus / "tokenizer")
     cfg_a, cfg_b = tiny_config(tmp_path / "a"), tiny_config(tmp_path / "b")

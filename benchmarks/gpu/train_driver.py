@@ -10,7 +10,7 @@ JOBS = {  # name: (config, batch, lr, warmup)
 }
 def cmd(name, steps, out, extra=()):
     cfg, bs, lr, wu = JOBS[name]
-    return [sys.executable, "-m", "llamat_cif.train", "--corpus", ".gpu/corpus_cif", "--config", cfg,
+    return [sys.executable, "-m", "llamat_cif", "train", "--corpus", ".gpu/corpus_cif", "--config", cfg,
             "--batch-size", str(bs), "--lr", lr, "--warmup-steps", wu, "--max-steps", str(steps),
             "--out", str(out), "--seed", "0", "--no-progress", "--log-every", "20", *extra]
 def log_rows(d):

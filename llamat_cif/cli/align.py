@@ -62,10 +62,11 @@ def align(model, out_dir, rounds, prompts, samples_per_prompt, conditional, data
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     quiet_warnings()
-    from llamat_cif.align import AlignConfig, run_align
     from llamat_cif.data import DataError
     from llamat_cif.model import ModelLoadError
     from llamat_cif.stability import HullError, PotentialError
+    from llamat_cif.train.align import run_align
+    from llamat_cif.train.config import AlignConfig
 
     try:
         cfg = AlignConfig(out_dir=out_dir, model=model, rounds=rounds, prompts=prompts,

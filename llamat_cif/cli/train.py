@@ -77,10 +77,11 @@ def train(corpus, instructions, base_model, model_config, out_dir, max_steps, ba
       llamat-cif train --corpus corpus/ --config small --out runs/small
       llamat-cif train --corpus corpus/ --base-model ckpt/ --text-dir text/ --out runs/cpt
       llamat-cif train --instructions --base-model runs/small/final --merge --out runs/lora
-      accelerate launch -m llamat_cif.train --corpus corpus/ --config base --out runs/base
+      accelerate launch -m llamat_cif train --corpus corpus/ --config base --out runs/base
     """
-    from llamat_cif import train as T
-    from llamat_cif.model import ModelLoadError
+    from llamat_cif.model import LoraSettings, ModelLoadError, local_model_dir
+    from llamat_cif.train.config import TrainConfig
+    from llamat_cif.train.recipes import train_from_corpus, train_supervised
 
     if bool(corpus) == bool(instructions):
         fail("give exactly one of --corpus DIR or --instructions")
@@ -94,8 +95,8 @@ def train(corpus, instructions, base_model, model_config, out_dir, max_steps, ba
     if use_lora:
         if not base_model:
             fail("LoRA needs --base-model PATH")
-        lora = T.LoraSettings(r=lora_r, alpha=lora_alpha, dropout=lora_dropout,
-                              target_modules=tuple(t.strip() for t in lora_targets.split(",") if t.strip()))
+        lora = LoraSettings(r=lora_r, alpha=lora_alpha, dropout=lora_dropout,
+                            target_modules=tuple(t.strip() for t in lora_targets.split(",") if t.strip()))
     defaults = (dict(max_steps=1000, lr=1e-4, warmup_steps=20, min_lr_ratio=0.0, weight_decay=0.0,
                      save_dtype="fp32") if use_lora else
                 dict(max_steps=2000, lr=1e-3, warmup_steps=100, min_lr_ratio=0.1, weight_decay=0.1,
@@ -104,7 +105,7 @@ def train(corpus, instructions, base_model, model_config, out_dir, max_steps, ba
                  weight_decay=weight_decay, save_dtype=save_dtype)
     settings = {k: (given[k] if given[k] is not None else v) for k, v in defaults.items()}
     try:
-        config = T.TrainConfig(
+        config = TrainConfig(
             out_dir=out_dir, batch_size=batch_size, grad_accum=grad_accum, block_size=block_size,
             precision=precision, eval_every=eval_every, eval_batches=eval_batches,
             save_every=save_every, log_every=log_every, num_workers=num_workers, seed=seed,
@@ -114,11 +115,11 @@ def train(corpus, instructions, base_model, model_config, out_dir, max_steps, ba
     limit_s = None if time_limit is None else 60.0 * time_limit
     try:
         if base_model:
-            T.local_model_dir(base_model)  # fail before any slow data preparation
+            local_model_dir(base_model)  # fail before any slow data preparation
         if corpus:
-            result = T.train_from_corpus(corpus, config, model_config=model_config, base_model=base_model,
-                                         text_dir=text_dir, text_fraction=text_fraction, resume=resume,
-                                         stop_after=stop_after, progress=progress, time_limit_s=limit_s)
+            result = train_from_corpus(corpus, config, model_config=model_config, base_model=base_model,
+                                       text_dir=text_dir, text_fraction=text_fraction, resume=resume,
+                                       stop_after=stop_after, progress=progress, time_limit_s=limit_s)
         else:
             from llamat_cif.instructions import split_examples, task_mix_from_dataset
 
@@ -132,7 +133,7 @@ def train(corpus, instructions, base_model, model_config, out_dir, max_steps, ba
                 counts[ex.task] = counts.get(ex.task, 0) + 1
             console.print(f"instruction mix: {len(train_ex)} train / {len(val_ex)} val examples "
                           f"from {dataset}/{split}: {counts}")
-            result = T.train_supervised(
+            result = train_supervised(
                 [(e.prompt, e.completion) for e in train_ex], config, base_model=base_model,
                 val_pairs=[(e.prompt, e.completion) for e in val_ex] or None, resume=resume,
                 stop_after=stop_after, progress=progress, time_limit_s=limit_s,

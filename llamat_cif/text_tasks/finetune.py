@@ -148,7 +148,11 @@ def finetune(config: TextTrainConfig, *, progress: bool = True, stop_after: int 
         The :class:`llamat_cif.train.TrainResult`; ``result.final_dir`` (or ``merged_dir``) is the
         model to pass to ``llamat-cif text eval --model``.
     """
-    from llamat_cif import train as T
+    from llamat_cif.model import LoraSettings
+    from llamat_cif.train.config import TrainConfig, lora_defaults
+    from llamat_cif.train.loop import run_training
+    from llamat_cif.train.recipes import train_supervised
+    from llamat_cif.train.streams import MixedStream, PackedStream, SupervisedStream
 
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -158,11 +162,11 @@ def finetune(config: TextTrainConfig, *, progress: bool = True, stop_after: int 
     use_lora = config.lora and not scratch
     lr = config.lr if config.lr is not None else (1e-4 if use_lora else 1e-3)
     if use_lora:
-        tcfg = T.lora_defaults(
-            str(out), lora=T.LoraSettings(r=config.lora_r, alpha=config.lora_alpha), merge=config.merge,
+        tcfg = lora_defaults(
+            str(out), lora=LoraSettings(r=config.lora_r, alpha=config.lora_alpha), merge=config.merge,
         )
     else:
-        tcfg = T.TrainConfig(out_dir=str(out))
+        tcfg = TrainConfig(out_dir=str(out))
     tcfg = replace(
         tcfg, max_steps=config.max_steps, batch_size=config.batch_size, grad_accum=config.grad_accum,
         lr=lr, warmup_steps=config.warmup_steps, block_size=config.block_size, seed=config.seed,
@@ -192,7 +196,7 @@ def finetune(config: TextTrainConfig, *, progress: bool = True, stop_after: int 
     val_pairs = sft_pairs(val_ex, tokenizer, chat_template=config.chat_template) if val_ex else None
     (out / "text_train_config.json").write_text(json.dumps(describe, indent=2, default=str))
     if not scratch:
-        return T.train_supervised(
+        return train_supervised(
             pairs, tcfg, base_model=config.base_model, val_pairs=val_pairs,
             describe=describe, progress=progress, stop_after=stop_after, resume=resume,
         )
@@ -200,17 +204,17 @@ def finetune(config: TextTrainConfig, *, progress: bool = True, stop_after: int 
     # blocks of the full training documents (loss on every token).
     from llamat_cif.text_tasks.scratch import build_text_model
 
-    sup = T.SupervisedStream(pairs, tokenizer, tcfg.block_size, seed=config.seed)
+    sup = SupervisedStream(pairs, tokenizer, tcfg.block_size, seed=config.seed)
     train_data: Any = sup
     describe.update({"train_pairs": len(pairs), "val_pairs": len(val_pairs or []),
                      "truncated_pairs": sup.n_truncated, "lm_fraction": config.lm_fraction,
                      "scratch_size": config.scratch_size})
     if config.lm_fraction > 0:
-        lm = T.PackedStream.from_texts([p + c for p, c in pairs], tokenizer, config.lm_block_size,
-                                       seed=config.seed + 1)
-        train_data = T.MixedStream([sup, lm], [1 - config.lm_fraction, config.lm_fraction], seed=config.seed)
+        lm = PackedStream.from_texts([p + c for p, c in pairs], tokenizer, config.lm_block_size,
+                                     seed=config.seed + 1)
+        train_data = MixedStream([sup, lm], [1 - config.lm_fraction, config.lm_fraction], seed=config.seed)
         describe["lm_tokens_per_epoch"] = lm.tokens_per_epoch()
-    val = T.SupervisedStream(val_pairs, tokenizer, tcfg.block_size, shuffle=False) if val_pairs else None
+    val = SupervisedStream(val_pairs, tokenizer, tcfg.block_size, shuffle=False) if val_pairs else None
     model = build_text_model(tokenizer, config.scratch_size, context_length=config.block_size, seed=config.seed)
-    return T.run_training(tcfg, model=model, tokenizer=tokenizer, train_data=train_data, val_data=val,
-                          describe=describe, progress=progress, stop_after=stop_after, resume=resume)
+    return run_training(tcfg, model=model, tokenizer=tokenizer, train_data=train_data, val_data=val,
+                        describe=describe, progress=progress, stop_after=stop_after, resume=resume)

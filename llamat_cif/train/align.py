@@ -1,0 +1,265 @@
+"""Stability alignment: finetune a generator on its own samples, rewarded by relaxed stability.
+
+Iterative DPO (direct preference optimisation, Rafailov et al. 2023) with the toolkit's own
+pipeline as the judge. Each round:
+
+1. **prompts** — ``prompts`` prompts, a share ``conditional`` of them formula headers drawn from the
+   training compositions (``dataset`` train split), the rest unconditional;
+2. **samples** — ``samples_per_prompt`` constrained samples per prompt from the current policy,
+   through the same grammar, physics rules and seeding as ``llamat-cif generate``
+   (:func:`llamat_cif.sampling.sample.draw_batch`); the exact token ids drawn are kept;
+3. **scores** — every sample validated (CDVAE structural + compositional), relaxed briefly with the
+   ML potential (``relax_steps`` FIRE steps, ``fmax``) and placed on the MP-20 hull; the reward is
+   ``-min(E_hull, e_hull_cap)``, and a sample that does not parse, is invalid or fails to relax
+   gets ``invalid_reward`` (below every relaxed sample). A sample that matches a training structure
+   (not novel) or an earlier sample of the round (not unique) is *ineligible*: it never wins a pair;
+4. **pairs** — per prompt, the best eligible sample is *chosen* against up to
+   ``pairs_per_prompt`` others, worst first, that are ineligible or at least ``pair_margin``
+   eV/atom worse; a prompt with no eligible sample gives no pair;
+5. **update** — ``trl``'s ``DPOTrainer`` on those pairs (sigmoid DPO loss plus ``sft_weight`` x
+   the NLL of the chosen sample, an RPO-style anchor that keeps the chosen text likely), with the
+   *pre-alignment* model as the fixed reference (KL anchor), so every round is pulled back towards
+   the model that writes valid crystal text.
+
+Why DPO rather than GRPO/RLOO: the reward (a relaxation, seconds per sample on a CPU) is far more
+expensive than the update, so every sample must be drawn by our constrained sampler (trl's online
+trainers generate with ``model.generate`` and their own loop) and reused as pairs; DPO learns from
+such offline pairs, needs no value model, and trl's trainer brings the loss, the reference
+handling and peft support.
+
+The reward, pairs and round records live in :mod:`llamat_cif.train.align_scores`; loading,
+updating and saving the policy in :mod:`llamat_cif.train.align_policy`; the settings
+(:class:`~llamat_cif.train.config.AlignConfig`) in :mod:`llamat_cif.train.config`.
+
+Everything is written as it goes and a rerun of the same ``out_dir`` resumes where it stopped:
+``round_NN/samples/`` and ``round_NN/scores/`` hold one parquet part per prompt (written to a
+temporary name and renamed, so a part is whole or absent), then ``pairs.parquet``, the updated
+``model/`` and ``record.json``; a round is done when its ``record.json`` exists. ``rounds.jsonl``
+and ``curves.png`` / ``elements.png`` summarise all rounds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from llamat_cif.protocol import CDVAE_MIN_DISTANCE
+from llamat_cif.train.align_policy import dpo_update, load_policy, save_policy
+from llamat_cif.train.align_scores import (
+    StabilityReward,
+    build_pairs,
+    mark_duplicates,
+    plot_rounds,
+    round_record,
+)
+from llamat_cif.train.config import AlignConfig
+
+#: settings a resumed run may change (the number of rounds: a finished run can be extended)
+RESUMABLE_CHANGES = ("rounds", "device", "threads")
+
+#: a scorer maps a round's samples (one row per sample: id, prompt, target_formula, text, cif, ...)
+#: to score rows with at least ``id``, ``reward`` (float) and ``eligible`` (bool)
+Scorer = Callable[[pd.DataFrame], pd.DataFrame]
+
+
+# ------------------------------------------------------------------------------------ files
+
+
+def _write_part(df: pd.DataFrame, path: Path) -> None:
+    """Write a parquet part atomically (temporary name, then rename): a part is whole or absent."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    df.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def _read_parts(folder: Path) -> pd.DataFrame:
+    parts = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+    return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True) if parts else pd.DataFrame()
+
+
+def _check_resume(out: Path, cfg: AlignConfig) -> None:
+    saved = out / "align_config.json"
+    if not saved.is_file():
+        return
+    old = json.loads(saved.read_text())
+    diff = {k: (old.get(k), v) for k, v in asdict(cfg).items()
+            if k not in RESUMABLE_CHANGES and old.get(k) != v}
+    if diff:
+        raise ValueError(f"{out} holds an alignment run with other settings {diff}; use a new --out")
+
+
+# ------------------------------------------------------------------------------------ prompts
+
+
+def round_prompts(cfg: AlignConfig, round_index: int, formulas: Sequence[str]) -> list[dict]:
+    """The prompts of one round: ``{"prompt": "p00", "target_formula": "LiFePO4" or ""}``, seeded by
+    ``(seed, round)``; formulas drawn uniformly over training structures."""
+    rng = np.random.default_rng([cfg.seed, round_index, 7])
+    n_cond = int(round(cfg.prompts * cfg.conditional))
+    picks = rng.choice(len(formulas), size=n_cond, replace=len(formulas) < n_cond) if n_cond else []
+    targets = [str(formulas[i]) for i in picks] + [""] * (cfg.prompts - n_cond)
+    order = rng.permutation(cfg.prompts)
+    return [{"prompt": f"p{k:02d}", "target_formula": targets[j]} for k, j in enumerate(order)]
+
+
+# ------------------------------------------------------------------------------------ the loop
+
+
+def _sampling(cfg: AlignConfig, model) -> dict:
+    """Sampling settings exactly as ``llamat-cif generate`` resolves them."""
+    from llamat_cif.sampling.config import (
+        recommended_sampling,
+        resolve_physics,
+        resolve_steer,
+        resolve_volume_steer,
+        window_tuple,
+    )
+    from llamat_cif.sampling.fields import site_lines_for
+
+    t, p = recommended_sampling(model)
+    f, win = resolve_physics(None, "auto")
+    return {"temperature": t if cfg.temperature is None else cfg.temperature,
+            "top_p": p if cfg.top_p is None else cfg.top_p,
+            "physics": dict(contact_ratio=f, volume_window=window_tuple(win),
+                            steer_ratio=resolve_steer(None, f),
+                            volume_steer=window_tuple(resolve_volume_steer(None, win))),
+            "max_lines": site_lines_for(cfg.max_new_tokens)}
+
+
+def _sample_prompt(model, tokenizer, cfg: AlignConfig, settings: dict, prompt: dict, round_index: int,
+                   k: int) -> pd.DataFrame:
+    from llamat_cif.sampling.config import parse_formula
+    from llamat_cif.sampling.engine import Stats, Vocab
+    from llamat_cif.sampling.fields import Conditions
+    from llamat_cif.sampling.grammars import GRAMMARS
+    from llamat_cif.sampling.sample import decode_sample, draw_batch
+
+    formula = prompt["target_formula"] or None
+    cond = Conditions(formula=parse_formula(formula) if formula else None, spacegroup=None, min_distance=CDVAE_MIN_DISTANCE,
+                      charge_balanced=False, max_lines=settings["max_lines"], **settings["physics"])
+    n = cfg.samples_per_prompt
+    new = draw_batch(model, tokenizer, size=n, seed=(cfg.seed, round_index, k), conditions=[cond] * n,
+                     grammar=GRAMMARS["cif"], vocab=Vocab(tokenizer), stats=Stats(),
+                     temperature=settings["temperature"], top_p=settings["top_p"],
+                     max_new_tokens=cfg.max_new_tokens)
+    rows = []
+    for i in range(n):
+        ids = [t for t in new[i].tolist() if t != tokenizer.pad_token_id]
+        rows.append({"id": f"r{round_index:02d}-{prompt['prompt']}-{i:02d}", "round": round_index,
+                     "prompt": prompt["prompt"], "target_formula": prompt["target_formula"], "fmt": "cif",
+                     "token_ids": ids, **decode_sample(ids, tokenizer, max_new_tokens=cfg.max_new_tokens)})
+    return pd.DataFrame(rows)
+
+
+def run_align(cfg: AlignConfig, *, scorer: Scorer | None = None, data_dir: str | Path | None = None,
+              progress: bool = True, training=None) -> list[dict]:
+    """Run (or resume) the alignment rounds of ``cfg``; returns the per-round records.
+
+    Args:
+        cfg: run settings.
+        scorer: replaces the stability reward (tests use a cheap deterministic one); the default is
+            :class:`StabilityReward` against ``training``.
+        data_dir: data root (training split, hull).
+        progress: rich progress bars.
+        training: novelty reference and prompt compositions (default: ``cfg.dataset`` train split).
+    """
+    import torch
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from llamat_cif.model import resolve_model_path
+    from llamat_cif.sampling.config import model_format
+
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_resume(out, cfg)
+    source = resolve_model_path(cfg.model)
+    if model_format(source) != "cif":
+        raise ValueError(f"{source} was trained on the {model_format(source)!r} representation; "
+                         "alignment samples CIF documents")
+    (out / "align_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if training is None:
+        from llamat_cif.metrics.sun import TrainingSet
+
+        training = TrainingSet.from_split(cfg.dataset, "train", data_dir=data_dir)
+    formulas = training.formulas()
+    from pymatgen.core import Composition
+
+    train_n_el = np.array([len(Composition(f).elements) for f in formulas], dtype=float)
+    if scorer is None:
+        scorer = StabilityReward(cfg, training, data_dir=data_dir)
+    done = [r for r in range(cfg.rounds) if (out / f"round_{r:02d}" / "record.json").is_file()]
+    start = max(done) + 1 if done else 0
+    policy_dir = out / f"round_{start - 1:02d}" / "model" if start else source
+    ref_model = None
+    model = tokenizer = None
+    records = [json.loads((out / f"round_{r:02d}" / "record.json").read_text()) for r in done]
+    cols = [TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(), TextColumn("{task.fields[note]}")]
+    with Progress(*cols, disable=not progress) as bar:
+        for r in range(start, cfg.rounds):
+            if model is None:
+                model, tokenizer = load_policy(cfg, policy_dir, trainable=True)
+                ref_model, _ = load_policy(cfg, source, trainable=False)
+                for p in ref_model.parameters():
+                    p.requires_grad_(False)
+            rdir = out / f"round_{r:02d}"
+            prompts = round_prompts(cfg, r, formulas)
+            settings = _sampling(cfg, model)
+            t0 = time.time()
+            task = bar.add_task(f"round {r} sample", total=len(prompts), note="")
+            for k, pr in enumerate(prompts):
+                part = rdir / "samples" / f"{pr['prompt']}.parquet"
+                if not part.is_file():
+                    _write_part(_sample_prompt(model, tokenizer, cfg, settings, pr, r, k), part)
+                bar.update(task, advance=1)
+            samples = _read_parts(rdir / "samples")
+            t_sample = time.time() - t0
+            task = bar.add_task(f"round {r} score", total=len(prompts), note="")
+            for pr in prompts:
+                part = rdir / "scores" / f"{pr['prompt']}.parquet"
+                if not part.is_file():
+                    _write_part(scorer(samples[samples["prompt"] == pr["prompt"]]), part)
+                bar.update(task, advance=1)
+            scores = mark_duplicates(_read_parts(rdir / "scores"))
+            t_score = time.time() - t0 - t_sample
+            pairs = build_pairs(samples, scores, margin=cfg.pair_margin, per_prompt=cfg.pairs_per_prompt)
+            _write_part(pairs, rdir / "pairs.parquet")
+            _write_part(scores, rdir / "scores.parquet")
+            train_stats = {}
+            if len(pairs):
+                train_stats = dpo_update(model, ref_model, tokenizer, samples, pairs, cfg, r, rdir / "trainer")
+                shutil.rmtree(rdir / "trainer", ignore_errors=True)
+            save_policy(model, tokenizer, source, rdir / "model", cfg)
+            rec = {"round": r, **round_record(scores, pairs, cfg, train_n_el), "dpo": train_stats,
+                   "wall_s": {"sample": round(t_sample, 1), "score": round(t_score, 1),
+                              "update": round(time.time() - t0 - t_sample - t_score, 1)},
+                   "sampling": {k: settings[k] for k in ("temperature", "top_p")},
+                   "protocol": scorer.protocol() if hasattr(scorer, "protocol") else {"scorer": repr(scorer)}}
+            (rdir / "record.json").write_text(json.dumps(rec, indent=2, default=str))
+            records.append(rec)
+            with open(out / "rounds.jsonl", "w") as fh:
+                for x in records:
+                    fh.write(json.dumps({k: v for k, v in x.items() if k != "protocol"}, default=str) + "\n")
+            plot_rounds(records, out)
+            bar.console.log(f"round {r}: reward mean {rec['reward_mean']:.3f}, metastable "
+                            f"{rec['metastable']['n']}/{rec['metastable']['of']}, pairs {rec['pairs']}")
+    final = out / f"round_{cfg.rounds - 1:02d}" / "model"
+    if final.is_dir():
+        link = out / "final"
+        tmp = out / "final.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(final, tmp)
+        shutil.rmtree(link, ignore_errors=True)
+        os.replace(tmp, link)
+    return records

@@ -1,0 +1,229 @@
+"""How alignment judges a round: the stability reward, duplicates, chosen/rejected pairs, and the
+per-round record and plots.
+
+The reward is ``-min(E_hull, e_hull_cap)`` after a short relaxation with the ML potential; a sample
+that does not parse, is invalid or fails to relax gets ``invalid_reward`` (below every relaxed
+sample). A sample that matches a training structure (not novel) or an earlier sample of the round
+(not unique) is *ineligible*: it never wins a pair. Per prompt, the best eligible sample is *chosen*
+against up to ``pairs_per_prompt`` others, worst first, that are ineligible or at least
+``pair_margin`` eV/atom worse; a prompt with no eligible sample gives no pair. See
+:mod:`llamat_cif.train.align` for the round.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from llamat_cif.train.config import AlignConfig
+
+# ------------------------------------------------------------------------------------ rewards
+
+
+class StabilityReward:
+    """The default scorer: validity, a short relaxation, E_hull on the MP-20 hull, novelty.
+
+    Args:
+        config: the run settings (potential, relaxation, reward shape).
+        training: novelty reference (:class:`~llamat_cif.metrics.sun.TrainingSet`).
+        data_dir: data root holding ``hull/`` (``$LLAMAT_CIF_DATA`` by default).
+    """
+
+    def __init__(self, config: AlignConfig, training, data_dir: str | Path | None = None, potential=None):
+        from llamat_cif.stability.hull import Hull
+        from llamat_cif.stability.pipeline import check_hull_compatible
+        from llamat_cif.stability.potentials import load_potential
+        from llamat_cif.stability.relax import RelaxConfig
+
+        self.config = config
+        self.training = training
+        self.potential = potential or load_potential(config.potential, config.device)
+        self.hull = Hull.from_data_dir(data_dir)
+        check_hull_compatible(self.potential, self.hull, is_mp_reference=True)
+        self.relax = RelaxConfig(fmax=config.fmax, max_steps=config.relax_steps,
+                                 time_limit_s=config.relax_time_limit_s)
+
+    def protocol(self) -> dict:
+        c = self.config
+        return {"reward": f"-min(E_hull, {c.e_hull_cap}) eV/atom after a short relaxation; "
+                          f"invalid / unparsed / failed relaxation: {c.invalid_reward}",
+                "eligible": "CDVAE-valid, relaxed, novel (no StructureMatcher match in the training set) "
+                            "and unique within the round",
+                "relax": self.relax.protocol(), "potential": self.potential.protocol(),
+                "hull": self.hull.protocol(), "training": self.training.name}
+
+    def score_one(self, sid: str, text: str, fmt: str = "cif", target_formula: str | None = None) -> dict:
+        """Score one document (not yet judged for uniqueness: see :func:`mark_duplicates`)."""
+        from pymatgen.core import Structure
+
+        from llamat_cif.stability.pipeline import score_row
+        from llamat_cif.stability.relax import relax_structure
+        from llamat_cif.validators import validate_one
+
+        c = self.config
+        v = validate_one(text, fmt=fmt, id=sid, target_formula=target_formula or None, keep_cif=True)
+        row = {"id": sid, "valid": bool(v["valid"]), "structurally_valid": bool(v["structurally_valid"]),
+               "compositionally_valid": bool(v["compositionally_valid"]), "formula": None, "n_elements": 0,
+               "elements": "", "e_hull": math.nan, "relax_steps": 0, "relax_wall_s": 0.0, "converged": False,
+               "novel": False, "relaxed_cif": None, "error": v.get("error") or None}
+        cif = v.get("cif")
+        if not cif:
+            row["error"] = row["error"] or "does not parse"
+            return _finish(row, c)
+        s = Structure.from_str(cif, fmt="cif")
+        comp = s.composition
+        row.update(formula=comp.reduced_formula, n_elements=len(comp.elements),
+                   elements=" ".join(sorted(el.symbol for el in comp.elements)))
+        if not row["valid"]:
+            return _finish(row, c)
+        r = score_row(relax_structure(s, self.potential, self.relax, sid=sid), self.hull, self.potential)
+        row.update(e_hull=float(r.get("e_hull", math.nan)), relax_steps=int(r.get("n_steps") or 0),
+                   relax_wall_s=float(r.get("wall_s") or 0.0), converged=bool(r.get("converged")),
+                   relaxed_cif=r.get("relaxed_cif"), error=r.get("error") or None)
+        relaxed = Structure.from_str(r["relaxed_cif"], fmt="cif") if r.get("relaxed_cif") else s
+        row["novel"] = bool(self.training.is_novel(relaxed))
+        return _finish(row, c)
+
+    def __call__(self, samples: pd.DataFrame) -> pd.DataFrame:
+        return pd.DataFrame([self.score_one(r["id"], r["text"], r.get("fmt") or "cif", r.get("target_formula"))
+                             for r in samples.to_dict("records")])
+
+
+def _finish(row: dict, c: AlignConfig) -> dict:
+    eh = row["e_hull"]
+    ok = row["valid"] and not row["error"] and eh == eh  # NaN-safe
+    row["reward"] = -min(float(eh), c.e_hull_cap) if ok else c.invalid_reward
+    row["relaxed"] = bool(ok)
+    row["eligible"] = bool(ok and row["novel"])  # uniqueness is judged over the round
+    return row
+
+
+def mark_duplicates(scores: pd.DataFrame) -> pd.DataFrame:
+    """Add ``unique`` / ``duplicate_of`` over the round (StructureMatcher, first occurrence wins,
+    relaxed CIF where there is one); a duplicate is not eligible."""
+    from llamat_cif.metrics.matching import parse_structure, unique_representatives
+
+    df = scores.sort_values("id").reset_index(drop=True)
+    cif = df["relaxed_cif"] if "relaxed_cif" in df else pd.Series([None] * len(df))
+    valid = df["valid"].astype(bool) if "valid" in df else pd.Series([True] * len(df))
+    structs = [parse_structure(c) if ok else None for c, ok in zip(cif, valid, strict=True)]
+    rep = unique_representatives(df["id"].astype(str).tolist(), structs)
+    df["duplicate_of"] = [None if rep[i] == i else rep[i] for i in df["id"].astype(str)]
+    df["unique"] = df["duplicate_of"].isna()
+    df["eligible"] = df["eligible"].astype(bool) & df["unique"]
+    return df
+
+
+def build_pairs(samples: pd.DataFrame, scores: pd.DataFrame, *, margin: float, per_prompt: int) -> pd.DataFrame:
+    """Chosen/rejected pairs within each prompt (see the module docstring for the rule)."""
+    df = samples.merge(scores[["id", "reward", "eligible"]], on="id")
+    out = []
+    for prompt, g in df.groupby("prompt", sort=True):
+        winners = g[g["eligible"]].sort_values(["reward", "id"], ascending=[False, True])
+        if winners.empty:
+            continue
+        best = winners.iloc[0]
+        rivals = g[(g["id"] != best["id"]) & (~g["eligible"] | (g["reward"] <= best["reward"] - margin))]
+        rivals = rivals.sort_values(["eligible", "reward", "id"], ascending=[True, True, True]).head(per_prompt)
+        for _, r in rivals.iterrows():
+            out.append({"prompt": prompt, "chosen": best["id"], "rejected": r["id"],
+                        "reward_chosen": float(best["reward"]), "reward_rejected": float(r["reward"]),
+                        "rejected_eligible": bool(r["eligible"])})
+    return pd.DataFrame(out, columns=["prompt", "chosen", "rejected", "reward_chosen", "reward_rejected",
+                                      "rejected_eligible"])
+
+
+# ------------------------------------------------------------------------------------ record
+
+
+def round_record(scores: pd.DataFrame, pairs: pd.DataFrame, cfg: AlignConfig,
+                 train_n_el: np.ndarray | None) -> dict:
+    """Per-round statistics, every rate with its count and denominator."""
+    from scipy.stats import wasserstein_distance
+
+    n = len(scores)
+    valid = scores[scores["valid"].astype(bool)] if "valid" in scores else scores
+    rew = scores["reward"].to_numpy(dtype=float)
+    eh = pd.to_numeric(scores.get("e_hull", pd.Series(dtype=float)), errors="coerce").to_numpy(dtype=float)
+
+    def cnt(mask) -> dict:
+        k = int(np.sum(mask))
+        return {"n": k, "of": n, "rate": round(k / n, 4) if n else None}
+
+    rec = {"samples": n, "reward_mean": float(np.mean(rew)) if n else None,
+           "reward_quantiles": {str(q): float(np.quantile(rew, q / 100)) for q in (10, 25, 50, 75, 90)} if n else {},
+           "valid": cnt(scores.get("valid", pd.Series([True] * n)).astype(bool)),
+           "relaxed": cnt(scores.get("relaxed", pd.Series([True] * n)).astype(bool)),
+           "metastable": cnt(np.nan_to_num(eh, nan=np.inf) < cfg.metastable),
+           "stable": cnt(np.nan_to_num(eh, nan=np.inf) <= 0.0),
+           "eligible": cnt(scores["eligible"].astype(bool)),
+           "pairs": int(len(pairs))}
+    nv = len(valid)
+    for col in ("unique", "novel"):
+        if col in valid:
+            k = int(valid[col].astype(bool).sum())
+            rec[col] = {"n": k, "of_valid": nv, "rate": round(k / nv, 4) if nv else None}
+    if "n_elements" in valid and nv and train_n_el is not None:
+        rec["w_n_el"] = float(wasserstein_distance(valid["n_elements"].to_numpy(dtype=float), train_n_el))
+    if "elements" in valid:
+        rec["elements"] = dict(sorted(Counter(e for s in valid["elements"] for e in str(s).split()).items()))
+        rec["distinct_elements"] = len(rec["elements"])
+    return rec
+
+
+def plot_rounds(records: list[dict], out: Path) -> list[Path]:
+    """``curves.png`` (reward, metastable/stable, unique/novel/valid, W(N_el) per round) and
+    ``elements.png`` (element counts among valid samples, one row per round)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not records:
+        return []
+    r = [rec["round"] for rec in records]
+    fig, ax = plt.subplots(2, 2, figsize=(10, 7))
+    # keys are strings (as they come back from record.json) so resumed and fresh rounds plot alike
+    q = {k: [rec["reward_quantiles"].get(str(k), np.nan) for rec in records] for k in (10, 25, 50, 75, 90)}
+    ax[0, 0].fill_between(r, q[10], q[90], alpha=0.15, label="10–90 %")
+    ax[0, 0].fill_between(r, q[25], q[75], alpha=0.3, label="25–75 %")
+    ax[0, 0].plot(r, [rec["reward_mean"] for rec in records], "o-", label="mean")
+    ax[0, 0].set(title="reward (−E_hull, capped)", xlabel="round")
+    ax[0, 0].legend(fontsize=8)
+    for key in ("metastable", "stable"):
+        ax[0, 1].plot(r, [rec[key]["rate"] for rec in records], "o-", label=key)
+    ax[0, 1].set(title="short-relaxation stability (all samples)", xlabel="round", ylim=(0, 1))
+    ax[0, 1].legend(fontsize=8)
+    for key in ("valid", "unique", "novel"):
+        if key in records[0]:
+            ax[1, 0].plot(r, [rec[key]["rate"] for rec in records], "o-", label=key)
+    ax[1, 0].set(title="valid (all) · unique, novel (of valid)", xlabel="round", ylim=(0, 1.05))
+    ax[1, 0].legend(fontsize=8)
+    ax[1, 1].plot(r, [rec.get("w_n_el", np.nan) for rec in records], "o-")
+    ax[1, 1].set(title="W(N_el) to the training set", xlabel="round")
+    for a in ax.flat:
+        a.set_xticks(r)
+    fig.tight_layout()
+    paths = [out / "curves.png"]
+    fig.savefig(paths[0], dpi=120)
+    plt.close(fig)
+    from pymatgen.core import Element
+
+    els = sorted({e for rec in records for e in rec.get("elements", {})}, key=lambda e: Element(e).Z)
+    if els:
+        m = np.array([[rec.get("elements", {}).get(e, 0) for e in els] for rec in records], dtype=float)
+        fig, ax = plt.subplots(figsize=(max(8, 0.18 * len(els)), 1 + 0.4 * len(records)))
+        im = ax.imshow(m, aspect="auto", cmap="viridis")
+        ax.set_xticks(range(len(els)), els, fontsize=6, rotation=90)
+        ax.set_yticks(range(len(records)), [f"round {x}" for x in r], fontsize=8)
+        ax.set_title("element counts among valid samples")
+        fig.colorbar(im, ax=ax, fraction=0.02)
+        fig.tight_layout()
+        paths.append(out / "elements.png")
+        fig.savefig(paths[1], dpi=120)
+        plt.close(fig)
+    return paths
