@@ -38,6 +38,7 @@ from typing import Any, TypedDict
 import torch
 
 from llamat_cif.model import count_parameters
+from llamat_cif.progress import progress_bar
 from llamat_cif.train.checkpoints import (
     check_resume_config,
     latest_checkpoint,
@@ -299,7 +300,7 @@ def run_training(
     last_loss: float | None = None
     val_loss: float | None = None
     window_tokens, window_t = 0, time.perf_counter()
-    bar = _progress(is_main and progress)
+    bar = progress_bar(enabled=is_main and progress, fields=("loss",))
     stop = _GracefulStop()
     deadline = None if time_limit_s is None else time.perf_counter() + time_limit_s
     done, stopped = start_step, None
@@ -412,21 +413,6 @@ class _GracefulStop:
         finally:
             for s, h in previous.items():
                 signal.signal(s, h)
-
-
-def _progress(enabled: bool) -> Any:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                    disable=not enabled)
 
 
 def _versions() -> dict[str, str]:
