@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from llamat_cif.cif import CrystalTextError, from_text, to_text
+from llamat_cif.progress import progress_bar
 from llamat_cif.protocol import CSP_MATCHER, matcher_label
 
 #: Keys a header may carry, and the table columns they come from.
@@ -234,8 +235,6 @@ def _write_split(out: Path, name: str, docs: list[tuple[str, str]], tok) -> dict
 
 def build_corpus(config: CorpusConfig, *, progress: bool = True) -> dict:
     """Build a tokenized corpus; returns the statistics also written to ``stats.json``."""
-    from rich.progress import Progress
-
     from llamat_cif.data import load_split
     from llamat_cif.tokenizer import build_tokenizer, decode, encode
 
@@ -266,7 +265,7 @@ def build_corpus(config: CorpusConfig, *, progress: bool = True) -> dict:
     import multiprocessing as mp
 
     ctx = mp.get_context("fork")  # workers inherit the parsed held-out structures
-    with Progress(disable=not progress) as bar, ProcessPoolExecutor(
+    with progress_bar(enabled=progress) as bar, ProcessPoolExecutor(
         max_workers=max(1, config.n_jobs), mp_context=ctx
     ) as pool:
         job = bar.add_task(f"documents ({config.fmt})", total=len(tasks))
@@ -351,10 +350,8 @@ def _roundtrip_one(task: tuple[str, str, str]) -> tuple[str, bool, str]:
 
 def measure_roundtrip(cifs: list[tuple[str, str]], fmt: str, *, n_jobs: int = 2, progress: bool = True) -> RoundTripResult:
     """Round-trip match rate of a representation over ``(id, cif)`` pairs."""
-    from rich.progress import Progress
-
     res = RoundTripResult(fmt)
-    with Progress(disable=not progress) as bar, ProcessPoolExecutor(max_workers=n_jobs) as pool:
+    with progress_bar(enabled=progress) as bar, ProcessPoolExecutor(max_workers=n_jobs) as pool:
         job = bar.add_task(f"round trip ({fmt})", total=len(cifs))
         for sid, ok, err in pool.map(_roundtrip_one, [(i, c, fmt) for i, c in cifs], chunksize=16):
             res.checked += 1

@@ -309,9 +309,9 @@ def build_task_mix(
     jobs = ((i, sid, structure, props, fmt, tasks, w, seed)
             for i, (sid, structure, props) in enumerate(records))
     mix = TaskMix()
-    from rich.progress import Progress
+    from llamat_cif.progress import progress_bar
 
-    with Progress(disable=not progress) as bar:
+    with progress_bar(enabled=progress) as bar:
         task_id = bar.add_task(f"instruction mix ({fmt})", total=total)
         if n_jobs > 1:
             from concurrent.futures import ProcessPoolExecutor

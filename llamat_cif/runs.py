@@ -28,13 +28,15 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["RunStore"]
+__all__ = ["RunStore", "write_parquet"]
 
 MANIFEST = "manifest.json"
 
 
-def _atomic_parquet(obj: pd.DataFrame | Any, path: Path) -> None:
-    """Write a DataFrame or a pyarrow Table to ``path`` through a temporary file and a rename."""
+def write_parquet(obj: pd.DataFrame | Any, path: Path) -> None:
+    """Write a DataFrame or a pyarrow Table to ``path`` through a temporary file and a rename, so the
+    file is whole or absent, whenever the process stops."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     if isinstance(obj, pd.DataFrame):
         obj.to_parquet(tmp, index=False)
@@ -124,7 +126,7 @@ class RunStore:
             done = self.part_paths()
             k = int(done[-1].stem.split("-")[1]) + 1 if done else 0
         path = self.part_path(k)
-        _atomic_parquet(rows, path)
+        write_parquet(rows, path)
         return path
 
     # ------------------------------------------------------------------------------ reading
@@ -184,6 +186,6 @@ class RunStore:
                 writer.close()
             os.replace(tmp, self.path)
         else:
-            _atomic_parquet(self.read(), self.path)
+            write_parquet(self.read(), self.path)
         shutil.rmtree(self.parts_dir, ignore_errors=True)
         return self.path

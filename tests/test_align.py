@@ -14,6 +14,7 @@ from conftest import requires_data
 
 from llamat_cif.metrics.sun import TrainingSet
 from llamat_cif.model import load_generator, resolve_model_path
+from llamat_cif.runs import RunStore
 from llamat_cif.train.align import round_prompts, run_align
 from llamat_cif.train.align_policy import sequence_logps
 from llamat_cif.train.align_scores import StabilityReward, build_pairs, mark_duplicates
@@ -122,7 +123,7 @@ def test_two_rounds_raise_the_preferred_continuation_and_resume(tmp_path, traini
     records = run_align(cfg, scorer=_short_tokens_win, training=training, progress=False)
     assert [r["round"] for r in records] == [0, 1] and all(r["pairs"] >= 1 for r in records)
     run = tmp_path / "run"
-    samples = pd.read_parquet(run / "round_00" / "samples")
+    samples = RunStore(run / "round_00" / "samples.parquet", append=False).read()
     assert len(samples) == 4 and samples["id"].is_unique
     assert samples["target_formula"].isin(["", "NaCl", "SrTiO3"]).all()
     pairs = pd.read_parquet(run / "round_00" / "pairs.parquet")
@@ -141,7 +142,9 @@ def test_two_rounds_raise_the_preferred_continuation_and_resume(tmp_path, traini
     assert records[0]["w_n_el"] >= 0 and records[0]["distinct_elements"] >= 1
     assert (run / "final" / "model.safetensors").is_file()
     # an interrupted update resumes from the parts on disk: nothing is sampled or scored again
-    stamp = {p: p.stat().st_mtime_ns for p in (run / "round_01").rglob("*.parquet") if p.parent.name in ("samples", "scores")}
+    stamp = {p: p.stat().st_mtime_ns for p in (run / "round_01").rglob("*.parquet")
+             if p.parent.name in ("samples.parts", "scores.parts")}
+    assert len(stamp) >= 2
     (run / "round_01" / "record.json").unlink()
     again = run_align(cfg, scorer=_short_tokens_win, training=training, progress=False)
     assert [r["round"] for r in again] == [0, 1]

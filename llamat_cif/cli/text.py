@@ -64,9 +64,8 @@ def tasks_cmd(data_dir) -> None:
 def eval_cmd(task, model, out_dir, batch_size, limit, max_new_tokens, chat_template, device, dtype,
              all_metrics, progress, data_dir, seed) -> None:
     """Greedy-generate answers for the test set, save them as they go (resumable), and score them."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from llamat_cif.model import ModelLoadError
+    from llamat_cif.progress import progress_bar
     from llamat_cif.text_tasks.evaluate import EvalConfig, evaluate
     from llamat_cif.text_tasks.tasks import TaskError
 
@@ -77,8 +76,7 @@ def eval_cmd(task, model, out_dir, batch_size, limit, max_new_tokens, chat_templ
         seed=seed, max_new_tokens=max_new_tokens, chat_template=chat_template, data_dir=data_dir,
         device=device, dtype=dtype,
     )
-    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), console=console, disable=not progress)
+    bar = progress_bar(enabled=progress, console=console)
     ids: dict[str, int] = {}
 
     def update(name: str, done: int, total: int) -> None:

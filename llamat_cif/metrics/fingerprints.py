@@ -280,17 +280,9 @@ def compute_fingerprints(
 
     bar = None
     if show_progress:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+        from llamat_cif.progress import progress_bar
 
-        bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                       TimeElapsedColumn(), TimeRemainingColumn())
+        bar = progress_bar()
         bar.start()
         task = bar.add_task(label, total=n)
     try:

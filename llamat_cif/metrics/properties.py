@@ -87,12 +87,10 @@ def structure_table(
         df = pd.read_parquet(path)
         if len(df) == len(cifs):
             return df
-    it = cifs
-    if show_progress and len(cifs) > 500:
-        from rich.progress import track
+    from llamat_cif.progress import progress_bar
 
-        it = track(cifs, description=label, transient=True)
-    df = pd.DataFrame([describe_cif(c) for c in it], columns=TABLE_COLUMNS)
+    with progress_bar(label, enabled=show_progress and len(cifs) > 500, transient=True) as bar:
+        df = pd.DataFrame([describe_cif(c) for c in bar.track(cifs)], columns=TABLE_COLUMNS)
     if use_cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")

@@ -340,10 +340,9 @@ def _csp_with_progress(samples: pd.DataFrame, ref: pd.DataFrame, ks: tuple[int, 
                        show: bool) -> dict[str, Metric]:
     if not show:
         return csp_match(samples, ref, ks=ks)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from llamat_cif.progress import progress_bar
 
-    with Progress(TextColumn("CSP targets"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  transient=True) as bar:
+    with progress_bar("CSP targets", remaining=False, transient=True) as bar:
         task = bar.add_task("csp", total=None)
         return csp_match(samples, ref, ks=ks,
                          progress=lambda done, total: bar.update(task, completed=done, total=total))

@@ -233,7 +233,8 @@ def generate(cfg: SampleConfig, *, progress: bool = True, model=None, tokenizer=
             those of a local run); None draws them here.
     """
     import pandas as pd
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from llamat_cif.progress import progress_bar
 
     targets: list[tuple[str | None, int | None]] | None = None
     if cfg.targets:
@@ -283,9 +284,8 @@ def generate(cfg: SampleConfig, *, progress: bool = True, model=None, tokenizer=
     new_rows = 0
     tokens_out = 0
     write_header = not samples.is_file() or samples.stat().st_size == 0
-    cols = [TextColumn("[bold]generate"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-            TimeElapsedColumn(), TextColumn("{task.fields[note]}")]
-    with Progress(*cols, disable=not progress) as bar, open(samples, "a", newline="") as fh:
+    with progress_bar("generate", enabled=progress, fields=("note",)) as bar, \
+            open(samples, "a", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=SAMPLE_COLUMNS)
         if write_header:
             writer.writeheader()

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from llamat_cif.progress import progress_bar
 from llamat_cif.protocol import E_HULL_METASTABLE, environment_info
 from llamat_cif.stability.agreement import agreement_summary, cross_score, potential_names
 from llamat_cif.stability.hull import Hull, HullError, mp2020_corrected_energy
@@ -306,7 +307,7 @@ def run_stability(
         }
     t0 = time.time()
     batch: list[dict] = []
-    bar = _progress(progress, len(todo), len(done))
+    bar = progress_bar(enabled=progress)
     pot_arg: Potential | str = pot if config.n_workers <= 1 else primary
     refused: list[dict] = []
 
@@ -365,19 +366,6 @@ def _torch_threads(config: StabilityConfig) -> int | None:
         return int(torch.get_num_threads())
     except ImportError:  # pragma: no cover - torch is a core dependency
         return None
-
-
-def _progress(enabled: bool, n_todo: int, n_done: int):
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeRemainingColumn(), disable=not enabled, transient=False)
 
 
 def iter_pairs(df: pd.DataFrame) -> Iterator[tuple[str, str]]:

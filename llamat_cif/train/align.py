@@ -32,8 +32,9 @@ updating and saving the policy in :mod:`llamat_cif.train.align_policy`; the sett
 (:class:`~llamat_cif.train.config.AlignConfig`) in :mod:`llamat_cif.train.config`.
 
 Everything is written as it goes and a rerun of the same ``out_dir`` resumes where it stopped:
-``round_NN/samples/`` and ``round_NN/scores/`` hold one parquet part per prompt (written to a
-temporary name and renamed, so a part is whole or absent), then ``pairs.parquet``, the updated
+``round_NN/samples.parts/`` and ``round_NN/scores.parts/`` hold one parquet part per prompt (part k =
+prompt k, through :class:`llamat_cif.runs.RunStore`: a part is whole or absent), then
+``scores.parquet`` (all prompts, duplicates marked), ``pairs.parquet``, the updated
 ``model/`` and ``record.json``; a round is done when its ``record.json`` exists. ``rounds.jsonl``
 and ``curves.png`` / ``elements.png`` summarise all rounds.
 """
@@ -52,6 +53,7 @@ import numpy as np
 import pandas as pd
 
 from llamat_cif.protocol import CDVAE_MIN_DISTANCE
+from llamat_cif.runs import RunStore, write_parquet
 from llamat_cif.train.align_policy import dpo_update, load_policy, save_policy
 from llamat_cif.train.align_scores import (
     StabilityReward,
@@ -71,19 +73,6 @@ Scorer = Callable[[pd.DataFrame], pd.DataFrame]
 
 
 # ------------------------------------------------------------------------------------ files
-
-
-def _write_part(df: pd.DataFrame, path: Path) -> None:
-    """Write a parquet part atomically (temporary name, then rename): a part is whole or absent."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
-
-
-def _read_parts(folder: Path) -> pd.DataFrame:
-    parts = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
-    return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True) if parts else pd.DataFrame()
 
 
 def _check_resume(out: Path, cfg: AlignConfig) -> None:
@@ -173,9 +162,9 @@ def run_align(cfg: AlignConfig, *, scorer: Scorer | None = None, data_dir: str |
         training: novelty reference and prompt compositions (default: ``cfg.dataset`` train split).
     """
     import torch
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from llamat_cif.model import resolve_model_path
+    from llamat_cif.progress import progress_bar
     from llamat_cif.sampling.config import model_format
 
     out = Path(cfg.out_dir)
@@ -204,9 +193,7 @@ def run_align(cfg: AlignConfig, *, scorer: Scorer | None = None, data_dir: str |
     ref_model = None
     model = tokenizer = None
     records = [json.loads((out / f"round_{r:02d}" / "record.json").read_text()) for r in done]
-    cols = [TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-            TimeElapsedColumn(), TextColumn("{task.fields[note]}")]
-    with Progress(*cols, disable=not progress) as bar:
+    with progress_bar(enabled=progress, fields=("note",)) as bar:
         for r in range(start, cfg.rounds):
             if model is None:
                 model, tokenizer = load_policy(cfg, policy_dir, trainable=True)
@@ -218,24 +205,25 @@ def run_align(cfg: AlignConfig, *, scorer: Scorer | None = None, data_dir: str |
             settings = _sampling(cfg, model)
             t0 = time.time()
             task = bar.add_task(f"round {r} sample", total=len(prompts), note="")
+            # one part per prompt (part k = prompt k), kept as the round's record of what was drawn
+            sample_store = RunStore(rdir / "samples.parquet", append=False)
             for k, pr in enumerate(prompts):
-                part = rdir / "samples" / f"{pr['prompt']}.parquet"
-                if not part.is_file():
-                    _write_part(_sample_prompt(model, tokenizer, cfg, settings, pr, r, k), part)
+                if not sample_store.part_path(k).is_file():
+                    sample_store.write_part(_sample_prompt(model, tokenizer, cfg, settings, pr, r, k), k)
                 bar.update(task, advance=1)
-            samples = _read_parts(rdir / "samples")
+            samples = sample_store.read()
             t_sample = time.time() - t0
             task = bar.add_task(f"round {r} score", total=len(prompts), note="")
-            for pr in prompts:
-                part = rdir / "scores" / f"{pr['prompt']}.parquet"
-                if not part.is_file():
-                    _write_part(scorer(samples[samples["prompt"] == pr["prompt"]]), part)
+            score_store = RunStore(rdir / "scores.parquet", append=False)
+            for k, pr in enumerate(prompts):
+                if not score_store.part_path(k).is_file():
+                    score_store.write_part(scorer(samples[samples["prompt"] == pr["prompt"]]), k)
                 bar.update(task, advance=1)
-            scores = mark_duplicates(_read_parts(rdir / "scores"))
+            scores = mark_duplicates(score_store.read())
             t_score = time.time() - t0 - t_sample
             pairs = build_pairs(samples, scores, margin=cfg.pair_margin, per_prompt=cfg.pairs_per_prompt)
-            _write_part(pairs, rdir / "pairs.parquet")
-            _write_part(scores, rdir / "scores.parquet")
+            write_parquet(pairs, rdir / "pairs.parquet")
+            write_parquet(scores, rdir / "scores.parquet")
             train_stats = {}
             if len(pairs):
                 train_stats = dpo_update(model, ref_model, tokenizer, samples, pairs, cfg, r, rdir / "trainer")

@@ -357,15 +357,9 @@ def run_validation(
     t0 = time.perf_counter()
     bar, task_id, callback = None, None, None
     if progress is True:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
+        from llamat_cif.progress import progress_bar
 
-        bar = Progress(TextColumn("validate"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        bar = progress_bar("validate")
         total = len(input_path) if isinstance(input_path, pd.DataFrame) else None
         task_id = bar.add_task("validate", total=limit or total)
         bar.start()
