@@ -171,6 +171,9 @@ class RunStore:
         Returns:
             The committed file.
         """
+        if self.append_mode and self.path.exists() and not self.part_paths():
+            shutil.rmtree(self.parts_dir, ignore_errors=True)
+            return self.path  # nothing new: the committed file is left as it is
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if schema is not None:
             import pyarrow.parquet as pq

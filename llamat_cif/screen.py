@@ -9,7 +9,7 @@ stage          output in ``out_dir``                  resume unit
 generate       ``samples.csv``                        rows (``llamat_cif.sampling.generate``)
 validate       ``validity.parquet`` + summary         chunks (``llamat_cif.validators``)
 deduplicate    ``dedup.csv``                          recomputed (deterministic, cheap)
-relax + E_hull ``stability.parquet`` + summary        rows, appended per batch
+relax + E_hull ``stability.parquet`` + summary        rows (parts per batch, ``llamat_cif.runs``)
 S.U.N.         ``sun.parquet``, ``sun.json``          recomputed from the stability rows
 funnel         ``funnel.json``                        recomputed
 =============  =====================================  ==========================================
@@ -22,13 +22,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from llamat_cif.protocol import CDVAE_MIN_DISTANCE, E_HULL_METASTABLE, E_HULL_STABLE
+from llamat_cif.protocol import E_HULL_METASTABLE, E_HULL_STABLE
+from llamat_cif.sampling.config import SampleConfig
 from llamat_cif.stability.pipeline import StabilityConfig, run_stability
 from llamat_cif.stability.relax import RelaxConfig
 from llamat_cif.stability.summary import rate
@@ -36,21 +37,14 @@ from llamat_cif.stability.summary import rate
 
 @dataclass(frozen=True)
 class ScreenConfig:
-    """Settings of one screen run (written to ``screen_config.json``).
+    """Settings of one screen run (written to ``screen_config.json``): the generation run it starts
+    with, and what happens to its samples.
 
     Attributes:
-        n: samples to generate.
-        out_dir: run folder.
-        model: generator name or path (``llamat_cif.sampling``).
-        potential: ML potential (``llamat_cif.stability.load_potential``).
-        seed: generation seed.
-        formula / spacegroup: optional generation conditions.
-        min_distance / charge_balanced / targets: as :class:`llamat_cif.sampling.SampleConfig`
-            (grammar distance floor, SMACT-balanced self-chosen formulas, one target per CSV row).
-        temperature / top_p / top_k / batch_size / constrained: sampling settings (temperature and
-            top_p ``None``: the model's recommendation; the values used are in ``sample_config.json``).
-        min_contact_ratio / volume_window: physical geometry in constrained decoding
-            (:class:`llamat_cif.sampling.SampleConfig`).
+        sample: the generation settings, exactly as ``llamat-cif generate`` takes them
+            (:class:`llamat_cif.sampling.SampleConfig`: ``n``, ``out_dir``, model, seed, conditions,
+            sampling, physical decoding, device); the screen's run folder is ``sample.out_dir``.
+        potential: ML potential (``llamat_cif.stability.load_potential``; ``"a,b"``: agreement mode).
         relax: relaxer settings.
         hull: user hull file (None: MP-20 reference hull).
         n_workers: processes for validation and relaxation.
@@ -60,28 +54,14 @@ class ScreenConfig:
         dedup_before_relax: relax one representative per group of matching structures.
         novelty_reference: training structures for novelty ("mp20" = MP-20 train, available subset).
         e_hull_stable / e_hull_metastable: thresholds, eV/atom.
-        device: generator / potential device (None: automatic).
+        disagreement: agreement mode (several potentials): flag a row whose E_hull differ by more.
+
+    Build one with :meth:`of`, which takes the fields of both (``ScreenConfig.of(n=200,
+    out_dir="runs/s", seed=0, potential="chgnet")``).
     """
 
-    n: int
-    out_dir: str
-    model: str = "default"
+    sample: SampleConfig
     potential: str = "chgnet"
-    seed: int = 0
-    formula: str | None = None
-    spacegroup: int | None = None
-    temperature: float | None = None  # None: the model's recommendation (generation_config.json), else 1.0
-    top_p: float | None = None
-    top_k: int = 0
-    batch_size: int = 32
-    constrained: bool = True
-    min_distance: float | None = CDVAE_MIN_DISTANCE  # Å; the grammar's distance floor (None: off)
-    charge_balanced: bool = False  # a formula the model chooses must be SMACT charge-balanced
-    targets: str | None = None  # CSV of target_formula[, target_spacegroup]: one sample per row (n = rows)
-    min_contact_ratio: float | None = None  # None: calibrated (llamat_cif.physics), 0: off
-    volume_window: str = "auto"  # auto | off | "lo,hi"
-    steer_contact_ratio: float | None = None  # None: calibrated, 0: off
-    steer_volume_window: str = "off"  # auto | off | "lo,hi"
     relax: RelaxConfig = field(default_factory=RelaxConfig)
     hull: str | None = None
     n_workers: int = 1
@@ -90,20 +70,40 @@ class ScreenConfig:
     novelty_reference: str | None = "mp20"
     e_hull_stable: float = E_HULL_STABLE
     e_hull_metastable: float = E_HULL_METASTABLE
-    device: str | None = None
+    disagreement: float = 0.1  # agreement mode: flag rows whose potentials' E_hull differ by more (eV/atom)
 
     def __post_init__(self) -> None:
-        from llamat_cif.sampling.config import check_sampling_args
-
-        check_sampling_args(n=self.n, batch_size=self.batch_size, temperature=self.temperature,
-                            top_p=self.top_p, top_k=self.top_k, formula=self.formula,
-                            spacegroup=self.spacegroup, device=self.device, min_distance=self.min_distance)
-        if self.targets and not self.constrained:
+        if self.sample.targets and not self.sample.constrained:
             raise ValueError("--targets needs constrained decoding (drop --unconstrained)")
         if self.n_workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.n_workers}")
         if self.relax_filter not in ("valid", "structural", "parsed"):
             raise ValueError(f"relax filter must be valid, structural or parsed, got {self.relax_filter!r}")
+
+    @classmethod
+    def of(cls, **settings: Any) -> ScreenConfig:
+        """A screen config from flat keywords: :class:`SampleConfig` fields go to ``sample``, the rest
+        are the screen's own (an unknown name raises ``TypeError``)."""
+        names = {f.name for f in fields(SampleConfig)}
+        sample = SampleConfig(**{k: v for k, v in settings.items() if k in names})
+        return cls(sample=sample, **{k: v for k, v in settings.items() if k not in names})
+
+    # the generation settings the later stages read as well
+    @property
+    def n(self) -> int:
+        return self.sample.n
+
+    @property
+    def out_dir(self) -> str:
+        return self.sample.out_dir
+
+    @property
+    def model(self) -> str:
+        return self.sample.model
+
+    @property
+    def device(self) -> str | None:
+        return self.sample.device
 
 
 Hook = Callable[[str, str], None]  # (stage, message)
@@ -189,18 +189,9 @@ def stage_generate(config: ScreenConfig, *, progress: bool = True, executor: Any
         df = pd.read_csv(path, dtype={"id": str}, keep_default_na=False)
         if len(df) >= config.n:
             return df
-    from llamat_cif.sampling import SampleConfig, generate
+    from llamat_cif.sampling import generate
 
-    sc = SampleConfig(n=config.n, model=config.model, out_dir=str(config.out_dir), formula=config.formula,
-                      spacegroup=config.spacegroup, temperature=config.temperature, top_p=config.top_p,
-                      top_k=config.top_k, batch_size=config.batch_size, seed=config.seed,
-                      constrained=config.constrained, device=config.device,
-                      min_distance=config.min_distance, charge_balanced=config.charge_balanced,
-                      targets=config.targets,
-                      min_contact_ratio=config.min_contact_ratio, volume_window=config.volume_window,
-                      steer_contact_ratio=config.steer_contact_ratio,
-                      steer_volume_window=config.steer_volume_window)
-    generate(sc, progress=progress, executor=executor)
+    generate(config.sample, progress=progress, executor=executor)
     return pd.read_csv(path, dtype={"id": str}, keep_default_na=False)
 
 
@@ -271,7 +262,7 @@ def stage_stability(config: ScreenConfig, samples: pd.DataFrame, dedup: pd.DataF
     items = pd.DataFrame({"id": todo, "cif": [cifs[i] for i in todo]})
     sc = StabilityConfig(potential=config.potential, hull=config.hull, relax=config.relax,
                          n_workers=config.n_workers, batch_size=1 if len(items) < 64 else 8, device=config.device,
-                         e_hull_metastable=config.e_hull_metastable)
+                         e_hull_metastable=config.e_hull_metastable, disagreement=config.disagreement)
     return run_stability(items, out, sc, data_dir=data_dir, progress=progress, executor=executor)
 
 

@@ -32,7 +32,7 @@ def _config(out: Path):
     from llamat_cif.screen import ScreenConfig
     from llamat_cif.stability import RelaxConfig
 
-    return ScreenConfig(n=N, out_dir=str(out), batch_size=BATCH, seed=3, relax=RelaxConfig(max_steps=STEPS))
+    return ScreenConfig.of(n=N, out_dir=str(out), batch_size=BATCH, seed=3, relax=RelaxConfig(max_steps=STEPS))
 
 
 def _rows(out: Path, name: str) -> pd.DataFrame:

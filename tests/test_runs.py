@@ -37,6 +37,9 @@ def test_append_resume_and_commit(tmp_path):
     assert later.done_ids() == {"a", "b", "c", "d", "e"}
     later.commit()
     assert sorted(pd.read_parquet(path)["id"]) == ["a", "b", "c", "d", "e"]
+    stamp = path.stat().st_mtime_ns
+    RunStore(path).commit()  # nothing new: the committed file is not rewritten
+    assert path.stat().st_mtime_ns == stamp
 
 
 def test_chunked_manifest_and_streaming_commit(tmp_path):

@@ -43,7 +43,7 @@ def samples() -> pd.DataFrame:
 def test_screen_interrupted_and_resumed(tmp_path, samples, monkeypatch):
     df, _ = samples
     df.to_csv(tmp_path / "samples.csv", index=False)
-    cfg = ScreenConfig(n=len(df), out_dir=str(tmp_path), relax=RelaxConfig(fmax=0.1, max_steps=100))
+    cfg = ScreenConfig.of(n=len(df), out_dir=str(tmp_path), relax=RelaxConfig(fmax=0.1, max_steps=100))
 
     real = relax_mod.relax_structure
     calls: list[str] = []
@@ -99,7 +99,7 @@ def test_screen_interrupted_and_resumed(tmp_path, samples, monkeypatch):
 def test_screen_end_to_end_with_generator(tmp_path):
     """generate -> ... -> funnel with the shipped default model (needs llamat_cif.sampling)."""
     pytest.importorskip("llamat_cif.sampling")
-    cfg = ScreenConfig(n=4, out_dir=str(tmp_path), batch_size=4, seed=0, relax=RelaxConfig(max_steps=100))
+    cfg = ScreenConfig.of(n=4, out_dir=str(tmp_path), batch_size=4, seed=0, relax=RelaxConfig(max_steps=100))
     funnel = run_screen(cfg, progress=False)
     samples = pd.read_csv(tmp_path / "samples.csv", dtype={"id": str})
     assert len(samples) == 4 and not samples["id"].duplicated().any()
@@ -120,7 +120,7 @@ def test_screen_passes_targets_and_grammar_settings_to_generation(tmp_path):
 
     targets = tmp_path / "targets.csv"
     pd.DataFrame({"target_formula": ["NaCl", "MgO"]}).to_csv(targets, index=False)
-    cfg = ScreenConfig(n=1, out_dir=str(tmp_path / "run"), batch_size=2, seed=0, targets=str(targets),
+    cfg = ScreenConfig.of(n=1, out_dir=str(tmp_path / "run"), batch_size=2, seed=0, targets=str(targets),
                        charge_balanced=True, min_distance=0.6)
     df = stage_generate(cfg, progress=False)
     assert list(df["target_formula"]) == ["NaCl", "MgO"]

@@ -158,8 +158,11 @@ def _full_disk(name: str, cmd_for, read_rows, compare, *, root: Path, env: dict,
 
 
 def stab_rows(out: Path) -> pd.DataFrame:
-    p = out / "stability.parquet"
-    return pd.read_parquet(p) if p.exists() else pd.DataFrame({"id": []})
+    """The rows on disk: the committed file and the parts of a killed run, as the next run reads them."""
+    from llamat_cif.runs import RunStore
+
+    df = RunStore(out / "stability.parquet").read()
+    return df if "id" in df.columns else pd.DataFrame({"id": []})
 
 
 def stab_compare(ref: pd.DataFrame, got: pd.DataFrame, *_dirs: Path) -> list[str]:

@@ -48,6 +48,105 @@ def physics_options(f):
                              "[default: calibrated, 0.68: >= 99.9 % of MP-20 train pass; 0 = off].")(f)
 
 
+def _apply(f, decorators):
+    """Apply click decorators so the options show in the order listed."""
+    for d in reversed(decorators):
+        f = d(f)
+    return f
+
+
+_GENERATION = [
+    click.option("--model", default="default", show_default=True,
+                 help="Shipped model name ('default' = llamat-cif-small) or a local model/adapter folder."),
+    click.option("--formula", default=None, help="Reduced formula every sample must have, e.g. LiFePO4."),
+    click.option("--spacegroup", type=int, default=None, help="Space-group number every sample must declare."),
+    click.option("--targets", type=click.Path(exists=True, dir_okay=False), default=None,
+                 help="CSV with target_formula[, target_spacegroup]: one sample per row (overrides -n)."),
+    sampling_options,
+    click.option("--batch-size", type=int, default=32, show_default=True, help="Sequences decoded together."),
+    click.option("--constrained/--unconstrained", default=True, show_default=True,
+                 help="Grammar-constrained decoding (parsable text, requested composition, min distance)."),
+    click.option("--min-distance", type=float, default=0.5, show_default=True,
+                 help="Å; the constraint refuses sites closer than this (0 = off)."),
+    physics_options,
+    click.option("--charge-balanced", is_flag=True, default=False,
+                 help="Constrained runs: a formula the model chooses must be SMACT charge-balanced "
+                      "(CDVAE compositional validity). Off by default, so validity measures the model."),
+    click.option("--max-new-tokens", type=int, default=1000, show_default=True, help="Tokens per document."),
+    click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)."),
+    click.option("--threads", type=int, default=1, show_default=True, help="torch CPU threads of the generator."),
+]
+#: keyword names of :func:`generation_options` (the fields of ``SampleConfig`` they set)
+GENERATION_NAMES = ("model", "formula", "spacegroup", "targets", "temperature", "top_p", "top_k", "batch_size",
+                    "constrained", "min_distance", "min_contact_ratio", "steer_contact_ratio",
+                    "steer_volume_window", "volume_window", "charge_balanced", "max_new_tokens", "device",
+                    "threads")
+
+
+def generation_options(f):
+    """The generation settings of ``generate`` and ``screen`` (all of ``SampleConfig`` but ``-n``,
+    ``--out``, ``--seed`` and ``--shard``, which each command declares itself)."""
+    return _apply(f, _GENERATION)
+
+
+def sample_config(opts: dict, **run):
+    """Pop :func:`generation_options`' values out of a command's keyword arguments into a
+    ``SampleConfig`` (``run``: ``n``, ``out_dir``, ``seed``, ...).
+
+    Raises:
+        ValueError: settings ``SampleConfig`` refuses.
+    """
+    from llamat_cif.sampling import SampleConfig
+
+    gen = {k: opts.pop(k) for k in GENERATION_NAMES}
+    gen["min_distance"] = gen["min_distance"] or None  # 0 turns the floor off
+    return SampleConfig(**gen, **run)
+
+
+_RELAX = [
+    click.option("--potential", default="chgnet", show_default=True,
+                 help="'chgnet', 'sevennet-0' / 'sevennet-mf-0' / 'sevennet-l3i5' (extra [sevenn]), a CHGNet "
+                      "checkpoint, or a matgl folder / name under $LLAMAT_CIF_MODELS/matgl. Several, comma-"
+                      "separated ('chgnet,sevennet-0'): relax with the first, score the relaxed cell with "
+                      "each (agreement columns e_hull:<name>, e_hull_spread, disagree)."),
+    click.option("--disagree-above", type=click.FloatRange(min=0), default=0.1, show_default=True,
+                 help="Agreement mode: flag a row when the potentials' E_hull differ by more (eV/atom)."),
+    click.option("--hull", "hull_path", type=click.Path(exists=True, dir_okay=False), default=None,
+                 help="User hull: PhaseDiagram JSON or a JSON list of entries (default: MP-20 reference hull)."),
+    click.option("--fmax", type=float, default=0.1, show_default=True, help="FIRE force threshold, eV/Å."),
+    click.option("--max-steps", type=int, default=500, show_default=True, help="FIRE steps per structure."),
+    click.option("--time-limit", type=float, default=300.0, show_default=True,
+                 help="CPU seconds per structure (a safety net; --max-steps bounds a relaxation, so a busy "
+                      "machine does not change verdicts). Wall and CPU time are both recorded."),
+    click.option("--rescale-volume", is_flag=True,
+                 help="Scale each structure isotropically to its composition-predicted volume before "
+                      "relaxing (llamat_cif.physics.rescale_to_predicted); recorded in the protocol."),
+    click.option("--cell", type=click.Choice(["primitive", "as-given"]), default="primitive", show_default=True,
+                 help="Relax and score the primitive cell (spglib, symprec 0.1 Å) when it has fewer sites, or "
+                      "the cell as given. n_sites_input / n_sites record both site counts."),
+]
+RELAX_NAMES = ("potential", "disagree_above", "hull_path", "fmax", "max_steps", "time_limit", "rescale_volume",
+               "cell")
+
+
+def relax_options(f):
+    """The relaxation and scoring settings of ``stability`` and ``screen``."""
+    return _apply(f, _RELAX)
+
+
+def relax_settings(opts: dict) -> dict:
+    """Pop :func:`relax_options`' values out of a command's keyword arguments: ``potential``,
+    ``hull``, ``disagreement`` and ``relax`` (a ``RelaxConfig``), the fields ``StabilityConfig``
+    and ``ScreenConfig`` share."""
+    from llamat_cif.stability.relax import RelaxConfig
+
+    o = {k: opts.pop(k) for k in RELAX_NAMES}
+    relax = RelaxConfig(fmax=o["fmax"], max_steps=o["max_steps"], time_limit_s=o["time_limit"],
+                        rescale_volume=o["rescale_volume"], primitive=o["cell"] == "primitive")
+    return {"potential": o["potential"], "hull": o["hull_path"], "disagreement": o["disagree_above"],
+            "relax": relax}
+
+
 json_option = click.option(
     "--json", "as_json", is_flag=True,
     help="Print the summary as one JSON object on stdout (tables, progress and messages go to stderr).")

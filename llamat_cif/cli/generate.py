@@ -8,40 +8,20 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from llamat_cif.cli._common import console, fail, physics_options, sampling_options, seed_option
+from llamat_cif.cli._common import console, fail, generation_options, sample_config, seed_option
 
 
 @click.command()
 @click.option("-n", "n", type=int, default=10, show_default=True, help="Number of structures.")
-@click.option("--model", default="default", show_default=True,
-              help="Shipped model name ('default' = llamat-cif-small) or a local model/adapter folder.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="runs/generate", show_default=True)
-@click.option("--formula", default=None, help="Reduced formula every sample must have, e.g. LiFePO4.")
-@click.option("--spacegroup", type=int, default=None, help="Space-group number every sample must declare.")
-@click.option("--targets", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="CSV with target_formula[, target_spacegroup]: one sample per row (overrides -n).")
-@sampling_options
-@click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--constrained/--unconstrained", default=True, show_default=True,
-              help="Grammar-constrained decoding (parsable text, requested composition, min distance).")
-@click.option("--min-distance", type=float, default=0.5, show_default=True,
-              help="Å; the constraint refuses sites closer than this (0 = off).")
-@physics_options
-@click.option("--charge-balanced", is_flag=True, default=False,
-              help="Constrained runs: a formula the model chooses must be SMACT charge-balanced "
-                   "(CDVAE compositional validity). Off by default, so validity measures the model.")
-@click.option("--max-new-tokens", type=int, default=1000, show_default=True)
-@click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available).")
-@click.option("--threads", type=int, default=1, show_default=True, help="torch CPU threads.")
+@generation_options
 @click.option("--shard", default=None, metavar="I/K",
               help="Draw only batches b with b %% K == I (into OUT/samples.shardIofK.csv), so K processes "
                    "share one seeded run; a later run without --shard merges them and fills any gaps.")
 @seed_option
-def generate(n, model, out_dir, formula, spacegroup, targets, temperature, top_p, top_k, batch_size,
-             constrained, min_distance, min_contact_ratio, steer_contact_ratio, steer_volume_window, volume_window, charge_balanced, max_new_tokens, device, threads, shard, seed) -> None:
+def generate(n, out_dir, shard, seed, **opts) -> None:
     """Sample structures into OUT/samples.csv and OUT/cifs/ (resumes an interrupted run)."""
     from llamat_cif.model import ModelLoadError
-    from llamat_cif.sampling import SampleConfig
     from llamat_cif.sampling import generate as run
     from llamat_cif.sampling.config import parse_shard
 
@@ -50,13 +30,7 @@ def generate(n, model, out_dir, formula, spacegroup, targets, temperature, top_p
     except ValueError as exc:
         fail(str(exc))
     try:
-        cfg = SampleConfig(n=n, out_dir=out_dir, model=model, formula=formula, spacegroup=spacegroup,
-                           temperature=temperature, top_p=top_p, top_k=top_k, batch_size=batch_size, seed=seed,
-                           constrained=constrained, min_distance=min_distance or None,
-                           min_contact_ratio=min_contact_ratio, steer_contact_ratio=steer_contact_ratio,
-                           steer_volume_window=steer_volume_window, volume_window=volume_window,
-                           charge_balanced=charge_balanced, max_new_tokens=max_new_tokens, device=device,
-                           threads=threads, targets=targets, shard=shard_ik)
+        cfg = sample_config(opts, n=n, out_dir=out_dir, seed=seed, shard=shard_ik)
         df = run(cfg)
     except (ValueError, ModelLoadError) as exc:
         fail(str(exc))

@@ -11,10 +11,12 @@ from llamat_cif.cli._common import (
     data_dir_option,
     emit_json,
     fail,
+    generation_options,
     json_mode,
     json_option,
-    physics_options,
-    sampling_options,
+    relax_options,
+    relax_settings,
+    sample_config,
     seed_option,
 )
 from llamat_cif.stability.relax import quiet_warnings
@@ -22,34 +24,13 @@ from llamat_cif.stability.relax import quiet_warnings
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-n", "n", type=int, default=20, show_default=True, help="Samples to generate.")
-@click.option("--model", default="default", show_default=True, help="Generator name or local checkpoint path.")
-@click.option("--potential", default="chgnet", show_default=True,
-              help="ML potential name or path (as in `stability`); 'chgnet,sevennet-0' relaxes with the first "
-                   "and scores with both (agreement columns in stability.parquet).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
               help="Run folder (rerun with the same folder to resume).")
-@click.option("--formula", default=None, help="Condition generation on a formula.")
-@click.option("--spacegroup", type=int, default=None, help="Condition generation on a space group number.")
-@sampling_options
-@physics_options
-@click.option("--batch-size", type=int, default=32, show_default=True, help="Generation batch size.")
-@click.option("--targets", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="CSV with target_formula[, target_spacegroup]: one sample per row (overrides -n).")
-@click.option("--constrained/--unconstrained", default=True, show_default=True,
-              help="Grammar-constrained decoding (parsable text, requested composition, min distance).")
-@click.option("--min-distance", type=float, default=0.5, show_default=True,
-              help="Å; the constraint refuses sites closer than this (0 = off).")
-@click.option("--charge-balanced", is_flag=True, default=False,
-              help="Constrained runs: a formula the model chooses must be SMACT charge-balanced.")
-@click.option("--fmax", type=float, default=0.1, show_default=True, help="FIRE force threshold, eV/Å.")
-@click.option("--max-steps", type=int, default=500, show_default=True, help="FIRE steps per structure.")
-@click.option("--time-limit", type=float, default=300.0, show_default=True, help="CPU seconds per relaxation (a safety net: --max-steps bounds it).")
-@click.option("--hull", "hull_path", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="User hull file (default: MP-20 reference hull).")
+@generation_options
+@relax_options
 @click.option("--relax-filter", type=click.Choice(["valid", "structural", "parsed"]), default="valid",
               show_default=True, help="Which samples are relaxed: CDVAE-valid, structurally valid, or all parsed.")
 @click.option("--workers", type=int, default=1, show_default=True, help="Processes for validation/relaxation.")
-@click.option("--device", default=None, help="cpu / cuda (default: cuda when available).")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="ray: generation, validation and relaxation as Ray tasks (pip install -e '.[ray]'); same "
                    "files and rows as local, for the same seed.")
@@ -62,15 +43,13 @@ from llamat_cif.stability.relax import quiet_warnings
 @seed_option
 @json_option
 @data_dir_option
-def screen(n, model, potential, out_dir, formula, spacegroup, temperature, top_p, top_k, min_contact_ratio,
-           steer_contact_ratio, steer_volume_window, volume_window, batch_size, targets, constrained,
-           min_distance, charge_balanced, fmax,
-           max_steps, time_limit, hull_path, relax_filter, workers, device, executor, address, ray_cpus,
-           progress, seed, as_json, data_dir) -> None:
+def screen(n, out_dir, relax_filter, workers, executor, address, ray_cpus, progress, seed, as_json, data_dir,
+           **opts) -> None:
     """Generate N crystals and screen them down to stable, unique, novel candidates.
 
     Stages: generate -> validate -> deduplicate -> relax (FIRE) -> E_hull (MP-20 reference hull)
     -> S.U.N. -> funnel. Each stage streams into --out; rerunning resumes (with either executor).
+    The generation options are those of `generate`, the relaxation options those of `stability`.
 
     \b
     On Ray:  ray start --head --num-cpus 8        (then `ray start --address HEAD:6379` on workers)
@@ -82,7 +61,7 @@ def screen(n, model, potential, out_dir, formula, spacegroup, temperature, top_p
     from llamat_cif.executors.ray_executor import RayUnavailable, executor_from_options
     from llamat_cif.model import ModelLoadError
     from llamat_cif.screen import ScreenConfig, ScreenError, run_screen
-    from llamat_cif.stability import HullError, PotentialError, RelaxConfig, StabilityResumeError
+    from llamat_cif.stability import HullError, PotentialError, StabilityResumeError
 
     if executor == "local" and ray_cpus is not None:
         fail("--ray-cpus applies to --executor ray")
@@ -94,15 +73,8 @@ def screen(n, model, potential, out_dir, formula, spacegroup, temperature, top_p
         fail(str(exc))
         return
     try:
-        cfg = ScreenConfig(n=n, out_dir=out_dir, model=model, potential=potential, seed=seed, formula=formula,
-                           spacegroup=spacegroup, temperature=temperature, top_p=top_p, top_k=top_k,
-                           batch_size=batch_size, min_contact_ratio=min_contact_ratio, targets=targets,
-                           constrained=constrained, min_distance=min_distance or None,
-                           charge_balanced=charge_balanced,
-                           steer_contact_ratio=steer_contact_ratio, steer_volume_window=steer_volume_window,
-                           volume_window=volume_window,
-                           relax=RelaxConfig(fmax=fmax, max_steps=max_steps, time_limit_s=time_limit),
-                           hull=hull_path, relax_filter=relax_filter, n_workers=workers, device=device)
+        cfg = ScreenConfig(sample=sample_config(opts, n=n, out_dir=out_dir, seed=seed), **relax_settings(opts),
+                           relax_filter=relax_filter, n_workers=workers)
         if runner is not None:
             runner.start()
             console.print(f"[bold]executor[/]: {runner.describe()}")

@@ -14,6 +14,8 @@ from llamat_cif.cli._common import (
     fail,
     json_mode,
     json_option,
+    relax_options,
+    relax_settings,
     seed_option,
 )
 from llamat_cif.stability.relax import quiet_warnings
@@ -23,26 +25,7 @@ from llamat_cif.stability.relax import quiet_warnings
 @click.argument("input_path", metavar="INPUT", type=click.Path(exists=True))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Output folder [INPUT itself when it is a run folder].")
-@click.option("--potential", default="chgnet", show_default=True,
-              help="'chgnet', 'sevennet-0' / 'sevennet-mf-0' / 'sevennet-l3i5' (extra [sevenn]), a CHGNet "
-                   "checkpoint, or a matgl folder / name under $LLAMAT_CIF_MODELS/matgl. Several, comma-"
-                   "separated (chgnet,sevennet-0): relax with the first, score the relaxed cell with each, "
-                   "and flag rows where their E_hull differ by more than --disagree-above.")
-@click.option("--disagree-above", type=click.FloatRange(min=0), default=0.1, show_default=True,
-              help="Agreement mode: flag a row when the potentials' E_hull differ by more (eV/atom).")
-@click.option("--hull", "hull_path", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="User hull: PhaseDiagram JSON or a JSON list of entries (default: MP-20 reference hull).")
-@click.option("--fmax", type=float, default=0.1, show_default=True, help="FIRE force threshold, eV/Å.")
-@click.option("--max-steps", type=int, default=500, show_default=True, help="FIRE steps per structure.")
-@click.option("--time-limit", type=float, default=300.0, show_default=True,
-              help="CPU seconds per structure (a safety net; --max-steps bounds a relaxation, so a busy "
-                   "machine does not change verdicts). Wall and CPU time are both recorded.")
-@click.option("--rescale-volume", is_flag=True,
-              help="Scale each structure isotropically to its composition-predicted volume before "
-                   "relaxing (llamat_cif.physics.rescale_to_predicted); recorded in the protocol.")
-@click.option("--cell", type=click.Choice(["primitive", "as-given"]), default="primitive", show_default=True,
-              help="Relax and score the primitive cell (spglib, symprec 0.1 Å) when it has fewer sites, or "
-                   "the cell as given. n_sites_input / n_sites record both site counts.")
+@relax_options
 @click.option("--workers", type=int, default=1, show_default=True, help="Worker processes (CPU).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="torch threads of a one-worker run (default: torch's); each of several workers uses 1.")
@@ -53,8 +36,8 @@ from llamat_cif.stability.relax import quiet_warnings
 @seed_option
 @json_option
 @data_dir_option
-def stability(input_path, out_dir, potential, disagree_above, hull_path, fmax, max_steps, time_limit, rescale_volume, cell,
-              workers, threads, batch_size, device, limit, progress, seed, as_json, data_dir) -> None:
+def stability(input_path, out_dir, workers, threads, batch_size, device, limit, progress, seed, as_json, data_dir,
+              **opts) -> None:
     """Relax INPUT's structures (FIRE + FrechetCellFilter) and compute E_hull.
 
     INPUT: a run folder with samples.csv (valid rows only when validity.parquet exists), a folder
@@ -62,7 +45,8 @@ def stability(input_path, out_dir, potential, disagree_above, hull_path, fmax, m
     an ASE database / extended-XYZ file. Every structure becomes a row: one that cannot be read or
     that the validators' input checks refuse (cell parameters, size: at most 1000 sites) is an
     error row, not relaxed. A repeated id gets ~2, ~3... as in `validate`. Rows stream to
-    OUT/stability.parquet after every batch; rerunning resumes (with the same settings: a
+    OUT/stability.parts/ after every batch and are committed into OUT/stability.parquet at the end
+    (also on Ctrl-C); rerunning resumes (with the same settings: a
     folder relaxed under other settings is refused). The relaxation is deterministic, --seed is
     recorded only.
     """
@@ -74,7 +58,6 @@ def stability(input_path, out_dir, potential, disagree_above, hull_path, fmax, m
     from llamat_cif.stability import (
         HullError,
         PotentialError,
-        RelaxConfig,
         StabilityConfig,
         StabilityResumeError,
         read_structures_input,
@@ -90,13 +73,11 @@ def stability(input_path, out_dir, potential, disagree_above, hull_path, fmax, m
     out = Path(out_dir) if out_dir else (Path(input_path) if Path(input_path).is_dir() else None)
     if out is None:
         fail("--out is required when INPUT is a file")
-    cfg = StabilityConfig(potential=potential, hull=hull_path,
-                          relax=RelaxConfig(fmax=fmax, max_steps=max_steps, time_limit_s=time_limit,
-                                            rescale_volume=rescale_volume, primitive=cell == "primitive"),
-                          n_workers=workers, batch_size=batch_size, device=device, threads=threads,
-                          disagreement=disagree_above)
-    console.print(f"{len(items)} structures -> {out / 'stability.parquet'} (potential {potential}, fmax {fmax}"
-                  + (", rescaled to the predicted volume first)" if rescale_volume else ")"))
+    settings = relax_settings(opts)
+    cfg = StabilityConfig(**settings, n_workers=workers, batch_size=batch_size, device=device, threads=threads)
+    relax = settings["relax"]
+    console.print(f"{len(items)} structures -> {out / 'stability.parquet'} (potential {cfg.potential}, "
+                  f"fmax {relax.fmax}" + (", rescaled to the predicted volume first)" if relax.rescale_volume else ")"))
     try:
         run_stability(items, out, cfg, data_dir=data_dir, progress=progress)
     except (PotentialError, HullError, StabilityResumeError, ValueError) as exc:

@@ -3,8 +3,9 @@
 ``run_stability`` is what ``llamat-cif stability`` and the ``screen`` command call: it reads
 structures from any of the supported inputs, skips ids already in the output file, relaxes the rest
 (process pool or in-process), converts energies to formation energies and E_hull on the reference
-hull, and rewrites ``stability.parquet`` after every batch (atomic replace, so an interrupted run
-leaves a readable file with every finished row). The protocol and the summary
+hull, and writes every batch as a part of :class:`llamat_cif.runs.RunStore` (``stability.parts/``,
+each part whole or absent, so an interrupted run loses no finished row); at the end the parts are
+committed into ``stability.parquet``. The protocol and the summary
 (:func:`llamat_cif.stability.summary.summarize`, plus :mod:`llamat_cif.stability.agreement`'s
 counts when several potentials score) are written to ``stability_summary.json`` beside it.
 """
@@ -12,7 +13,6 @@ counts when several potentials score) are written to ``stability_summary.json`` 
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -24,6 +24,7 @@ import pandas as pd
 
 from llamat_cif.progress import progress_bar
 from llamat_cif.protocol import E_HULL_METASTABLE, environment_info
+from llamat_cif.runs import RunStore
 from llamat_cif.stability.agreement import agreement_summary, cross_score, potential_names
 from llamat_cif.stability.hull import Hull, HullError, mp2020_corrected_energy
 from llamat_cif.stability.potentials import Potential, load_potential
@@ -90,40 +91,6 @@ def input_problem(cif: Any) -> tuple[Any, str]:
     if parsed.error:
         return None, f"input: {parsed.error}"
     return parsed.structure, ""
-
-
-# --------------------------------------------------------------------------------- streaming
-
-
-class ParquetRows:
-    """A parquet file rewritten atomically after each batch; the resume set is its ids."""
-
-    def __init__(self, path: str | Path, columns: list[str] | None = None):
-        self.path = Path(path)
-        self.columns = columns
-        self.df = pd.read_parquet(self.path) if self.path.exists() else pd.DataFrame(columns=columns)
-
-    @property
-    def done_ids(self) -> set[str]:
-        return set(self.df["id"].astype(str)) if len(self.df) else set()
-
-    def append(self, rows: list[dict]) -> None:
-        if not rows:
-            return
-        new = pd.DataFrame(rows)
-        if self.columns:
-            new = new.reindex(columns=self.columns + [c for c in new.columns if c not in self.columns])
-        if len(self.df):
-            # all-empty columns of a batch (error rows) would change the dtypes pandas infers
-            cols = list(dict.fromkeys([*self.df.columns, *new.columns]))
-            self.df = pd.concat([self.df, new.dropna(axis=1, how="all")], ignore_index=True).reindex(columns=cols)
-        else:
-            self.df = new
-        self.df = self.df.drop_duplicates(subset="id", keep="last").reset_index(drop=True)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp.parquet")
-        self.df.to_parquet(tmp, index=False)
-        os.replace(tmp, self.path)
 
 
 # --------------------------------------------------------------------------------- scoring
@@ -287,8 +254,9 @@ def run_stability(
         dup = sorted({i for i in ids if ids.count(i) > 1})
         raise ValueError(f"{len(dup)} ids occur more than once (e.g. {', '.join(dup[:3])}): ids name the rows "
                          "and the resume, so each must be unique")
-    store = ParquetRows(out / filename, STABILITY_COLUMNS)
-    done = store.done_ids
+    # rows already written (committed, or parts of an interrupted run) are never relaxed again
+    store = RunStore(out / filename, columns=STABILITY_COLUMNS)
+    done = store.done_ids()
     todo = [t for t in triples if t[0] not in done]
 
     protocol = {
@@ -327,21 +295,26 @@ def run_stability(
             bar.advance(task, len(refused))
             refused.clear()
         if batch and (force or len(batch) >= config.batch_size):
-            store.append(batch)
+            store.write_part(batch)  # costs the batch, not the table
             batch = []
 
-    with bar:
-        task = bar.add_task("relax + E_hull", total=len(triples), completed=len(triples) - len(todo))
-        for row in relax_many(checked(), pot_arg, config.relax, n_workers=config.n_workers, device=config.device,
-                              threads=config.threads, executor=executor):
-            row = score_row(row, hull, pot)
-            if checks:
-                row = cross_score(row, checks, hull, threshold=config.disagreement)
-            batch.append(row)
-            bar.advance(task)
-            flush()
-        flush(force=True)
-    df = store.df
+    try:
+        with bar:
+            task = bar.add_task("relax + E_hull", total=len(triples), completed=len(triples) - len(todo))
+            for row in relax_many(checked(), pot_arg, config.relax, n_workers=config.n_workers,
+                                  device=config.device, threads=config.threads, executor=executor):
+                row = score_row(row, hull, pot)
+                if checks:
+                    row = cross_score(row, checks, hull, threshold=config.disagreement)
+                batch.append(row)
+                bar.advance(task)
+                flush()
+            flush(force=True)
+    finally:
+        # also on Ctrl-C or an error: the finished rows go into stability.parquet (a killed process
+        # leaves them in the parts, which the next run reads)
+        store.commit()
+    df = store.read()
     summary = summarize(df, e_hull_metastable=config.e_hull_metastable)
     agreement = agreement_summary(df, primary=pot.name, threshold=config.disagreement,
                                   e_hull_metastable=config.e_hull_metastable)
