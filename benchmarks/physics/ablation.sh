@@ -8,11 +8,14 @@ R=benchmarks/physics/runs
 N=${N:-300}       # samples per setting
 K=${K:-100}       # valid samples relaxed per setting (seeded choice)
 
-# 1. samples. Today's grammar = the first 300 rows of the recorded 1,000-sample run v9 (same seeds;
-#    rows 296-299 come from a batch of 8, not 4); unconstrained = the recorded 200-sample run v10.
+# 1. samples. Today's grammar = the first 300 rows of the recorded 1,000-sample run
+#    benchmarks/generate/runs/t0.7-p0.9-seed0 (same seeds;
+#    rows 296-299 come from a batch of 8, not 4); unconstrained = the recorded 200-sample run
+#    benchmarks/generate/runs/t0.7-p0.9-seed0-unconstrained-n200.
 mkdir -p $R/t0.7-p0.9-seed0-grammar-only $R/t0.7-p0.9-seed0-unconstrained
-python -c "import pandas as pd; pd.read_csv('benchmarks/generate/v9/v9_t07_p09/samples.csv', dtype={'id': str}, keep_default_na=False).iloc[:$N].to_csv('$R/t0.7-p0.9-seed0-grammar-only/samples.csv', index=False)"
-cp benchmarks/generate/v10/v10_uncond_t07_p09/samples.csv benchmarks/generate/v10/v10_uncond_t07_p09/sample_config.json $R/t0.7-p0.9-seed0-unconstrained/
+python -c "import pandas as pd; pd.read_csv('benchmarks/generate/runs/t0.7-p0.9-seed0/samples.csv', dtype={'id': str}, keep_default_na=False).iloc[:$N].to_csv('$R/t0.7-p0.9-seed0-grammar-only/samples.csv', index=False)"
+cp benchmarks/generate/runs/t0.7-p0.9-seed0-unconstrained-n200/samples.csv \
+  benchmarks/generate/runs/t0.7-p0.9-seed0-unconstrained-n200/sample_config.json $R/t0.7-p0.9-seed0-unconstrained/
 for i in 0 1; do llamat-cif generate -n $N --batch-size 8 --seed 0 --out $R/t0.7-p0.9-seed0-physics --shard $i/2 & done; wait
 llamat-cif generate -n $N --batch-size 8 --seed 0 --out $R/t0.7-p0.9-seed0-physics
 for i in 0 1; do llamat-cif generate -n $N --batch-size 8 --seed 0 --volume-window off \
@@ -35,4 +38,4 @@ python benchmarks/physics/ablation.py \
   "+ contacts (f 0.68, steering 0.81)=$R/t0.7-p0.9-seed0-contacts:$R/t0.7-p0.9-seed0-contacts/stability-$K" \
   "+ volume window 0.70-2.01 (default)=$R/t0.7-p0.9-seed0-physics:$R/t0.7-p0.9-seed0-physics/stability-$K" \
   "+ rescale before relaxing=$R/t0.7-p0.9-seed0-physics:$R/t0.7-p0.9-seed0-physics/stability-$K-rescaled" \
-  "unconstrained (v10, 200)=$R/t0.7-p0.9-seed0-unconstrained"
+  "unconstrained (recorded, 200)=$R/t0.7-p0.9-seed0-unconstrained"
