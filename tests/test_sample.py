@@ -12,7 +12,7 @@ import pytest
 from pymatgen.core import Composition, Structure
 
 from llamat_cif.cif import strip_header
-from llamat_cif.sampling import SampleConfig, generate
+from llamat_cif.sampling import SampleConfig, generate, generate_structures
 from llamat_cif.sampling.config import parse_formula, parse_shard
 
 MGO = dict(n=4, batch_size=2, seed=5, formula="MgO")
@@ -255,3 +255,15 @@ def test_bad_arguments_fail_fast_without_claiming_the_folder(tmp_path, cmd, mess
     assert "Traceback" not in res.output
     assert not (out / "sample_config.json").exists() and not (out / "screen_config.json").exists()
     assert time.time() - t0 < 20  # refused before loading a model or drawing a sample
+
+
+def test_generate_structures_returns_the_runs_crystals(tmp_path):
+    """The library entry point gives Structures, one per row, equal to the run's written CIFs."""
+    cfg = SampleConfig(n=3, out_dir=str(tmp_path), batch_size=3, seed=0)
+    structures = generate_structures(cfg, progress=False)
+    rows = pd.read_csv(tmp_path / "samples.csv", keep_default_na=False)
+    assert len(structures) == len(rows) == 3
+    for s, cif in zip(structures, rows["cif"], strict=True):
+        assert isinstance(s, Structure) and cif
+        assert s.composition == Structure.from_str(cif, fmt="cif").composition
+    assert generate_structures(cfg, progress=False)[0].matches(structures[0])  # resumed: same rows

@@ -1,7 +1,8 @@
 """Crystal generation with a small language model under a grammar-constrained decoder.
 
-Entry points: :class:`SampleConfig` (one run's settings) and :func:`generate` (sample a run into a
-folder, resumable). The modules, top to bottom (arrows point down only):
+Entry points: :class:`SampleConfig` (one run's settings), :func:`generate` (sample a run into a
+folder, resumable; returns the rows) and :func:`generate_structures` (the same, returning pymatgen
+``Structure`` objects). The modules, top to bottom (arrows point down only):
 
 * :mod:`~llamat_cif.sampling.sample` — :func:`generate`, ``BatchSampler`` (one seeded batch per
   index), ``draw_batch`` and ``decode_sample`` (also used by alignment);
@@ -22,6 +23,6 @@ the canonical text format in :mod:`llamat_cif.cif`.
 """
 
 from llamat_cif.sampling.config import SampleConfig
-from llamat_cif.sampling.sample import generate
+from llamat_cif.sampling.sample import generate, generate_structures
 
-__all__ = ["SampleConfig", "generate"]
+__all__ = ["SampleConfig", "generate", "generate_structures"]

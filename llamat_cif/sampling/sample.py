@@ -327,3 +327,21 @@ def generate(cfg: SampleConfig, *, progress: bool = True, model=None, tokenizer=
             summary.setdefault("shards", {})[path.stem.split(".")[-1]] = json.loads(path.read_text())["this_session"]
     (out / f"sample_summary{tag}.json").write_text(json.dumps(summary, indent=2))
     return df
+
+
+def generate_structures(cfg: SampleConfig, **kwargs):
+    """Sample a run like :func:`generate` and return its crystals as pymatgen ``Structure`` objects.
+
+    Args:
+        cfg: the run settings (the run folder is still written, and resumed, as by :func:`generate`).
+        **kwargs: passed to :func:`generate` (``progress``, ``model``, ``tokenizer``, ``executor``).
+
+    Returns:
+        One entry per sample, in sample order: the decoded ``Structure``, or ``None`` where the
+        document did not decode (its row in ``samples.csv`` says why).
+    """
+    from llamat_cif.cif import from_text
+
+    df = generate(cfg, **kwargs)
+    return [from_text(text, fmt) if str(cif).strip() else None
+            for text, fmt, cif in zip(df["text"], df["fmt"], df["cif"], strict=True)]
