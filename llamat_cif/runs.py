@@ -155,9 +155,6 @@ class RunStore:
                 continue
         return ids
 
-    def __len__(self) -> int:
-        return len(self.done_ids())
-
     # ------------------------------------------------------------------------------ commit
 
     def commit(self, schema: Any = None) -> Path:

@@ -44,17 +44,9 @@ def _cdvae(run: Path) -> dict:
         subprocess.run([str(exe), "validate", str(run / "samples.csv"), "--out", tmp, "--protocol", "cdvae",
                         "--jobs", "2"], check=True, capture_output=True)
         s = json.loads((Path(tmp) / "validity_summary.json").read_text())
-    counts = s.get("counts", s)
-    n = s.get("n", counts.get("n"))
-
-    def frac(key: str) -> str:
-        c = counts.get(key)
-        c = c["numerator"] if isinstance(c, dict) else c
-        return f"{c}/{n}"
-
     return {"command": "llamat-cif validate RUN/samples.csv --out OUT --protocol cdvae --jobs 2",
-            "comp_valid": frac("compositionally_valid"), "struct_valid": frac("structurally_valid"),
-            "valid": frac("valid")}
+            "comp_valid": f"{s['compositionally_valid']}/{s['n']}",
+            "struct_valid": f"{s['structurally_valid']}/{s['n']}", "valid": f"{s['valid']}/{s['n']}"}
 
 
 def check(run: Path) -> dict:
