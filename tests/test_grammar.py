@@ -84,3 +84,50 @@ def test_hints_keep_a_narrow_window_reachable_digit_by_digit():
 
     assert walk(lambda: np.array([0.4375])) == [True] * 6
     assert walk(None)[2] is False  # the digit 4 is refused without the hint
+
+
+def test_steering_tiers_keep_the_widest_margin_some_value_allows():
+    """A field with two steering tiers: the finite set of positions shrinks to the first tier's
+    values when one passes, else to the second's, else stays with the hard rule."""
+    vocab = Vocab(build_tokenizer())
+    values = np.array([0.1, 0.2, 0.3])
+
+    def kept(tiers):
+        def grammar():
+            yield Num(0.0, 0.9999, 4, (" ",), max_int_digits=1, values=values, accept=lambda x: x >= 0.15,
+                      strict_accept=tiers)
+        d = Decoder(grammar(), vocab, Stats())
+        return sorted(np.round(d.spec.values, 4).tolist())
+
+    assert kept((lambda x: x >= 0.25, lambda x: x >= 0.15)) == [0.3]
+    assert kept((lambda x: x >= 0.5, lambda x: x >= 0.25)) == [0.3]
+    assert kept((lambda x: x >= 0.5, lambda x: x >= 0.9)) == [0.2, 0.3]  # hard rule alone
+    assert kept(lambda x: x >= 0.25) == [0.3]  # a single callable is one tier
+
+
+def test_processor_falls_back_tier_by_tier():
+    """Sampled digits: the first tier refuses every token, so the draw keeps the second tier's
+    margin (x >= 0.5 here), although the model puts almost all its mass on 1."""
+    import torch
+
+    from llamat_cif.sampling.processor import GrammarLogitsProcessor
+
+    vocab = Vocab(build_tokenizer())
+
+    def grammar():
+        yield Num(0.0, 0.9, 1, (" ",), max_int_digits=1, accept=lambda x: x >= 0.1,
+                  strict_accept=(lambda x: x >= 2.0, lambda x: x >= 0.5))
+        yield Num(0, 0, 0, ("\n",))
+
+    for seed in range(5):
+        torch.manual_seed(seed)
+        d = Decoder(grammar(), vocab, Stats())
+        d.advance(vocab.digits["0"])
+        d.advance(vocab.dot)
+        proc = GrammarLogitsProcessor([d], 0, vocab.eos, temperature=1.0, top_p=0.9)
+        scores = torch.zeros(1, len(vocab.tok))
+        scores[0, vocab.digits["1"]] = 8.0
+        out = proc(torch.zeros(1, 0, dtype=torch.long), scores)
+        chosen = [t for t in range(scores.shape[1]) if out[0, t] > float("-inf")]
+        assert len(chosen) == 1 and int(vocab.digit_of[chosen[0]]) >= 5
+    assert d.steer_tiers() == 2

@@ -199,6 +199,7 @@ def test_physical_decoding_is_on_by_default_and_recorded(tmp_path):
     import json
 
     from llamat_cif.physics import (
+        SHORT_CONTACT_RATIO,
         contact_ratio_default,
         min_contact_ratio,
         steer_ratio_default,
@@ -211,6 +212,7 @@ def test_physical_decoding_is_on_by_default_and_recorded(tmp_path):
     lo, hi = volume_window_default()
     assert saved["min_contact_ratio"] == contact_ratio_default()
     assert saved["steer_contact_ratio"] == steer_ratio_default()
+    assert saved["steer_contact_floor"] == SHORT_CONTACT_RATIO  # the second tier: the benchmark's threshold
     assert saved["volume_window"] == f"{lo:g},{hi:g}"
     for r in df.itertuples():
         assert r.cif and not r.error, r.error

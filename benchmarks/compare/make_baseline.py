@@ -16,9 +16,9 @@ from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from llamat_cif.metrics.baseline import baseline_set
 from llamat_cif.cif import structure_to_cif
 from llamat_cif.data import load_split
+from llamat_cif.metrics.baseline import baseline_set
 
 
 def main() -> None:

@@ -39,6 +39,10 @@ def physics_options(f):
                      help="Constrained runs: the last cell length prefers a volume per atom within LO..HI x "
                           "the prediction when the model's tokens allow (auto: the central 90 % of MP-20 "
                           "train).")(f)
+    f = click.option("--steer-contact-floor", type=float, default=None,
+                     help="Constrained runs: where no token keeps the steer ratio, coordinates are drawn "
+                          "among tokens that keep this ratio before the hard rule alone decides "
+                          "[default: 0.7, the short-contact threshold the benchmark reports; 0 = off].")(f)
     f = click.option("--steer-contact-ratio", type=float, default=None,
                      help="Constrained runs: coordinates are drawn among tokens that keep this wider "
                           "contact ratio whenever the model's nucleus holds one [default: calibrated, "
@@ -78,7 +82,7 @@ _GENERATION = [
 ]
 #: keyword names of :func:`generation_options` (the fields of ``SampleConfig`` they set)
 GENERATION_NAMES = ("model", "formula", "spacegroup", "targets", "temperature", "top_p", "top_k", "batch_size",
-                    "constrained", "min_distance", "min_contact_ratio", "steer_contact_ratio",
+                    "constrained", "min_distance", "min_contact_ratio", "steer_contact_ratio", "steer_contact_floor",
                     "steer_volume_window", "volume_window", "charge_balanced", "max_new_tokens", "device",
                     "threads")
 

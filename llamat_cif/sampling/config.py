@@ -37,6 +37,9 @@ class SampleConfig:
     # steering: coordinates prefer tokens that keep this wider contact ratio when the nucleus holds
     # one; None: calibrated (5th percentile of MP-20 train), 0: off
     steer_contact_ratio: float | None = None
+    # steering, second tier: where no token keeps the steer ratio, prefer tokens that keep this one
+    # before the hard rule alone decides; None: the benchmark's short-contact threshold (0.7), 0: off
+    steer_contact_floor: float | None = None
     # volume per atom within [lo, hi] x the composition-based prediction: "auto" (calibrated on
     # MP-20 train, >= 99.5 % inside), "off", or "LO,HI"
     volume_window: str = "auto"
@@ -104,6 +107,20 @@ def resolve_steer(steer_contact_ratio: float | None, contact_ratio: float) -> fl
     if g < 0 or g >= 1.5:
         raise ValueError(f"steer contact ratio must be in [0, 1.5), got {g}")
     return g if g > contact_ratio else 0.0
+
+
+def resolve_steer_floor(steer_contact_floor: float | None, contact_ratio: float, steer: float) -> float:
+    """The second steering tier a run uses: ``None`` gives the short-contact threshold the
+    benchmark reports (:data:`llamat_cif.physics.SHORT_CONTACT_RATIO`, 0.7); 0 when it does not lie
+    strictly between the hard rule and the steer ratio (it would change nothing)."""
+    from llamat_cif.physics import SHORT_CONTACT_RATIO
+
+    if not contact_ratio:
+        return 0.0
+    g = SHORT_CONTACT_RATIO if steer_contact_floor is None else float(steer_contact_floor)
+    if g < 0 or g >= 1.5:
+        raise ValueError(f"steer contact floor must be in [0, 1.5), got {g}")
+    return g if contact_ratio < g < (steer or 1.5) else 0.0
 
 
 def resolve_physics(min_contact_ratio: float | None, volume_window: str | None) -> tuple[float, str]:

@@ -60,10 +60,19 @@ class Num:
     # fractional fields with ``accept``: values known to pass (read when a digit is checked), tried
     # before the probe points so a narrow admissible window found earlier is not missed
     hints: Callable[[], np.ndarray] | None = None
-    # a stricter check the sampler prefers when some token of the nucleus passes it (steering:
-    # coordinates keep a wider contact margin when the model's own choices allow one)
-    strict_accept: Callable[[float], bool] | None = None
+    # stricter checks the sampler prefers, in order, when some token passes one (steering:
+    # coordinates keep a wider contact margin when the model's own choices allow one): a callable,
+    # or a tuple of them from the most to the least preferred (tiers tried before ``accept`` alone)
+    strict_accept: Callable[[float], bool] | tuple[Callable[[float], bool], ...] | None = None
     strict_probe: bool | str | None = None  # how strict_accept is probed (None: as ``probe``)
+
+
+def steer_tiers(spec) -> tuple:
+    """The steering checks of a field, most preferred first (empty when it has none)."""
+    strict = getattr(spec, "strict_accept", None)
+    if strict is None:
+        return ()
+    return tuple(strict) if isinstance(strict, tuple) else (strict,)
 
 
 @dataclass
@@ -129,9 +138,11 @@ class Decoder:
             # instead of leaving the last digit with nowhere to go.
             ok = np.array([v for v in spec.values if spec.accept(float(v))])
             self.stats.distance_vetoes += len(spec.values) - len(ok)
-            if len(ok) and spec.strict_accept is not None:  # steering: the wider margin where it exists
-                ok = np.array([v for v in ok if spec.strict_accept(float(v))]) if any(
-                    spec.strict_accept(float(v)) for v in ok) else ok
+            for strict in steer_tiers(spec) if len(ok) else ():  # steering: the widest margin that exists
+                kept = np.array([v for v in ok if strict(float(v))])
+                if len(kept):
+                    ok = kept
+                    break
             if len(ok):
                 spec = Num(spec.lo, spec.hi, spec.decimals, spec.ends, spec.max_int_digits, spec.allowed,
                            None, ok, spec.probe, spec.ends_for)
@@ -169,13 +180,18 @@ class Decoder:
         """Whether tokens from :meth:`allowed` must still pass the (expensive) :meth:`check`."""
         return isinstance(self.spec, Num) and self.spec.accept is not None
 
+    def steer_tiers(self) -> int:
+        """How many stricter, preferred checks the current field has (0: none; see :meth:`check`)."""
+        return len(steer_tiers(self.spec)) if self.needs_check() else 0
+
     def can_steer(self) -> bool:
         """Whether the current field has a stricter, preferred check (see :meth:`check`)."""
-        return self.needs_check() and self.spec.strict_accept is not None
+        return self.steer_tiers() > 0
 
-    def check(self, tid: int, *, strict: bool = False) -> bool:
+    def check(self, tid: int, *, strict: bool | int = False) -> bool:
         """The look-ahead veto: does some completion of the field after ``tid`` pass ``accept``
-        (with ``strict``: the field's preferred ``strict_accept``)?
+        (with ``strict``: the field's preferred ``strict_accept``; ``True`` is its first tier, an
+        integer ``k`` its ``k``-th)?
 
         Fractional digits test their whole interval (the last digit exactly, earlier ones on
         probe points); an integer field tests its value at the end token. Memoised per position.
@@ -183,13 +199,15 @@ class Decoder:
         s = self.spec
         if not self.needs_check():
             return True
-        if strict:
-            if s.strict_accept is None:
+        if strict is not False:
+            tiers = steer_tiers(s)
+            k = 0 if strict is True else int(strict)
+            if k >= len(tiers):
                 return self.check(tid)
-            key = ("strict", tid)
+            key = ("strict", k, tid)
             if key not in self._checked:
                 probe = s.probe if s.strict_probe is None else s.strict_probe
-                self._checked[key] = self._verdict(replace(s, accept=s.strict_accept, probe=probe), tid)
+                self._checked[key] = self._verdict(replace(s, accept=tiers[k], probe=probe), tid)
             return self._checked[key]
         if tid in self._checked:
             return self._checked[tid]

@@ -43,6 +43,9 @@ class Conditions:
     # steering: a coordinate is drawn among tokens that keep this wider contact ratio for the new
     # site whenever the nucleus holds one (0: off); contact_ratio stays the hard rule
     steer_ratio: float = 0.0
+    # steering, second tier: where no token keeps steer_ratio, a coordinate is drawn among tokens
+    # that keep at least this ratio before the hard rule alone decides (0: off)
+    steer_floor: float = 0.0
     # steering: the last cell length prefers a volume per atom within [lo, hi] x the prediction
     # (the typical range of real crystals) when the model's tokens allow it (None: off)
     volume_steer: tuple[float, float] | None = None

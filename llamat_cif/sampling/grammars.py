@@ -166,7 +166,10 @@ def cif_grammar(v: Vocab, cond: Conditions, stats: Stats, *, header: bool = True
     # Sites: every offered element, multiplicity and coordinate keeps a completion of the whole
     # composition in reach (llamat_cif.sampling.placement); a fallback is counted where none is found.
     place = Placement(sg, matrix, cond.min_distance, contact_ratio=cond.contact_ratio)
-    steer = cond.steer_ratio if cond.steer_ratio > (cond.contact_ratio or 0.0) else None
+    # steering tiers, widest margin first: the calibrated steer ratio, then the floor (both only
+    # above the hard rule); a coordinate keeps the widest one some token allows
+    steers = tuple(sorted({r for r in (cond.steer_ratio, cond.steer_floor) if r > (cond.contact_ratio or 0.0)},
+                          reverse=True))
     remaining = dict(counts)
     i = 0
     while any(remaining.values()):
@@ -243,19 +246,20 @@ def cif_grammar(v: Vocab, cond: Conditions, stats: Stats, *, header: bool = True
         xs = solve_values(sg, m, (), 0) if subs else None
         x, _ = yield Num(0.0, _COORD_HI, COORD_DECIMALS, (" ",), max_int_digits=1, values=xs,
                          accept=lambda xv: fitting(completions(xv)), hints=lambda: matching()[:, 0],
-                         strict_accept=(lambda xv: fitting(completions(xv), ratio=steer)) if steer else None)
+                         strict_accept=tuple((lambda xv, g=g: fitting(completions(xv), ratio=g)) for g in steers) or None)
         ys = solve_values(sg, m, ((0, round(x, COORD_DECIMALS)),), 1) if subs else None
         y, _ = yield Num(0.0, _COORD_HI, COORD_DECIMALS, (" ",), max_int_digits=1, values=ys if ys is None or len(ys) else None,
                          accept=lambda yv, x=x: fitting(completions(x, yv)), hints=lambda x=x: matching(x)[:, 1],
-                         strict_accept=(lambda yv, x=x: fitting(completions(x, yv), ratio=steer)) if steer else None)
+                         strict_accept=tuple((lambda yv, x=x, g=g: fitting(completions(x, yv), ratio=g))
+                                             for g in steers) or None)
         zs = solve_values(sg, m, ((0, round(x, COORD_DECIMALS)), (1, round(y, COORD_DECIMALS))), 2) if subs else None
         zs = zs if zs is None or len(zs) else None
         zv, _ = yield Num(0.0, _COORD_HI, COORD_DECIMALS, (" ",), max_int_digits=1, values=zs,
                           accept=lambda zv, x=x, y=y, m=m, rest=rest, n=lines_left, el=el:
                           place.site_fits(np.array([x, y, zv]), m, rest, n, element=el),
-                          strict_accept=(lambda zv, x=x, y=y, m=m, rest=rest, n=lines_left, el=el:
-                                         place.site_fits(np.array([x, y, zv]), m, rest, n, element=el,
-                                                         site_ratio=steer)) if steer else None,
+                          strict_accept=tuple((lambda zv, x=x, y=y, m=m, rest=rest, n=lines_left, el=el, g=g:
+                                               place.site_fits(np.array([x, y, zv]), m, rest, n, element=el,
+                                                               site_ratio=g)) for g in steers) or None,
                           hints=lambda x=x, y=y: matching(x, y)[:, 2])
         yield Lit("1\n")
         place.place(np.array([x, y, zv]), el)

@@ -65,9 +65,10 @@ class GrammarLogitsProcessor(LogitsProcessor):
                 cum = torch.cumsum(probs[order], 0)
                 cut = int(torch.searchsorted(cum, torch.tensor(self.top_p)).item()) + 1
                 probs[order[cut:]] = 0.0
-            # steering first: a token that keeps the wider contact margin, from the nucleus, else
-            # from the whole (tempered) distribution; then a nucleus token that passes the hard rule
-            tries = [(True, probs), (True, full), (False, probs)] if d.can_steer() else [(False, probs)]
+            # steering first: a token that keeps the widest contact margin of the field's tiers,
+            # from the nucleus, else from the whole (tempered) distribution, tier by tier; then a
+            # nucleus token that passes the hard rule
+            tries = [(k, dist) for k in range(d.steer_tiers()) for dist in (probs, full)] + [(False, probs)]
             for strict, dist in tries:
                 p = dist.clone()
                 while float(p.sum()) > 0:
@@ -75,10 +76,11 @@ class GrammarLogitsProcessor(LogitsProcessor):
                     if d.check(allowed[j], strict=strict):
                         return allowed[j]
                     p[j] = 0.0
-        elif d.can_steer():
-            for j in order:  # greedy: the best token that keeps the margin, if any
-                if d.check(allowed[j], strict=True):
-                    return allowed[j]
+        else:
+            for k in range(d.steer_tiers()):  # greedy: the best token that keeps a margin, widest first
+                for j in order:
+                    if d.check(allowed[j], strict=k):
+                        return allowed[j]
         for j in order:  # greedy, or nothing in the nucleus passes: the model's next best
             if d.check(allowed[j]):
                 return allowed[j]

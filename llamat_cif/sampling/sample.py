@@ -48,6 +48,7 @@ from llamat_cif.sampling.config import (
     recommended_sampling,
     resolve_physics,
     resolve_steer,
+    resolve_steer_floor,
     resolve_volume_steer,
     window_tuple,
 )
@@ -170,7 +171,8 @@ class BatchSampler:
         contact_ratio, volume_window = resolve_physics(cfg.min_contact_ratio, cfg.volume_window)
         self.cfg = cfg = SampleConfig(**{
             **asdict(cfg), "fmt": fmt, "min_contact_ratio": contact_ratio, "volume_window": volume_window,
-            "steer_contact_ratio": resolve_steer(cfg.steer_contact_ratio, contact_ratio),
+            "steer_contact_ratio": (steer := resolve_steer(cfg.steer_contact_ratio, contact_ratio)),
+            "steer_contact_floor": resolve_steer_floor(cfg.steer_contact_floor, contact_ratio, steer),
             "steer_volume_window": resolve_volume_steer(cfg.steer_volume_window, volume_window),
             "temperature": rec_t if cfg.temperature is None else cfg.temperature,
             "top_p": rec_p if cfg.top_p is None else cfg.top_p})
@@ -183,7 +185,8 @@ class BatchSampler:
         self.stats = Stats()
         self.max_lines = site_lines_for(cfg.max_new_tokens)
         self.physics = dict(contact_ratio=cfg.min_contact_ratio, volume_window=window_tuple(cfg.volume_window),
-                            steer_ratio=cfg.steer_contact_ratio, volume_steer=window_tuple(cfg.steer_volume_window))
+                            steer_ratio=cfg.steer_contact_ratio, steer_floor=cfg.steer_contact_floor,
+                            volume_steer=window_tuple(cfg.steer_volume_window))
         self.cond = Conditions(formula=self.formula, spacegroup=cfg.spacegroup, min_distance=cfg.min_distance,
                                charge_balanced=cfg.charge_balanced, max_lines=self.max_lines, **self.physics)
         self.grammar = GRAMMARS[fmt]

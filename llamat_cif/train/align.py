@@ -109,6 +109,7 @@ def _sampling(cfg: AlignConfig, model) -> dict:
         recommended_sampling,
         resolve_physics,
         resolve_steer,
+        resolve_steer_floor,
         resolve_volume_steer,
         window_tuple,
     )
@@ -119,7 +120,8 @@ def _sampling(cfg: AlignConfig, model) -> dict:
     return {"temperature": t if cfg.temperature is None else cfg.temperature,
             "top_p": p if cfg.top_p is None else cfg.top_p,
             "physics": dict(contact_ratio=f, volume_window=window_tuple(win),
-                            steer_ratio=resolve_steer(None, f),
+                            steer_ratio=(g := resolve_steer(None, f)),
+                            steer_floor=resolve_steer_floor(None, f, g),
                             volume_steer=window_tuple(resolve_volume_steer(None, win))),
             "max_lines": site_lines_for(cfg.max_new_tokens)}
 
