@@ -367,25 +367,48 @@ def _parse_llamat(text: str) -> Structure:
     return Structure(lattice, species, coords)
 
 
-def _parse_cif(text: str) -> Structure:
+#: pymatgen warnings left out of an error message: routine notes, or a repeat of the reasons listed.
+_QUIET_WARNINGS = ("No _symmetry_equiv", "Issues encountered while parsing CIF")
+
+
+def read_cif(text: str, *, strict: bool = False) -> Structure:
+    """The one CIF reader: CIF text -> pymatgen ``Structure``, the cell as written (not primitive).
+
+    Tolerant by default: the same structure ``Structure.from_str(text, fmt="cif")`` gives (a data
+    block that does not parse is skipped; the first one that does is read), without pymatgen's CIF
+    warnings in the output. ``strict=True`` is how :func:`from_text` reads generated documents: it
+    also refuses text without ``_cell_length_a`` and any data block that does not parse.
+
+    Raises:
+        CrystalTextError: empty or unreadable text, with a one-line message (pymatgen's error and
+            the warnings that explain it).
+    """
     from pymatgen.io.cif import CifParser
 
-    if "_cell_length_a" not in text:
+    if not isinstance(text, str) or not text.strip():
+        raise CrystalTextError("empty text")
+    if strict and "_cell_length_a" not in text:
         raise CrystalTextError("not a CIF: no _cell_length_a tag")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             parser = CifParser.from_str(text)
-            structures = parser.parse_structures(primitive=False, on_error="raise")
+            structures = parser.parse_structures(primitive=False, on_error="raise" if strict else "warn")
         except Exception as exc:  # noqa: BLE001 - pymatgen raises many kinds of errors
-            msgs = "; ".join(str(w.message) for w in caught if "No _symmetry_equiv" not in str(w.message))
-            raise CrystalTextError(f"CIF could not be parsed: {type(exc).__name__}: {exc}" + (f" ({msgs[:300]})" if msgs else "")) from exc
-    if not structures:
-        raise CrystalTextError("CIF holds no structure")
-    s = structures[0]
-    if len(s) == 0:
-        raise CrystalTextError("CIF structure has no sites")
-    return s
+            msgs = "; ".join(str(w.message) for w in caught if not str(w.message).startswith(_QUIET_WARNINGS))
+            msg = f"CIF could not be parsed: {type(exc).__name__}: {exc}" + (f" ({msgs[:300]})" if msgs else "")
+            raise CrystalTextError(" ".join(msg.split())) from exc
+    if not structures or len(structures[0]) == 0:  # pymatgen raises first; kept as a guard
+        raise CrystalTextError("CIF holds no structure with sites")
+    return structures[0]
+
+
+def read_cif_or_none(text: str | None) -> Structure | None:
+    """:func:`read_cif` (tolerant), or None where there is no text or it does not parse."""
+    try:
+        return read_cif(text)
+    except CrystalTextError:
+        return None
 
 
 def from_text(text: str, fmt: Format | None = None) -> Structure:
@@ -403,7 +426,7 @@ def from_text(text: str, fmt: Format | None = None) -> Structure:
     _, body = strip_header(text)
     fmt = fmt or detect_format(body)
     if fmt == "cif":
-        return _parse_cif(body)
+        return read_cif(body, strict=True)
     if fmt == "llamat":
         return _parse_llamat(body)
     raise CrystalTextError(f"unknown format {fmt!r}; use one of {FORMATS}")

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llamat_cif.cif import CrystalTextError, from_text, to_text
+from llamat_cif.cif import CrystalTextError, from_text, read_cif, read_cif_or_none, to_text
 from llamat_cif.progress import progress_bar
 from llamat_cif.protocol import CSP_MATCHER, matcher_label
 
@@ -134,16 +134,13 @@ def _load_holdout(holdout_cifs: list[tuple[str, str]]) -> None:
     """Parse held-out structures once, in the parent (forked workers inherit them)."""
     import warnings
 
-    from pymatgen.core import Structure
-
     warnings.filterwarnings("ignore")
     _HOLDOUT.clear()
     _HOLDOUT_IDS.clear()
     for hid, cif in holdout_cifs:
         _HOLDOUT_IDS.add(hid)
-        try:
-            s = Structure.from_str(cif, fmt="cif")
-        except Exception:  # noqa: BLE001
+        s = read_cif_or_none(cif)
+        if s is None:
             continue
         _HOLDOUT.setdefault(s.composition.reduced_formula, []).append(s)
 
@@ -159,15 +156,13 @@ def _process(task: tuple) -> dict:
     """Parse, deduplicate, write documents for one structure (runs in a worker)."""
     import warnings
 
-    from pymatgen.core import Structure
-
     warnings.filterwarnings("ignore")
     sid, cif, props, cfg, check_roundtrip, seed = task
     out: dict = {"id": sid, "docs": [], "skip": None, "roundtrip": None, "source": props.get("_source")}
     try:
-        s = Structure.from_str(cif, fmt="cif")
-    except Exception as exc:  # noqa: BLE001
-        out["skip"] = f"unparsable CIF ({type(exc).__name__})"
+        s = read_cif(cif)
+    except CrystalTextError as exc:  # the skip reason names pymatgen's error, as a count key
+        out["skip"] = f"unparsable CIF ({type(exc.__cause__ or exc).__name__})"
         return out
     if len(s) > cfg["max_sites"]:
         out["skip"] = f"more than {cfg['max_sites']} sites"
@@ -336,12 +331,10 @@ class RoundTripResult:
 def _roundtrip_one(task: tuple[str, str, str]) -> tuple[str, bool, str]:
     import warnings
 
-    from pymatgen.core import Structure
-
     warnings.filterwarnings("ignore")
     sid, cif, fmt = task
     try:
-        s = Structure.from_str(cif, fmt="cif")
+        s = read_cif(cif)
         ok = bool(roundtrip_matcher().fit(s, from_text(to_text(s, fmt), fmt)))
         return sid, ok, ""
     except Exception as exc:  # noqa: BLE001

@@ -300,7 +300,7 @@ def iter_structures(
     Rows whose CIF pymatgen cannot read are yielded with ``None`` as structure and the error in
     ``properties["error"]`` rather than stopping the iteration.
     """
-    from pymatgen.core import Structure
+    from llamat_cif.cif import read_cif
 
     df = load_split(name, split, data_dir=data_dir, limit=limit)
     props_cols = [c for c in df.columns if c not in ("id", "cif")]
@@ -308,7 +308,7 @@ def iter_structures(
         rowd = row._asdict()
         props = {c: rowd[c] for c in props_cols if c in rowd}
         try:
-            s = Structure.from_str(rowd["cif"], fmt="cif")
+            s = read_cif(rowd["cif"])
         except Exception as exc:  # noqa: BLE001 - a bad row must not stop the batch
             props["error"] = f"{type(exc).__name__}: {exc}"
             s = None

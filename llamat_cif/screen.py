@@ -213,13 +213,14 @@ def stage_dedup(config: ScreenConfig, samples: pd.DataFrame, validity: pd.DataFr
 
     Writes ``dedup.csv`` (``id, unique, duplicate_of``) over the rows passing ``config.relax_filter``.
     """
-    from llamat_cif.metrics.matching import parse_structure, unique_representatives
+    from llamat_cif.cif import read_cif_or_none
+    from llamat_cif.metrics.matching import unique_representatives
 
     valid = validity[passing(validity, config.relax_filter)]
     cifs = _valid_cifs(samples, valid)
     ids = list(cifs)
     if config.dedup_before_relax:
-        rep = unique_representatives(ids, [parse_structure(cifs[i]) for i in ids])
+        rep = unique_representatives(ids, [read_cif_or_none(cifs[i]) for i in ids])
     else:
         rep = {i: i for i in ids}
     # explicit dtypes: with no valid rows an untyped empty column would break boolean indexing

@@ -97,3 +97,75 @@ def test_p1_cif_has_unique_labels_and_reads_back():
     assert len(set(back.labels)) == 4
     assert StructureMatcher().fit(s, back)
     assert s.labels == ["Na1", "Na1", "Cl1", "Cl1"]  # the input is untouched
+
+
+# ------------------------------------------------------------------------- the one CIF reader
+
+#: Rock salt as a symmetric CIF: two asymmetric-unit rows, no symmetry-operation loop (the reader
+#: rebuilds Fm-3m's operations from the Hermann-Mauguin symbol and expands them to 8 sites).
+ROCK_SALT_CIF = """data_NaCl
+_symmetry_space_group_name_H-M 'F m -3 m'
+_symmetry_Int_Tables_number 225
+_cell_length_a 5.640
+_cell_length_b 5.640
+_cell_length_c 5.640
+_cell_angle_alpha 90.00
+_cell_angle_beta 90.00
+_cell_angle_gamma 90.00
+loop_
+_atom_site_type_symbol
+_atom_site_label
+_atom_site_fract_x
+_atom_site_fract_y
+_atom_site_fract_z
+_atom_site_occupancy
+Na Na1 0.0 0.0 0.0 1
+Cl Cl1 0.5 0.5 0.5 1
+"""
+
+
+def test_read_cif_rock_salt_known_answer():
+    import warnings
+
+    from llamat_cif.cif import read_cif
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        s = read_cif(ROCK_SALT_CIF)
+    assert caught == []  # pymatgen's notes (no symmetry-operation loop) stay inside the reader
+    assert len(s) == 8 and s.composition.formula == "Na4 Cl4"
+    assert np.allclose(s.lattice.abc, (5.64, 5.64, 5.64)) and np.allclose(s.lattice.angles, (90, 90, 90))
+    # Na-Cl nearest neighbours at a/2
+    assert min(s.get_distance(0, j) for j in range(len(s)) if s[j].specie.symbol == "Cl") == pytest.approx(2.82)
+    # tolerant reading is pymatgen's own reading, site for site
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert s.as_dict() == Structure.from_str(ROCK_SALT_CIF, fmt="cif").as_dict()
+
+
+@pytest.mark.parametrize("bad, msg", [
+    ("", "empty text"),
+    (" \n\t\n", "empty text"),
+    ("hello world, not a crystal", "CIF could not be parsed"),
+    ("data_x\n_cell_length_a 5\n", "CIF could not be parsed: .*_atom_site_label"),
+])
+def test_read_cif_bad_text_one_line_error(bad, msg):
+    from llamat_cif.cif import read_cif, read_cif_or_none
+
+    with pytest.raises(CrystalTextError, match=msg) as info:
+        read_cif(bad)
+    assert "\n" not in str(info.value)
+    assert read_cif_or_none(bad) is None
+
+
+def test_read_cif_strict_refuses_a_broken_block():
+    from llamat_cif.cif import read_cif, read_cif_or_none
+
+    two_blocks = "data_broken\n_cell_length_a 5\n\n" + ROCK_SALT_CIF
+    assert len(read_cif(two_blocks)) == 8  # tolerant: the block that parses, as pymatgen's reader does
+    with pytest.raises(CrystalTextError, match="section 1") as info:
+        read_cif(two_blocks, strict=True)
+    assert "\n" not in str(info.value)
+    with pytest.raises(CrystalTextError, match="no _cell_length_a"):
+        read_cif("data_x\nloop_\n_atom_site_label\nNa1\n", strict=True)
+    assert read_cif_or_none(None) is None

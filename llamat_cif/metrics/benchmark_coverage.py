@@ -10,7 +10,6 @@ crystal-text-llm protocol its valid reference structures.
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import numpy as np
@@ -144,14 +143,12 @@ def reference_validity(ref: pd.DataFrame, cfg: BenchmarkConfig) -> np.ndarray | 
         v = np.load(path)
         if len(v) == len(ref):
             return v
-    from pymatgen.core import Structure
+    from llamat_cif.cif import read_cif
 
     out = np.zeros(len(cifs), bool)
     for i, cif in enumerate(cifs):
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                s = Structure.from_str(cif, fmt="cif")
+            s = read_cif(cif)
             out[i] = bool(structural_validity(s)) and bool(compositional_validity(s.composition))
         except Exception:  # noqa: BLE001 - an unreadable reference row is simply not valid
             out[i] = False

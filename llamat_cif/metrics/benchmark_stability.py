@@ -18,7 +18,6 @@ import numpy as np
 import pandas as pd
 
 from llamat_cif.metrics.config import BenchmarkConfig
-from llamat_cif.metrics.matching import parse_structure
 from llamat_cif.metrics.metric import Metric
 from llamat_cif.metrics.properties import wasserstein
 from llamat_cif.metrics.stability_metrics import (
@@ -162,18 +161,20 @@ def stability_benchmark(
     e_hull = pd.to_numeric(rows.loc[ok, "e_hull"], errors="coerce").dropna()
 
     # geometry on chemical scales: the chosen as generated (and relaxed), a seeded reference sample
-    as_generated = [parse_structure(c) for c in chosen["cif"]]
+    from llamat_cif.cif import read_cif_or_none
+
+    as_generated = [read_cif_or_none(c) for c in chosen["cif"]]
     sets = {"chosen, as generated": as_generated}
     if cfg.rescale_volume:
         from llamat_cif.physics import rescale_to_predicted
 
         sets["chosen, rescaled to predicted volume"] = [rescale_to_predicted(s) if s is not None else None
                                                         for s in as_generated]
-    sets["chosen, relaxed"] = [parse_structure(c) for c in rows.loc[ok, "relaxed_cif"]]
+    sets["chosen, relaxed"] = [read_cif_or_none(c) for c in rows.loc[ok, "relaxed_cif"]]
     n_ref = min(cfg.geometry_reference_n, len(ref))
     ref_pos = np.sort(np.random.default_rng(cfg.seed).choice(len(ref), n_ref, replace=False))
     ref_name = f"{cfg.reference}: {n_ref} of {len(ref)} (seed {cfg.seed})"
-    sets[f"reference ({cfg.reference})"] = [parse_structure(c) for c in ref["cif"].iloc[ref_pos]]
+    sets[f"reference ({cfg.reference})"] = [read_cif_or_none(c) for c in ref["cif"].iloc[ref_pos]]
     geometry = geometry_section(sets, reference_name=ref_name)
 
     section = {

@@ -35,19 +35,6 @@ def _reduced(formula: str) -> str | None:
         return None
 
 
-def _structure(cif: str):
-    from pymatgen.core import Structure
-
-    if not isinstance(cif, str) or not cif.strip():
-        return None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return Structure.from_str(cif, fmt="cif")
-    except Exception:  # noqa: BLE001
-        return None
-
-
 def csp_match(
     samples: pd.DataFrame,
     reference: pd.DataFrame,
@@ -73,6 +60,8 @@ def csp_match(
     Returns:
         ``{"csp_match_rate@k": Metric, "csp_rmse@k": Metric}`` for every k.
     """
+    from llamat_cif.cif import read_cif_or_none
+
     matcher = structure_matcher(stol=stol, angle_tol=angle_tol, ltol=ltol)
     protocol = {**matcher_tolerances(matcher, CSP_MATCHER),
                 "matcher": "pymatgen StructureMatcher.get_rms_dist", "rmse": "normalised by (V/n)^(1/3)"}
@@ -99,12 +88,12 @@ def csp_match(
     for ti, t in enumerate(known):
         rows = s[s["_target"] == t].head(kmax)
         if t not in ref_cache:
-            ref_cache[t] = [x for x in (_structure(c) for c in groups[t]) if x is not None]
+            ref_cache[t] = [x for x in (read_cif_or_none(c) for c in groups[t]) if x is not None]
         refs = ref_cache[t]
         rms_per_sample = []
         for _, row in rows.iterrows():
             ok = True if valid_column is None or valid_column not in rows.columns else bool(row[valid_column])
-            st = _structure(row.get("cif")) if ok else None
+            st = read_cif_or_none(row.get("cif")) if ok else None
             r_best = np.inf
             if st is not None:
                 for r in refs:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llamat_cif.metrics.matching import parse_structure, structure_matcher, unique_representatives
+from llamat_cif.metrics.matching import structure_matcher, unique_representatives
 from llamat_cif.metrics.metric import Metric, rate
 from llamat_cif.metrics.sources import StructureSet, load_structure_set, registry_split
 from llamat_cif.protocol import matcher_label
@@ -35,9 +35,11 @@ def uniqueness_novelty(cifs: Sequence[str], mask: np.ndarray, training=None) -> 
         mask: which samples count (the valid ones); the denominator is ``mask.sum()``.
         training: a :class:`llamat_cif.metrics.sun.TrainingSet` for novelty; None skips novelty.
     """
+    from llamat_cif.cif import read_cif_or_none
+
     idx = np.flatnonzero(np.asarray(mask, dtype=bool))
     ids = [str(i) for i in idx]
-    structs = [parse_structure(cifs[i]) for i in idx]
+    structs = [read_cif_or_none(cifs[i]) for i in idx]
     sm = structure_matcher()
     rep = unique_representatives(ids, structs, matcher=sm)
     unique = [s is not None and rep[i] == i for i, s in zip(ids, structs, strict=True)]

@@ -185,15 +185,13 @@ def fingerprint_structure(structure, *, symprec: float | None = None) -> tuple[n
 
 
 def _fingerprint_cif(cif: str, symprec: float | None = None) -> tuple[np.ndarray, np.ndarray, str]:
-    from pymatgen.core import Structure
+    from llamat_cif.cif import read_cif
 
     nan_s, nan_c = np.full(STRUCT_DIM, np.nan), np.full(COMP_DIM, np.nan)
     if not cif or not isinstance(cif, str):
         return nan_s, nan_c, "no structure"
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            s = Structure.from_str(cif, fmt="cif")
+        s = read_cif(cif)
         fs, fc = fingerprint_structure(s, symprec=symprec)
     except Exception as exc:  # noqa: BLE001 - one bad structure must not stop the set
         return nan_s, nan_c, f"{type(exc).__name__}: {exc}"[:300]

@@ -1,4 +1,4 @@
-"""Structure matching: the matcher presets as pymatgen objects, parsing for it, first-match duplicates.
+"""Structure matching: the matcher presets as pymatgen objects and first-match duplicates.
 
 The tolerances live in :mod:`llamat_cif.protocol` (``SUN_MATCHER``: ``ltol=0.2, stol=0.3,
 angle_tol=5``, pymatgen's defaults, for S.U.N. uniqueness and novelty; ``CSP_MATCHER``: ``stol=0.5,
@@ -21,18 +21,6 @@ def structure_matcher(**kw: Any):
     from pymatgen.analysis.structure_matcher import StructureMatcher
 
     return StructureMatcher(**(kw or SUN_MATCHER))
-
-
-def parse_structure(cif: str | None):
-    """A pymatgen ``Structure`` from CIF text, or None when there is none or it does not parse."""
-    from pymatgen.core import Structure
-
-    if not isinstance(cif, str) or not cif.strip():
-        return None
-    try:
-        return Structure.from_str(cif, fmt="cif")
-    except Exception:  # noqa: BLE001 - unparsable -> treated as absent
-        return None
 
 
 def unique_representatives(ids: Sequence[str], structures: Sequence, *, matcher: Any = None) -> dict[str, str]:
@@ -64,4 +52,4 @@ def unique_representatives(ids: Sequence[str], structures: Sequence, *, matcher:
     return rep
 
 
-__all__ = ["parse_structure", "structure_matcher", "unique_representatives"]
+__all__ = ["structure_matcher", "unique_representatives"]

@@ -35,11 +35,11 @@ def describe_cif(cif: str | None) -> dict:
         row["error"] = "no structure"
         return row
     try:
-        from pymatgen.core import Structure
+        from llamat_cif.cif import read_cif
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            s = Structure.from_str(cif, fmt="cif")
+            s = read_cif(cif)
             comp = s.composition
             row.update(
                 parsed=True,

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from llamat_cif.metrics.matching import parse_structure, structure_matcher, unique_representatives
+from llamat_cif.metrics.matching import structure_matcher, unique_representatives
 from llamat_cif.paths import data_dir as resolve_data_dir
 from llamat_cif.protocol import E_HULL_METASTABLE, E_HULL_STABLE, matcher_label
 
@@ -62,13 +62,14 @@ class TrainingSet:
         Formulas come from the ``pretty_formula`` column where the dataset has one, else from the
         parsed CIFs (rows that do not parse are left out).
         """
+        from llamat_cif.cif import read_cif_or_none
         from llamat_cif.data import get_dataset, load_split
 
         df = load_split(dataset, split, data_dir=data_dir)
         if "pretty_formula" in df.columns:
             formulas, cifs = df["pretty_formula"].astype(str).tolist(), df["cif"].tolist()
         else:
-            parsed = [(parse_structure(c), c) for c in df["cif"]]
+            parsed = [(read_cif_or_none(c), c) for c in df["cif"]]
             formulas = [s.composition.reduced_formula for s, _ in parsed if s is not None]
             cifs = [c for s, c in parsed if s is not None]
         name = get_dataset(dataset).name
@@ -85,7 +86,9 @@ class TrainingSet:
 
     def candidates(self, formula: str) -> list:
         if formula not in self._parsed:
-            self._parsed[formula] = [s for s in (parse_structure(c) for c in self._cifs.get(formula, [])) if s is not None]
+            from llamat_cif.cif import read_cif_or_none
+
+            self._parsed[formula] = [s for s in (read_cif_or_none(c) for c in self._cifs.get(formula, [])) if s is not None]
         return self._parsed[formula]
 
     def has_formula(self, formula: str) -> bool:
@@ -128,8 +131,10 @@ def sun_table(
         e_hull_stable: S.U.N. stability threshold, eV/atom (MatterGen: 0).
         e_hull_metastable: metastability threshold for M.S.U.N., eV/atom (LLaMat/Gruver: 0.1).
     """
+    from llamat_cif.cif import read_cif_or_none
+
     ids = df["id"].astype(str).tolist()
-    structs = [parse_structure(c) for c in df[cif_column]]
+    structs = [read_cif_or_none(c) for c in df[cif_column]]
     sm = structure_matcher()
     rep = unique_representatives(ids, structs, matcher=sm)
     eh = pd.to_numeric(df["e_hull"], errors="coerce").to_numpy(dtype=float)

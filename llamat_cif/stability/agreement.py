@@ -55,9 +55,9 @@ def cross_score(row: dict, checks: list[Potential], hull: Hull | None, *,
     if not checks or row.get("error") or hull is None or not row.get("relaxed_cif") or \
             not np.isfinite(row.get("e_hull", np.nan)):
         return row
-    from pymatgen.core import Structure
+    from llamat_cif.cif import read_cif
 
-    s = Structure.from_str(row["relaxed_cif"], fmt="cif")
+    s = read_cif(row["relaxed_cif"])
     values = [float(row["e_hull"])]
     problems = []
     for cp in checks:

@@ -108,9 +108,9 @@ def score_row(row: dict, hull: Hull | None, potential: Potential) -> dict:
     if row.get("error") or hull is None or not row.get("relaxed_cif"):
         return row
     try:
-        from pymatgen.core import Structure
+        from llamat_cif.cif import read_cif
 
-        s = Structure.from_str(row["relaxed_cif"], fmt="cif")
+        s = read_cif(row["relaxed_cif"])
         e = float(row["energy_per_atom"])
         if potential.needs_mp2020_correction:
             e = mp2020_corrected_energy(s, e * len(s)) / len(s)

@@ -137,7 +137,9 @@ def _to_structure(obj: Any):
     if isinstance(obj, Structure):
         return obj
     if isinstance(obj, str):
-        return Structure.from_str(obj, fmt="cif")
+        from llamat_cif.cif import read_cif
+
+        return read_cif(obj)
     raise TypeError(f"expected a pymatgen Structure or CIF text, got {type(obj).__name__}")
 
 

@@ -58,8 +58,7 @@ class StabilityReward:
 
     def score_one(self, sid: str, text: str, fmt: str = "cif", target_formula: str | None = None) -> dict:
         """Score one document (not yet judged for uniqueness: see :func:`mark_duplicates`)."""
-        from pymatgen.core import Structure
-
+        from llamat_cif.cif import read_cif
         from llamat_cif.stability.pipeline import score_row
         from llamat_cif.stability.relax import relax_structure
         from llamat_cif.validators import validate_one
@@ -74,7 +73,7 @@ class StabilityReward:
         if not cif:
             row["error"] = row["error"] or "does not parse"
             return _finish(row, c)
-        s = Structure.from_str(cif, fmt="cif")
+        s = read_cif(cif)
         comp = s.composition
         row.update(formula=comp.reduced_formula, n_elements=len(comp.elements),
                    elements=" ".join(sorted(el.symbol for el in comp.elements)))
@@ -84,7 +83,7 @@ class StabilityReward:
         row.update(e_hull=float(r.get("e_hull", math.nan)), relax_steps=int(r.get("n_steps") or 0),
                    relax_wall_s=float(r.get("wall_s") or 0.0), converged=bool(r.get("converged")),
                    relaxed_cif=r.get("relaxed_cif"), error=r.get("error") or None)
-        relaxed = Structure.from_str(r["relaxed_cif"], fmt="cif") if r.get("relaxed_cif") else s
+        relaxed = read_cif(r["relaxed_cif"]) if r.get("relaxed_cif") else s
         row["novel"] = bool(self.training.is_novel(relaxed))
         return _finish(row, c)
 
@@ -105,12 +104,13 @@ def _finish(row: dict, c: AlignConfig) -> dict:
 def mark_duplicates(scores: pd.DataFrame) -> pd.DataFrame:
     """Add ``unique`` / ``duplicate_of`` over the round (StructureMatcher, first occurrence wins,
     relaxed CIF where there is one); a duplicate is not eligible."""
-    from llamat_cif.metrics.matching import parse_structure, unique_representatives
+    from llamat_cif.cif import read_cif_or_none
+    from llamat_cif.metrics.matching import unique_representatives
 
     df = scores.sort_values("id").reset_index(drop=True)
     cif = df["relaxed_cif"] if "relaxed_cif" in df else pd.Series([None] * len(df))
     valid = df["valid"].astype(bool) if "valid" in df else pd.Series([True] * len(df))
-    structs = [parse_structure(c) if ok else None for c, ok in zip(cif, valid, strict=True)]
+    structs = [read_cif_or_none(c) if ok else None for c, ok in zip(cif, valid, strict=True)]
     rep = unique_representatives(df["id"].astype(str).tolist(), structs)
     df["duplicate_of"] = [None if rep[i] == i else rep[i] for i in df["id"].astype(str)]
     df["unique"] = df["duplicate_of"].isna()
