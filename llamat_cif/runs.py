@@ -14,7 +14,9 @@ Two modes:
   (chunk k is ``part-k``); a commit concatenates them in order into the committed file.
 
 A ``manifest`` (the settings that decide what a row holds) is stored beside the parts; parts written
-under another manifest are discarded rather than mixed in.
+under another manifest are discarded rather than mixed in. Several processes may write parts of one
+store side by side (the shards of a generation run): temporary files are named per process and the
+manifest is rewritten only when it changes.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ def write_parquet(obj: pd.DataFrame | Any, path: Path) -> None:
     """Write a DataFrame or a pyarrow Table to ``path`` through a temporary file and a rename, so the
     file is whole or absent, whenever the process stops."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: writers side by side never share one
     if isinstance(obj, pd.DataFrame):
         obj.to_parquet(tmp, index=False)
     else:
@@ -70,13 +72,17 @@ class RunStore:
         manifest: settings that must match for parts to be reused (None: any parts are reused).
         append: whether the committed file belongs to the table (see the module docstring).
         reset: start over: discard the parts (and, in append mode, the committed file).
+        sort_by: a column the table is ordered by (stable sort; read and commit), e.g. the batch of
+            generated samples; None: committed rows, then the parts in order.
     """
 
     def __init__(self, path: str | Path, *, key: str = "id", columns: list[str] | None = None,
-                 manifest: Mapping[str, Any] | None = None, append: bool = True, reset: bool = False):
+                 manifest: Mapping[str, Any] | None = None, append: bool = True, reset: bool = False,
+                 sort_by: str | None = None):
         self.path = Path(path)
         self.key = key
         self.columns = list(columns) if columns else None
+        self.sort_by = sort_by
         self.append_mode = append
         self.parts_dir = self.path.with_name(self.path.stem + ".parts")
         if reset:
@@ -90,10 +96,14 @@ class RunStore:
 
     def _check_manifest(self, manifest: dict) -> None:
         mpath = self.parts_dir / MANIFEST
-        if self.parts_dir.exists() and (not mpath.exists() or json.loads(mpath.read_text()) != manifest):
+        if mpath.exists() and json.loads(mpath.read_text()) == manifest:
+            return  # ours: left as it is (another process may be writing parts beside us)
+        if self.parts_dir.exists():
             shutil.rmtree(self.parts_dir)  # written under other settings: not ours to mix in
         self.parts_dir.mkdir(parents=True, exist_ok=True)
-        mpath.write_text(json.dumps(manifest, indent=1))
+        tmp = mpath.with_name(f"{MANIFEST}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(manifest, indent=1))
+        os.replace(tmp, mpath)
 
     def part_path(self, k: int) -> Path:
         """Where part ``k`` lives (it exists only once complete)."""
@@ -140,6 +150,8 @@ class RunStore:
         df = _concat(frames)
         if len(df) and self.key in df.columns:
             df = df.drop_duplicates(subset=self.key, keep="last").reset_index(drop=True)
+        if len(df) and self.sort_by in df.columns:
+            df = df.sort_values(self.sort_by, kind="stable").reset_index(drop=True)
         if self.columns:
             df = df.reindex(columns=self.columns + [c for c in df.columns if c not in self.columns])
         return df

@@ -73,3 +73,20 @@ def test_reset_starts_over(tmp_path):
     fresh = RunStore(path, reset=True)
     assert fresh.done_ids() == set() and not path.exists()
     assert fresh.write_part([]) is None and fresh.read().empty
+
+
+def test_writers_side_by_side_share_one_store(tmp_path):
+    """The shards of a generation run write parts of one store at once: a second writer with the same
+    manifest leaves the manifest (and the first writer's parts) alone, and the table is ordered by
+    ``sort_by`` whatever order the parts were written in."""
+    path = tmp_path / "samples.parquet"
+    first = RunStore(path, manifest={"seed": 0}, sort_by="batch")
+    manifest = first.parts_dir / "manifest.json"
+    inode = manifest.stat().st_ino
+    first.write_part([{"id": "s2", "batch": 1}], k=1)
+    second = RunStore(path, manifest={"seed": 0}, sort_by="batch")
+    assert manifest.stat().st_ino == inode and second.part_path(1).exists()
+    second.write_part([{"id": "s0", "batch": 0}, {"id": "s1", "batch": 0}], k=0)
+    assert list(first.read()["id"]) == ["s0", "s1", "s2"]
+    assert list(pd.read_parquet(second.commit())["id"]) == ["s0", "s1", "s2"]
+    assert not list(tmp_path.glob("**/*.tmp"))  # every temporary file was renamed into place
