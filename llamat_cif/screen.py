@@ -6,7 +6,7 @@ an interrupted screen resumes where it stopped without losing or duplicating row
 =============  =====================================  ==========================================
 stage          output in ``out_dir``                  resume unit
 =============  =====================================  ==========================================
-generate       ``samples.csv``                        rows (``llamat_cif.sampling.generate``)
+generate       ``samples.parquet``                    batches (``llamat_cif.sampling.generate``)
 validate       ``validity.parquet`` + summary         chunks (``llamat_cif.validators``)
 deduplicate    ``dedup.csv``                          recomputed (deterministic, cheap)
 relax + E_hull ``stability.parquet`` + summary        rows (parts per batch, ``llamat_cif.runs``)
@@ -30,6 +30,7 @@ import pandas as pd
 
 from llamat_cif.protocol import E_HULL_METASTABLE, E_HULL_STABLE
 from llamat_cif.sampling.config import SampleConfig
+from llamat_cif.sampling.rows import read_samples, samples_file
 from llamat_cif.stability.pipeline import StabilityConfig, run_stability
 from llamat_cif.stability.relax import RelaxConfig
 from llamat_cif.stability.summary import rate
@@ -110,7 +111,7 @@ Hook = Callable[[str, str], None]  # (stage, message)
 
 
 class ScreenError(RuntimeError):
-    """A stage cannot run (e.g. no generator and no samples.csv)."""
+    """A stage cannot run (e.g. no generator and no samples)."""
 
 
 def run_screen(config: ScreenConfig, *, data_dir: str | Path | None = None, progress: bool = True,
@@ -134,7 +135,7 @@ def run_screen(config: ScreenConfig, *, data_dir: str | Path | None = None, prog
     # refused before any work (and before the folder is claimed): a bad potential or model
     for name in potential_names(config.potential):
         resolve_potential(name)
-    if not (out / "samples.csv").is_file():
+    if samples_file(out) is None:
         resolve_model_path(config.model)
     out.mkdir(parents=True, exist_ok=True)
     (out / "screen_config.json").write_text(json.dumps(_config_dict(config), indent=2, default=str))
@@ -144,7 +145,7 @@ def run_screen(config: ScreenConfig, *, data_dir: str | Path | None = None, prog
     t = time.time()
     samples = stage_generate(config, progress=progress, executor=executor)
     timings["generate"] = time.time() - t
-    say("generate", f"{len(samples)} samples in samples.csv")
+    say("generate", f"{len(samples)} samples in {samples_file(out).name}")
 
     t = time.time()
     validity = stage_validate(config, data_dir=data_dir, progress=progress, executor=executor)
@@ -183,25 +184,25 @@ def _config_dict(config: ScreenConfig) -> dict:
 
 
 def stage_generate(config: ScreenConfig, *, progress: bool = True, executor: Any = None) -> pd.DataFrame:
-    """Generate (or finish generating) ``samples.csv``; skipped when it already has ``n`` rows."""
-    path = Path(config.out_dir) / "samples.csv"
-    if path.exists():
-        df = pd.read_csv(path, dtype={"id": str}, keep_default_na=False)
+    """Generate (or finish generating) the samples; skipped when the folder's committed table (or an
+    older run's ``samples.csv``) already has ``n`` rows."""
+    path = samples_file(config.out_dir)
+    if path is not None and path.is_file():
+        df = read_samples(path)
         if len(df) >= config.n:
             return df
     from llamat_cif.sampling import generate
 
-    generate(config.sample, progress=progress, executor=executor)
-    return pd.read_csv(path, dtype={"id": str}, keep_default_na=False)
+    return generate(config.sample, progress=progress, executor=executor)
 
 
 def stage_validate(config: ScreenConfig, *, data_dir: str | Path | None = None, progress: bool = True,
                    executor: Any = None) -> pd.DataFrame:
-    """Validate ``samples.csv`` into ``validity.parquet`` (the validators resume by chunk)."""
+    """Validate the samples into ``validity.parquet`` (the validators resume by chunk)."""
     from llamat_cif.validators.run import run_validation
 
     out = Path(config.out_dir)
-    run_validation(out / "samples.csv", out, n_jobs=max(1, config.n_workers), keep_cif=True, resume=True,
+    run_validation(samples_file(out), out, n_jobs=max(1, config.n_workers), keep_cif=True, resume=True,
                    progress=progress, executor=executor)
     v = pd.read_parquet(out / "validity.parquet")
     v["id"] = v["id"].astype(str)
@@ -242,7 +243,7 @@ def passing(validity: pd.DataFrame, relax_filter: str) -> pd.Series:
 
 
 def _valid_cifs(samples: pd.DataFrame, valid: pd.DataFrame) -> dict[str, str]:
-    """CIF per valid id: the validator's parsed CIF, else samples.csv's ``cif`` column."""
+    """CIF per valid id: the validator's parsed CIF, else the samples' ``cif`` column."""
     by_sample = dict(zip(samples["id"].astype(str), samples.get("cif", pd.Series([""] * len(samples))), strict=True))
     vcif = dict(zip(valid["id"], valid["cif"], strict=True)) if "cif" in valid.columns else {}
     out = {}

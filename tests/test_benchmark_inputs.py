@@ -327,3 +327,30 @@ def test_ase_database_and_zip_inputs(tmp_path, mp20_first20):
             got = Structure.from_str(c, fmt="cif")
             assert got.composition == want.composition
             assert got.volume == pytest.approx(want.volume, rel=1e-6)
+
+
+def test_a_run_folder_reads_the_same_from_parquet_and_from_an_older_csv(tmp_path):
+    """`benchmark --samples RUN` and `stability RUN` read a run folder through the one samples reader:
+    samples.parquet and an older run's samples.csv of the same rows give the same structure set, and
+    the stability input keeps only the rows validity.parquet calls valid."""
+    from llamat_cif.metrics.sources import load_structure_set
+    from llamat_cif.runs import write_parquet
+    from llamat_cif.sampling.rows import frame
+    from llamat_cif.stability.pipeline import read_structures_input
+
+    cif = "data_x\n_cell_length_a 4.0\n"
+    rows = [{"id": f"s{i:06d}", "text": "# x\n" + cif, "fmt": "cif", "cif": cif if i != 2 else "",
+             "error": "" if i != 2 else "no end", "target_formula": "", "target_spacegroup": "",
+             "seed": 0, "batch": i // 2, "n_tokens": 7, "constrained": True} for i in range(3)]
+    new, old = tmp_path / "new", tmp_path / "old"
+    write_parquet(frame(rows), new / "samples.parquet")
+    old.mkdir()
+    frame(rows).to_csv(old / "samples.csv", index=False)
+    a, b = load_structure_set(new), load_structure_set(old)
+    assert (a.kind, a.run_dir, b.kind, b.run_dir) == ("run", new, "run", old)
+    pd.testing.assert_frame_equal(a.table, b.table)
+    assert list(a.table["id"]) == ["s000000", "s000001", "s000002"] and list(a.table["cif"])[2] == ""
+    for run in (new, old):
+        pd.DataFrame({"id": ["s000000", "s000001", "s000002"], "valid": [True, False, False]}).to_parquet(
+            run / "validity.parquet")
+        assert list(read_structures_input(run)["id"]) == ["s000000"]

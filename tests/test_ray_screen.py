@@ -1,7 +1,7 @@
 """``screen --executor ray`` on a real local Ray cluster (no mocks).
 
 Known answers come from the local executor: with the same seed a Ray screen must write the same
-candidates (``samples.csv`` byte for byte), the same validity and stability verdicts and the same
+candidates (the same ``samples.parquet`` table, value for value), the same validity and stability verdicts and the same
 funnel; killing a Ray worker process mid-run and killing the driver mid-run must still end with
 exactly those rows, none duplicated.
 """
@@ -20,6 +20,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from llamat_cif.runs import RunStore
+from llamat_cif.sampling.rows import read_samples
 from tests.conftest import requires_data
 
 ray = pytest.importorskip("ray")
@@ -41,7 +43,7 @@ def _rows(out: Path, name: str) -> pd.DataFrame:
 
 
 def _assert_same_screen(ref: Path, got: Path) -> None:
-    assert (got / "samples.csv").read_bytes() == (ref / "samples.csv").read_bytes()
+    pd.testing.assert_frame_equal(read_samples(got), read_samples(ref), obj="samples")
     for name in ("validity.parquet", "stability.parquet"):
         a, b = _rows(ref, name), _rows(got, name)
         assert not b["id"].duplicated().any(), name
@@ -78,7 +80,7 @@ def test_interrupted_driver_resumes(local_run, tmp_path):
                          start_new_session=True)
     deadline = time.monotonic() + 300
     while p.poll() is None and time.monotonic() < deadline:
-        if (out / "samples.csv").is_file() and len((out / "samples.csv").read_text().splitlines()) > 1:
+        if RunStore(out / "samples.parquet").part_paths():  # the first batch is written
             break
         time.sleep(0.2)
     assert p.poll() is None, "the run ended before it could be interrupted"

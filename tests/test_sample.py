@@ -1,4 +1,4 @@
-"""Sampler with the shipped model: constrained decoding, conditions, interrupt + resume."""
+"""Sampler with the shipped model: constrained decoding, conditions, interrupt + resume, shards."""
 
 import os
 import signal
@@ -12,8 +12,10 @@ import pytest
 from pymatgen.core import Composition, Structure
 
 from llamat_cif.cif import strip_header
+from llamat_cif.runs import RunStore
 from llamat_cif.sampling import SampleConfig, generate, generate_structures
 from llamat_cif.sampling.config import parse_formula, parse_shard
+from llamat_cif.sampling.rows import read_samples, samples_file
 
 MGO = dict(n=4, batch_size=2, seed=5, formula="MgO")
 
@@ -27,10 +29,14 @@ def mgo_reference(tmp_path_factory):
 
 
 def _rows(out):
-    f = out / "samples.csv"
-    if not f.is_file() or f.stat().st_size == 0:
+    """The run's rows as they stand (committed table and parts), by the one reader."""
+    if samples_file(out) is None:
         return pd.DataFrame(columns=["id", "text"])
-    return pd.read_csv(f, keep_default_na=False)
+    return read_samples(out)
+
+
+def _parts(out):
+    return RunStore(out / "samples.parquet").part_paths()
 
 
 def test_formula_and_spacegroup_conditions_are_met(tmp_path):
@@ -71,7 +77,7 @@ def test_interrupted_run_resumes_to_exactly_n(tmp_path, mgo_reference):
     p = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "HF_HUB_OFFLINE": "1"})
     deadline = time.time() + 240
     while time.time() < deadline and p.poll() is None:
-        if (out / "samples.csv").is_file() and len(_rows(out)) >= 2:
+        if _parts(out):  # the first batch is written
             break
         time.sleep(0.5)
     if p.poll() is None:
@@ -79,23 +85,62 @@ def test_interrupted_run_resumes_to_exactly_n(tmp_path, mgo_reference):
     p.wait()
     assert len(_rows(out)) in (2, 4)
     generate(SampleConfig(n=4, out_dir=str(out), batch_size=2, seed=5, formula="MgO"), progress=False)
-    done = _rows(out)
-    assert list(done["id"]) == ["s000000", "s000001", "s000002", "s000003"]
-    assert list(done["text"]) == list(mgo_reference["text"])  # same rows as the uninterrupted run
+    assert (out / "samples.parquet").is_file() and not _parts(out)  # committed: the parts are gone
+    pd.testing.assert_frame_equal(read_samples(out), mgo_reference)  # the rows of the uninterrupted run
 
 
-def test_batch_cut_off_mid_write_is_drawn_again(tmp_path, mgo_reference):
-    # a kill while batch 1 was being written leaves one of its two rows: no duplicate, no loss
+def test_a_lost_last_part_is_drawn_again_and_nothing_else(tmp_path, mgo_reference):
+    """A kill loses at most the batch in flight: with the last part gone, the rerun draws that
+    batch alone and ends with exactly the rows of an uninterrupted run, no id twice."""
+    import json
+
+    generate(SampleConfig(out_dir=str(tmp_path), shard=(0, 1), **MGO), progress=False)  # parts, no commit
+    parts = _parts(tmp_path)
+    assert [p.name for p in parts] == ["part-000000.parquet", "part-000001.parquet"]
+    assert not (tmp_path / "samples.parquet").exists()
+    parts[-1].unlink()
+    df = generate(SampleConfig(out_dir=str(tmp_path), **MGO), progress=False)
+    summary = json.loads((tmp_path / "sample_summary.json").read_text())
+    assert summary["this_session"]["new_rows"] == 2 and summary["attempted"] == 4
+    pd.testing.assert_frame_equal(df, mgo_reference)
+    assert df["id"].is_unique and pd.read_parquet(tmp_path / "samples.parquet")["id"].is_unique
+
+
+def test_a_longer_rerun_extends_a_finished_run(tmp_path, mgo_reference):
+    """n=2 then n=4 on one folder: the committed batch is kept, only batch 1 is drawn, and the table
+    equals the uninterrupted n=4 run; a shorter rerun (n=3) keeps no row of the longer one
+    (batch 1 is drawn again at its new size), and n=4 again restores the reference rows."""
+    import json
+
+    small = {**MGO, "n": 2}
+    generate(SampleConfig(out_dir=str(tmp_path), **small), progress=False)
+    df = generate(SampleConfig(out_dir=str(tmp_path), **MGO), progress=False)
+    assert json.loads((tmp_path / "sample_summary.json").read_text())["this_session"]["new_rows"] == 2
+    pd.testing.assert_frame_equal(df, mgo_reference)
+    three = generate(SampleConfig(out_dir=str(tmp_path), **{**MGO, "n": 3}), progress=False)
+    assert list(three["id"]) == ["s000000", "s000001", "s000002"]
+    assert list(three["text"][:2]) == list(mgo_reference["text"][:2])
+    assert list(read_samples(tmp_path)["id"]) == ["s000000", "s000001", "s000002"]
+    pd.testing.assert_frame_equal(generate(SampleConfig(out_dir=str(tmp_path), **MGO), progress=False),
+                                  mgo_reference)
+
+
+def test_an_older_csv_run_cut_off_mid_batch_is_continued(tmp_path, mgo_reference):
+    """A run from before the run store (samples.csv), killed while batch 1 was being written, keeps
+    its whole batch 0 and continues into samples.parquet: no duplicate, no loss."""
+    import json
+
     mgo_reference.iloc[:3].to_csv(tmp_path / "samples.csv", index=False)
     df = generate(SampleConfig(out_dir=str(tmp_path), **MGO), progress=False)
-    assert list(df["id"]) == ["s000000", "s000001", "s000002", "s000003"]
-    assert list(df["text"]) == list(mgo_reference["text"])
+    assert json.loads((tmp_path / "sample_summary.json").read_text())["this_session"]["new_rows"] == 2
+    pd.testing.assert_frame_equal(df, mgo_reference)
+    pd.testing.assert_frame_equal(read_samples(tmp_path), mgo_reference)  # the parquet wins over the CSV
 
 
 @pytest.mark.parametrize("cut", ["in_text", "in_last_field", "field_boundary", "header"])
 def test_torn_file_resumes_to_the_uninterrupted_rows(tmp_path, mgo_reference, cut):
-    """A crash or a full disk can cut samples.csv anywhere; the rerun ignores the torn tail, draws
-    what is missing and ends with exactly the rows of an uninterrupted run."""
+    """A crash or a full disk could cut an older run's samples.csv anywhere; continuing it ignores
+    the torn tail, draws what is missing and ends with exactly the rows of an uninterrupted run."""
     (tmp_path / "ref").mkdir()
     mgo_reference.to_csv(tmp_path / "ref" / "full.csv", index=False)
     raw = (tmp_path / "ref" / "full.csv").read_bytes()
@@ -115,14 +160,67 @@ def test_shards_merge_into_the_single_process_run(tmp_path, mgo_reference):
     for i in (1, 0):  # any order
         part = generate(SampleConfig(out_dir=str(tmp_path), shard=(i, 2), **MGO), progress=False)
         assert set(part["batch"]) == {i}
-        assert (tmp_path / f"samples.shard{i}of2.csv").is_file()
-    assert not (tmp_path / "samples.csv").exists()
+        pd.testing.assert_frame_equal(part, mgo_reference[mgo_reference["batch"] == i].reset_index(drop=True))
+    assert [p.name for p in _parts(tmp_path)] == ["part-000000.parquet", "part-000001.parquet"]
+    assert not (tmp_path / "samples.parquet").exists()  # shards commit nothing
+    pd.testing.assert_frame_equal(read_samples(tmp_path), mgo_reference)  # the parts side by side: the whole table
     df = generate(SampleConfig(out_dir=str(tmp_path), **MGO), progress=False)
     summary = json.loads((tmp_path / "sample_summary.json").read_text())
     assert summary["this_session"]["new_rows"] == 0  # everything came from the shards
     assert set(summary["shards"]) == {"shard0of2", "shard1of2"}
-    assert list(df["id"]) == list(mgo_reference["id"])
-    assert list(df["text"]) == list(mgo_reference["text"])
+    pd.testing.assert_frame_equal(df, mgo_reference)
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "samples.parquet"), mgo_reference)
+    assert not _parts(tmp_path)
+
+
+def test_an_older_runs_shard_files_are_merged(tmp_path, mgo_reference):
+    """Shards written before the run store (samples.shardIofK.csv) are merged by the run without a
+    shard, as before, into samples.parquet."""
+    import json
+
+    for i in (0, 1):
+        mgo_reference[mgo_reference["batch"] == i].to_csv(tmp_path / f"samples.shard{i}of2.csv", index=False)
+    df = generate(SampleConfig(out_dir=str(tmp_path), **MGO), progress=False)
+    assert json.loads((tmp_path / "sample_summary.json").read_text())["this_session"]["new_rows"] == 0
+    pd.testing.assert_frame_equal(df, mgo_reference)
+
+
+def test_one_reader_for_csv_and_parquet_runs(tmp_path):
+    """read_samples gives the same table from an older run's samples.csv (as generate wrote it, CIF
+    text with newlines, commas and quotes inside CSV), from samples.parquet (committed or still in
+    parts), from a recorded parquet with string columns, and from either run folder."""
+    import csv
+
+    from llamat_cif.sampling.rows import SAMPLE_COLUMNS, frame, sample_store
+
+    cif = 'data_NaCl\n_chemical_formula_sum \'Na4 Cl4\'\n_cell_length_a 5.6, "x"\n'
+    rows = [{"id": f"s{i:06d}", "text": "# formula: Na4 Cl4\n" + cif, "fmt": "cif", "cif": cif if i != 1 else "",
+             "error": "" if i != 1 else "no end of structure within 1000 tokens", "target_formula": "NaCl" if i else "",
+             "target_spacegroup": 225 if i == 2 else "", "seed": 0, "batch": i // 2, "n_tokens": 120 + i,
+             "constrained": True} for i in range(3)]
+    old, new, parts = tmp_path / "old", tmp_path / "new", tmp_path / "parts"
+    old.mkdir()
+    with open(old / "samples.csv", "w", newline="") as fh:  # what generate wrote before the run store
+        writer = csv.DictWriter(fh, fieldnames=SAMPLE_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    cfg = SampleConfig(n=3, out_dir=str(new), batch_size=2)
+    for folder, commit in ((new, True), (parts, False)):
+        store = sample_store(folder, cfg)
+        store.write_part(frame(rows[2:]), k=1)  # any order: the table is ordered by batch
+        store.write_part(frame(rows[:2]), k=0)
+        if commit:
+            store.commit()
+    expected = frame(rows)
+    assert list(expected["target_spacegroup"]) == ["", "", "225"] and expected["n_tokens"].dtype == "int64"
+    recorded = tmp_path / "recorded.parquet"
+    expected.astype(str).to_parquet(recorded)  # a recorded run kept as string columns
+    for source in (old, old / "samples.csv", new, new / "samples.parquet", parts, parts / "samples.parquet",
+                   recorded):
+        pd.testing.assert_frame_equal(read_samples(source), expected, obj=str(source))
+    assert samples_file(old) == old / "samples.csv" and samples_file(parts) == parts / "samples.parquet"
+    with pytest.raises(FileNotFoundError, match="no samples.parquet or samples.csv"):
+        read_samples(tmp_path / "parts" / "..")  # tmp_path itself: not a run folder
 
 
 def test_bad_shard_is_a_clear_error():
@@ -263,7 +361,7 @@ def test_generate_structures_returns_the_runs_crystals(tmp_path):
     """The library entry point gives Structures, one per row, equal to the run's written CIFs."""
     cfg = SampleConfig(n=3, out_dir=str(tmp_path), batch_size=3, seed=0)
     structures = generate_structures(cfg, progress=False)
-    rows = pd.read_csv(tmp_path / "samples.csv", keep_default_na=False)
+    rows = read_samples(tmp_path)
     assert len(structures) == len(rows) == 3
     for s, cif in zip(structures, rows["cif"], strict=True):
         assert isinstance(s, Structure) and cif

@@ -1,4 +1,4 @@
-"""The screen pipeline from an existing samples.csv: stages, funnel counts, interrupt + resume."""
+"""The screen pipeline from an existing (older run's) samples.csv: stages, funnel counts, interrupt + resume."""
 
 from __future__ import annotations
 
@@ -101,7 +101,7 @@ def test_screen_end_to_end_with_generator(tmp_path):
     pytest.importorskip("llamat_cif.sampling")
     cfg = ScreenConfig.of(n=4, out_dir=str(tmp_path), batch_size=4, seed=0, relax=RelaxConfig(max_steps=100))
     funnel = run_screen(cfg, progress=False)
-    samples = pd.read_csv(tmp_path / "samples.csv", dtype={"id": str})
+    samples = pd.read_parquet(tmp_path / "samples.parquet")
     assert len(samples) == 4 and not samples["id"].duplicated().any()
     counts = [s["numerator"] for s in funnel["stages"]]
     assert counts[0] == 4 and all(a >= b for a, b in zip(counts[:5], counts[1:6], strict=True))

@@ -431,6 +431,36 @@ def test_run_validation_inputs(tmp_path, nacl, perovskite):
     assert s["condition_requested"] == 3 and s["condition_adherent"] == 2
 
 
+def test_run_folders_are_validated_by_their_samples(tmp_path, nacl, perovskite):
+    """A generate run folder (samples.parquet, or an older run's samples.csv) and RUN/samples.parquet
+    give the validity rows of the samples table itself: the raw texts, not the CIFs in RUN/cifs/."""
+    from llamat_cif.cif import to_text
+    from llamat_cif.runs import write_parquet
+    from llamat_cif.sampling.rows import frame
+
+    rows = [{"id": f"s{i:06d}", "text": t, "fmt": "cif", "cif": c, "error": "", "target_formula": f,
+             "target_spacegroup": g, "seed": 0, "batch": 0, "n_tokens": 10, "constrained": True}
+            for i, (t, c, f, g) in enumerate([(to_text(nacl, "cif"), _cif(nacl), "NaCl", 225),
+                                              (to_text(perovskite, "cif"), _cif(perovskite), "", ""),
+                                              ("not a crystal", "", "KCl", "")])]
+    timing = ["time_s", "cpu_s"]  # measured, never equal between runs
+    new, old = tmp_path / "new", tmp_path / "old"
+    write_parquet(frame(rows), new / "samples.parquet")
+    old.mkdir()
+    frame(rows).to_csv(old / "samples.csv", index=False)
+    for run in (new, old):
+        (run / "cifs").mkdir()
+        (run / "cifs" / "decoy.cif").write_text(_cif(nacl))
+    ref = run_validation(old / "samples.csv", tmp_path / "ref", n_jobs=1, check_bonds=False)
+    want = pd.read_parquet(tmp_path / "ref" / "validity.parquet").drop(columns=timing, errors="ignore")
+    assert (ref["n"], ref["parsed"], ref["condition_adherent"]) == (3, 2, 1)
+    for k, source in enumerate((new, new / "samples.parquet", old)):
+        s = run_validation(source, tmp_path / f"v{k}", n_jobs=1, check_bonds=False)
+        got = pd.read_parquet(tmp_path / f"v{k}" / "validity.parquet").drop(columns=timing, errors="ignore")
+        assert (s["n"], s["parsed"], s["condition_adherent"]) == (3, 2, 1)
+        pd.testing.assert_frame_equal(got, want, obj=str(source))
+
+
 def test_interrupted_run_resumes_from_finished_chunks(tmp_path, nacl):
     texts = [_cif(nacl) if i % 10 == 0 else f"junk {i}" for i in range(250)]
     csv = tmp_path / "in.csv"

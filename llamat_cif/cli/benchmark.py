@@ -19,7 +19,8 @@ from llamat_cif.cli._common import (
 
 @click.command()
 @click.option("--samples", "samples", required=True, multiple=True, metavar="[LABEL=]INPUT",
-              help="Structures to benchmark: a run folder (samples.csv, + its validity/stability files), a "
+              help="Structures to benchmark: a run folder (samples.parquet or samples.csv, + its validity/stability "
+                   "files), a "
                    "folder of .cif files (recursive), a .zip of them, a .cif file, a CSV/parquet with a 'cif' "
                    "column, an ASE database or extended-XYZ/trajectory file, or a registry split (mp20-train). "
                    "Repeat for a comparison report of several generators (LABEL= names each set).")

@@ -16,11 +16,12 @@ from llamat_cif.cli._common import console, fail, generation_options, sample_con
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="runs/generate", show_default=True)
 @generation_options
 @click.option("--shard", default=None, metavar="I/K",
-              help="Draw only batches b with b %% K == I (into OUT/samples.shardIofK.csv), so K processes "
-                   "share one seeded run; a later run without --shard merges them and fills any gaps.")
+              help="Draw only batches b with b %% K == I (parts in OUT/samples.parts/, beside the other "
+                   "shards'), so K processes share one seeded run; a later run without --shard merges them "
+                   "into OUT/samples.parquet and fills any gaps.")
 @seed_option
 def generate(n, out_dir, shard, seed, **opts) -> None:
-    """Sample structures into OUT/samples.csv and OUT/cifs/ (resumes an interrupted run)."""
+    """Sample structures into OUT/samples.parquet and OUT/cifs/ (resumes an interrupted run)."""
     from llamat_cif.model import ModelLoadError
     from llamat_cif.sampling import generate as run
     from llamat_cif.sampling.config import parse_shard
@@ -44,4 +45,6 @@ def generate(n, out_dir, shard, seed, **opts) -> None:
     t.add_row(str(summary["attempted"]), f"{summary['decoded']} / {summary['attempted']}",
               str(summary["with_error"]), str(summary["this_session"]["structures_per_s"]))
     console.print(t)
-    console.print(f"samples: {out_dir}/samples{tag}.csv ({len(df)} rows); CIFs in {out_dir}/cifs/")
+    where = (f"{out_dir}/samples.parts/ (shard {shard_ik[0]}/{shard_ik[1]}; run without --shard to merge)"
+             if shard_ik else f"{out_dir}/samples.parquet")
+    console.print(f"samples: {where} ({len(df)} rows); CIFs in {out_dir}/cifs/")

@@ -88,7 +88,7 @@ def screen(n, out_dir, relax_filter, workers, executor, address, ray_cpus, progr
             OSError, RayUnavailable) as exc:
         fail(str(exc))
     print_funnel(funnel)
-    console.print(f"results in {out_dir}: samples.csv, validity.parquet, stability.parquet, sun.json, funnel.json")
+    console.print(f"results in {out_dir}: samples.parquet, validity.parquet, stability.parquet, sun.json, funnel.json")
     if as_json:
         emit_json(funnel)
 

@@ -40,9 +40,9 @@ def stability(input_path, out_dir, workers, threads, batch_size, device, limit, 
               **opts) -> None:
     """Relax INPUT's structures (FIRE + FrechetCellFilter) and compute E_hull.
 
-    INPUT: a run folder with samples.csv (valid rows only when validity.parquet exists), a folder
-    of .cif files (recursive), a .zip of them, one .cif file, a CSV/parquet with a `cif` column, or
-    an ASE database / extended-XYZ file. Every structure becomes a row: one that cannot be read or
+    INPUT: a run folder with samples.parquet or an older run's samples.csv (valid rows only when
+    validity.parquet exists), a folder of .cif files (recursive), a .zip of them, one .cif file, a
+    CSV/parquet with a `cif` column, or an ASE database / extended-XYZ file. Every structure becomes a row: one that cannot be read or
     that the validators' input checks refuse (cell parameters, size: at most 1000 sites) is an
     error row, not relaxed. A repeated id gets ~2, ~3... as in `validate`. Rows stream to
     OUT/stability.parts/ after every batch and are committed into OUT/stability.parquet at the end

@@ -52,8 +52,9 @@ def validate(input_path, out_dir, n_jobs, timeout_s, chunk_size, column, fmt, ta
 
     \b
     INPUT is a folder of .cif files, a .zip of them, a CSV/parquet with a `cif` or `text`
-    column (samples.csv of `llamat-cif generate` works as is), a file of concatenated CIFs,
-    or DATASET:SPLIT (e.g. mp20:test).
+    column, a run folder of `llamat-cif generate` (its samples.parquet, or an older run's
+    samples.csv; RUN/samples.parquet works too), a file of concatenated CIFs, or DATASET:SPLIT
+    (e.g. mp20:test).
 
     \b
     Writes OUT/validity.parquet (one row per structure) and OUT/validity_summary.json

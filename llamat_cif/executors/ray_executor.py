@@ -1,6 +1,6 @@
 """Ray executor: the screen's batches, chunks and relaxations as Ray tasks, results written locally.
 
-Each stage keeps its own output files and resume rules (``samples.csv`` by batch,
+Each stage keeps its own output files and resume rules (``samples.parquet`` parts by batch,
 ``validity.parts/`` by chunk, ``stability.parquet`` by row); only the work moves to Ray:
 
 * **generation**: one task per batch ``b``, drawn with seed ``(seed, b)`` by a

@@ -3,7 +3,7 @@
 Samples and reference come from anywhere :func:`llamat_cif.metrics.sources.load_structure_set`
 reads: a run folder, a registry split, a folder/zip of CIFs, a CSV/parquet with a ``cif`` column, an
 ASE database or trajectory, or pymatgen/ASE objects in Python (:func:`benchmark_structures`). A run
-folder (``samples.csv``: id, text, fmt, cif, error, target_formula, ...) also lends its
+folder (``samples.parquet``, or a legacy ``samples.csv``: id, text, fmt, cif, error, ...) also lends its
 ``validity.parquet`` and ``stability.parquet`` / ``sun.json``; any other input is validated here and
 its validity table is kept in ``out`` (``validity.parquet``, reused while the input is unchanged).
 Outputs in ``out``: ``metrics.json``, ``per_element.csv``, ``report.md`` and ``figures/*.png``.

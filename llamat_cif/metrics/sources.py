@@ -9,7 +9,8 @@ holding no text is a row with a named error, never a crashed benchmark.
 
 Accepted inputs (:func:`load_structure_set`):
 
-* a run folder of ``llamat-cif generate`` / ``screen`` (holds ``samples.csv``);
+* a run folder of ``llamat-cif generate`` / ``screen`` (holds ``samples.parquet``, or ``samples.csv``
+  from older versions; read by :func:`llamat_cif.sampling.rows.read_samples`);
 * a registry split ``<dataset>-<split>`` (``mp20-test``, ``mp20-train``, ``perov5-test``...);
 * a folder of ``.cif`` files, searched recursively (id: path below the folder, without ``.cif``);
 * a ``.zip`` of ``.cif`` files; a single ``.cif`` file (several ``data_`` blocks: one row each);
@@ -220,7 +221,7 @@ def table_from_frame(df: pd.DataFrame, *, name: str = "table") -> pd.DataFrame:
 def _cif_folder_rows(path: Path) -> list[dict[str, Any]]:
     files = sorted(p for p in path.rglob("*") if p.suffix.lower() == ".cif" and not p.is_dir())
     if not files:
-        raise SourceError(f"{path}: a folder without samples.csv and without .cif files")
+        raise SourceError(f"{path}: a folder without samples (samples.parquet, samples.csv) and without .cif files")
     rows = []
     for p in files:
         text, err = _read_text_file(p)
@@ -284,14 +285,14 @@ def _split_blocks(text: str) -> list[str]:
     return ["".join(b) for b in blocks if "".join(b).strip()]
 
 
-def read_samples(run_dir: Path) -> pd.DataFrame:
-    """``samples.csv`` of a run folder with string columns (empty strings for missing text)."""
-    path = Path(run_dir) / "samples.csv"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: a run folder holds samples.csv (llamat-cif generate)")
-    df = pd.read_csv(path, dtype={"id": str}, keep_default_na=False)
+def run_samples(run_dir: Path) -> pd.DataFrame:
+    """The samples of a run folder (:func:`llamat_cif.sampling.rows.read_samples`: ``samples.parquet``
+    or a legacy ``samples.csv``), with an ``id`` (row order when the table has none)."""
+    from llamat_cif.sampling.rows import read_samples
+
+    df = read_samples(run_dir)
     if "cif" not in df.columns:
-        raise ValueError(f"{path} has no 'cif' column (columns: {list(df.columns)})")
+        raise ValueError(f"{run_dir}: the samples have no 'cif' column (columns: {list(df.columns)})")
     if "id" not in df.columns:
         df.insert(0, "id", [f"s{i:06d}" for i in range(len(df))])
     return df
@@ -353,8 +354,10 @@ def load_structure_set(
         return StructureSet(table, "registry", text, f"{desc} (n={len(table)})", registry=reg)
     low = path.name.lower()
     if path.is_dir():
-        if (path / "samples.csv").exists():
-            df = read_samples(path)
+        from llamat_cif.sampling.rows import samples_file
+
+        if samples_file(path) is not None:
+            df = run_samples(path)
             df["cif"] = df["cif"].astype(str)
             df["read_error"] = ""
             table = _frame(df.to_dict("records"))
@@ -404,5 +407,5 @@ def iter_sources(values: Sequence[str]) -> Iterator[tuple[str, str]]:
         yield label, src
 
 
-__all__ = ["SourceError", "StructureSet", "describe_set", "iter_sources", "load_structure_set", "read_samples",
-           "registry_split", "structure_cif", "table_from_frame"]
+__all__ = ["SourceError", "StructureSet", "describe_set", "iter_sources", "load_structure_set", "registry_split",
+           "run_samples", "structure_cif", "table_from_frame"]

@@ -7,7 +7,8 @@ folder, resumable; returns the rows) and :func:`generate_structures` (the same, 
 * :mod:`~llamat_cif.sampling.sample` — :func:`generate`, ``BatchSampler`` (one seeded batch per
   index), ``draw_batch`` and ``decode_sample`` (also used by alignment);
 * :mod:`~llamat_cif.sampling.config` — :class:`SampleConfig`, checks and resolution of its values;
-* :mod:`~llamat_cif.sampling.rows` — the ``samples.csv`` table and resuming from it;
+* :mod:`~llamat_cif.sampling.rows` — the samples table (``samples.parquet``; legacy
+  ``samples.csv``), its one reader ``read_samples``, and resuming a run from it;
 * :mod:`~llamat_cif.sampling.processor` — ``GrammarLogitsProcessor``, a ``transformers``
   logits processor that walks every row through its grammar;
 * :mod:`~llamat_cif.sampling.grammars` — the CIF and LLaMat document grammars;

@@ -1,15 +1,16 @@
 """Batched, seeded, conditional, grammar-constrained crystal generation.
 
 :func:`generate` samples ``n`` documents from a generator model in batches (KV cache, left padding),
-decodes each into a ``Structure``, and appends the batch to ``out_dir/samples.csv`` (plus one CIF per
-structure in ``out_dir/cifs/``) as soon as it is done. Batch ``k`` is always drawn with seed
-``(seed, k)``, so an interrupted run resumes with the batches it lacks and writes exactly the rows an
-uninterrupted one would, with no duplicates and no gaps (a batch cut off mid-write is drawn again).
+decodes each into a ``Structure``, and writes each batch, as soon as it is done, as one part of the
+run store behind ``out_dir/samples.parquet`` (plus one CIF per structure in ``out_dir/cifs/``); the
+finished run commits the parts into ``samples.parquet``. Batch ``k`` is always drawn with seed
+``(seed, k)`` and a part appears only whole, so an interrupted run resumes with the batches it lacks
+and writes exactly the rows an uninterrupted one would, with no duplicates and no gaps.
 
-``shard=(i, k)`` draws only the batches ``b`` with ``b % k == i`` into
-``out_dir/samples.shard{i}of{k}.csv``, so ``k`` processes (or GPUs) can share one seeded run; a later
-run without a shard on the same ``out_dir`` takes the shards' complete batches, draws any that are
-missing and writes the whole table, identical to a single-process run.
+``shard=(i, k)`` draws only the batches ``b`` with ``b % k == i``, writing their parts beside the
+other shards' (nothing is committed), so ``k`` processes (or GPUs) can share one seeded run; a later
+run without a shard on the same ``out_dir`` takes the shards' batches, draws any that are missing
+and commits the whole table, identical to a single-process run.
 
 With ``constrained=True`` (default) a logits processor walks every sequence through the document
 grammar of :mod:`llamat_cif.sampling.grammars`: only text that parses can be written, the composition follows
@@ -31,7 +32,6 @@ its resume helpers in :mod:`llamat_cif.sampling.rows`, the logits processor in
 
 from __future__ import annotations
 
-import csv
 import json
 import time
 from dataclasses import asdict
@@ -53,12 +53,13 @@ from llamat_cif.sampling.config import (
     window_tuple,
 )
 from llamat_cif.sampling.rows import (
-    SAMPLE_COLUMNS,
+    batch_ids,
     check_resume,
-    complete_batches,
-    read_rows,
-    shard_files,
-    write_rows,
+    frame,
+    read_samples,
+    resume_batches,
+    sample_store,
+    typed,
 )
 
 
@@ -193,7 +194,7 @@ class BatchSampler:
         self.prompt = "" if cfg.constrained else _prompt(cfg, fmt, self.formula)
 
     def rows(self, b: int) -> list[dict]:
-        """The ``samples.csv`` rows of batch ``b`` (drawn with seed ``(cfg.seed, b)``)."""
+        """The sample rows of batch ``b`` (drawn with seed ``(cfg.seed, b)``)."""
         from llamat_cif.sampling.fields import Conditions
 
         cfg, targets = self.cfg, self.targets
@@ -235,8 +236,6 @@ def generate(cfg: SampleConfig, *, progress: bool = True, model=None, tokenizer=
             (each worker holds the model; batch ``b`` still uses seed ``(seed, b)``, so the rows are
             those of a local run); None draws them here.
     """
-    import pandas as pd
-
     from llamat_cif.progress import progress_bar
 
     targets: list[tuple[str | None, int | None]] | None = None
@@ -257,25 +256,12 @@ def generate(cfg: SampleConfig, *, progress: bool = True, model=None, tokenizer=
     (out / "sample_config.json").write_text(json.dumps({**asdict(cfg), "shard": None}, indent=2))
     n_batches = -(-cfg.n // cfg.batch_size)
     tag = f".shard{shard[0]}of{shard[1]}" if shard else ""
-    samples = out / f"samples{tag}.csv"
-    rows_before = read_rows(samples)
-    have = complete_batches(rows_before, cfg.n, cfg.batch_size)
-    merged = 0
-    if shard is None:  # take complete batches drawn by shards of this run
-        for path in shard_files(out):
-            for b, rows in complete_batches(read_rows(path), cfg.n, cfg.batch_size).items():
-                if b not in have:
-                    have[b] = rows
-                    merged += len(rows)
-    have = {b: rows for b, rows in have.items() if b < n_batches}
-    if merged or rows_before or (samples.is_file() and samples.stat().st_size > 0):
-        # rewritten whole before appending: partial batches and a torn last line (a crash or a
-        # full disk mid-write) go, the shards' rows come in, and new rows start on a clean line
-        write_rows(samples, have)
-    todo = [b for b in range(n_batches) if b not in have and (shard is None or b % shard[1] == shard[0])]
     mine = [b for b in range(n_batches) if shard is None or b % shard[1] == shard[0]]
-    total = sum(min(cfg.batch_size, cfg.n - b * cfg.batch_size) for b in mine)
-    done = total - sum(min(cfg.batch_size, cfg.n - b * cfg.batch_size) for b in todo)
+    store = sample_store(out, cfg)
+    have = resume_batches(store, out, cfg.n, cfg.batch_size, mine, merge=shard is None)
+    todo = [b for b in mine if b not in have]
+    total = len(batch_ids(mine, cfg.n, cfg.batch_size))
+    done = total - len(batch_ids(todo, cfg.n, cfg.batch_size))
     stats: dict[str, int] = {}
     if sampler is not None:
         device = str(sampler.device)
@@ -286,31 +272,25 @@ def generate(cfg: SampleConfig, *, progress: bool = True, model=None, tokenizer=
     t0 = time.time()
     new_rows = 0
     tokens_out = 0
-    write_header = not samples.is_file() or samples.stat().st_size == 0
-    with progress_bar("generate", enabled=progress, fields=("note",)) as bar, \
-            open(samples, "a", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=SAMPLE_COLUMNS)
-        if write_header:
-            writer.writeheader()
-            fh.flush()
+    with progress_bar("generate", enabled=progress, fields=("note",)) as bar:
         task = bar.add_task("gen", total=total, completed=done, note="")
-        for _b, rows in batches:
+        for b, rows in batches:
             for row in rows:
                 tokens_out += int(row["n_tokens"])
                 if row["cif"]:
                     (out / "cifs" / f"{row['id']}.cif").write_text(row["cif"])
-            writer.writerows(rows)
-            fh.flush()
+            store.write_part(frame(rows), k=b)  # part b appears whole: a kill loses only the batch in flight
             new_rows += len(rows)
             el = time.time() - t0
             bar.update(task, advance=len(rows), note=f"{new_rows / el:.2f} structures/s, {tokens_out / el:.0f} tok/s")
     if sampler is not None:
         stats = asdict(sampler.stats)
     wall = time.time() - t0
-    df = pd.read_csv(samples, keep_default_na=False)
-    if not df["id"].is_monotonic_increasing:  # batches merged from shards, then gaps drawn
-        write_rows(samples, complete_batches(read_rows(samples), cfg.n, cfg.batch_size))
-        df = pd.read_csv(samples, keep_default_na=False)
+    if shard is None:
+        df = read_samples(store.commit())
+    else:  # this shard's batches; the parts stay for the run without a shard to commit
+        df = typed(store.read())
+        df = df[df["id"].isin(set(batch_ids(mine, cfg.n, cfg.batch_size)))].reset_index(drop=True)
     summary = {
         "attempted": int(len(df)),
         "decoded": int((df["cif"] != "").sum()),
@@ -341,7 +321,7 @@ def generate_structures(cfg: SampleConfig, **kwargs):
 
     Returns:
         One entry per sample, in sample order: the decoded ``Structure``, or ``None`` where the
-        document did not decode (its row in ``samples.csv`` says why).
+        document did not decode (its row in ``samples.parquet`` says why).
     """
     from llamat_cif.cif import from_text
 

@@ -51,7 +51,8 @@ def read_structures_input(path: str | Path, *, data_dir: str | Path | None = Non
     column, an ASE database or trajectory, a registry split), and every structure in it becomes a
     row: a file that cannot be read (binary, too large, unreadable) keeps its id and a
     ``read_error``, which :func:`run_stability` writes as an error row. A run folder with
-    ``samples.csv`` gives its rows, only the valid ones when ``validity.parquet`` says which.
+    ``samples.parquet`` (or an older run's ``samples.csv``) gives its rows, only the valid ones
+    when ``validity.parquet`` says which.
 
     Raises:
         SourceError: the input as a whole cannot be read, or ids repeat (they name rows and resume).

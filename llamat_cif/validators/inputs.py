@@ -16,6 +16,8 @@ from typing import Any
 
 import pandas as pd
 
+from llamat_cif.sampling.rows import SAMPLES_FILE, read_samples, samples_file
+
 #: Bytes read from one file at most; anything longer is refused by the parse step anyway.
 MAX_READ_BYTES = 4_000_000
 TEXT_COLUMNS = ("text", "cif")
@@ -85,7 +87,7 @@ def iter_frame(df: pd.DataFrame, *, column: str | None = None, fmt: str | None =
                start: int = 0) -> Iterator[dict[str, Any]]:
     """Records from a table with ``id`` (optional) and ``text`` or ``cif`` (+ ``fmt``, targets).
 
-    When a table has both ``text`` and ``cif`` (``samples.csv`` of ``llamat-cif generate``), the raw
+    When a table has both ``text`` and ``cif`` (the samples of ``llamat-cif generate``), the raw
     model output ``text`` is what gets validated: ``cif`` is already a re-written decoding.
     """
     col = _pick_column(df.columns, column)
@@ -222,7 +224,8 @@ def iter_input(
     """Records from any supported input, ids made unique by :class:`UniqueIds`.
 
     Args:
-        source: a folder of ``.cif`` files, a ``.zip`` of them, a CSV/TSV (optionally gzipped) or
+        source: a folder of ``.cif`` files, a ``.zip`` of them, a run folder of ``generate`` (its
+            samples, :func:`llamat_cif.sampling.rows.read_samples`), a CSV/TSV (optionally gzipped) or
             parquet table with a ``cif`` or ``text`` column, a file of concatenated CIFs (or
             blank-line separated LLaMat texts), a ``pandas.DataFrame``, or ``"dataset:split"``
             (e.g. ``"mp20:test"``) from the data registry.
@@ -263,7 +266,10 @@ def _records(source: Any, *, column, fmt, chunk_size) -> Iterator[dict[str, Any]
             return
         raise InputError(f"input {source} does not exist")
     low = p.name.lower()
-    if p.is_dir():
+    if (p.is_dir() and samples_file(p) is not None) or low == SAMPLES_FILE:
+        # a generate run (its samples.parquet, or an older run's samples.csv), by the one reader
+        yield from iter_frame(read_samples(p), column=column, fmt=fmt)
+    elif p.is_dir():
         yield from iter_folder(p, fmt=fmt)
     elif low.endswith(".zip"):
         yield from iter_zip(p, fmt=fmt)

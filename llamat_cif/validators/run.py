@@ -19,6 +19,7 @@ from typing import Any
 import pandas as pd
 
 from llamat_cif.runs import RunStore
+from llamat_cif.sampling.rows import samples_file
 from llamat_cif.validators.core import COLUMNS, Thresholds, validate_one
 
 ROWS_FILE = "validity.parquet"
@@ -291,6 +292,8 @@ def _input_fingerprint(source: Any) -> dict[str, Any]:
         h = hashlib.sha256(pd.util.hash_pandas_object(source.astype(str), index=True).values.tobytes()).hexdigest()
         return {"kind": "dataframe", "rows": len(source), "sha256": h}
     p = Path(str(source))
+    if p.is_dir() and (samples := samples_file(p)) is not None and samples.exists():
+        p = samples  # a run folder: its samples, not the folder (which changes as outputs are written)
     if p.exists():
         st = p.stat()
         return {"kind": "path", "path": str(p.resolve()), "size": st.st_size, "mtime": int(st.st_mtime)}
