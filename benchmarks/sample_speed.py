@@ -55,7 +55,7 @@ def main() -> None:
                 "cpu": platform.processor() or platform.machine(), "threads": args.threads, "torch": torch.__version__,
                 "temperature": args.temperature, "top_p": args.top_p, "seed": args.seed,
                 "n_per_batch_size": args.n_per_batch_size,
-                "note": "wall time includes grammar bookkeeping, decoding to Structure and writing samples.csv",
+                "note": "wall time includes grammar bookkeeping, decoding to Structure and writing samples.parquet",
                 "rows": rows}
         out_path.write_text(json.dumps(info, indent=2))
 

@@ -25,6 +25,7 @@ from rich.progress import Progress
 from rich.table import Table
 from scipy.stats import spearmanr
 
+from llamat_cif.sampling.rows import read_samples
 from llamat_cif.stability.hull import Hull
 from llamat_cif.stability.pipeline import score_row
 from llamat_cif.stability.potentials import load_potential
@@ -35,13 +36,13 @@ STEPS = (0, 25, 50, 100)
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("run", type=Path, help="generate run folder with samples.csv and validity.parquet")
+    ap.add_argument("run", type=Path, help="generate run folder with samples (parquet or an older run's CSV) and validity.parquet")
     ap.add_argument("-k", type=int, default=40)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path(__file__).with_name("reward_rank.json"))
     a = ap.parse_args()
     quiet_warnings()
-    samples = pd.read_csv(a.run / "samples.csv", dtype={"id": str}, keep_default_na=False)
+    samples = read_samples(a.run)
     valid = pd.read_parquet(a.run / "validity.parquet")
     ids = sorted(valid.loc[valid["valid"].astype(bool), "id"].astype(str))
     chosen = sorted(np.random.default_rng(a.seed).choice(ids, size=min(a.k, len(ids)), replace=False))

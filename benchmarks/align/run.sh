@@ -19,7 +19,7 @@ python benchmarks/align/reward_rank.py benchmarks/physics/runs/t0.7-p0.9-seed0-p
 # 3. the aligned model on the seeds of the recorded default run (300 samples, batch 8, seed 0),
 #    validity of all, stability of 100 seeded-random valid samples with the default pipeline
 llamat-cif generate -n 300 --batch-size 8 --seed 0 --model $A/final --out $E/aligned-300
-llamat-cif validate $E/aligned-300/samples.csv --out $E/aligned-300 --jobs 1
+llamat-cif validate $E/aligned-300 --out $E/aligned-300 --jobs 1
 llamat-cif benchmark --samples $E/aligned-300 --out $E/aligned-300/stability-100 --stability 100 --seed 0 --no-coverage
 
 # 4. the table (before = the recorded default run of benchmarks/physics/)
@@ -33,7 +33,7 @@ for m in "before:default" "after:$A/final"; do
   tag=${m%%:*}; model=${m#*:}
   llamat-cif generate --targets benchmarks/generate/targets_mp20_test_200.csv --batch-size 8 --seed 0 \
     --model "$model" --out $E/formula200-$tag
-  llamat-cif validate $E/formula200-$tag/samples.csv --out $E/formula200-$tag --jobs 1
+  llamat-cif validate $E/formula200-$tag --out $E/formula200-$tag --jobs 1
   llamat-cif benchmark --samples $E/formula200-$tag --out $E/formula200-$tag/stability-50 --stability 50 --seed 0 --no-coverage
 done
 python benchmarks/physics/ablation.py "formula-conditioned, before=$E/formula200-before:$E/formula200-before/stability-50" \

@@ -229,15 +229,18 @@ def main() -> None:
             return [exe, "generate", "-n", "48", "--batch-size", "2", "--seed", "0", "--out", str(out)]
 
         def gen_rows(out: Path) -> pd.DataFrame:
-            p = out / "samples.csv"
-            return pd.read_csv(p, dtype={"id": str}, keep_default_na=False) if p.exists() else pd.DataFrame({"id": []})
+            """The rows on disk: the committed table and the parts of a killed run, by the one reader."""
+            from llamat_cif.sampling.rows import read_samples, samples_file
+
+            return read_samples(out) if samples_file(out) is not None else pd.DataFrame({"id": []})
 
         def gen_compare(ref: pd.DataFrame, got: pd.DataFrame, *_dirs: Path) -> list[str]:
             if list(got["id"]) != list(ref["id"]):
                 return [f"ids differ: {len(got)} rows vs {len(ref)}"]
             return [] if list(got["cif"]) == list(ref["cif"]) else ["CIF texts differ"]
 
-        results.update(_kills_and_full_disk("generate", gen_cmd, gen_rows, gen_compare, "samples.csv",
+        # a batch lands as a new part: the parts folder changes (its mtime) with every write
+        results.update(_kills_and_full_disk("generate", gen_cmd, gen_rows, gen_compare, "samples.parts",
                                             kills=args.kills, rng=rng, root=root, env=env, disk_kb=24))
 
     if args.only in (None, "screen"):
@@ -247,8 +250,9 @@ def main() -> None:
 
         def screen_compare(ref: pd.DataFrame, got: pd.DataFrame, ref_dir: Path, got_dir: Path) -> list[str]:
             problems = stab_compare(ref, got) if len(got) else ["no stability rows"]
-            a = pd.read_csv(ref_dir / "samples.csv", dtype={"id": str}, keep_default_na=False)
-            b = pd.read_csv(got_dir / "samples.csv", dtype={"id": str}, keep_default_na=False)
+            from llamat_cif.sampling.rows import read_samples
+
+            a, b = read_samples(ref_dir), read_samples(got_dir)
             if list(a["id"]) != list(b["id"]) or list(a["cif"]) != list(b["cif"]):
                 problems.append("samples differ")
             fa = json.loads((ref_dir / "funnel.json").read_text())["stages"]

@@ -4,7 +4,8 @@ Usage:
     python benchmarks/generate/evaluate_runs.py RUN_DIR [RUN_DIR ...] [--out benchmarks/generate]
         [--combine NAME=RUN,RUN] [--novelty]
 
-Each RUN_DIR is a `llamat-cif generate` output folder. Every row of its samples.csv is validated
+Each RUN_DIR is a `llamat-cif generate` output folder. Every row of its samples (samples.parquet, or an
+older run's samples.csv) is validated
 (CDVAE structural + compositional validity, condition adherence; CrystaLLM's bond check is off for
 speed), and the table is printed and written to RESULTS.md and results.json with counts and
 denominators. Rows still being written by a running `generate` are simply not there yet: the
@@ -18,8 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-
-import pandas as pd
 
 
 def main() -> None:
@@ -35,6 +34,7 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from llamat_cif.sampling.rows import read_samples
     from llamat_cif.validators import validate_table
 
     training = None
@@ -53,7 +53,7 @@ def main() -> None:
     valid_cifs: dict[str, tuple[list, list]] = {}
     for run in args.runs:
         run = Path(run)
-        df = pd.read_csv(run / "samples.csv", keep_default_na=False)
+        df = read_samples(run)
         cfg = json.loads((run / "sample_config.json").read_text())
         summ = json.loads((run / "sample_summary.json").read_text()) if (run / "sample_summary.json").exists() else {}
         rows, s = validate_table(df, n_jobs=1, check_bonds=False)

@@ -41,10 +41,10 @@ def _geometry(run: Path) -> dict:
 def _cdvae(run: Path) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         exe = Path(sys.executable).with_name("llamat-cif")
-        subprocess.run([str(exe), "validate", str(run / "samples.csv"), "--out", tmp, "--protocol", "cdvae",
+        subprocess.run([str(exe), "validate", str(run), "--out", tmp, "--protocol", "cdvae",
                         "--jobs", "2"], check=True, capture_output=True)
         s = json.loads((Path(tmp) / "validity_summary.json").read_text())
-    return {"command": "llamat-cif validate RUN/samples.csv --out OUT --protocol cdvae --jobs 2",
+    return {"command": "llamat-cif validate RUN --out OUT --protocol cdvae --jobs 2",
             "comp_valid": f"{s['compositionally_valid']}/{s['n']}",
             "struct_valid": f"{s['structurally_valid']}/{s['n']}", "valid": f"{s['valid']}/{s['n']}"}
 

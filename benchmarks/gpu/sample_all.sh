@@ -10,4 +10,4 @@ for k in 0 1 2 3; do G --targets .gpu/targets_$k.csv --seed $k --batch-size 50 -
 wait
 tail -n 3 $W/c0.log $W/u0.log $W/f0.log
 timeout 100 python3 benchmarks/sample_speed.py --device cuda --batch-sizes 1,16,64 --n-per-batch-size 64 --out $W/sample_speed_cuda.json 2>&1 | tail -15
-cd $W && tar czf $OUT/samples.tgz */samples.csv */sample_summary.json */sample_config.json sample_speed_cuda.json *.log && ls -la $OUT
+cd $W && tar czf $OUT/samples.tgz */samples.parquet */sample_summary.json */sample_config.json sample_speed_cuda.json *.log && ls -la $OUT

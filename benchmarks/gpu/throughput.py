@@ -38,7 +38,8 @@ def sampling_rows(device: str, batch_sizes: list[int], seed: int) -> list[dict]:
     import pandas as pd
 
     from llamat_cif.model import load_generator, resolve_model_path
-    from llamat_cif.sample import SampleConfig, generate
+    from llamat_cif.sampling import SampleConfig, generate
+    from llamat_cif.sampling.rows import read_samples
 
     model, tok = load_generator(str(resolve_model_path("default")), device=device)
     rows = []
@@ -49,10 +50,10 @@ def sampling_rows(device: str, batch_sizes: list[int], seed: int) -> list[dict]:
                 t = time.perf_counter()
                 generate(cfg, progress=False, model=model, tokenizer=tok)
                 wall = time.perf_counter() - t
-                df = pd.read_csv(Path(d) / "samples.csv")
+                df = read_samples(d)
             rows.append({"constrained": constrained, "batch_size": bs, "n": bs, "wall_s": wall,
                          "structures_per_s": bs / wall, "tokens_per_s": float(df["n_tokens"].sum()) / wall,
-                         "decoded": int(df["error"].isna().sum())})
+                         "decoded": int((df["error"] == "").sum())})
             print(f"sample constrained={constrained} batch {bs}: {bs / wall:.2f} structures/s")
     return rows
 

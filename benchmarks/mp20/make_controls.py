@@ -30,6 +30,6 @@ for name in ("good", "bad"):
         vrows.append({k: v[k] for k in ("id", "parsed", "structurally_valid", "compositionally_valid", "valid", "error")})
     d = root / name
     d.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(rows).to_csv(d / "samples.csv", index=False)
+    pd.DataFrame(rows).to_parquet(d / "samples.parquet", index=False)
     pd.DataFrame(vrows).to_parquet(d / "validity.parquet", index=False)
     print(name, pd.DataFrame(vrows)[["parsed", "structurally_valid", "compositionally_valid", "valid"]].sum().to_dict())

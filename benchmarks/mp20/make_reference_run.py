@@ -2,7 +2,7 @@
 
 CDVAE and crystal-text-llm report a "Train" row: training structures scored as if they were samples,
 the ceiling a generator of the training distribution could reach. This script writes such a folder
-(``samples.csv`` by the run-folder contract, ``validity.parquet`` + ``validity_summary.json`` from the
+(``samples.parquet`` by the run-folder contract, ``validity.parquet`` + ``validity_summary.json`` from the
 validators) so that ``llamat-cif benchmark`` scores it like any model run.
 
 Usage:
@@ -43,7 +43,7 @@ def main() -> None:
     })
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    samples.to_csv(out / "samples.csv", index=False)
+    samples.to_parquet(out / "samples.parquet", index=False)
     rows, summary = validate_table(samples[["id", "cif"]], column="cif")
     rows.to_parquet(out / "validity.parquet", index=False)
     summary["note"] = f"{args.dataset}/{args.split} structures (n={len(df)}, seed {args.seed}) standing in for samples"

@@ -22,6 +22,7 @@ import pandas as pd
 from pymatgen.core import Structure
 
 from llamat_cif.physics import geometry_table
+from llamat_cif.sampling.rows import read_samples
 
 
 def _structures(cifs) -> list:
@@ -37,7 +38,7 @@ def _structures(cifs) -> list:
 
 
 def row(label: str, run: Path, bench: Path | None, limit: int | None) -> dict:
-    samples = pd.read_csv(run / "samples.csv", dtype={"id": str}, keep_default_na=False)
+    samples = read_samples(run)
     if limit:
         samples = samples.iloc[:limit]
     ids = set(samples["id"])

@@ -13,7 +13,7 @@ K=${K:-100}       # valid samples relaxed per setting (seeded choice)
 #    rows 296-299 come from a batch of 8, not 4); unconstrained = the recorded 200-sample run
 #    benchmarks/generate/runs/t0.7-p0.9-seed0-unconstrained-n200.
 mkdir -p $R/t0.7-p0.9-seed0-grammar-only $R/t0.7-p0.9-seed0-unconstrained
-python -c "import pandas as pd; pd.read_csv('benchmarks/generate/runs/t0.7-p0.9-seed0/samples.csv', dtype={'id': str}, keep_default_na=False).iloc[:$N].to_csv('$R/t0.7-p0.9-seed0-grammar-only/samples.csv', index=False)"
+python -c "from llamat_cif.sampling.rows import read_samples; read_samples('benchmarks/generate/runs/t0.7-p0.9-seed0').iloc[:$N].to_parquet('$R/t0.7-p0.9-seed0-grammar-only/samples.parquet', index=False)"
 cp benchmarks/generate/runs/t0.7-p0.9-seed0-unconstrained-n200/samples.csv \
   benchmarks/generate/runs/t0.7-p0.9-seed0-unconstrained-n200/sample_config.json $R/t0.7-p0.9-seed0-unconstrained/
 for i in 0 1; do llamat-cif generate -n $N --batch-size 8 --seed 0 --out $R/t0.7-p0.9-seed0-physics --shard $i/2 & done; wait
@@ -23,9 +23,9 @@ for i in 0 1; do llamat-cif generate -n $N --batch-size 8 --seed 0 --volume-wind
 llamat-cif generate -n $N --batch-size 8 --seed 0 --volume-window off --out $R/t0.7-p0.9-seed0-contacts
 
 # 2. validity + stability of K seeded-random valid samples (CHGNet, FIRE fmax 0.1, MP-20 hull)
-llamat-cif validate $R/t0.7-p0.9-seed0-unconstrained/samples.csv --out $R/t0.7-p0.9-seed0-unconstrained --jobs 1
+llamat-cif validate $R/t0.7-p0.9-seed0-unconstrained --out $R/t0.7-p0.9-seed0-unconstrained --jobs 1
 for run in t0.7-p0.9-seed0-grammar-only t0.7-p0.9-seed0-contacts t0.7-p0.9-seed0-physics; do
-  llamat-cif validate $R/$run/samples.csv --out $R/$run --jobs 1
+  llamat-cif validate $R/$run --out $R/$run --jobs 1
   llamat-cif benchmark --samples $R/$run --out $R/$run/stability-$K --stability $K --seed 0 --no-coverage
 done
 llamat-cif benchmark --samples $R/t0.7-p0.9-seed0-physics --out $R/t0.7-p0.9-seed0-physics/stability-$K-rescaled \

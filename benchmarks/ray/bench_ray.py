@@ -57,6 +57,8 @@ def main() -> None:
                          "relaxed": len(stab), "executor": funnel.get("executor")})
         print(f"{label}: {wall:.1f} s", flush=True)
     # same candidates and verdicts everywhere
+    from llamat_cif.sampling.rows import read_samples
+
     ref = root / "run0"
     same = []
     for k in range(1, len(RUNS)):
@@ -64,7 +66,7 @@ def main() -> None:
         a = pd.read_parquet(ref / "stability.parquet").sort_values("id").reset_index(drop=True)
         b = pd.read_parquet(got / "stability.parquet").sort_values("id").reset_index(drop=True)
         same.append({"run": RUNS[k][0],
-                     "samples_identical": (got / "samples.csv").read_bytes() == (ref / "samples.csv").read_bytes(),
+                     "samples_identical": read_samples(got).equals(read_samples(ref)),
                      "same_stability_ids": list(a["id"]) == list(b["id"]),
                      "max_abs_e_hull_diff": float((a["e_hull"] - b["e_hull"]).abs().max()) if len(a) == len(b) else None})
     w = {r["run"]: r["wall_s"] for r in results}

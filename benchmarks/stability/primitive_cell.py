@@ -36,6 +36,7 @@ def main() -> None:
     from pymatgen.core import Structure
     from rich.progress import Progress
 
+    from llamat_cif.sampling.rows import read_samples
     from llamat_cif.stability import Hull, RelaxConfig, load_potential
     from llamat_cif.stability.pipeline import score_row
     from llamat_cif.stability.relax import primitive_cell, quiet_warnings, relax_structure
@@ -44,7 +45,7 @@ def main() -> None:
     quiet_warnings()
     chosen = json.loads((RUN / "stability-100" / "stability_chosen.json").read_text())
     ids = chosen["chosen_ids"]
-    samples = pd.read_csv(RUN / "samples.csv", dtype={"id": str}, keep_default_na=False).set_index("id")
+    samples = read_samples(RUN).set_index("id")
     structures = {i: Structure.from_str(samples.loc[i, "cif"], fmt="cif") for i in ids}
     sites = {i: (len(s), len(primitive_cell(s))) for i, s in structures.items()}
     reducible = sorted(i for i, (a, b) in sites.items() if b < a)
