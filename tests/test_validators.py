@@ -491,15 +491,16 @@ def test_pool_kills_a_structure_that_overruns(nacl):
     from llamat_cif.validators.core import Thresholds
     from llamat_cif.validators.pool import ValidationPool
 
-    # 576 Si on a 2.4 Å grid: structurally valid, so CrystalNN runs on every site (tens of seconds)
-    grid = np.array([[i, j, k] for i in range(8) for j in range(8) for k in range(9)], dtype=float)
-    big = Structure(Lattice.orthorhombic(19.2, 19.2, 21.6), ["Si"] * len(grid), grid / [8, 8, 9])
+    # 990 Si on a 2.4 Å grid (under the 1000-site limit): structurally valid, so CrystalNN runs on
+    # every site (~6 s on one core; 576 sites took 3 s, too close to the 2 s limit on a fast machine)
+    grid = np.array([[i, j, k] for i in range(9) for j in range(10) for k in range(11)], dtype=float)
+    big = Structure(Lattice.orthorhombic(21.6, 24.0, 26.4), ["Si"] * len(grid), grid / [9, 10, 11])
     tasks = [(0, {"id": "ok", "text": _cif(nacl)}), (1, {"id": "slow", "text": _cif(big)}),
              (2, {"id": "ok2", "text": _cif(nacl)})]
     with ValidationPool(1, Thresholds(), timeout_s=1.0, soft_timeout_s=None, batch_size=3) as pool:
         pool.hard_timeout_s = 2.0
         got = dict(pool.map(tasks))
-        assert pool.n_killed == 1
+        assert pool.n_killed == 1, got[1]
     assert got[0]["valid"] and got[2]["valid"]
     assert got[1]["error"].startswith("timeout") and got[1]["valid"] is False
 
