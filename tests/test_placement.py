@@ -199,3 +199,19 @@ def test_min_image_distances_match_the_direct_sum():
         cl = np.array([[0.5, 0.5, 0.5]])
         assert p.check(cl, 4, radius=p.radius_of("Cl"))[0] == want
         assert p.check(cl, 4, radius=p.radius_of("Cl"))[0] == want
+
+
+def test_steering_asks_for_a_completion_that_keeps_a_wider_ratio():
+    """Rock salt in Fm-3m: Na on 4a leaves Cl only 4b, at a/2 (Na 1.66 Å + Cl 1.02 Å covalent radii)."""
+    na = np.zeros(3)
+    tight = Placement(225, np.eye(3) * 3.698, contact_ratio=0.68)  # Na-Cl 1.849 Å = 0.69 x 2.68
+    assert tight.site_fits(na, 4, {"Cl": 4}, element="Na")  # the hard rule (0.68) has a completion
+    assert not tight.site_fits(na, 4, {"Cl": 4}, element="Na", rest_ratio=0.70)  # none that keeps 0.70
+    assert tight.site_fits(na, 4, {"Cl": 4}, element="Na", rest_ratio=0.68)  # (not wider: the hard rule)
+    assert tight.site_fitting(na[None, :], 4, {"Cl": 4}, element="Na", rest_ratio=0.70) is None
+    assert tight.optimistic == 0
+    roomy = Placement(225, np.eye(3) * 3.80, contact_ratio=0.68)  # 1.90 Å = 0.709 x 2.68
+    assert roomy.site_fits(na, 4, {"Cl": 4}, element="Na", rest_ratio=0.70)
+    assert not roomy.site_fits(na, 4, {"Cl": 4}, element="Na", rest_ratio=0.72)
+    # the steering questions leave the hard look-ahead's answers alone
+    assert roomy.site_fits(na, 4, {"Cl": 4}, element="Na") and roomy.f == 0.68

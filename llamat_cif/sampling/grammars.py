@@ -170,6 +170,10 @@ def cif_grammar(v: Vocab, cond: Conditions, stats: Stats, *, header: bool = True
     # above the hard rule); a coordinate keeps the widest one some token allows
     steers = tuple(sorted({r for r in (cond.steer_ratio, cond.steer_floor) if r > (cond.contact_ratio or 0.0)},
                           reverse=True))
+    # every steering tier also asks the look-ahead for a completion that keeps the floor (the
+    # short-contact line the benchmark reports), so that a site chosen now does not force a later
+    # one below it
+    floor = cond.steer_floor if cond.steer_floor in steers else None
     remaining = dict(counts)
     i = 0
     while any(remaining.values()):
@@ -224,7 +228,8 @@ def cif_grammar(v: Vocab, cond: Conditions, stats: Stats, *, header: bool = True
             return pts
 
         def fitting(pts: np.ndarray, m=m, rest=rest, n=lines_left, found=found, el=el, ratio=None) -> bool:
-            p = place.site_fitting(pts, m, rest, lines=n, element=el, site_ratio=ratio)
+            p = place.site_fitting(pts, m, rest, lines=n, element=el, site_ratio=ratio,
+                                   rest_ratio=floor if ratio is not None else None)
             if p is not None and ratio is None:
                 found.append(np.round(p, COORD_DECIMALS) % 1.0)
             return p is not None
@@ -259,7 +264,8 @@ def cif_grammar(v: Vocab, cond: Conditions, stats: Stats, *, header: bool = True
                           place.site_fits(np.array([x, y, zv]), m, rest, n, element=el),
                           strict_accept=tuple((lambda zv, x=x, y=y, m=m, rest=rest, n=lines_left, el=el, g=g:
                                                place.site_fits(np.array([x, y, zv]), m, rest, n, element=el,
-                                                               site_ratio=g)) for g in steers) or None,
+                                                               site_ratio=g, rest_ratio=floor))
+                                         for g in steers) or None,
                           hints=lambda x=x, y=y: matching(x, y)[:, 2])
         yield Lit("1\n")
         place.place(np.array([x, y, zv]), el)

@@ -102,6 +102,10 @@ class Placement:
         self._nodes = 0
         self.total_budget = total_budget
         self._spent = 0  # nodes searched over all questions
+        # steering questions ("does the rest fit at a wider ratio?") have their own memo,
+        # certificates and budget, and a spent budget answers "no": steering is a preference,
+        # never a promise, so it must not spend or weaken the hard look-ahead
+        self._strict: dict[float, tuple[dict, dict, list[int]]] = {}
 
     # ------------------------------------------------------------------------------ radii
     def radius_of(self, element: str | None) -> float:
@@ -151,7 +155,7 @@ class Placement:
         translations, for snapped points. It does not depend on the placed atoms, and the
         look-ahead asks it again and again for the same candidate chunks, so answers are kept
         (a copy is returned: callers update the mask in place)."""
-        key = (pts.tobytes(), m, radius, ratio)
+        key = (pts.tobytes(), m, radius, self.f if ratio is None else ratio)
         hit = self._own_cache.get(key)
         if hit is not None:
             return hit.copy()
@@ -189,7 +193,7 @@ class Placement:
 
     # ------------------------------------------------------------------------------ search
     def fits(self, counts: Counts, extra: np.ndarray | None = None, lines: int | None = None, *,
-             extra_radius: float = 0.0) -> bool:
+             extra_radius: float = 0.0, ratio: float | None = None) -> bool:
         """Can atoms in these per-element ``counts`` all still be placed, next to the placed atoms
         and the ``extra`` points (the orbit of a site being considered, atoms of ``extra_radius``),
         in at most ``lines`` site lines (``None``: any number)?
@@ -197,7 +201,13 @@ class Placement:
         A completion found once is kept as a certificate for its counts: while the placed atoms
         do not change, a new question with other ``extra`` points is answered by checking the
         certificate's atoms against them before searching again.
+
+        ``ratio``: ask instead whether the completion exists at this (wider) contact ratio, for
+        steering. Such questions search with their own memo and a budget of
+        ``total_budget / 4`` nodes; when it runs out they answer ``False`` (no margin promised).
         """
+        if ratio is not None and self.f and ratio > self.f:
+            return self._fits_at(ratio, counts, extra, lines, extra_radius)
         key = self._key(counts)
         if not key:
             return True
@@ -230,6 +240,22 @@ class Placement:
         self._certs[key] = (np.vstack([o for o, _ in path]),
                             np.concatenate([np.full(len(o), r) for o, r in path]), len(path))
         return True
+
+    def _fits_at(self, ratio: float, counts: Counts, extra, lines, extra_radius: float) -> bool:
+        memo, certs, spent = self._strict.setdefault(round(ratio, 4), ({}, {}, [0]))
+        if spent[0] >= self.total_budget // 4:
+            return False
+        saved = (self.f, self._memo, self._certs, self._spent, self.total_budget, self.optimistic)
+        self.f, self._memo, self._certs = ratio, memo, certs
+        self._spent, self.total_budget = spent[0], self.total_budget // 4
+        try:
+            ok = self.fits(counts, extra, lines, extra_radius=extra_radius)
+            if self.optimistic != saved[5]:  # the budget ran out during this question: no promise
+                ok = False
+            return ok
+        finally:
+            spent[0] = self._spent
+            self.f, self._memo, self._certs, self._spent, self.total_budget, self.optimistic = saved
 
     def _search(self, counts: tuple[tuple[int, float], ...], placed: np.ndarray, placed_r: np.ndarray,
                 lines: int | None = None) -> list[tuple[np.ndarray, float]] | None:
@@ -302,25 +328,29 @@ class Placement:
         return allocatable_on(tuple(c for c, _ in counts), frozenset(unlimited), tuple(free), tuple(sizes))
 
     def site_fits(self, p: np.ndarray, m: int, rest_counts: Counts, lines: int | None = None, *,
-                  element: str | None = None, site_ratio: float | None = None) -> bool:
+                  element: str | None = None, site_ratio: float | None = None, rest_ratio: float | None = None) -> bool:
         """Is ``p`` an admissible site of multiplicity ``m`` (for an atom of ``element``) after which
         ``rest_counts`` still fit (in at most ``lines`` further site lines)? ``site_ratio``: a
-        stricter contact ratio for this site alone (the rest keeps the placement's)."""
+        stricter contact ratio for this site; ``rest_ratio``: one the completion must keep too
+        (a steering question, see :meth:`fits`)."""
         radius = self.radius_of(element)
         if not self.check(p[None, :], m, radius=radius, ratio=site_ratio)[0]:
             return False
-        return self.fits(rest_counts, self.orbit_of(p), lines, extra_radius=radius)
+        # a completion that keeps a wider ratio keeps this placement's too: one question, and a
+        # steering question never spends the hard look-ahead's budget
+        return self.fits(rest_counts, self.orbit_of(p), lines, extra_radius=radius, ratio=rest_ratio)
 
     def site_fitting(self, pts: np.ndarray, m: int, rest_counts: Counts, tries: int = 6,
                      lines: int | None = None, *, element: str | None = None,
-                     site_ratio: float | None = None) -> np.ndarray | None:
-        """The first candidate point that makes an admissible site with a completion, or ``None``."""
+                     site_ratio: float | None = None, rest_ratio: float | None = None) -> np.ndarray | None:
+        """The first candidate point that makes an admissible site with a completion, or ``None``
+        (``site_ratio``/``rest_ratio`` as in :meth:`site_fits`)."""
         if len(pts) == 0:
             return None
         radius = self.radius_of(element)
         for p in self._first_ok(pts, m, self.placed, tries, radius=radius, placed_r=self.placed_r,
                                 ratio=site_ratio):
-            if self.fits(rest_counts, self.orbit_of(p), lines, extra_radius=radius):
+            if self.fits(rest_counts, self.orbit_of(p), lines, extra_radius=radius, ratio=rest_ratio):
                 return p
         return None
 
@@ -341,6 +371,9 @@ class Placement:
         self.placed_r = np.concatenate([self.placed_r, np.full(len(orb), self.radius_of(element))])
         self._memo.clear()
         self._certs.clear()
+        for memo, certs, _ in self._strict.values():
+            memo.clear()
+            certs.clear()
 
 
 class _Budget(Exception):
