@@ -16,7 +16,7 @@ from llamat_cif.cli._common import console, fail, generation_options, sample_con
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="runs/generate", show_default=True)
 @generation_options
 @click.option("--shard", default=None, metavar="I/K",
-              help="Draw only batches b with b %% K == I (parts in OUT/samples.parts/, beside the other "
+              help="Draw only batches b with b % K == I (parts in OUT/samples.parts/, beside the other "
                    "shards'), so K processes share one seeded run; a later run without --shard merges them "
                    "into OUT/samples.parquet and fills any gaps.")
 @seed_option
