@@ -367,3 +367,40 @@ def test_generate_structures_returns_the_runs_crystals(tmp_path):
         assert isinstance(s, Structure) and cif
         assert s.composition == Structure.from_str(cif, fmt="cif").composition
     assert generate_structures(cfg, progress=False)[0].matches(structures[0])  # resumed: same rows
+
+
+def test_a_dead_end_document_is_drawn_again_and_the_others_are_kept(tmp_path):
+    """A document whose grammar reports a fallback is redrawn with a derived seed; the rest of the
+    batch keeps its first draw token for token, and the counts say what happened."""
+    from llamat_cif.sampling.engine import Stats
+    from llamat_cif.sampling.fields import Conditions
+    from llamat_cif.sampling.grammars import cif_grammar
+    from llamat_cif.sampling.sample import BatchSampler, draw_batch
+
+    bs = BatchSampler(SampleConfig(n=3, out_dir=str(tmp_path), batch_size=3, seed=0, temperature=0.7, top_p=0.9))
+    conds = [Conditions(**{**bs.cond.__dict__}) for _ in range(3)]
+    dead_end = {"left": 0}
+
+    def grammar(v, c, stats):
+        if c is conds[1] and dead_end["left"] > 0:  # this row's draws meet a dead end, as many as asked
+            dead_end["left"] -= 1
+            stats.fallbacks += 1
+        yield from cif_grammar(v, c, stats)
+
+    def draw(redraws, n_dead):
+        dead_end["left"] = n_dead
+        stats = Stats()
+        ids = draw_batch(bs.model, bs.tokenizer, size=3, seed=(0, 0), conditions=conds, grammar=grammar,
+                         vocab=bs.vocab, stats=stats, temperature=0.7, top_p=0.9, redraws=redraws)
+        pad = bs.tokenizer.pad_token_id
+        return [[t for t in row.tolist() if t != pad] for row in ids], stats
+
+    first, s0 = draw(0, 1)
+    assert (s0.fallbacks, s0.redrawn, s0.dead_ends_kept) == (1, 0, 1)
+    again, s1 = draw(2, 1)  # row 1: dead end on its first draw only
+    assert (s1.fallbacks, s1.redrawn, s1.dead_ends_kept) == (1, 1, 0)
+    assert again[0] == first[0] and again[2] == first[2]
+    assert again[1] != first[1] and again[1][-1] == bs.tokenizer.eos_token_id
+    stubborn, s2 = draw(2, 5)  # a dead end on every draw: two redraws, then the last draw is kept
+    assert (s2.fallbacks, s2.redrawn, s2.dead_ends_kept) == (3, 2, 1)
+    assert stubborn[0] == first[0] and stubborn[2] == first[2]

@@ -73,6 +73,10 @@ _GENERATION = [
     click.option("--min-distance", type=float, default=0.5, show_default=True,
                  help="Å; the constraint refuses sites closer than this (0 = off)."),
     physics_options,
+    click.option("--dead-end-redraws", type=int, default=2, show_default=True,
+                 help="Constrained runs: a document whose look-ahead met a dead end (no admissible "
+                      "token; the model's choice let through) is drawn again with a derived seed, up to "
+                      "this many times (0 = keep it)."),
     click.option("--charge-balanced", is_flag=True, default=False,
                  help="Constrained runs: a formula the model chooses must be SMACT charge-balanced "
                       "(CDVAE compositional validity). Off by default, so validity measures the model."),
@@ -83,7 +87,8 @@ _GENERATION = [
 #: keyword names of :func:`generation_options` (the fields of ``SampleConfig`` they set)
 GENERATION_NAMES = ("model", "formula", "spacegroup", "targets", "temperature", "top_p", "top_k", "batch_size",
                     "constrained", "min_distance", "min_contact_ratio", "steer_contact_ratio", "steer_contact_floor",
-                    "steer_volume_window", "volume_window", "charge_balanced", "max_new_tokens", "device",
+                    "steer_volume_window", "volume_window", "charge_balanced", "dead_end_redraws",
+                    "max_new_tokens", "device",
                     "threads")
 
 

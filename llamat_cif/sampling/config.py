@@ -48,6 +48,10 @@ class SampleConfig:
     # tightened volumes but cost 3x sampling time and more short contacts), or "LO,HI"
     steer_volume_window: str = "off"
     charge_balanced: bool = False  # constraint: a self-chosen formula must be SMACT-valid
+    # constrained runs: a document whose look-ahead ran out of budget and hit a dead end (a fallback:
+    # no admissible token, the model's choice let through) is drawn again with a derived seed, up to
+    # this many times (0: keep every first draw)
+    dead_end_redraws: int = 2
     max_new_tokens: int = 1000
     device: str | None = None
     fmt: str | None = None  # representation; None: from the model's training corpus (cif default)

@@ -22,7 +22,7 @@ Field specs:
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from functools import lru_cache
 
 import numpy as np
@@ -92,6 +92,13 @@ class Stats:
     distance_vetoes: int = 0  # tokens refused by the look-ahead (distances, orbits, room left)
     optimistic: int = 0  # look-ahead searches that ran out of budget and answered "yes"
     window_widened: int = 0  # volume windows widened because the header's group needed more room
+    redrawn: int = 0  # documents drawn again (new seed) because their constraint hit a dead end
+    dead_ends_kept: int = 0  # documents kept with a fallback after their last redraw
+
+    def add(self, other: Stats) -> None:
+        """Add ``other``'s counts to these."""
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
 
 class Vocab:

@@ -66,9 +66,14 @@ from llamat_cif.sampling.rows import (
 def draw_batch(model, tokenizer, *, size: int, seed: tuple[int, ...], prompt: str = "",
                conditions: list | None = None, grammar=None, vocab=None, stats=None,
                temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
-               max_new_tokens: int = 1000):
+               max_new_tokens: int = 1000, redraws: int = 0):
     """Draw one seeded batch of ``size`` documents; returns the new token ids (``size x T``, padded
     with the pad id after a document's end).
+
+    ``redraws``: a constrained document whose grammar met a dead end (a fallback: the look-ahead had
+    answered optimistically after its search budget ran out, and no admissible token was left) is
+    drawn again with a seed derived from ``seed`` (``(*seed, redraws)``, extended the same way for
+    a later redraw), up to ``redraws`` times; the others keep their first draw unchanged. Counted in ``stats`` (``redrawn``, ``dead_ends_kept``).
 
     The torch generator is seeded from ``seed`` (e.g. ``(run seed, batch index)``), so the same
     call draws the same documents. With ``conditions`` (one
@@ -92,14 +97,39 @@ def draw_batch(model, tokenizer, *, size: int, seed: tuple[int, ...], prompt: st
                   use_cache=True)
     if temperature > 0:
         kwargs.update(temperature=temperature, top_p=top_p, top_k=top_k or None)
+    own: list = []
     if conditions is not None:
-        decoders = [Decoder(grammar(vocab, c, stats), vocab, stats) for c in conditions]
+        from llamat_cif.sampling.engine import Stats
+
+        own = [Stats() for _ in conditions]  # per document, so that a dead end is traced to its row
+        decoders = [Decoder(grammar(vocab, c, st), vocab, st) for c, st in zip(conditions, own, strict=True)]
         kwargs["logits_processor"] = [GrammarLogitsProcessor(
             decoders, enc["input_ids"].shape[1], tokenizer.pad_token_id,
             temperature=temperature, top_k=top_k, top_p=top_p)]
     with torch.no_grad():
         gen = model.generate(**enc, **kwargs)
-    return gen[:, enc["input_ids"].shape[1]:]
+    new = gen[:, enc["input_ids"].shape[1]:]
+    for st in own:
+        if stats is not None:
+            stats.add(st)
+    dead = [i for i, st in enumerate(own) if st.fallbacks]
+    if not dead:
+        return new
+    if redraws <= 0:
+        if stats is not None:
+            stats.dead_ends_kept += len(dead)
+        return new
+    if stats is not None:
+        stats.redrawn += len(dead)
+    again = draw_batch(model, tokenizer, size=len(dead), seed=(*seed, redraws), prompt=prompt,
+                       conditions=[conditions[i] for i in dead], grammar=grammar, vocab=vocab, stats=stats,
+                       temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens,
+                       redraws=redraws - 1)
+    width = max(new.shape[1], again.shape[1])
+    pad = tokenizer.pad_token_id
+    new = torch.nn.functional.pad(new, (0, width - new.shape[1]), value=pad)
+    new[dead] = torch.nn.functional.pad(again, (0, width - again.shape[1]), value=pad)
+    return new
 
 
 def decode_sample(ids: list[int], tokenizer, *, prompt: str = "", fmt: str = "cif",
@@ -213,7 +243,7 @@ class BatchSampler:
         new = draw_batch(self.model, self.tokenizer, size=size, seed=(cfg.seed, b), prompt=self.prompt,
                          conditions=conds, grammar=self.grammar, vocab=self.vocab, stats=self.stats,
                          temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-                         max_new_tokens=cfg.max_new_tokens)
+                         max_new_tokens=cfg.max_new_tokens, redraws=cfg.dead_end_redraws if cfg.constrained else 0)
         rows = []
         for i in range(size):
             ids = [t for t in new[i].tolist() if t != self.tokenizer.pad_token_id]
@@ -301,7 +331,9 @@ def generate(cfg: SampleConfig, *, progress: bool = True, model=None, tokenizer=
                          "constraint_fallbacks": stats.get("fallbacks", 0),
                          "lookahead_vetoes": stats.get("distance_vetoes", 0),
                          "lookahead_optimistic": stats.get("optimistic", 0),
-                         "volume_window_widened": stats.get("window_widened", 0)},
+                         "volume_window_widened": stats.get("window_widened", 0),
+                         "dead_end_redraws": stats.get("redrawn", 0),
+                         "dead_ends_kept": stats.get("dead_ends_kept", 0)},
         "device": device,
         "config": asdict(cfg),
     }
