@@ -243,11 +243,12 @@ class Placement:
 
     def _fits_at(self, ratio: float, counts: Counts, extra, lines, extra_radius: float) -> bool:
         memo, certs, spent = self._strict.setdefault(round(ratio, 4), ({}, {}, [0]))
-        if spent[0] >= self.total_budget // 4:
+        budget = self.total_budget // 4
+        if spent[0] >= budget:
             return False
         saved = (self.f, self._memo, self._certs, self._spent, self.total_budget, self.optimistic)
         self.f, self._memo, self._certs = ratio, memo, certs
-        self._spent, self.total_budget = spent[0], self.total_budget // 4
+        self._spent, self.total_budget = spent[0], budget
         try:
             ok = self.fits(counts, extra, lines, extra_radius=extra_radius)
             if self.optimistic != saved[5]:  # the budget ran out during this question: no promise

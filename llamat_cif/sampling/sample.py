@@ -73,7 +73,8 @@ def draw_batch(model, tokenizer, *, size: int, seed: tuple[int, ...], prompt: st
     ``redraws``: a constrained document whose grammar met a dead end (a fallback: the look-ahead had
     answered optimistically after its search budget ran out, and no admissible token was left) is
     drawn again with a seed derived from ``seed`` (``(*seed, redraws)``, extended the same way for
-    a later redraw), up to ``redraws`` times; the others keep their first draw unchanged. Counted in ``stats`` (``redrawn``, ``dead_ends_kept``).
+    a later redraw), up to ``redraws`` times; the others keep their first draw unchanged. Counted
+    in ``stats`` (``redrawn``, ``dead_ends_kept``).
 
     The torch generator is seeded from ``seed`` (e.g. ``(run seed, batch index)``), so the same
     call draws the same documents. With ``conditions`` (one
@@ -109,18 +110,17 @@ def draw_batch(model, tokenizer, *, size: int, seed: tuple[int, ...], prompt: st
     with torch.no_grad():
         gen = model.generate(**enc, **kwargs)
     new = gen[:, enc["input_ids"].shape[1]:]
+    if stats is None:
+        from llamat_cif.sampling.engine import Stats
+
+        stats = Stats()  # counted and dropped: the caller did not ask
     for st in own:
-        if stats is not None:
-            stats.add(st)
+        stats.add(st)
     dead = [i for i, st in enumerate(own) if st.fallbacks]
-    if not dead:
+    if not dead or redraws <= 0:
+        stats.dead_ends_kept += len(dead)
         return new
-    if redraws <= 0:
-        if stats is not None:
-            stats.dead_ends_kept += len(dead)
-        return new
-    if stats is not None:
-        stats.redrawn += len(dead)
+    stats.redrawn += len(dead)
     again = draw_batch(model, tokenizer, size=len(dead), seed=(*seed, redraws), prompt=prompt,
                        conditions=[conditions[i] for i in dead], grammar=grammar, vocab=vocab, stats=stats,
                        temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens,
