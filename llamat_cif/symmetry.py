@@ -3,7 +3,8 @@
 Everything here is a function of a space-group number (1-230) in spglib's default setting, the
 setting the canonical CIF of :mod:`llamat_cif.cif` is written in (conventional cell):
 
-* operations and orbits: :func:`space_group_ops`, :func:`orbit`, :func:`crystal_system`;
+* operations and orbits: :func:`space_group_ops`, :func:`orbit`, :func:`crystal_system`,
+  :func:`lattice_points` (centring);
 * multiplicities: :func:`orbit_sizes` (the Wyckoff multiplicities, precomputed in
   ``resources/orbit_sizes.json``), :func:`reachable_counts` (atom counts that are sums of them) and
   the groups compatible with a set of element counts (:func:`compatible_spacegroups`);
@@ -59,6 +60,15 @@ def orbit(p: np.ndarray, ops: tuple[np.ndarray, np.ndarray], decimals: int = 3) 
     rots, trans = ops
     imgs = np.mod(np.round(np.einsum("kij,j->ki", rots, p) + trans, decimals), 1.0)
     return np.unique(np.round(imgs, decimals) % 1.0, axis=0)
+
+
+@lru_cache(maxsize=256)
+def lattice_points(number: int) -> int:
+    """Lattice points per conventional cell of a space group (pure translations among its
+    operations): 1 for P, 2 for A/B/C/I, 3 for R (hexagonal axes), 4 for F. A crystal written in
+    this group's conventional cell with N atoms has a primitive cell of at most N / this many atoms."""
+    rots, _ = space_group_ops(number)
+    return int(sum(np.allclose(r, np.eye(3)) for r in rots))
 
 
 def crystal_system(number: int) -> str:

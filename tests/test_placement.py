@@ -215,3 +215,58 @@ def test_steering_asks_for_a_completion_that_keeps_a_wider_ratio():
     assert not roomy.site_fits(na, 4, {"Cl": 4}, element="Na", rest_ratio=0.72)
     # the steering questions leave the hard look-ahead's answers alone
     assert roomy.site_fits(na, 4, {"Cl": 4}, element="Na") and roomy.f == 0.68
+
+
+def _header(vocab, cond, rng):
+    """A random walk through the CIF grammar's conditioning header: (counts, space group)."""
+    import re
+
+    stats = Stats()
+    d = Decoder(cif_grammar(vocab, cond, stats), vocab, stats)
+    ids = []
+    text = ""
+    while "data_" not in text:
+        t = rng.choice(d.allowed_checked())
+        ids.append(t)
+        d.advance(t)
+        text = vocab.tok.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    formula = re.search(r"# formula: (.*)\n", text).group(1)
+    counts = {m.group(1): int(m.group(2)) for m in re.finditer(r"([A-Z][a-z]*)(\d+)", formula)}
+    return counts, int(re.search(r"# spacegroup: (\d+)\n", text).group(1)), stats
+
+
+def test_lattice_points_count_the_centring():
+    from llamat_cif.symmetry import lattice_points
+
+    assert [lattice_points(n) for n in (1, 62, 12, 139, 38, 166, 225, 227)] == [1, 1, 2, 2, 2, 3, 4, 4]
+
+
+def test_self_chosen_formulas_keep_the_primitive_cell_cap(vocab):
+    """At most 20 atoms per primitive cell (written atoms / lattice points): a primitive group caps
+    the written cell at 20, an F-centred one allows up to 80 (so up to max_atoms); the header order
+    is the walk's choice, so both the formula-first and the group-first paths are driven."""
+    from llamat_cif.symmetry import lattice_points
+
+    rng = random.Random(5)
+    sizes = []
+    for _ in range(30):
+        counts, sg, stats = _header(vocab, Conditions(max_primitive_atoms=20), rng)
+        n = sum(counts.values())
+        assert n <= 20 * lattice_points(sg), (counts, sg)
+        assert stats.fallbacks == 0
+        sizes.append(n)
+    assert max(sizes) > 20  # centred groups still hold larger written cells
+    for _ in range(5):
+        counts, sg, _ = _header(vocab, Conditions(spacegroup=62, max_primitive_atoms=8), rng)
+        assert sg == 62 and sum(counts.values()) <= 8, counts
+    # without the cap a random walk in Pnma writes larger cells
+    assert max(sum(_header(vocab, Conditions(spacegroup=62), rng)[0].values()) for _ in range(5)) > 8
+
+
+def test_a_requested_formula_is_never_capped(vocab):
+    # Li7La3Zr2O12: 24 atoms per formula unit, more than any primitive-group cap of 20 allows
+    rng = random.Random(6)
+    comp = {"Li": 7, "La": 3, "Zr": 2, "O": 12}
+    counts, sg, stats = _header(vocab, Conditions(formula=comp, max_primitive_atoms=20), rng)
+    k = counts["Li"] // 7
+    assert counts == {el: n * k for el, n in comp.items()} and stats.fallbacks == 0

@@ -404,3 +404,25 @@ def test_a_dead_end_document_is_drawn_again_and_the_others_are_kept(tmp_path):
     stubborn, s2 = draw(2, 5)  # a dead end on every draw: two redraws, then the last draw is kept
     assert (s2.fallbacks, s2.redrawn, s2.dead_ends_kept) == (3, 2, 1)
     assert stubborn[0] == first[0] and stubborn[2] == first[2]
+
+
+def test_a_run_from_before_a_setting_existed_resumes_only_under_its_old_value(tmp_path):
+    """A sample_config.json written before --max-primitive-atoms (and the physics settings) existed
+    was drawn without them: it resumes with them off and refuses a cap."""
+    import json
+    from dataclasses import asdict
+
+    from llamat_cif.sampling import SampleConfig
+    from llamat_cif.sampling.rows import check_resume
+
+    old = SampleConfig(n=8, out_dir=str(tmp_path), min_contact_ratio=0.0, volume_window="off",
+                       steer_contact_ratio=0.0, steer_contact_floor=0.0, dead_end_redraws=0)
+    saved = {k: v for k, v in asdict(old).items() if k not in (
+        "max_primitive_atoms", "min_contact_ratio", "volume_window", "steer_contact_ratio",
+        "steer_volume_window", "steer_contact_floor", "dead_end_redraws")}
+    (tmp_path / "sample_config.json").write_text(json.dumps(saved))
+    check_resume(tmp_path, old)  # the same settings: resumes
+    with pytest.raises(ValueError, match="max_primitive_atoms"):
+        check_resume(tmp_path, SampleConfig(**{**asdict(old), "max_primitive_atoms": 20}))
+    with pytest.raises(ValueError, match="max primitive atoms"):
+        SampleConfig(n=1, out_dir=str(tmp_path), max_primitive_atoms=-1)

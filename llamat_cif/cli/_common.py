@@ -80,6 +80,10 @@ _GENERATION = [
     click.option("--charge-balanced", is_flag=True, default=False,
                  help="Constrained runs: a formula the model chooses must be SMACT charge-balanced "
                       "(CDVAE compositional validity). Off by default, so validity measures the model."),
+    click.option("--max-primitive-atoms", type=click.IntRange(min=0), default=0, show_default=True,
+                 help="Constrained CIF runs: a formula the model chooses has at most this many atoms per "
+                      "primitive cell (written atoms / lattice points of the declared space group; MP-20's "
+                      "domain is <= 20). A requested formula is never capped. 0 = off."),
     click.option("--max-new-tokens", type=int, default=1000, show_default=True, help="Tokens per document."),
     click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)."),
     click.option("--threads", type=int, default=1, show_default=True, help="torch CPU threads of the generator."),
@@ -88,7 +92,7 @@ _GENERATION = [
 GENERATION_NAMES = ("model", "formula", "spacegroup", "targets", "temperature", "top_p", "top_k", "batch_size",
                     "constrained", "min_distance", "min_contact_ratio", "steer_contact_ratio", "steer_contact_floor",
                     "steer_volume_window", "volume_window", "charge_balanced", "dead_end_redraws",
-                    "max_new_tokens", "device",
+                    "max_primitive_atoms", "max_new_tokens", "device",
                     "threads")
 
 

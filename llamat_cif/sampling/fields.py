@@ -3,8 +3,9 @@
 The header is ``# formula: ...`` and ``# spacegroup: ...`` in the order the model picks
 (:func:`header_fields`). The formula field (:func:`formula_field`) holds the composition to the
 requested formula, or, when the model chooses one, to at most ``max_elements`` elements and
-``max_atoms`` atoms; with a known space group every count must be a sum of the group's Wyckoff
-multiplicities that its positions can hold (:mod:`llamat_cif.symmetry`).
+``max_atoms`` atoms (and at most ``max_primitive_atoms`` atoms per primitive cell: the written atoms
+over the group's lattice points); with a known space group every count must be a sum of the group's
+Wyckoff multiplicities that its positions can hold (:mod:`llamat_cif.symmetry`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from llamat_cif.protocol import CDVAE_MIN_DISTANCE
 from llamat_cif.sampling.engine import Choice, Lit, Num, Spec, Stats, Vocab
 from llamat_cif.symmetry import (
     allocatable_within,
+    lattice_points,
     reachable_counts,
     spacegroups_for,
     spacegroups_for_formula,
@@ -33,6 +35,10 @@ class Conditions:
     min_distance: float | None = CDVAE_MIN_DISTANCE  # Å; None switches the distance constraint off
     max_atoms: int = 64  # per written cell (CIF: conventional cell)
     max_elements: int = 6
+    # a formula the model chooses: at most this many atoms per primitive cell, i.e. written atoms /
+    # the space group's lattice points (MP-20's domain is <= 20); 0: off. A requested formula is
+    # never capped.
+    max_primitive_atoms: int = 0
     max_count: int = 96  # per element in a cell
     charge_balanced: bool = False  # a self-chosen formula must be SMACT-valid (CDVAE compositional validity)
     max_lines: int = 27  # site lines that fit the token budget: site_lines_for(1000)
@@ -64,15 +70,33 @@ def _formula_items(comp: dict[str, float]) -> list[tuple[str, int]]:
     return [(el.symbol, int(round(amt))) for el, amt in formula_items(Composition(comp))]
 
 
+def cell_atoms_cap(cond: Conditions, spacegroup: int | None) -> int:
+    """Most atoms a self-chosen formula may put in the written (conventional) cell: ``max_atoms``,
+    and with ``max_primitive_atoms`` that many per lattice point of the group (of the most
+    centred group, 4 lattice points, while the group is still unknown)."""
+    if not cond.max_primitive_atoms or cond.formula:
+        return cond.max_atoms
+    points = lattice_points(spacegroup) if spacegroup else 4
+    return min(cond.max_atoms, cond.max_primitive_atoms * points)
+
+
+def primitive_ok(cond: Conditions, spacegroup: int, n_atoms: int) -> bool:
+    """A self-chosen formula of ``n_atoms`` written atoms keeps ``max_primitive_atoms`` in this group."""
+    return not cond.max_primitive_atoms or bool(cond.formula) or \
+        n_atoms <= cond.max_primitive_atoms * lattice_points(spacegroup)
+
+
 def formula_field(v: Vocab, cond: Conditions, *, end: str = "\n", spacegroup: int | None = None,
                   stats: Stats | None = None) -> Generator[Spec, object, dict[str, int]]:
     """Write "El<n> El<n> ..." (pymatgen order when conditioned) and return the counts.
 
-    With a known space group, every count must be a sum of its Wyckoff multiplicities.
+    With a known space group, every count must be a sum of its Wyckoff multiplicities; a
+    self-chosen formula keeps :func:`cell_atoms_cap` (with the group unknown, some group that can
+    hold it must keep ``max_primitive_atoms``).
     """
     counts: dict[str, int] = {}
-    reach = reachable_counts(spacegroup, cond.max_atoms) if spacegroup else None
     if cond.formula:
+        reach = reachable_counts(spacegroup, cond.max_atoms) if spacegroup else None
         items = _formula_items(cond.formula)
         max_k = max(1, cond.max_atoms // sum(n for _, n in items))
         ks = [k for k in range(1, max_k + 1) if reach is None or (
@@ -93,16 +117,21 @@ def formula_field(v: Vocab, cond: Conditions, *, end: str = "\n", spacegroup: in
             counts[el] = n * k
         yield Lit(rest + end if rest else "")
         return counts
+    max_atoms = cell_atoms_cap(cond, spacegroup)
+    reach = reachable_counts(spacegroup, max_atoms) if spacegroup else None
     total = 0
     while True:
         last = len(counts) + 1 >= cond.max_elements
-        hi = min(cond.max_count, cond.max_atoms - total)
+        hi = min(cond.max_count, max_atoms - total)
         have = tuple(counts.values())
         base = [c for c in (sorted(reach) if reach is not None else range(1, hi + 1)) if 1 <= c <= hi]
 
         def holds(cs: tuple[int, ...]) -> bool:
             if reach is None:  # no group yet: P1 (one line per atom) or some group must hold it
-                return sum(cs) <= cond.max_lines or spacegroups_for(cs, cond.max_lines) is not None
+                n = sum(cs)
+                if cond.max_primitive_atoms and n > cond.max_primitive_atoms:  # a centred group must
+                    return any(primitive_ok(cond, g, n) for g in spacegroups_for(cs, cond.max_lines) or ())
+                return n <= cond.max_lines or spacegroups_for(cs, cond.max_lines) is not None
             return allocatable_within(spacegroup, cs, cond.max_lines)
 
         def can_end(el: str, c: int, have=have, counts=counts) -> bool:
@@ -111,7 +140,7 @@ def formula_field(v: Vocab, cond: Conditions, *, end: str = "\n", spacegroup: in
 
         def can_continue(c: int, have=have, last=last, total=total) -> bool:
             """Another element may follow ``c``: room in the cell and in the group's positions."""
-            room = cond.max_atoms - total - c
+            room = max_atoms - total - c
             return (not last and room >= 1
                     and any(holds(have + (c, c2)) for c2 in (reach or range(1, room + 1)) if 1 <= c2 <= room))
 
@@ -135,7 +164,7 @@ def formula_field(v: Vocab, cond: Conditions, *, end: str = "\n", spacegroup: in
         n, how = yield Num(1, max(allowed), 0, (" ", end), allowed=allowed, ends_for=ends_for)
         counts[el] = int(n)
         total += int(n)
-        if how == end or total >= cond.max_atoms:
+        if how == end or total >= max_atoms:
             if how != end:
                 yield Lit(end)
             return counts
@@ -176,6 +205,8 @@ def header_fields(v: Vocab, cond: Conditions, *, want_formula: bool, want_sg: bo
                 allowed = None
                 if symmetric and counts:
                     allowed = spacegroups_for(tuple(counts.values()), cond.max_lines)
+                    n_atoms = sum(counts.values())
+                    allowed = frozenset(g for g in allowed or () if primitive_ok(cond, g, n_atoms)) or allowed
                 elif symmetric and cond.formula:  # the formula comes next: groups that can hold it
                     allowed = spacegroups_for_formula(tuple(n for _, n in _formula_items(cond.formula)),
                                                        cond.max_atoms, cond.max_lines)

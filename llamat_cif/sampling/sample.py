@@ -206,6 +206,8 @@ class BatchSampler:
             "steer_contact_floor": resolve_steer_floor(cfg.steer_contact_floor, contact_ratio, steer),
             "steer_volume_window": resolve_volume_steer(cfg.steer_volume_window, volume_window),
             "temperature": rec_t if cfg.temperature is None else cfg.temperature,
+            # the P1 (llamat) text has no space group to count lattice points with
+            "max_primitive_atoms": cfg.max_primitive_atoms if fmt == "cif" else 0,
             "top_p": rec_p if cfg.top_p is None else cfg.top_p})
         self.model, self.tokenizer, self.targets = model, tokenizer, targets
         self.device = next(model.parameters()).device
@@ -218,8 +220,10 @@ class BatchSampler:
         self.physics = dict(contact_ratio=cfg.min_contact_ratio, volume_window=window_tuple(cfg.volume_window),
                             steer_ratio=cfg.steer_contact_ratio, steer_floor=cfg.steer_contact_floor,
                             volume_steer=window_tuple(cfg.steer_volume_window))
+        self.limits = dict(charge_balanced=cfg.charge_balanced, max_lines=self.max_lines,
+                           max_primitive_atoms=cfg.max_primitive_atoms)
         self.cond = Conditions(formula=self.formula, spacegroup=cfg.spacegroup, min_distance=cfg.min_distance,
-                               charge_balanced=cfg.charge_balanced, max_lines=self.max_lines, **self.physics)
+                               **self.limits, **self.physics)
         self.grammar = GRAMMARS[fmt]
         self.prompt = "" if cfg.constrained else _prompt(cfg, fmt, self.formula)
 
@@ -237,8 +241,7 @@ class BatchSampler:
         if cfg.constrained:
             conds = [self.cond if not targets else
                      Conditions(formula=parse_formula(f) if f else None, spacegroup=g,
-                                min_distance=cfg.min_distance, charge_balanced=cfg.charge_balanced,
-                                max_lines=self.max_lines, **self.physics)
+                                min_distance=cfg.min_distance, **self.limits, **self.physics)
                      for f, g in row_targets]
         new = draw_batch(self.model, self.tokenizer, size=size, seed=(cfg.seed, b), prompt=self.prompt,
                          conditions=conds, grammar=self.grammar, vocab=self.vocab, stats=self.stats,
