@@ -14,7 +14,7 @@ K=${K:-100}       # valid samples relaxed per setting (seeded choice)
 #    benchmarks/generate/runs/t0.7-p0.9-seed0-unconstrained-n200.
 mkdir -p $R/t0.7-p0.9-seed0-grammar-only $R/t0.7-p0.9-seed0-unconstrained
 python -c "from llamat_cif.sampling.rows import read_samples; read_samples('benchmarks/generate/runs/t0.7-p0.9-seed0').iloc[:$N].to_parquet('$R/t0.7-p0.9-seed0-grammar-only/samples.parquet', index=False)"
-cp benchmarks/generate/runs/t0.7-p0.9-seed0-unconstrained-n200/samples.csv \
+cp benchmarks/generate/runs/t0.7-p0.9-seed0-unconstrained-n200/samples.parquet \
   benchmarks/generate/runs/t0.7-p0.9-seed0-unconstrained-n200/sample_config.json $R/t0.7-p0.9-seed0-unconstrained/
 for i in 0 1; do llamat-cif generate -n $N --batch-size 8 --seed 0 --out $R/t0.7-p0.9-seed0-physics --shard $i/2 & done; wait
 llamat-cif generate -n $N --batch-size 8 --seed 0 --out $R/t0.7-p0.9-seed0-physics
