@@ -218,6 +218,15 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
     )
 
 
+def quiet_transformers() -> None:
+    """Switch off transformers' tqdm bars ("Loading weights", "Writing model shards"): one per
+    load or save is a flood in screens, training runs and tests, and every command of the toolkit
+    draws its own rich progress. Process-wide, like transformers' own switch."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def dtype_kwargs(dtype: Any) -> dict[str, Any]:
     """``from_pretrained`` dtype keyword for this transformers version (``dtype`` since 4.56)."""
     import transformers
@@ -295,11 +304,7 @@ def load_generator(
             f"{folder} holds neither config.json (a Hugging Face model) nor adapter_config.json "
             f"(a peft adapter)"
         )
-    from transformers.utils import logging as hf_logging
-
-    # transformers 5 draws a "Loading weights" tqdm bar per load: a flood in screens and tests, and
-    # a 6.5M-parameter model loads in well under a second
-    hf_logging.disable_progress_bar()
+    quiet_transformers()  # a 6.5M-parameter model loads in well under a second
     try:
         if is_adapter:
             from peft import PeftModel
@@ -384,6 +389,7 @@ def prepare_model(
     if base_model is not None:
         from transformers import AutoModelForCausalLM
 
+        quiet_transformers()
         model = AutoModelForCausalLM.from_pretrained(
             local_model_dir(base_model), local_files_only=True, **dtype_kwargs(load_dtype or torch.float32))
         if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:

@@ -242,6 +242,30 @@ def test_cli_train_corpus(toy_corpus, tmp_path):
     assert r.exit_code != 0 and "tokenizer" in r.output
 
 
+def test_continued_training_prints_no_library_bars(toy_corpus, tmp_path):
+    """Continuing the shipped model with a checkpoint save: transformers' "Loading weights" /
+    "Writing model shards" bars and accelerate's tied-weights warning on every save stay out of the
+    output (the command draws its own progress)."""
+    import os
+    import subprocess
+    import sys
+
+    from llamat_cif.model import resolve_model_path
+
+    out = tmp_path / "cont"
+    r = subprocess.run([sys.executable, "-m", "llamat_cif", "train", "--corpus", str(toy_corpus),
+                        "--base-model", str(resolve_model_path("default")), "--max-steps", "2",
+                        "--batch-size", "2", "--block-size", "64", "--warmup-steps", "1",
+                        "--save-every", "1", "--precision", "fp32", "--out", str(out), "--seed", "0"],
+                       capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (out / "final" / "model.safetensors").is_file() and list((out / "checkpoints").iterdir())
+    text = r.stdout + r.stderr
+    for flood in ("Loading weights", "Writing model shards", "Removed shared tensor"):
+        assert flood not in text, text[-2000:]
+
+
 @pytest.mark.slow
 def test_two_process_ddp_resume_is_exact(toy_corpus, tmp_path):
     """torchrun with 2 CPU processes (gloo DDP through accelerate): 6 steps == 3 + resume 3."""

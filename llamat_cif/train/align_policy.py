@@ -42,9 +42,6 @@ def load_policy(cfg: AlignConfig, folder: str | Path, trainable: bool):
     from llamat_cif.model import load_generator, resolve_model_path
 
     folder = resolve_model_path(folder)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
     model, tok = load_generator(str(folder), device=cfg.device, dtype="fp32")
     is_peft = hasattr(model, "peft_config")
     if is_peft:  # saved adapters must name their base by absolute path (relative names break on copy)

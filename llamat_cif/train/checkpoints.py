@@ -63,6 +63,9 @@ def save_final(model: torch.nn.Module, tokenizer: Any, folder: Path, dtype: torc
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
+    from llamat_cif.model import quiet_transformers
+
+    quiet_transformers()
     model = model.to(dtype)
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)

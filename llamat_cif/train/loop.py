@@ -77,6 +77,20 @@ class RunOptions(TypedDict, total=False):
     time_limit_s: float | None
 
 
+
+@contextlib.contextmanager
+def _muted(logger_name: str):
+    """Raise one library logger to ERROR for the duration of the block."""
+    import logging
+
+    log = logging.getLogger(logger_name)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
 def lr_at(step: int, config: TrainConfig) -> float:
     """Learning-rate multiplier at optimizer step ``step`` (0-based): linear warmup, then cosine."""
     if config.warmup_steps > 0 and step < config.warmup_steps:
@@ -286,7 +300,10 @@ def run_training(
 
     def save_checkpoint(step: int, wall: float) -> None:
         folder = out_dir / "checkpoints" / f"step_{step:07d}"
-        accelerator.save_state(str(folder))
+        # accelerate warns on every save that the tied lm_head/embedding tensor is stored once: by
+        # design for tied models (reloading re-ties it), so that one logger is muted while saving
+        with _muted("accelerate.utils.other"):
+            accelerator.save_state(str(folder))
         if is_main:
             (folder / "trainer_state.json").write_text(json.dumps(
                 {"step": step, "tokens_seen": tokens_seen, "wall_s": wall, "world_size": world,
