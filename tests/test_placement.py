@@ -270,3 +270,29 @@ def test_a_requested_formula_is_never_capped(vocab):
     counts, sg, stats = _header(vocab, Conditions(formula=comp, max_primitive_atoms=20), rng)
     k = counts["Li"] // 7
     assert counts == {el: n * k for el, n in comp.items()} and stats.fallbacks == 0
+
+
+def test_same_element_distance_counts_placed_atoms_and_own_images():
+    """The anion-anion steering question: a site keeps a distance to atoms of its own element only."""
+    p = Placement(1, np.eye(3) * 5.0, contact_ratio=0.68)
+    p.place(np.array([0.0, 0.0, 0.0]), "O")
+    pts = np.array([[0.4, 0.0, 0.0], [0.5, 0.0, 0.0]])  # 2.0 and 2.5 Å from the placed O
+    assert p.same_element_ok(pts, 1, "O", 2.39).tolist() == [False, True]
+    assert p.same_element_ok(pts, 1, "F", 2.39).tolist() == [True, True]  # another element is not held
+    # its own lattice images: a 2.0 Å cubic cell puts an O 2.0 Å from its copy
+    assert not Placement(221, np.eye(3) * 2.0).same_element_ok(np.zeros((1, 3)), 1, "O", 2.39)[0]
+    assert Placement(221, np.eye(3) * 2.5).same_element_ok(np.zeros((1, 3)), 1, "O", 2.39)[0]
+    # site_fits / site_fitting apply it on top of the contact rule
+    rest = {"Ti": 1}
+    assert p.site_fits(pts[0], 1, rest, element="O") and not p.site_fits(pts[0], 1, rest, element="O", same_min=2.39)
+    assert np.allclose(p.site_fitting(pts, 1, rest, element="O", same_min=2.39), pts[1])
+
+
+def test_anion_steering_setting_resolves_to_the_calibrated_table():
+    from llamat_cif.sampling.config import anion_table, resolve_anion_steer
+
+    assert resolve_anion_steer("auto", 0.68) == "auto" and resolve_anion_steer("auto", 0.0) == "off"
+    table = anion_table("auto")
+    assert table["O"] == pytest.approx(2.39) and set(table) >= {"O", "F", "S", "Cl"} and anion_table("off") is None
+    with pytest.raises(ValueError, match="auto or off"):
+        resolve_anion_steer("2.4", 0.68)

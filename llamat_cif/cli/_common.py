@@ -39,6 +39,11 @@ def physics_options(f):
                      help="Constrained runs: the last cell length prefers a volume per atom within LO..HI x "
                           "the prediction when the model's tokens allow (auto: the central 90 % of MP-20 "
                           "train).")(f)
+    f = click.option("--steer-anion-distance", default="auto", show_default=True,
+                     type=click.Choice(["auto", "off"], case_sensitive=False),
+                     help="Constrained runs: an anion site (O, F, S, N, Cl, Se, Br, I) is drawn first among "
+                          "tokens that also keep a distance to atoms of its own element (auto: per anion, "
+                          "the 5th percentile of MP-20 train, O-O 2.39 Å).")(f)
     f = click.option("--steer-contact-floor", type=float, default=None,
                      help="Constrained runs: where no token keeps the steer ratio, coordinates are drawn "
                           "among tokens that keep this ratio before the hard rule alone decides "
@@ -91,7 +96,7 @@ _GENERATION = [
 #: keyword names of :func:`generation_options` (the fields of ``SampleConfig`` they set)
 GENERATION_NAMES = ("model", "formula", "spacegroup", "targets", "temperature", "top_p", "top_k", "batch_size",
                     "constrained", "min_distance", "min_contact_ratio", "steer_contact_ratio", "steer_contact_floor",
-                    "steer_volume_window", "volume_window", "charge_balanced", "dead_end_redraws",
+                    "steer_volume_window", "steer_anion_distance", "volume_window", "charge_balanced", "dead_end_redraws",
                     "max_primitive_atoms", "max_new_tokens", "device",
                     "threads")
 

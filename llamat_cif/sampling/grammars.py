@@ -227,12 +227,20 @@ def cif_grammar(v: Vocab, cond: Conditions, stats: Stats, *, header: bool = True
                 pts = pts[np.abs(pts[:, j] - round(val, COORD_DECIMALS)) < 0.6e-4]
             return pts
 
-        def fitting(pts: np.ndarray, m=m, rest=rest, n=lines_left, found=found, el=el, ratio=None) -> bool:
+        def fitting(pts: np.ndarray, m=m, rest=rest, n=lines_left, found=found, el=el, ratio=None,
+                    same=None) -> bool:
             p = place.site_fitting(pts, m, rest, lines=n, element=el, site_ratio=ratio,
-                                   rest_ratio=floor if ratio is not None else None)
+                                   rest_ratio=floor if ratio is not None else None, same_min=same)
             if p is not None and ratio is None:
                 found.append(np.round(p, COORD_DECIMALS) % 1.0)
             return p is not None
+
+        # steering tiers of this site, widest first: (contact ratio, same-element distance); an
+        # anion first asks for the widest ratio together with its anion-anion distance
+        same_d = (cond.anion_steer or {}).get(el)
+        tiers = tuple((g, None) for g in steers)
+        if same_d and steers:
+            tiers = ((steers[0], same_d), *tiers)
 
 
         def completions(xv: float, yv: float | None = None, m=m) -> np.ndarray:
@@ -251,21 +259,22 @@ def cif_grammar(v: Vocab, cond: Conditions, stats: Stats, *, header: bool = True
         xs = solve_values(sg, m, (), 0) if subs else None
         x, _ = yield Num(0.0, _COORD_HI, COORD_DECIMALS, (" ",), max_int_digits=1, values=xs,
                          accept=lambda xv: fitting(completions(xv)), hints=lambda: matching()[:, 0],
-                         strict_accept=tuple((lambda xv, g=g: fitting(completions(xv), ratio=g)) for g in steers) or None)
+                         strict_accept=tuple((lambda xv, g=g, d=d: fitting(completions(xv), ratio=g, same=d))
+                                             for g, d in tiers) or None)
         ys = solve_values(sg, m, ((0, round(x, COORD_DECIMALS)),), 1) if subs else None
         y, _ = yield Num(0.0, _COORD_HI, COORD_DECIMALS, (" ",), max_int_digits=1, values=ys if ys is None or len(ys) else None,
                          accept=lambda yv, x=x: fitting(completions(x, yv)), hints=lambda x=x: matching(x)[:, 1],
-                         strict_accept=tuple((lambda yv, x=x, g=g: fitting(completions(x, yv), ratio=g))
-                                             for g in steers) or None)
+                         strict_accept=tuple((lambda yv, x=x, g=g, d=d: fitting(completions(x, yv), ratio=g, same=d))
+                                             for g, d in tiers) or None)
         zs = solve_values(sg, m, ((0, round(x, COORD_DECIMALS)), (1, round(y, COORD_DECIMALS))), 2) if subs else None
         zs = zs if zs is None or len(zs) else None
         zv, _ = yield Num(0.0, _COORD_HI, COORD_DECIMALS, (" ",), max_int_digits=1, values=zs,
                           accept=lambda zv, x=x, y=y, m=m, rest=rest, n=lines_left, el=el:
                           place.site_fits(np.array([x, y, zv]), m, rest, n, element=el),
-                          strict_accept=tuple((lambda zv, x=x, y=y, m=m, rest=rest, n=lines_left, el=el, g=g:
+                          strict_accept=tuple((lambda zv, x=x, y=y, m=m, rest=rest, n=lines_left, el=el, g=g, d=d:
                                                place.site_fits(np.array([x, y, zv]), m, rest, n, element=el,
-                                                               site_ratio=g, rest_ratio=floor))
-                                         for g in steers) or None,
+                                                               site_ratio=g, rest_ratio=floor, same_min=d))
+                                         for g, d in tiers) or None,
                           hints=lambda x=x, y=y: matching(x, y)[:, 2])
         yield Lit("1\n")
         place.place(np.array([x, y, zv]), el)

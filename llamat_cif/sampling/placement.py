@@ -94,6 +94,7 @@ class Placement:
         self.sizes = sorted(self.table)
         self.placed = np.zeros((0, 3))
         self.placed_r = np.zeros(0)
+        self.placed_el: list[str | None] = []  # the element of each placed atom
         self.budget = budget
         self.optimistic = 0  # questions answered "yes" because the budget ran out
         self._memo: dict[tuple, list[np.ndarray] | None] = {}
@@ -328,14 +329,28 @@ class Placement:
                     free.append(n_free)
         return allocatable_on(tuple(c for c, _ in counts), frozenset(unlimited), tuple(free), tuple(sizes))
 
+    def same_element_ok(self, pts: np.ndarray, m: int, element: str | None, distance: float) -> np.ndarray:
+        """Boolean mask: a site of ``element`` at each point keeps at least ``distance`` (Å) to the
+        placed atoms of the same element, to its own symmetry copies and to its lattice images
+        (and has orbit size ``m``). The anion-anion steering question: the contact check with
+        every atom of radius ``distance / 2`` at ratio 1."""
+        same = np.array([e == element for e in self.placed_el], dtype=bool)
+        half = distance / 2.0
+        placed = self.placed[same] if len(same) else np.zeros((0, 3))
+        return self.check(pts, m, placed, radius=half, placed_r=np.full(len(placed), half), ratio=1.0)
+
     def site_fits(self, p: np.ndarray, m: int, rest_counts: Counts, lines: int | None = None, *,
-                  element: str | None = None, site_ratio: float | None = None, rest_ratio: float | None = None) -> bool:
+                  element: str | None = None, site_ratio: float | None = None, rest_ratio: float | None = None,
+                  same_min: float | None = None) -> bool:
         """Is ``p`` an admissible site of multiplicity ``m`` (for an atom of ``element``) after which
         ``rest_counts`` still fit (in at most ``lines`` further site lines)? ``site_ratio``: a
         stricter contact ratio for this site; ``rest_ratio``: one the completion must keep too
-        (a steering question, see :meth:`fits`)."""
+        (a steering question, see :meth:`fits`); ``same_min``: a distance the site must also keep
+        to atoms of its own element (:meth:`same_element_ok`)."""
         radius = self.radius_of(element)
         if not self.check(p[None, :], m, radius=radius, ratio=site_ratio)[0]:
+            return False
+        if same_min and not self.same_element_ok(p[None, :], m, element, same_min)[0]:
             return False
         # a completion that keeps a wider ratio keeps this placement's too: one question, and a
         # steering question never spends the hard look-ahead's budget
@@ -343,9 +358,13 @@ class Placement:
 
     def site_fitting(self, pts: np.ndarray, m: int, rest_counts: Counts, tries: int = 6,
                      lines: int | None = None, *, element: str | None = None,
-                     site_ratio: float | None = None, rest_ratio: float | None = None) -> np.ndarray | None:
+                     site_ratio: float | None = None, rest_ratio: float | None = None,
+                     same_min: float | None = None) -> np.ndarray | None:
         """The first candidate point that makes an admissible site with a completion, or ``None``
-        (``site_ratio``/``rest_ratio`` as in :meth:`site_fits`)."""
+        (``site_ratio``/``rest_ratio``/``same_min`` as in :meth:`site_fits`)."""
+        if same_min and len(pts):
+            pts = np.atleast_2d(np.asarray(pts, dtype=float))
+            pts = pts[self.same_element_ok(pts, m, element, same_min)]
         if len(pts) == 0:
             return None
         radius = self.radius_of(element)
@@ -370,6 +389,7 @@ class Placement:
         orb = self.orbit_of(p)
         self.placed = np.vstack([self.placed, orb])
         self.placed_r = np.concatenate([self.placed_r, np.full(len(orb), self.radius_of(element))])
+        self.placed_el.extend([element] * len(orb))
         self._memo.clear()
         self._certs.clear()
         for memo, certs, _ in self._strict.values():

@@ -41,11 +41,13 @@ import numpy as np
 
 from llamat_cif.sampling.config import (
     SampleConfig,
+    anion_table,
     model_format,
     parse_formula,
     parse_shard,
     read_targets,
     recommended_sampling,
+    resolve_anion_steer,
     resolve_physics,
     resolve_steer,
     resolve_steer_floor,
@@ -205,6 +207,7 @@ class BatchSampler:
             "steer_contact_ratio": (steer := resolve_steer(cfg.steer_contact_ratio, contact_ratio)),
             "steer_contact_floor": resolve_steer_floor(cfg.steer_contact_floor, contact_ratio, steer),
             "steer_volume_window": resolve_volume_steer(cfg.steer_volume_window, volume_window),
+            "steer_anion_distance": resolve_anion_steer(cfg.steer_anion_distance, contact_ratio),
             "temperature": rec_t if cfg.temperature is None else cfg.temperature,
             # the P1 (llamat) text has no space group to count lattice points with
             "max_primitive_atoms": cfg.max_primitive_atoms if fmt == "cif" else 0,
@@ -219,7 +222,8 @@ class BatchSampler:
         self.max_lines = site_lines_for(cfg.max_new_tokens)
         self.physics = dict(contact_ratio=cfg.min_contact_ratio, volume_window=window_tuple(cfg.volume_window),
                             steer_ratio=cfg.steer_contact_ratio, steer_floor=cfg.steer_contact_floor,
-                            volume_steer=window_tuple(cfg.steer_volume_window))
+                            volume_steer=window_tuple(cfg.steer_volume_window),
+                            anion_steer=anion_table(cfg.steer_anion_distance))
         self.limits = dict(charge_balanced=cfg.charge_balanced, max_lines=self.max_lines,
                            max_primitive_atoms=cfg.max_primitive_atoms)
         self.cond = Conditions(formula=self.formula, spacegroup=cfg.spacegroup, min_distance=cfg.min_distance,
