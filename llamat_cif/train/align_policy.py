@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from llamat_cif.model import quiet_transformers
 from llamat_cif.train.config import AlignConfig
 
 
@@ -80,7 +81,6 @@ def dpo_update(model, ref_model, tokenizer, samples: pd.DataFrame, pairs: pd.Dat
     """One DPO pass over the round's pairs with trl; returns the trainer's last logged metrics."""
     from datasets import Dataset
     from transformers import PrinterCallback
-    from transformers.utils import logging as hf_logging
     from trl import DPOConfig, DPOTrainer
 
     class _PreTokenized(DPOTrainer):
@@ -95,7 +95,7 @@ def dpo_update(model, ref_model, tokenizer, samples: pd.DataFrame, pairs: pd.Dat
                              "rejected_ids": [int(t) for t in ids[p.rejected]]} for p in pairs.itertuples()])
 
     use_cpu = next(model.parameters()).device.type == "cpu"
-    hf_logging.disable_progress_bar()
+    quiet_transformers()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=UserWarning)

@@ -77,7 +77,6 @@ class RunOptions(TypedDict, total=False):
     time_limit_s: float | None
 
 
-
 @contextlib.contextmanager
 def _muted(logger_name: str):
     """Raise one library logger to ERROR for the duration of the block."""
@@ -90,6 +89,7 @@ def _muted(logger_name: str):
         yield
     finally:
         log.setLevel(level)
+
 
 def lr_at(step: int, config: TrainConfig) -> float:
     """Learning-rate multiplier at optimizer step ``step`` (0-based): linear warmup, then cosine."""
