@@ -4,6 +4,8 @@ structures, and the sample-score-update loop on the shipped small model with a c
 from __future__ import annotations
 
 import json
+import shutil
+from dataclasses import asdict
 
 import numpy as np
 import pandas as pd
@@ -67,6 +69,8 @@ def test_bad_settings_are_refused():
         AlignConfig(out_dir="x", samples_per_prompt=1)
     with pytest.raises(ValueError, match="conditional"):
         AlignConfig(out_dir="x", conditional=1.5)
+    with pytest.raises(ValueError, match="score_workers"):
+        AlignConfig(out_dir="x", score_workers=-1)
     res = CliRunner().invoke(__import__("llamat_cif.cli", fromlist=["main"]).main,
                              ["align", "--out", "x", "--samples-per-prompt", "1"])
     assert res.exit_code == 1 and "samples_per_prompt must be >= 2" in res.output
@@ -122,6 +126,11 @@ def test_two_rounds_raise_the_preferred_continuation_and_resume(tmp_path, traini
                       conditional=0.5, pair_margin=0.0, pairs_per_prompt=1, lr=1e-4, epochs=3, batch_size=2)
     records = run_align(cfg, scorer=_short_tokens_win, training=training, progress=False)
     assert [r["round"] for r in records] == [0, 1] and all(r["pairs"] >= 1 for r in records)
+    # rounds sample with generate's defaults: the model's T/top-p, physics, anion steering, redraws
+    sampling = records[0]["sampling"]
+    assert (sampling["temperature"], sampling["top_p"]) == (0.7, 0.9)
+    assert sampling["steer_anion_distance"] == "auto" and sampling["dead_end_redraws"] == 2
+    assert sampling["min_contact_ratio"] > 0.5 and sampling["volume_window"] not in ("off", "auto")
     run = tmp_path / "run"
     samples = RunStore(run / "round_00" / "samples.parquet", append=False).read()
     assert len(samples) == 4 and samples["id"].is_unique
@@ -150,6 +159,14 @@ def test_two_rounds_raise_the_preferred_continuation_and_resume(tmp_path, traini
     assert [r["round"] for r in again] == [0, 1]
     assert {p: p.stat().st_mtime_ns for p in stamp} == stamp
     assert again[1]["reward_mean"] == records[1]["reward_mean"]
+    # scored again by a worker process while the samples (kept) are read back: the same scores
+    kept = pd.read_parquet(run / "round_01" / "scores.parquet")
+    shutil.rmtree(run / "round_01" / "scores.parts")
+    (run / "round_01" / "record.json").unlink()
+    pooled = run_align(AlignConfig(**{**asdict(cfg), "score_workers": 1}), scorer=_short_tokens_win,
+                       training=training, progress=False)
+    assert pooled[1]["reward_mean"] == records[1]["reward_mean"]
+    pd.testing.assert_frame_equal(pd.read_parquet(run / "round_01" / "scores.parquet"), kept)
     # rounds read back from record.json plot like fresh ones (quantile keys are strings in both)
     assert set(again[0]["reward_quantiles"]) == set(records[1]["reward_quantiles"]) == {"10", "25", "50", "75", "90"}
     with pytest.raises(ValueError, match="other settings"):

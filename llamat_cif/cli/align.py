@@ -45,12 +45,15 @@ from llamat_cif.stability.relax import quiet_warnings
                    "always trains as an adapter).")
 @click.option("--device", default=None, help="cpu / cuda (default: cuda when available).")
 @click.option("--threads", type=int, default=1, show_default=True, help="CPU threads for torch.")
+@click.option("--score-workers", type=int, default=0, show_default=True,
+              help="Processes that score a prompt's samples while the next prompt is sampled "
+                   "(0: score after sampling, in this process).")
 @click.option("--progress/--no-progress", default=True)
 @seed_option
 @data_dir_option
 def align(model, out_dir, rounds, prompts, samples_per_prompt, conditional, dataset, temperature, top_p,
           potential, relax_steps, fmax, e_hull_cap, pair_margin, pairs_per_prompt, beta, sft_weight, lr,
-          epochs, batch_size, lora, device, threads, progress, seed, data_dir) -> None:
+          epochs, batch_size, lora, device, threads, score_workers, progress, seed, data_dir) -> None:
     """Align a generator with stability: sample, relax, score by E_hull, update by DPO; repeat.
 
     Each round draws --samples-per-prompt constrained samples for --prompts prompts, scores every
@@ -74,7 +77,8 @@ def align(model, out_dir, rounds, prompts, samples_per_prompt, conditional, data
                           seed=seed, temperature=temperature, top_p=top_p, potential=potential,
                           relax_steps=relax_steps, fmax=fmax, e_hull_cap=e_hull_cap, pair_margin=pair_margin,
                           pairs_per_prompt=pairs_per_prompt, beta=beta, sft_weight=sft_weight, lr=lr,
-                          epochs=epochs, batch_size=batch_size, lora=lora, device=device, threads=threads)
+                          epochs=epochs, batch_size=batch_size, lora=lora, device=device, threads=threads,
+                          score_workers=score_workers)
         records = run_align(cfg, data_dir=data_dir, progress=progress)
     except (ValueError, ModelLoadError, DataError, HullError, PotentialError) as exc:
         fail(str(exc))

@@ -6,13 +6,16 @@ pipeline as the judge. Each round:
 1. **prompts** — ``prompts`` prompts, a share ``conditional`` of them formula headers drawn from the
    training compositions (``dataset`` train split), the rest unconditional;
 2. **samples** — ``samples_per_prompt`` constrained samples per prompt from the current policy,
-   through the same grammar, physics rules and seeding as ``llamat-cif generate``
-   (:func:`llamat_cif.sampling.sample.draw_batch`); the exact token ids drawn are kept;
+   with every default of ``llamat-cif generate`` (grammar, physics rules and steering, dead-end
+   redraws; :func:`_sampler`) and its seeding (:func:`llamat_cif.sampling.sample.draw_batch`); the
+   exact token ids drawn are kept;
 3. **scores** — every sample validated (CDVAE structural + compositional), relaxed briefly with the
    ML potential (``relax_steps`` FIRE steps, ``fmax``) and placed on the MP-20 hull; the reward is
    ``-min(E_hull, e_hull_cap)``, and a sample that does not parse, is invalid or fails to relax
    gets ``invalid_reward`` (below every relaxed sample). A sample that matches a training structure
-   (not novel) or an earlier sample of the round (not unique) is *ineligible*: it never wins a pair;
+   (not novel) or an earlier sample of the round (not unique) is *ineligible*: it never wins a pair.
+   With ``score_workers`` > 0 a prompt's samples are scored in worker processes while the policy
+   samples the next prompt;
 4. **pairs** — per prompt, the best eligible sample is *chosen* against up to
    ``pairs_per_prompt`` others, worst first, that are ineligible or at least ``pair_margin``
    eV/atom worse; a prompt with no eligible sample gives no pair;
@@ -41,6 +44,7 @@ and ``curves.png`` / ``elements.png`` summarise all rounds.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -52,7 +56,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from llamat_cif.protocol import CDVAE_MIN_DISTANCE
 from llamat_cif.runs import RunStore, write_parquet
 from llamat_cif.train.align_policy import dpo_update, load_policy, save_policy
 from llamat_cif.train.align_scores import (
@@ -64,8 +67,9 @@ from llamat_cif.train.align_scores import (
 )
 from llamat_cif.train.config import AlignConfig
 
-#: settings a resumed run may change (the number of rounds: a finished run can be extended)
-RESUMABLE_CHANGES = ("rounds", "device", "threads")
+#: settings a resumed run may change (the number of rounds: a finished run can be extended; where
+#: and how fast it runs)
+RESUMABLE_CHANGES = ("rounds", "device", "threads", "score_workers")
 
 #: a scorer maps a round's samples (one row per sample: id, prompt, target_formula, text, cif, ...)
 #: to score rows with at least ``id``, ``reward`` (float) and ``eligible`` (bool)
@@ -103,45 +107,39 @@ def round_prompts(cfg: AlignConfig, round_index: int, formulas: Sequence[str]) -
 # ------------------------------------------------------------------------------------ the loop
 
 
-def _sampling(cfg: AlignConfig, model) -> dict:
-    """Sampling settings exactly as ``llamat-cif generate`` resolves them."""
-    from llamat_cif.sampling.config import (
-        recommended_sampling,
-        resolve_physics,
-        resolve_steer,
-        resolve_steer_floor,
-        resolve_volume_steer,
-        window_tuple,
-    )
-    from llamat_cif.sampling.fields import site_lines_for
+def _sampler(cfg: AlignConfig, model, tokenizer):
+    """A :class:`~llamat_cif.sampling.sample.BatchSampler` over the policy, with every sampling setting
+    (temperature, top-p, physics rules and steering, dead-end redraws) resolved exactly as
+    ``llamat-cif generate`` resolves its defaults; the policy is put in eval mode."""
+    from llamat_cif.sampling.config import SampleConfig
+    from llamat_cif.sampling.sample import BatchSampler
 
-    t, p = recommended_sampling(model)
-    f, win = resolve_physics(None, "auto")
-    return {"temperature": t if cfg.temperature is None else cfg.temperature,
-            "top_p": p if cfg.top_p is None else cfg.top_p,
-            "physics": dict(contact_ratio=f, volume_window=window_tuple(win),
-                            steer_ratio=(g := resolve_steer(None, f)),
-                            steer_floor=resolve_steer_floor(None, f, g),
-                            volume_steer=window_tuple(resolve_volume_steer(None, win))),
-            "max_lines": site_lines_for(cfg.max_new_tokens)}
+    settings = SampleConfig(n=cfg.samples_per_prompt, out_dir=cfg.out_dir, model=cfg.model,
+                            temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
+                            batch_size=cfg.samples_per_prompt, device=cfg.device, fmt="cif", threads=None)
+    return BatchSampler(settings, model=model, tokenizer=tokenizer)
 
 
-def _sample_prompt(model, tokenizer, cfg: AlignConfig, settings: dict, prompt: dict, round_index: int,
-                   k: int) -> pd.DataFrame:
+def sampling_record(sampler) -> dict:
+    """The resolved sampling settings of a round (the policy changes, these do not)."""
+    skip = {"n", "out_dir", "model", "batch_size", "seed", "targets", "shard", "threads", "device"}
+    return {k: v for k, v in asdict(sampler.cfg).items() if k not in skip}
+
+
+def _sample_prompt(sampler, cfg: AlignConfig, prompt: dict, round_index: int, k: int) -> pd.DataFrame:
     from llamat_cif.sampling.config import parse_formula
-    from llamat_cif.sampling.engine import Stats, Vocab
     from llamat_cif.sampling.fields import Conditions
-    from llamat_cif.sampling.grammars import GRAMMARS
     from llamat_cif.sampling.sample import decode_sample, draw_batch
 
     formula = prompt["target_formula"] or None
-    cond = Conditions(formula=parse_formula(formula) if formula else None, spacegroup=None, min_distance=CDVAE_MIN_DISTANCE,
-                      charge_balanced=False, max_lines=settings["max_lines"], **settings["physics"])
+    scfg, tokenizer = sampler.cfg, sampler.tokenizer
+    cond = Conditions(formula=parse_formula(formula) if formula else None, spacegroup=None,
+                      min_distance=scfg.min_distance, **sampler.limits, **sampler.physics)
     n = cfg.samples_per_prompt
-    new = draw_batch(model, tokenizer, size=n, seed=(cfg.seed, round_index, k), conditions=[cond] * n,
-                     grammar=GRAMMARS["cif"], vocab=Vocab(tokenizer), stats=Stats(),
-                     temperature=settings["temperature"], top_p=settings["top_p"],
-                     max_new_tokens=cfg.max_new_tokens)
+    new = draw_batch(sampler.model, tokenizer, size=n, seed=(cfg.seed, round_index, k), conditions=[cond] * n,
+                     grammar=sampler.grammar, vocab=sampler.vocab, stats=sampler.stats,
+                     temperature=scfg.temperature, top_p=scfg.top_p, top_k=scfg.top_k,
+                     max_new_tokens=cfg.max_new_tokens, redraws=scfg.dead_end_redraws)
     rows = []
     for i in range(n):
         ids = [t for t in new[i].tolist() if t != tokenizer.pad_token_id]
@@ -149,6 +147,32 @@ def _sample_prompt(model, tokenizer, cfg: AlignConfig, settings: dict, prompt: d
                      "prompt": prompt["prompt"], "target_formula": prompt["target_formula"], "fmt": "cif",
                      "token_ids": ids, **decode_sample(ids, tokenizer, max_new_tokens=cfg.max_new_tokens)})
     return pd.DataFrame(rows)
+
+
+_SCORER: Scorer | None = None
+
+
+def _init_scorer(scorer: Scorer) -> None:
+    import torch
+
+    global _SCORER
+    torch.set_num_threads(1)
+    _SCORER = scorer
+
+
+def _score_part(samples: pd.DataFrame) -> pd.DataFrame:
+    return _SCORER(samples)
+
+
+def _score_pool(scorer: Scorer, workers: int):
+    """``workers`` processes (spawned, one torch thread each) that score prompts while the policy
+    samples the next ones; the scorer travels to each worker once (a :class:`StabilityReward`
+    reloads its potential there)."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_scorer,
+                               initargs=(scorer,))
 
 
 def run_align(cfg: AlignConfig, *, scorer: Scorer | None = None, data_dir: str | Path | None = None,
@@ -195,7 +219,8 @@ def run_align(cfg: AlignConfig, *, scorer: Scorer | None = None, data_dir: str |
     ref_model = None
     model = tokenizer = None
     records = [json.loads((out / f"round_{r:02d}" / "record.json").read_text()) for r in done]
-    with progress_bar(enabled=progress, fields=("note",)) as bar:
+    pool = _score_pool(scorer, cfg.score_workers) if cfg.score_workers and start < cfg.rounds else None
+    with progress_bar(enabled=progress, fields=("note",)) as bar, pool or contextlib.nullcontext():
         for r in range(start, cfg.rounds):
             if model is None:
                 model, tokenizer = load_policy(cfg, policy_dir, trainable=True)
@@ -204,25 +229,32 @@ def run_align(cfg: AlignConfig, *, scorer: Scorer | None = None, data_dir: str |
                     p.requires_grad_(False)
             rdir = out / f"round_{r:02d}"
             prompts = round_prompts(cfg, r, formulas)
-            settings = _sampling(cfg, model)
+            sampler = _sampler(cfg, model, tokenizer)
             t0 = time.time()
             task = bar.add_task(f"round {r} sample", total=len(prompts), note="")
+            score_task = bar.add_task(f"round {r} score", total=len(prompts), note="")
             # one part per prompt (part k = prompt k), kept as the round's record of what was drawn
             sample_store = RunStore(rdir / "samples.parquet", append=False)
+            score_store = RunStore(rdir / "scores.parquet", append=False)
+            pending = {}  # prompt index -> the pool's scoring of its samples (scored while sampling goes on)
             for k, pr in enumerate(prompts):
                 if not sample_store.part_path(k).is_file():
-                    sample_store.write_part(_sample_prompt(model, tokenizer, cfg, settings, pr, r, k), k)
+                    sample_store.write_part(_sample_prompt(sampler, cfg, pr, r, k), k)
+                if pool is not None and not score_store.part_path(k).is_file():
+                    pending[k] = pool.submit(_score_part, pd.read_parquet(sample_store.part_path(k)))
+                for j in [j for j, fut in pending.items() if fut.done()]:  # kept as soon as scored
+                    score_store.write_part(pending.pop(j).result(), j)
                 bar.update(task, advance=1)
             samples = sample_store.read()
             t_sample = time.time() - t0
-            task = bar.add_task(f"round {r} score", total=len(prompts), note="")
-            score_store = RunStore(rdir / "scores.parquet", append=False)
             for k, pr in enumerate(prompts):
-                if not score_store.part_path(k).is_file():
+                if k in pending:
+                    score_store.write_part(pending.pop(k).result(), k)
+                elif not score_store.part_path(k).is_file():
                     score_store.write_part(scorer(samples[samples["prompt"] == pr["prompt"]]), k)
-                bar.update(task, advance=1)
+                bar.update(score_task, advance=1)
             scores = mark_duplicates(score_store.read())
-            t_score = time.time() - t0 - t_sample
+            t_score = time.time() - t0 - t_sample  # with a pool: scoring left after sampling ended
             pairs = build_pairs(samples, scores, margin=cfg.pair_margin, per_prompt=cfg.pairs_per_prompt)
             write_parquet(pairs, rdir / "pairs.parquet")
             write_parquet(scores, rdir / "scores.parquet")
@@ -234,7 +266,7 @@ def run_align(cfg: AlignConfig, *, scorer: Scorer | None = None, data_dir: str |
             rec = {"round": r, **round_record(scores, pairs, cfg, train_n_el), "dpo": train_stats,
                    "wall_s": {"sample": round(t_sample, 1), "score": round(t_score, 1),
                               "update": round(time.time() - t0 - t_sample - t_score, 1)},
-                   "sampling": {k: settings[k] for k in ("temperature", "top_p")},
+                   "sampling": sampling_record(sampler),
                    "protocol": scorer.protocol() if hasattr(scorer, "protocol") else {"scorer": repr(scorer)}}
             (rdir / "record.json").write_text(json.dumps(rec, indent=2, default=str))
             records.append(rec)

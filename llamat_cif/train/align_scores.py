@@ -47,6 +47,16 @@ class StabilityReward:
         self.relax = RelaxConfig(fmax=config.fmax, max_steps=config.relax_steps,
                                  time_limit_s=config.relax_time_limit_s)
 
+    def __getstate__(self) -> dict:
+        # a scoring worker loads its own copy of the potential (torch models do not travel well)
+        return {**self.__dict__, "potential": None}
+
+    def __setstate__(self, state: dict) -> None:
+        from llamat_cif.stability.potentials import load_potential
+
+        self.__dict__.update(state)
+        self.potential = load_potential(self.config.potential, self.config.device)
+
     def protocol(self) -> dict:
         c = self.config
         return {"reward": f"-min(E_hull, {c.e_hull_cap}) eV/atom after a short relaxation; "

@@ -130,8 +130,13 @@ class AlignConfig:
     lora: bool = False  # train a fresh LoRA adapter instead of all weights (adapters always train as adapters)
     device: str | None = None
     threads: int | None = 1
+    # processes that score (validate, relax, place on the hull) a prompt's samples while the policy
+    # samples the next prompt; 0: score in this process after the round's sampling
+    score_workers: int = 0
 
     def __post_init__(self) -> None:
+        if self.score_workers < 0:
+            raise ValueError(f"score_workers must be >= 0, got {self.score_workers}")
         for name in ("rounds", "prompts", "samples_per_prompt", "epochs", "batch_size", "pairs_per_prompt",
                      "relax_steps"):
             if getattr(self, name) < 1:
