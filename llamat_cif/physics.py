@@ -73,6 +73,13 @@ def anion_steer_default() -> dict[str, float]:
     return {str(k): float(v) for k, v in calibration()["anion_steer"]["distance_A"].items()}
 
 
+def cation_steer_default() -> dict[str, float]:
+    """Calibrated same-element steering distances (Å) for every other element that at least 20
+    MP-20 train structures hold (metals, metalloids, C, H ...; "cations" for short): the 5th
+    percentile of their smallest same-element distance, so metal-metal bonds keep their own scale."""
+    return {str(k): float(v) for k, v in calibration()["cation_steer"]["distance_A"].items()}
+
+
 def volume_window_default() -> tuple[float, float]:
     """Calibrated ``(lo, hi)`` factors on the predicted volume per atom (>= 99.5 % of MP-20 train)."""
     w = calibration()["volume"]["window"]

@@ -11,7 +11,14 @@ This script measures, per anion X, the smallest X-X distance of each structure
 
 and writes a table (markdown) and the numbers (JSON).
 
+``--elements all`` does the same for every element that at least 20 reference structures hold
+(metals, metalloids, C, H ...: the cation side, where metal-metal distances are short by nature, so
+each element gets its own reference). ``--write-calibration`` stores the reference's 5th percentiles
+in ``llamat_cif/resources/physics_calibration.json`` (``anion_steer`` for the anions, ``cation_steer``
+for every other element), the distances the sampler's same-element steering prefers.
+
 Run: python benchmarks/physics/anion_contacts.py RUN/bench [--reference 2000] [--seed 0] [--out FILE]
+     [--elements anions|all] [--write-calibration]
 (``RUN/bench`` holds ``stability.parquet``; the samples are read from the run folder above it.)
 """
 
@@ -47,11 +54,40 @@ def min_same_element_distance(structure, symbol: str) -> float:
 
 
 def _distances(structures, symbols=ANIONS) -> pd.DataFrame:
+    """One row per structure, one column per element of ``symbols`` (``None``: every element
+    present), NaN where the structure lacks it."""
     rows = []
     for s in structures:
         present = {el.symbol for el in s.composition.elements}
-        rows.append({x: (min_same_element_distance(s, x) if x in present else np.nan) for x in symbols})
+        wanted = present if symbols is None else symbols
+        rows.append({x: (min_same_element_distance(s, x) if x in present else np.nan) for x in wanted})
     return pd.DataFrame(rows)
+
+
+MIN_REFERENCE = 20  # reference structures an element needs for a percentile
+
+
+def write_calibration(ref_d: pd.DataFrame, n_ref: int, quantile: float = 5) -> dict:
+    """Store the reference's ``quantile`` percentile of the smallest same-element distance per
+    element (>= :data:`MIN_REFERENCE` structures) as ``anion_steer`` / ``cation_steer``."""
+    from llamat_cif.physics import CALIBRATION_FILE
+
+    cal = json.loads(CALIBRATION_FILE.read_text())
+    for key, pick in (("anion_steer", lambda x: x in ANIONS), ("cation_steer", lambda x: x not in ANIONS)):
+        order = ANIONS if key == "anion_steer" else sorted(ref_d.columns)
+        cols = [x for x in order if x in ref_d.columns and pick(x) and ref_d[x].notna().sum() >= MIN_REFERENCE]
+        if not cols:
+            continue
+        cal[key] = {
+            "source": f"benchmarks/physics/anion_contacts.py on MP-20 train, available subset ({n_ref} structures)",
+            "rule": "steering preference: a new site of this element keeps at least this distance (Å) to atoms "
+                    "of the same element, its own symmetry copies and lattice images included",
+            "quantile": quantile,
+            # the percentile as the table prints it (3 decimals), then to 0.01 Å
+            "distance_A": {x: round(round(float(np.percentile(ref_d[x].dropna(), quantile)), 3), 2) for x in cols},
+            "structures": {x: int(ref_d[x].notna().sum()) for x in cols}}
+    CALIBRATION_FILE.write_text(json.dumps(cal, indent=1) + "\n")
+    return cal
 
 
 def main() -> None:
@@ -67,47 +103,63 @@ def main() -> None:
     ap.add_argument("--reference", type=int, default=2000, help="MP-20 train structures sampled as the reference")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path(__file__).with_name("anion_contacts.json"))
+    ap.add_argument("--elements", choices=("anions", "all"), default="anions")
+    ap.add_argument("--write-calibration", action="store_true",
+                    help="store the reference's 5th percentiles as the sampler's steering distances")
     args = ap.parse_args()
+    symbols = ANIONS if args.elements == "anions" else None
     warnings.filterwarnings("ignore")
 
     ref = load_split("mp20", "train")
     ref = ref.sample(min(args.reference, len(ref)), random_state=args.seed)
-    ref_d = _distances(Structure.from_str(c, fmt="cif") for c in ref["cif"])
+    ref_d = _distances((Structure.from_str(c, fmt="cif") for c in ref["cif"]), symbols)
+    if args.write_calibration:
+        write_calibration(ref_d, len(ref))
 
     rows = pd.read_parquet(args.bench / "stability.parquet", columns=["id", "e_hull"])
     samples = read_samples(args.run or args.bench.parent).set_index("id")
     gen = [Structure.from_str(samples.loc[i, "cif"], fmt="cif") for i in rows["id"]]
-    gen_d = _distances(gen)
+    gen_d = _distances(gen, symbols)
     metastable = (rows["e_hull"] < E_HULL_METASTABLE).to_numpy()  # NaN (failed) counts as not metastable
 
     out = {"reference": {"source": "MP-20 train, available subset", "n": len(ref), "seed": args.seed},
            "generated": {"bench": str(args.bench), "n": len(rows),
-                         "metastable_threshold_eV_atom": E_HULL_METASTABLE}, "anions": {}}
-    lines = ["| anion | reference structures | reference min X-X, 0.1 / 1 / 5 / 50 % (Å) | generated with X | "
+                         "metastable_threshold_eV_atom": E_HULL_METASTABLE}, "anions" if symbols else "elements": {}}
+    elements = ANIONS if symbols else sorted(ref_d.columns, key=lambda x: -ref_d[x].notna().sum())
+    lines = ["| element | reference structures | reference min X-X, 0.1 / 1 / 5 / 50 % (Å) | generated with X | "
              "generated min X-X quartiles (Å) | below ref. 1 %: n, metastable | at or above: n, metastable |",
              "|---|---|---|---|---|---|---|"]
-    for x in ANIONS:
+    any_below = np.zeros(len(rows), dtype=bool)
+    for x in elements:
         r = ref_d[x].dropna().to_numpy()
-        g = gen_d[x].to_numpy()
+        g = gen_d[x].to_numpy() if x in gen_d.columns else np.full(len(rows), np.nan)
         has = ~np.isnan(g)
-        if len(r) < 20 or has.sum() == 0:
+        if len(r) < MIN_REFERENCE or has.sum() == 0:
             continue
         q = dict(zip(QUANTILES, np.percentile(r, QUANTILES).round(3).tolist(), strict=True))
         cut = q[1]
         below = has & (g < cut)
         above = has & (g >= cut)
-        out["anions"][x] = {
+        any_below |= below
+        out["anions" if symbols else "elements"][x] = {
             "reference_n": int(len(r)), "reference_quantiles_A": q,
             "generated_n": int(has.sum()),
             "generated_quartiles_A": np.percentile(g[has], (25, 50, 75)).round(3).tolist(),
             "below_ref_1pct": {"n": int(below.sum()), "metastable": int(metastable[below].sum())},
             "at_or_above": {"n": int(above.sum()), "metastable": int(metastable[above].sum())},
         }
-        a = out["anions"][x]
+        a = out["anions" if symbols else "elements"][x]
         lines.append(f"| {x} | {len(r)} | {q[0.1]:.2f} / {q[1]:.2f} / {q[5]:.2f} / {q[50]:.2f} | {has.sum()} | "
                      + " / ".join(f"{v:.2f}" for v in a["generated_quartiles_A"])
                      + f" | {a['below_ref_1pct']['n']}, {a['below_ref_1pct']['metastable']} | "
                        f"{a['at_or_above']['n']}, {a['at_or_above']['metastable']} |")
+    out["any_element_below_ref_1pct"] = {"n": int(any_below.sum()), "metastable": int(metastable[any_below].sum()),
+                                         "rest": int((~any_below).sum()),
+                                         "rest_metastable": int(metastable[~any_below].sum())}
+    lines.append("")
+    lines.append(f"Samples with any listed element below its reference 1 %: {any_below.sum()}, "
+                 f"{metastable[any_below].sum()} metastable; the rest: {(~any_below).sum()}, "
+                 f"{metastable[~any_below].sum()} metastable.")
     table = "\n".join(lines)
     print(table)
     out["table"] = table

@@ -44,6 +44,11 @@ def physics_options(f):
                      help="Constrained runs: an anion site (O, F, S, N, Cl, Se, Br, I) is drawn first among "
                           "tokens that also keep a distance to atoms of its own element (auto: per anion, "
                           "the 5th percentile of MP-20 train, O-O 2.39 Å).")(f)
+    f = click.option("--steer-cation-distance", default="off", show_default=True,
+                     type=click.Choice(["auto", "off"], case_sensitive=False),
+                     help="Constrained runs: the same for every other element with a calibration (metals, "
+                          "metalloids, C, H ...; auto: per element, the 5th percentile of MP-20 train's "
+                          "smallest same-element distance).")(f)
     f = click.option("--steer-contact-floor", type=float, default=None,
                      help="Constrained runs: where no token keeps the steer ratio, coordinates are drawn "
                           "among tokens that keep this ratio before the hard rule alone decides "
@@ -96,7 +101,7 @@ _GENERATION = [
 #: keyword names of :func:`generation_options` (the fields of ``SampleConfig`` they set)
 GENERATION_NAMES = ("model", "formula", "spacegroup", "targets", "temperature", "top_p", "top_k", "batch_size",
                     "constrained", "min_distance", "min_contact_ratio", "steer_contact_ratio", "steer_contact_floor",
-                    "steer_volume_window", "steer_anion_distance", "volume_window", "charge_balanced", "dead_end_redraws",
+                    "steer_volume_window", "steer_anion_distance", "steer_cation_distance", "volume_window", "charge_balanced", "dead_end_redraws",
                     "max_primitive_atoms", "max_new_tokens", "device",
                     "threads")
 

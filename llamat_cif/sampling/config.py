@@ -52,6 +52,9 @@ class SampleConfig:
     # same-element distance), "off". On 300 seed-0 samples (100 relaxed) it doubled the oxides'
     # metastable share (14/38 vs 18/93 of the 1,000-sample run's relaxed) at unchanged validity
     steer_anion_distance: str = "auto"
+    # the same for every other element with a calibration (metals, metalloids, C, H ...: the 5th
+    # percentile of MP-20 train's smallest same-element distance per element): "auto" or "off"
+    steer_cation_distance: str = "off"
     charge_balanced: bool = False  # constraint: a self-chosen formula must be SMACT-valid
     # constraint (CIF grammar): a self-chosen formula has at most this many atoms per primitive cell
     # (written atoms / lattice points of the declared group); MP-20's domain is <= 20, while the
@@ -178,21 +181,23 @@ def _window_text(text: str | None, default, name: str) -> str:
     return f"{lo:g},{hi:g}"
 
 
-def resolve_anion_steer(text: str | None, contact_ratio: float) -> str:
-    """``"auto"`` / ``"off"`` as recorded in ``sample_config.json`` (off with the contact rule off)."""
+def resolve_anion_steer(text: str | None, contact_ratio: float, name: str = "steer anion distance") -> str:
+    """``"auto"`` / ``"off"`` as recorded in ``sample_config.json`` (off with the contact rule off);
+    the same for ``--steer-cation-distance`` (``name``)."""
     t = (text or "off").strip().lower()
     if t not in ("auto", "off"):
-        raise ValueError(f"steer anion distance must be auto or off, got {text!r}")
+        raise ValueError(f"{name} must be auto or off, got {text!r}")
     return t if contact_ratio else "off"
 
 
-def anion_table(resolved: str) -> dict[str, float] | None:
-    """The per-anion steering distances of a resolved setting (``None`` when off)."""
-    if resolved != "auto":
-        return None
-    from llamat_cif.physics import anion_steer_default
+def anion_table(resolved: str, cations: str = "off") -> dict[str, float] | None:
+    """The per-element same-element steering distances of resolved anion and cation settings
+    (``None`` when both are off)."""
+    from llamat_cif.physics import anion_steer_default, cation_steer_default
 
-    return anion_steer_default()
+    table = {**(anion_steer_default() if resolved == "auto" else {}),
+             **(cation_steer_default() if cations == "auto" else {})}
+    return table or None
 
 
 def window_tuple(volume_window: str) -> tuple[float, float] | None:

@@ -52,10 +52,11 @@ class Conditions:
     # steering, second tier: where no token keeps steer_ratio, a coordinate is drawn among tokens
     # that keep at least this ratio before the hard rule alone decides (0: off)
     steer_floor: float = 0.0
-    # steering, first tier for anions: a coordinate of an element listed here is drawn among tokens
-    # that also keep this distance (Å) to atoms of the same element whenever the nucleus holds one
-    # (None: off); covalent radii let two anions sit at a bond length
-    anion_steer: dict[str, float] | None = None
+    # steering, first tier per element (anions, and other elements with --steer-cation-distance): a
+    # coordinate of an element listed here is drawn among tokens that also keep this distance (Å)
+    # to atoms of the same element whenever the nucleus holds one (None: off); covalent radii let
+    # two anions sit at a bond length
+    same_element_steer: dict[str, float] | None = None
     # steering: the last cell length prefers a volume per atom within [lo, hi] x the prediction
     # (the typical range of real crystals) when the model's tokens allow it (None: off)
     volume_steer: tuple[float, float] | None = None

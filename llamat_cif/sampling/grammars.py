@@ -237,7 +237,7 @@ def cif_grammar(v: Vocab, cond: Conditions, stats: Stats, *, header: bool = True
 
         # steering tiers of this site, widest first: (contact ratio, same-element distance); an
         # anion first asks for the widest ratio together with its anion-anion distance
-        same_d = (cond.anion_steer or {}).get(el)
+        same_d = (cond.same_element_steer or {}).get(el)
         tiers = tuple((g, None) for g in steers)
         if same_d and steers:
             tiers = ((steers[0], same_d), *tiers)

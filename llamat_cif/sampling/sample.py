@@ -208,6 +208,8 @@ class BatchSampler:
             "steer_contact_floor": resolve_steer_floor(cfg.steer_contact_floor, contact_ratio, steer),
             "steer_volume_window": resolve_volume_steer(cfg.steer_volume_window, volume_window),
             "steer_anion_distance": resolve_anion_steer(cfg.steer_anion_distance, contact_ratio),
+            "steer_cation_distance": resolve_anion_steer(cfg.steer_cation_distance, contact_ratio,
+                                                         "steer cation distance"),
             "temperature": rec_t if cfg.temperature is None else cfg.temperature,
             # the P1 (llamat) text has no space group to count lattice points with
             "max_primitive_atoms": cfg.max_primitive_atoms if fmt == "cif" else 0,
@@ -223,7 +225,7 @@ class BatchSampler:
         self.physics = dict(contact_ratio=cfg.min_contact_ratio, volume_window=window_tuple(cfg.volume_window),
                             steer_ratio=cfg.steer_contact_ratio, steer_floor=cfg.steer_contact_floor,
                             volume_steer=window_tuple(cfg.steer_volume_window),
-                            anion_steer=anion_table(cfg.steer_anion_distance))
+                            same_element_steer=anion_table(cfg.steer_anion_distance, cfg.steer_cation_distance))
         self.limits = dict(charge_balanced=cfg.charge_balanced, max_lines=self.max_lines,
                            max_primitive_atoms=cfg.max_primitive_atoms)
         self.cond = Conditions(formula=self.formula, spacegroup=cfg.spacegroup, min_distance=cfg.min_distance,
