@@ -38,3 +38,28 @@ for m in "before:default" "after:$A/final"; do
 done
 python benchmarks/physics/ablation.py "formula-conditioned, before=$E/formula200-before:$E/formula200-before/stability-50" \
   "formula-conditioned, after=$E/formula200-after:$E/formula200-after/stability-50" --out benchmarks/align/formula200.json
+
+# ---- second run (today's decoding: align samples with every generate default) ----------------------
+A2=benchmarks/align/runs/small-anion-seed0
+E2=benchmarks/align/runs/eval-anion
+# 6. alignment, 24 prompts x 6 samples per round (a quarter formula headers), scoring in 2 workers
+#    while sampling; the recorded model is round_02/model (the run was stopped after round 2)
+llamat-cif align --out $A2 --rounds 3 --prompts 24 --samples-per-prompt 6 --conditional 0.25 --score-workers 2 --seed 0 --no-progress
+# 7. the #12 ablation seeds (300, 100 relaxed); before = benchmarks/physics/runs/t0.7-p0.9-seed0-anion-steer
+for i in 0 1; do llamat-cif generate -n 300 --batch-size 8 --seed 0 --model $A2/round_02/model --out $E2/aligned3-300 --shard $i/2 & done; wait
+llamat-cif generate -n 300 --batch-size 8 --seed 0 --model $A2/round_02/model --out $E2/aligned3-300
+llamat-cif validate $E2/aligned3-300 --out $E2/aligned3-300 --jobs 2
+llamat-cif benchmark --samples $E2/aligned3-300 --out $E2/aligned3-300/stability-100 --stability 100 --seed 0 --no-coverage --workers 2
+P2=benchmarks/physics/runs/t0.7-p0.9-seed0-anion-steer
+python benchmarks/physics/ablation.py "llamat-cif-small, today's decoding (before)=$P2:$P2/stability-100" \
+  "aligned, 3 rounds x 144 samples (after)=$E2/aligned3-300:$E2/aligned3-300/stability-100" --out benchmarks/align/before_after_anion.json
+# 8. the 1,000-sample protocol (before = benchmarks/physics/runs/t0.7-p0.9-seed0-anion-1000)
+bash benchmarks/physics/protocol_1000.sh aligned3-t0.7-p0.9-seed0-1000 --model $A2/round_02/model
+# 9. formula-conditioned, 200 MP-20 test formulas, both models with today's decoding (50 relaxed each)
+for m in "after:$A2/round_02/model" "before:default"; do
+  tag=${m%%:*}; model=${m#*:}; R=$E2/formula200-$tag
+  for i in 0 1; do llamat-cif generate --targets benchmarks/generate/targets_mp20_test_200.csv --batch-size 8 --seed 0 --model "$model" --out $R --shard $i/2 & done; wait
+  llamat-cif generate --targets benchmarks/generate/targets_mp20_test_200.csv --batch-size 8 --seed 0 --model "$model" --out $R
+  llamat-cif validate $R --out $R --jobs 2
+  llamat-cif benchmark --samples $R --out $R/stability-50 --stability 50 --seed 0 --no-coverage --workers 2
+done
