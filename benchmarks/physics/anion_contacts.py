@@ -108,6 +108,7 @@ def main() -> None:
                     help="store the reference's 5th percentiles as the sampler's steering distances")
     args = ap.parse_args()
     symbols = ANIONS if args.elements == "anions" else None
+    group = "anions" if symbols else "elements"  # the JSON key of the per-element rows
     warnings.filterwarnings("ignore")
 
     ref = load_split("mp20", "train")
@@ -124,7 +125,7 @@ def main() -> None:
 
     out = {"reference": {"source": "MP-20 train, available subset", "n": len(ref), "seed": args.seed},
            "generated": {"bench": str(args.bench), "n": len(rows),
-                         "metastable_threshold_eV_atom": E_HULL_METASTABLE}, "anions" if symbols else "elements": {}}
+                         "metastable_threshold_eV_atom": E_HULL_METASTABLE}, group: {}}
     elements = ANIONS if symbols else sorted(ref_d.columns, key=lambda x: -ref_d[x].notna().sum())
     lines = ["| element | reference structures | reference min X-X, 0.1 / 1 / 5 / 50 % (Å) | generated with X | "
              "generated min X-X quartiles (Å) | below ref. 1 %: n, metastable | at or above: n, metastable |",
@@ -141,14 +142,14 @@ def main() -> None:
         below = has & (g < cut)
         above = has & (g >= cut)
         any_below |= below
-        out["anions" if symbols else "elements"][x] = {
+        out[group][x] = {
             "reference_n": int(len(r)), "reference_quantiles_A": q,
             "generated_n": int(has.sum()),
             "generated_quartiles_A": np.percentile(g[has], (25, 50, 75)).round(3).tolist(),
             "below_ref_1pct": {"n": int(below.sum()), "metastable": int(metastable[below].sum())},
             "at_or_above": {"n": int(above.sum()), "metastable": int(metastable[above].sum())},
         }
-        a = out["anions" if symbols else "elements"][x]
+        a = out[group][x]
         lines.append(f"| {x} | {len(r)} | {q[0.1]:.2f} / {q[1]:.2f} / {q[5]:.2f} / {q[50]:.2f} | {has.sum()} | "
                      + " / ".join(f"{v:.2f}" for v in a["generated_quartiles_A"])
                      + f" | {a['below_ref_1pct']['n']}, {a['below_ref_1pct']['metastable']} | "

@@ -233,10 +233,24 @@ class BatchSampler:
         self.grammar = GRAMMARS[fmt]
         self.prompt = "" if cfg.constrained else _prompt(cfg, fmt, self.formula)
 
-    def rows(self, b: int) -> list[dict]:
-        """The sample rows of batch ``b`` (drawn with seed ``(cfg.seed, b)``)."""
+    def conditions(self, formula: str | None, spacegroup: int | None):
+        """The grammar's :class:`~llamat_cif.sampling.fields.Conditions` for one target (the run's
+        limits and physics, this formula and space group)."""
         from llamat_cif.sampling.fields import Conditions
 
+        return Conditions(formula=parse_formula(formula) if formula else None, spacegroup=spacegroup,
+                          min_distance=self.cfg.min_distance, **self.limits, **self.physics)
+
+    def draw(self, size: int, seed: tuple[int, ...], conds: list | None):
+        """:func:`draw_batch` with the run's model, grammar and sampling settings."""
+        cfg = self.cfg
+        return draw_batch(self.model, self.tokenizer, size=size, seed=seed, prompt=self.prompt,
+                          conditions=conds, grammar=self.grammar, vocab=self.vocab, stats=self.stats,
+                          temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                          max_new_tokens=cfg.max_new_tokens, redraws=cfg.dead_end_redraws if cfg.constrained else 0)
+
+    def rows(self, b: int) -> list[dict]:
+        """The sample rows of batch ``b`` (drawn with seed ``(cfg.seed, b)``)."""
         cfg, targets = self.cfg, self.targets
         start = b * cfg.batch_size
         size = min(cfg.batch_size, cfg.n - start)
@@ -245,14 +259,8 @@ class BatchSampler:
             raise ValueError("--targets needs constrained decoding (prompts per row are not batched)")
         conds = None
         if cfg.constrained:
-            conds = [self.cond if not targets else
-                     Conditions(formula=parse_formula(f) if f else None, spacegroup=g,
-                                min_distance=cfg.min_distance, **self.limits, **self.physics)
-                     for f, g in row_targets]
-        new = draw_batch(self.model, self.tokenizer, size=size, seed=(cfg.seed, b), prompt=self.prompt,
-                         conditions=conds, grammar=self.grammar, vocab=self.vocab, stats=self.stats,
-                         temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-                         max_new_tokens=cfg.max_new_tokens, redraws=cfg.dead_end_redraws if cfg.constrained else 0)
+            conds = [self.cond if not targets else self.conditions(f, g) for f, g in row_targets]
+        new = self.draw(size, (cfg.seed, b), conds)
         rows = []
         for i in range(size):
             ids = [t for t in new[i].tolist() if t != self.tokenizer.pad_token_id]

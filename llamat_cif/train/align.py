@@ -127,19 +127,11 @@ def sampling_record(sampler) -> dict:
 
 
 def _sample_prompt(sampler, cfg: AlignConfig, prompt: dict, round_index: int, k: int) -> pd.DataFrame:
-    from llamat_cif.sampling.config import parse_formula
-    from llamat_cif.sampling.fields import Conditions
-    from llamat_cif.sampling.sample import decode_sample, draw_batch
+    from llamat_cif.sampling.sample import decode_sample
 
-    formula = prompt["target_formula"] or None
-    scfg, tokenizer = sampler.cfg, sampler.tokenizer
-    cond = Conditions(formula=parse_formula(formula) if formula else None, spacegroup=None,
-                      min_distance=scfg.min_distance, **sampler.limits, **sampler.physics)
+    tokenizer = sampler.tokenizer
     n = cfg.samples_per_prompt
-    new = draw_batch(sampler.model, tokenizer, size=n, seed=(cfg.seed, round_index, k), conditions=[cond] * n,
-                     grammar=sampler.grammar, vocab=sampler.vocab, stats=sampler.stats,
-                     temperature=scfg.temperature, top_p=scfg.top_p, top_k=scfg.top_k,
-                     max_new_tokens=cfg.max_new_tokens, redraws=scfg.dead_end_redraws)
+    new = sampler.draw(n, (cfg.seed, round_index, k), [sampler.conditions(prompt["target_formula"] or None, None)] * n)
     rows = []
     for i in range(n):
         ids = [t for t in new[i].tolist() if t != tokenizer.pad_token_id]
