@@ -19,7 +19,12 @@ from llamat_cif.model import load_generator, resolve_model_path
 from llamat_cif.runs import RunStore
 from llamat_cif.train.align import round_prompts, run_align
 from llamat_cif.train.align_policy import sequence_logps
-from llamat_cif.train.align_scores import StabilityReward, build_pairs, mark_duplicates
+from llamat_cif.train.align_scores import (
+    StabilityReward,
+    build_pairs,
+    earlier_winners,
+    mark_duplicates,
+)
 from llamat_cif.train.config import AlignConfig
 
 torch.set_num_threads(1)
@@ -53,6 +58,31 @@ def test_duplicates_within_a_round_are_not_eligible(nacl, diamond):
     assert out.loc["r0-p0-00", "unique"] and out.loc["r0-p0-00", "eligible"]
     assert out.loc["r0-p0-01", "duplicate_of"] == "r0-p0-00" and not out.loc["r0-p0-01", "eligible"]
     assert out.loc["r0-p1-00", "unique"]
+
+
+def test_earlier_winners_cannot_win_again(tmp_path, nacl, diamond, perovskite):
+    # round 0 of a run folder: NaCl won a pair, the perovskite only lost one
+    r0 = tmp_path / "round_00"
+    r0.mkdir()
+    pd.DataFrame({"id": ["r00-p0-00", "r00-p0-01"], "valid": [True, True],
+                  "relaxed_cif": [nacl.to(fmt="cif"), perovskite.to(fmt="cif")]}).to_parquet(r0 / "scores.parquet")
+    pd.DataFrame({"prompt": ["p0"], "chosen": ["r00-p0-00"], "rejected": ["r00-p0-01"]}).to_parquet(
+        r0 / "pairs.parquet")
+    earlier = earlier_winners(tmp_path, 1)
+    assert earlier["id"].tolist() == ["r00-p0-00"] and earlier_winners(tmp_path, 0).empty
+    shifted = nacl.copy()
+    shifted.translate_sites(list(range(len(shifted))), [0.1, 0.0, 0.0])  # the same crystal again
+    scores = pd.DataFrame({"id": ["r01-p0-00", "r01-p0-01", "r01-p1-00"], "valid": [True, True, True],
+                           "relaxed_cif": [shifted.to(fmt="cif"), diamond.to(fmt="cif"),
+                                           perovskite.to(fmt="cif")],
+                           "eligible": [True, True, True]})
+    out = mark_duplicates(scores, earlier).set_index("id")
+    assert out.loc["r01-p0-00", "repeat_of"] == "r00-p0-00" and not out.loc["r01-p0-00", "eligible"]
+    assert out.loc["r01-p0-00", "unique"]  # unique within its round: the repeat is a separate verdict
+    assert out.loc["r01-p0-01", "eligible"] and out.loc["r01-p0-01", "repeat_of"] is None
+    assert out.loc["r01-p1-00", "eligible"]  # the perovskite lost in round 0: it may win now
+    alone = mark_duplicates(scores).set_index("id")  # without the history every sample may win
+    assert alone["eligible"].all() and alone["repeat_of"].isna().all()
 
 
 def test_prompts_are_seeded_and_mixed():

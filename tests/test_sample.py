@@ -406,6 +406,36 @@ def test_a_dead_end_document_is_drawn_again_and_the_others_are_kept(tmp_path):
     assert stubborn[0] == first[0] and stubborn[2] == first[2]
 
 
+def test_a_document_below_the_contact_floor_is_drawn_again(tmp_path):
+    """A finished crystal with a pair below the floor is redrawn with the dead-end seed rule: at a
+    floor no crystal keeps (1.3 x the covalent sum) every row is replaced by the derived seed's draw
+    and counted; at a floor every crystal keeps, nothing changes."""
+    from llamat_cif.physics import min_contact_ratio
+    from llamat_cif.sampling.engine import Stats
+    from llamat_cif.sampling.sample import BatchSampler, decode_sample, draw_batch
+
+    bs = BatchSampler(SampleConfig(n=3, out_dir=str(tmp_path), batch_size=3, seed=0, temperature=0.7, top_p=0.9))
+    pad = bs.tokenizer.pad_token_id
+
+    def draw(seed, redraws, floor):
+        stats = Stats()
+        ids = draw_batch(bs.model, bs.tokenizer, size=3, seed=seed, conditions=[bs.cond] * 3,
+                         grammar=bs.grammar, vocab=bs.vocab, stats=stats, temperature=0.7, top_p=0.9,
+                         redraws=redraws, floor=floor)
+        return [[t for t in row.tolist() if t != pad] for row in ids], stats
+
+    first, s0 = draw((0, 0), 0, 0.0)
+    assert s0.fallbacks == 0 and (s0.below_floor_redrawn, s0.below_floor_kept) == (0, 0)
+    ratios = [min_contact_ratio(Structure.from_str(decode_sample(ids, bs.tokenizer)["cif"], fmt="cif"))
+              for ids in first]
+    assert all(0.68 <= r < 1.3 for r in ratios)  # the hard rule holds, no real crystal keeps 1.3
+    same, s1 = draw((0, 0), 2, 0.01)
+    assert same == first and s1.below_floor_redrawn == 0
+    redrawn, s2 = draw((0, 0), 1, 1.3)
+    assert (s2.below_floor_redrawn, s2.below_floor_kept) == (3, 3)
+    assert redrawn == draw((0, 0, 1), 0, 0.0)[0] != first  # the derived seed's documents
+
+
 def test_a_run_from_before_a_setting_existed_resumes_only_under_its_old_value(tmp_path):
     """A sample_config.json written before --max-primitive-atoms (and the physics settings) existed
     was drawn without them: it resumes with them off and refuses a cap."""
@@ -416,10 +446,11 @@ def test_a_run_from_before_a_setting_existed_resumes_only_under_its_old_value(tm
     from llamat_cif.sampling.rows import check_resume
 
     old = SampleConfig(n=8, out_dir=str(tmp_path), min_contact_ratio=0.0, volume_window="off",
-                       steer_contact_ratio=0.0, steer_contact_floor=0.0, dead_end_redraws=0)
+                       steer_contact_ratio=0.0, steer_contact_floor=0.0, dead_end_redraws=0,
+                       redraw_below_floor=False)
     saved = {k: v for k, v in asdict(old).items() if k not in (
         "max_primitive_atoms", "min_contact_ratio", "volume_window", "steer_contact_ratio",
-        "steer_volume_window", "steer_contact_floor", "dead_end_redraws")}
+        "steer_volume_window", "steer_contact_floor", "dead_end_redraws", "redraw_below_floor")}
     (tmp_path / "sample_config.json").write_text(json.dumps(saved))
     check_resume(tmp_path, old)  # the same settings: resumes
     with pytest.raises(ValueError, match="max_primitive_atoms"):

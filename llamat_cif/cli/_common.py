@@ -87,6 +87,10 @@ _GENERATION = [
                  help="Constrained runs: a document whose look-ahead met a dead end (no admissible "
                       "token; the model's choice let through) is drawn again with a derived seed, up to "
                       "this many times (0 = keep it)."),
+    click.option("--redraw-below-floor/--keep-below-floor", default=True, show_default=True,
+                 help="Constrained runs: a finished crystal with a pair closer than the steering floor "
+                      "(--steer-contact-floor, 0.7 x the covalent sum) is drawn again too, within "
+                      "--dead-end-redraws."),
     click.option("--charge-balanced", is_flag=True, default=False,
                  help="Constrained runs: a formula the model chooses must be SMACT charge-balanced "
                       "(CDVAE compositional validity). Off by default, so validity measures the model."),
@@ -102,6 +106,7 @@ _GENERATION = [
 GENERATION_NAMES = ("model", "formula", "spacegroup", "targets", "temperature", "top_p", "top_k", "batch_size",
                     "constrained", "min_distance", "min_contact_ratio", "steer_contact_ratio", "steer_contact_floor",
                     "steer_volume_window", "steer_anion_distance", "steer_cation_distance", "volume_window", "charge_balanced", "dead_end_redraws",
+                    "redraw_below_floor",
                     "max_primitive_atoms", "max_new_tokens", "device",
                     "threads")
 

@@ -34,6 +34,9 @@ from llamat_cif.stability.relax import quiet_warnings
 @click.option("--pair-margin", type=float, default=0.05, show_default=True,
               help="eV/atom a relaxed, eligible rival must be worse by to be rejected.")
 @click.option("--pairs-per-prompt", type=int, default=3, show_default=True)
+@click.option("--cross-round-unique/--round-unique-only", default=True, show_default=True,
+              help="A sample matching one that won a pair in an earlier round cannot win again "
+                   "(--round-unique-only: only duplicates within the round are barred).")
 @click.option("--beta", type=float, default=0.1, show_default=True, help="DPO beta (KL anchor strength).")
 @click.option("--sft-weight", type=float, default=0.2, show_default=True,
               help="Weight of the chosen sample's NLL added to the DPO loss.")
@@ -52,13 +55,13 @@ from llamat_cif.stability.relax import quiet_warnings
 @seed_option
 @data_dir_option
 def align(model, out_dir, rounds, prompts, samples_per_prompt, conditional, dataset, temperature, top_p,
-          potential, relax_steps, fmax, e_hull_cap, pair_margin, pairs_per_prompt, beta, sft_weight, lr,
-          epochs, batch_size, lora, device, threads, score_workers, progress, seed, data_dir) -> None:
+          potential, relax_steps, fmax, e_hull_cap, pair_margin, pairs_per_prompt, cross_round_unique,
+          beta, sft_weight, lr, epochs, batch_size, lora, device, threads, score_workers, progress, seed, data_dir) -> None:
     """Align a generator with stability: sample, relax, score by E_hull, update by DPO; repeat.
 
     Each round draws --samples-per-prompt constrained samples for --prompts prompts, scores every
     sample by -E_hull after a short CHGNet relaxation (invalid -> worst; a sample matching a
-    training structure or another sample of the round never wins), pairs the best sample of each
+    training structure, another sample of the round or an earlier round's winner never wins), pairs the best sample of each
     prompt against worse ones and runs one DPO update (trl) anchored to the starting model.
     Writes round_NN/{samples,scores,pairs,model,record.json}, rounds.jsonl, curves.png,
     elements.png and final/ (the last round's model, usable as --model anywhere).
@@ -76,7 +79,8 @@ def align(model, out_dir, rounds, prompts, samples_per_prompt, conditional, data
                           samples_per_prompt=samples_per_prompt, conditional=conditional, dataset=dataset,
                           seed=seed, temperature=temperature, top_p=top_p, potential=potential,
                           relax_steps=relax_steps, fmax=fmax, e_hull_cap=e_hull_cap, pair_margin=pair_margin,
-                          pairs_per_prompt=pairs_per_prompt, beta=beta, sft_weight=sft_weight, lr=lr,
+                          pairs_per_prompt=pairs_per_prompt, cross_round_unique=cross_round_unique,
+                          beta=beta, sft_weight=sft_weight, lr=lr,
                           epochs=epochs, batch_size=batch_size, lora=lora, device=device, threads=threads,
                           score_workers=score_workers)
         records = run_align(cfg, data_dir=data_dir, progress=progress)

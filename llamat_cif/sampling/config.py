@@ -66,6 +66,11 @@ class SampleConfig:
     # no admissible token, the model's choice let through) is drawn again with a derived seed, up to
     # this many times (0: keep every first draw)
     dead_end_redraws: int = 2
+    # constrained runs: a finished document whose crystal holds a pair closer than the steering floor
+    # (steer_contact_floor, 0.7 x the covalent sum: the benchmark's short-contact threshold) is drawn
+    # again the same way, within the same dead_end_redraws budget; the hard rule (min_contact_ratio)
+    # stays the calibrated admissibility test, this only retries what the floor tier could not keep
+    redraw_below_floor: bool = True
     max_new_tokens: int = 1000
     device: str | None = None
     fmt: str | None = None  # representation; None: from the model's training corpus (cif default)

@@ -94,6 +94,8 @@ class Stats:
     window_widened: int = 0  # volume windows widened because the header's group needed more room
     redrawn: int = 0  # documents drawn again (new seed) because their constraint hit a dead end
     dead_ends_kept: int = 0  # documents kept with a fallback after their last redraw
+    below_floor_redrawn: int = 0  # documents drawn again because a pair sat below the steering floor
+    below_floor_kept: int = 0  # documents kept with such a pair after their last redraw
 
     def add(self, other: Stats) -> None:
         """Add ``other``'s counts to these."""

@@ -36,7 +36,7 @@ RESUME_KEYS = ("model", "formula", "spacegroup", "temperature", "top_p", "top_k"
                "constrained", "min_distance", "charge_balanced", "fmt", "max_new_tokens",
                "min_contact_ratio", "volume_window", "steer_contact_ratio", "steer_volume_window",
                "steer_contact_floor", "dead_end_redraws", "max_primitive_atoms",
-               "steer_anion_distance", "steer_cation_distance")
+               "steer_anion_distance", "steer_cation_distance", "redraw_below_floor")
 
 
 # ------------------------------------------------------------------------------------ reading
@@ -208,7 +208,8 @@ def check_resume(out: Path, cfg: SampleConfig) -> None:
         # runs from before physics decoding were drawn without it
         default.update(min_contact_ratio=0.0, volume_window="off", steer_contact_ratio=0.0,
                        steer_volume_window="off", steer_contact_floor=0.0, dead_end_redraws=0,
-                       max_primitive_atoms=0, steer_anion_distance="off", steer_cation_distance="off")
+                       max_primitive_atoms=0, steer_anion_distance="off", steer_cation_distance="off",
+                       redraw_below_floor=False)
         diff = {k: (old.get(k, default[k]), asdict(cfg).get(k)) for k in RESUME_KEYS
                 if old.get(k, default[k]) != asdict(cfg).get(k)}
         if diff:

@@ -68,7 +68,7 @@ from llamat_cif.sampling.rows import (
 def draw_batch(model, tokenizer, *, size: int, seed: tuple[int, ...], prompt: str = "",
                conditions: list | None = None, grammar=None, vocab=None, stats=None,
                temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
-               max_new_tokens: int = 1000, redraws: int = 0):
+               max_new_tokens: int = 1000, redraws: int = 0, floor: float = 0.0, fmt: str = "cif"):
     """Draw one seeded batch of ``size`` documents; returns the new token ids (``size x T``, padded
     with the pad id after a document's end).
 
@@ -76,7 +76,10 @@ def draw_batch(model, tokenizer, *, size: int, seed: tuple[int, ...], prompt: st
     answered optimistically after its search budget ran out, and no admissible token was left) is
     drawn again with a seed derived from ``seed`` (``(*seed, redraws)``, extended the same way for
     a later redraw), up to ``redraws`` times; the others keep their first draw unchanged. Counted
-    in ``stats`` (``redrawn``, ``dead_ends_kept``).
+    in ``stats`` (``redrawn``, ``dead_ends_kept``). With ``floor`` > 0, a constrained document
+    whose crystal (read as ``fmt``) holds a pair closer than ``floor`` x its covalent-radius sum
+    (:func:`llamat_cif.physics.min_contact_ratio`) is drawn again the same way, in the same budget
+    (``below_floor_redrawn``, ``below_floor_kept``).
 
     The torch generator is seeded from ``seed`` (e.g. ``(run seed, batch index)``), so the same
     call draws the same documents. With ``conditions`` (one
@@ -119,19 +122,39 @@ def draw_batch(model, tokenizer, *, size: int, seed: tuple[int, ...], prompt: st
     for st in own:
         stats.add(st)
     dead = [i for i, st in enumerate(own) if st.fallbacks]
-    if not dead or redraws <= 0:
+    low = [i for i, st in enumerate(own)
+           if floor > 0 and not st.fallbacks and _below_floor(new[i], tokenizer, floor, fmt)]
+    if not (dead or low) or redraws <= 0:
         stats.dead_ends_kept += len(dead)
+        stats.below_floor_kept += len(low)
         return new
     stats.redrawn += len(dead)
+    stats.below_floor_redrawn += len(low)
+    dead = sorted(dead + low)
     again = draw_batch(model, tokenizer, size=len(dead), seed=(*seed, redraws), prompt=prompt,
                        conditions=[conditions[i] for i in dead], grammar=grammar, vocab=vocab, stats=stats,
                        temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens,
-                       redraws=redraws - 1)
+                       redraws=redraws - 1, floor=floor, fmt=fmt)
     width = max(new.shape[1], again.shape[1])
     pad = tokenizer.pad_token_id
     new = torch.nn.functional.pad(new, (0, width - new.shape[1]), value=pad)
     new[dead] = torch.nn.functional.pad(again, (0, width - again.shape[1]), value=pad)
     return new
+
+
+def _below_floor(ids, tokenizer, floor: float, fmt: str) -> bool:
+    """Whether one drawn document's crystal holds a pair closer than ``floor`` x its covalent-radius
+    sum (a document that does not read as a crystal is left to the validators: False)."""
+    from llamat_cif.cif import from_text
+    from llamat_cif.physics import min_contact_ratio
+
+    ids = [t for t in ids.tolist() if t != tokenizer.pad_token_id]
+    try:
+        structure = from_text(tokenizer.decode(ids, skip_special_tokens=True,
+                                               clean_up_tokenization_spaces=False), fmt)
+        return min_contact_ratio(structure) < floor
+    except Exception:  # noqa: BLE001 - unreadable text is the validators' verdict, not the sampler's
+        return False
 
 
 def decode_sample(ids: list[int], tokenizer, *, prompt: str = "", fmt: str = "cif",
@@ -247,7 +270,8 @@ class BatchSampler:
         return draw_batch(self.model, self.tokenizer, size=size, seed=seed, prompt=self.prompt,
                           conditions=conds, grammar=self.grammar, vocab=self.vocab, stats=self.stats,
                           temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-                          max_new_tokens=cfg.max_new_tokens, redraws=cfg.dead_end_redraws if cfg.constrained else 0)
+                          max_new_tokens=cfg.max_new_tokens, redraws=cfg.dead_end_redraws if cfg.constrained else 0,
+                          floor=cfg.steer_contact_floor if cfg.redraw_below_floor else 0.0, fmt=cfg.fmt)
 
     def rows(self, b: int) -> list[dict]:
         """The sample rows of batch ``b`` (drawn with seed ``(cfg.seed, b)``)."""
@@ -350,7 +374,9 @@ def generate(cfg: SampleConfig, *, progress: bool = True, model=None, tokenizer=
                          "lookahead_optimistic": stats.get("optimistic", 0),
                          "volume_window_widened": stats.get("window_widened", 0),
                          "dead_end_redraws": stats.get("redrawn", 0),
-                         "dead_ends_kept": stats.get("dead_ends_kept", 0)},
+                         "dead_ends_kept": stats.get("dead_ends_kept", 0),
+                         "below_floor_redrawn": stats.get("below_floor_redrawn", 0),
+                         "below_floor_kept": stats.get("below_floor_kept", 0)},
         "device": device,
         "config": asdict(cfg),
     }

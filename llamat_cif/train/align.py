@@ -13,7 +13,9 @@ pipeline as the judge. Each round:
    ML potential (``relax_steps`` FIRE steps, ``fmax``) and placed on the MP-20 hull; the reward is
    ``-min(E_hull, e_hull_cap)``, and a sample that does not parse, is invalid or fails to relax
    gets ``invalid_reward`` (below every relaxed sample). A sample that matches a training structure
-   (not novel) or an earlier sample of the round (not unique) is *ineligible*: it never wins a pair.
+   (not novel), an earlier sample of the round (not unique) or, with ``cross_round_unique`` (the
+   default), a sample that won a pair in an earlier round (a repeat) is *ineligible*: it never wins
+   a pair.
    With ``score_workers`` > 0 a prompt's samples are scored in worker processes while the policy
    samples the next prompt;
 4. **pairs** — per prompt, the best eligible sample is *chosen* against up to
@@ -61,6 +63,7 @@ from llamat_cif.train.align_policy import dpo_update, load_policy, save_policy
 from llamat_cif.train.align_scores import (
     StabilityReward,
     build_pairs,
+    earlier_winners,
     mark_duplicates,
     plot_rounds,
     round_record,
@@ -245,7 +248,8 @@ def run_align(cfg: AlignConfig, *, scorer: Scorer | None = None, data_dir: str |
                 elif not score_store.part_path(k).is_file():
                     score_store.write_part(scorer(samples[samples["prompt"] == pr["prompt"]]), k)
                 bar.update(score_task, advance=1)
-            scores = mark_duplicates(score_store.read())
+            earlier = earlier_winners(out, r) if cfg.cross_round_unique else None
+            scores = mark_duplicates(score_store.read(), earlier)
             t_score = time.time() - t0 - t_sample  # with a pool: scoring left after sampling ended
             pairs = build_pairs(samples, scores, margin=cfg.pair_margin, per_prompt=cfg.pairs_per_prompt)
             write_parquet(pairs, rdir / "pairs.parquet")

@@ -3,8 +3,9 @@ per-round record and plots.
 
 The reward is ``-min(E_hull, e_hull_cap)`` after a short relaxation with the ML potential; a sample
 that does not parse, is invalid or fails to relax gets ``invalid_reward`` (below every relaxed
-sample). A sample that matches a training structure (not novel) or an earlier sample of the round
-(not unique) is *ineligible*: it never wins a pair. Per prompt, the best eligible sample is *chosen*
+sample). A sample that matches a training structure (not novel), an earlier sample of the round
+(not unique) or, with ``cross_round_unique``, a sample that won a pair in an earlier round (a repeat)
+is *ineligible*: it never wins a pair. Per prompt, the best eligible sample is *chosen*
 against up to ``pairs_per_prompt`` others, worst first, that are ineligible or at least
 ``pair_margin`` eV/atom worse; a prompt with no eligible sample gives no pair. See
 :mod:`llamat_cif.train.align` for the round.
@@ -111,11 +112,17 @@ def _finish(row: dict, c: AlignConfig) -> dict:
     return row
 
 
-def mark_duplicates(scores: pd.DataFrame) -> pd.DataFrame:
+def mark_duplicates(scores: pd.DataFrame, earlier: pd.DataFrame | None = None) -> pd.DataFrame:
     """Add ``unique`` / ``duplicate_of`` over the round (StructureMatcher, first occurrence wins,
-    relaxed CIF where there is one); a duplicate is not eligible."""
+    relaxed CIF where there is one); a duplicate is not eligible.
+
+    With ``earlier`` (``id``, ``relaxed_cif`` of the samples that won pairs in earlier rounds), a sample
+    that matches one of them gets ``repeat_of`` (that id) and is not eligible either: a crystal the
+    policy has already been taught cannot win again, so the update keeps rewarding new ones instead of
+    sharpening the model onto a few winners (``unique`` stays the within-round judgement).
+    """
     from llamat_cif.cif import read_cif_or_none
-    from llamat_cif.metrics.matching import unique_representatives
+    from llamat_cif.metrics.matching import structure_matcher, unique_representatives
 
     df = scores.sort_values("id").reset_index(drop=True)
     cif = df["relaxed_cif"] if "relaxed_cif" in df else pd.Series([None] * len(df))
@@ -124,8 +131,36 @@ def mark_duplicates(scores: pd.DataFrame) -> pd.DataFrame:
     rep = unique_representatives(df["id"].astype(str).tolist(), structs)
     df["duplicate_of"] = [None if rep[i] == i else rep[i] for i in df["id"].astype(str)]
     df["unique"] = df["duplicate_of"].isna()
-    df["eligible"] = df["eligible"].astype(bool) & df["unique"]
+    df["repeat_of"] = None
+    if earlier is not None and len(earlier):
+        sm = structure_matcher()
+        by_formula: dict[str, list[tuple[str, object]]] = {}
+        for eid, ecif in sorted(zip(earlier["id"].astype(str), earlier["relaxed_cif"], strict=True)):
+            s = read_cif_or_none(ecif) if isinstance(ecif, str) else None
+            if s is not None:
+                by_formula.setdefault(s.composition.reduced_formula, []).append((eid, s))
+        df["repeat_of"] = [next((eid for eid, e in by_formula.get(s.composition.reduced_formula, [])
+                                 if sm.fit(e, s)), None) if s is not None else None for s in structs]
+    df["eligible"] = df["eligible"].astype(bool) & df["unique"] & df["repeat_of"].isna()
     return df
+
+
+def earlier_winners(out: Path, round_index: int) -> pd.DataFrame:
+    """``id`` and ``relaxed_cif`` of every sample chosen in a pair in rounds before ``round_index``
+    of the run folder ``out`` (read from each round's ``pairs.parquet`` and ``scores.parquet``; a
+    round scored without structures contributes none)."""
+    frames = []
+    for r in range(round_index):
+        rdir = Path(out) / f"round_{r:02d}"
+        if not (rdir / "pairs.parquet").is_file():
+            continue
+        pairs = pd.read_parquet(rdir / "pairs.parquet")
+        if not len(pairs):
+            continue
+        sc = pd.read_parquet(rdir / "scores.parquet")
+        if "relaxed_cif" in sc:  # a scorer without structures (tests' cheap rewards) has nothing to match
+            frames.append(sc.loc[sc["id"].isin(set(pairs["chosen"])), ["id", "relaxed_cif"]])
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["id", "relaxed_cif"])
 
 
 def build_pairs(samples: pd.DataFrame, scores: pd.DataFrame, *, margin: float, per_prompt: int) -> pd.DataFrame:
@@ -172,6 +207,8 @@ def round_record(scores: pd.DataFrame, pairs: pd.DataFrame, cfg: AlignConfig,
            "stable": cnt(np.nan_to_num(eh, nan=np.inf) <= 0.0),
            "eligible": cnt(scores["eligible"].astype(bool)),
            "pairs": int(len(pairs))}
+    if "repeat_of" in scores:
+        rec["repeats"] = cnt(scores["repeat_of"].notna())
     nv = len(valid)
     for col in ("unique", "novel"):
         if col in valid:

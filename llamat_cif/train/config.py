@@ -122,6 +122,10 @@ class AlignConfig:
     # pairs and DPO update
     pair_margin: float = 0.05  # eV/atom: a relaxed, eligible rival loses only when this much worse
     pairs_per_prompt: int = 3
+    # a sample matching one that won a pair in an earlier round is ineligible too (not only
+    # duplicates within the round): winners must be new crystals, which keeps the policy from
+    # sharpening onto a few of them
+    cross_round_unique: bool = True
     beta: float = 0.1
     sft_weight: float = 0.2
     lr: float = 3e-5
