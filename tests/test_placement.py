@@ -289,21 +289,21 @@ def test_same_element_distance_counts_placed_atoms_and_own_images():
 
 
 def test_anion_steering_setting_resolves_to_the_calibrated_table():
-    from llamat_cif.sampling.config import anion_table, resolve_anion_steer
+    from llamat_cif.sampling.config import resolve_anion_steer, same_element_table
 
     assert resolve_anion_steer("auto", 0.68) == "auto" and resolve_anion_steer("auto", 0.0) == "off"
-    table = anion_table("auto")
-    assert table["O"] == pytest.approx(2.39) and set(table) >= {"O", "F", "S", "Cl"} and anion_table("off") is None
+    table = same_element_table("auto")
+    assert table["O"] == pytest.approx(2.39) and set(table) >= {"O", "F", "S", "Cl"} and same_element_table("off") is None
     with pytest.raises(ValueError, match="auto or off"):
         resolve_anion_steer("2.4", 0.68)
 
 
 def test_cation_steering_adds_the_other_elements_own_distances():
-    from llamat_cif.sampling.config import SampleConfig, anion_table
+    from llamat_cif.sampling.config import SampleConfig, same_element_table
 
-    both = anion_table("auto", "auto")
+    both = same_element_table("auto", "auto")
     # metals keep their own (metallic) scale, anions their ionic one; off stays off
     assert both["O"] == pytest.approx(2.39) and 2.0 < both["Fe"] < 2.6 and 2.2 < both["Al"] < 3.0
-    assert "Fe" not in anion_table("auto") and set(anion_table("off", "auto")) == set(both) - set(anion_table("auto"))
-    assert anion_table("off", "off") is None
+    assert "Fe" not in same_element_table("auto") and set(same_element_table("off", "auto")) == set(both) - set(same_element_table("auto"))
+    assert same_element_table("off", "off") is None
     assert SampleConfig(n=1, out_dir="x").steer_cation_distance == "off"  # measured before it became a default

@@ -195,7 +195,7 @@ def resolve_anion_steer(text: str | None, contact_ratio: float, name: str = "ste
     return t if contact_ratio else "off"
 
 
-def anion_table(resolved: str, cations: str = "off") -> dict[str, float] | None:
+def same_element_table(resolved: str, cations: str = "off") -> dict[str, float] | None:
     """The per-element same-element steering distances of resolved anion and cation settings
     (``None`` when both are off)."""
     from llamat_cif.physics import anion_steer_default, cation_steer_default

@@ -41,7 +41,6 @@ import numpy as np
 
 from llamat_cif.sampling.config import (
     SampleConfig,
-    anion_table,
     model_format,
     parse_formula,
     parse_shard,
@@ -52,6 +51,7 @@ from llamat_cif.sampling.config import (
     resolve_steer,
     resolve_steer_floor,
     resolve_volume_steer,
+    same_element_table,
     window_tuple,
 )
 from llamat_cif.sampling.rows import (
@@ -248,7 +248,7 @@ class BatchSampler:
         self.physics = dict(contact_ratio=cfg.min_contact_ratio, volume_window=window_tuple(cfg.volume_window),
                             steer_ratio=cfg.steer_contact_ratio, steer_floor=cfg.steer_contact_floor,
                             volume_steer=window_tuple(cfg.steer_volume_window),
-                            same_element_steer=anion_table(cfg.steer_anion_distance, cfg.steer_cation_distance))
+                            same_element_steer=same_element_table(cfg.steer_anion_distance, cfg.steer_cation_distance))
         self.limits = dict(charge_balanced=cfg.charge_balanced, max_lines=self.max_lines,
                            max_primitive_atoms=cfg.max_primitive_atoms)
         self.cond = Conditions(formula=self.formula, spacegroup=cfg.spacegroup, min_distance=cfg.min_distance,
