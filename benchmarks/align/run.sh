@@ -63,3 +63,19 @@ for m in "after:$A2/round_02/model" "before:default"; do
   llamat-cif validate $R --out $R --jobs 2
   llamat-cif benchmark --samples $R --out $R/stability-50 --stability 50 --seed 0 --no-coverage --workers 2
 done
+
+# ---- third run: rounds 3-5 continue the second run's rounds 0-2 with --cross-round-unique ----------
+A3=benchmarks/align/runs/small-anion-xr-seed0
+# 10. copy rounds 0-2 of the second run (drawn before the rule existed; round 0 is unaffected by it),
+#     then continue to 6 rounds with a sample matching an earlier round's winner ineligible
+mkdir -p $A3 && cp -r $A2/round_00 $A2/round_01 $A2/round_02 $A3/
+python - <<PY
+import json; c = json.load(open("$A2/align_config.json"))
+c.update(out_dir="$A3", cross_round_unique=True); json.dump(c, open("$A3/align_config.json", "w"), indent=2)
+PY
+llamat-cif align --out $A3 --rounds 6 --prompts 24 --samples-per-prompt 6 --conditional 0.25 --score-workers 2 --seed 0 --no-progress
+# 11. the 1,000-sample protocol on round 5's model; stability of 100 chosen (the 300-sample
+#     benchmark was stopped for time: the sampled distribution had already collapsed, see README)
+bash benchmarks/physics/protocol_1000.sh alignedxr6-t0.7-p0.9-seed0-1000 --model $A3/round_05/model  # stopped after validate
+R=benchmarks/physics/runs/alignedxr6-t0.7-p0.9-seed0-1000
+llamat-cif benchmark --samples $R --out $R/bench --stability 100 --seed 0 --workers 2
