@@ -122,7 +122,7 @@ def mark_duplicates(scores: pd.DataFrame, earlier: pd.DataFrame | None = None) -
     sharpening the model onto a few winners (``unique`` stays the within-round judgement).
     """
     from llamat_cif.cif import read_cif_or_none
-    from llamat_cif.metrics.matching import structure_matcher, unique_representatives
+    from llamat_cif.metrics.matching import unique_representatives
 
     df = scores.sort_values("id").reset_index(drop=True)
     cif = df["relaxed_cif"] if "relaxed_cif" in df else pd.Series([None] * len(df))
@@ -133,14 +133,14 @@ def mark_duplicates(scores: pd.DataFrame, earlier: pd.DataFrame | None = None) -
     df["unique"] = df["duplicate_of"].isna()
     df["repeat_of"] = None
     if earlier is not None and len(earlier):
-        sm = structure_matcher()
-        by_formula: dict[str, list[tuple[str, object]]] = {}
-        for eid, ecif in sorted(zip(earlier["id"].astype(str), earlier["relaxed_cif"], strict=True)):
-            s = read_cif_or_none(ecif) if isinstance(ecif, str) else None
-            if s is not None:
-                by_formula.setdefault(s.composition.reduced_formula, []).append((eid, s))
-        df["repeat_of"] = [next((eid for eid, e in by_formula.get(s.composition.reduced_formula, [])
-                                 if sm.fit(e, s)), None) if s is not None else None for s in structs]
+        # earlier winners first: a sample matching one maps to it (the same grouping as above)
+        e = earlier.sort_values("id")
+        e_ids = e["id"].astype(str).tolist()
+        e_structs = [read_cif_or_none(c) if isinstance(c, str) else None for c in e["relaxed_cif"]]
+        ids = df["id"].astype(str).tolist()
+        both = unique_representatives(e_ids + ids, e_structs + structs)
+        known = set(e_ids)
+        df["repeat_of"] = [both[i] if both[i] in known else None for i in ids]
     df["eligible"] = df["eligible"].astype(bool) & df["unique"] & df["repeat_of"].isna()
     return df
 
