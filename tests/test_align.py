@@ -22,6 +22,7 @@ from llamat_cif.train.align_policy import sequence_logps
 from llamat_cif.train.align_scores import (
     StabilityReward,
     build_pairs,
+    cap_families,
     earlier_winners,
     mark_duplicates,
 )
@@ -83,6 +84,36 @@ def test_earlier_winners_cannot_win_again(tmp_path, nacl, diamond, perovskite):
     assert out.loc["r01-p1-00", "eligible"]  # the perovskite lost in round 0: it may win now
     alone = mark_duplicates(scores).set_index("id")  # without the history every sample may win
     assert alone["eligible"].all() and alone["repeat_of"].isna().all()
+
+
+def test_a_full_structure_family_cannot_win(nacl, diamond):
+    from pymatgen.core import Lattice, Structure
+
+    def rock_salt(a, b, x):
+        return Structure.from_spacegroup("Fm-3m", Lattice.cubic(x), [a, b], [[0, 0, 0], [0.5, 0.5, 0.5]])
+
+    # two rock salts already won in earlier rounds: family "AB 225" holds 2 winners (the floor)
+    earlier = pd.DataFrame({"id": ["r00-p0-00", "r00-p1-00"],
+                            "relaxed_cif": [nacl.to(fmt="cif"), rock_salt("Mg", "O", 4.21).to(fmt="cif")]})
+    samples = pd.DataFrame({"id": ["r01-p0-00", "r01-p0-01", "r01-p1-00"], "prompt": ["p0", "p0", "p1"]})
+    scores = pd.DataFrame({"id": samples["id"], "valid": True, "reward": [-0.01, -0.20, -0.30],
+                           "relaxed_cif": [rock_salt("Li", "F", 4.03).to(fmt="cif"), diamond.to(fmt="cif"),
+                                           rock_salt("K", "Cl", 6.29).to(fmt="cif")],
+                           "eligible": True})
+    out = cap_families(samples, scores, earlier, share=0.05).set_index("id")
+    assert out["prototype"].tolist() == ["AB 225", "A 227", "AB 225"]
+    # LiF would win p0 but its family is full: diamond wins p0; KCl (p1) is capped too
+    assert out["family_capped"].tolist() == [True, False, True]
+    assert out["eligible"].tolist() == [False, True, False]
+    pairs = build_pairs(samples, out.reset_index(), margin=0.05, per_prompt=3)
+    assert pairs[["chosen", "rejected"]].values.tolist() == [["r01-p0-01", "r01-p0-00"]]
+    # share 0.9: LiF would make 3 rock salts of 3 winners (> 2.7) and is capped; after diamond won p0,
+    # KCl makes 3 of 4 (<= 3.6) and may win p1
+    wide = cap_families(samples, scores, earlier, share=0.9).set_index("id")
+    assert wide["family_capped"].tolist() == [True, False, False]
+    # off: nothing capped, prototypes still recorded; without history the floor lets both win
+    assert not cap_families(samples, scores, earlier, share=0.0)["family_capped"].any()
+    assert not cap_families(samples, scores, None, share=0.05)["family_capped"].any()
 
 
 def test_prompts_are_seeded_and_mixed():
@@ -202,6 +233,15 @@ def test_two_rounds_raise_the_preferred_continuation_and_resume(tmp_path, traini
     with pytest.raises(ValueError, match="other settings"):
         run_align(AlignConfig(**{**json.loads((run / "align_config.json").read_text()), "beta": 0.5}),
                   scorer=_short_tokens_win, training=training, progress=False)
+    # a run folder written before the cross-round and family rules existed resumes with them off
+    legacy = json.loads((run / "align_config.json").read_text())
+    for key in ("cross_round_unique", "family_share"):
+        legacy.pop(key)
+    (run / "align_config.json").write_text(json.dumps(legacy))
+    with pytest.raises(ValueError, match="family_share"):
+        run_align(cfg, scorer=_short_tokens_win, training=training, progress=False)
+    old = AlignConfig(**{**asdict(cfg), "cross_round_unique": False, "family_share": 0.0})
+    assert [r["round"] for r in run_align(old, scorer=_short_tokens_win, training=training, progress=False)] == [0, 1]
 
 
 def test_lora_adapter_alignment_saves_and_reloads(tmp_path, training):

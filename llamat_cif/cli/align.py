@@ -37,6 +37,9 @@ from llamat_cif.stability.relax import quiet_warnings
 @click.option("--cross-round-unique/--round-unique-only", default=True, show_default=True,
               help="A sample matching one that won a pair in an earlier round cannot win again "
                    "(--round-unique-only: only duplicates within the round are barred).")
+@click.option("--family-share", type=float, default=0.05, show_default=True,
+              help="No structure family (anonymous formula + space group) may hold more than this "
+                   "share of the run's winners (2 always allowed); 0 turns the cap off.")
 @click.option("--beta", type=float, default=0.1, show_default=True, help="DPO beta (KL anchor strength).")
 @click.option("--sft-weight", type=float, default=0.2, show_default=True,
               help="Weight of the chosen sample's NLL added to the DPO loss.")
@@ -56,15 +59,16 @@ from llamat_cif.stability.relax import quiet_warnings
 @data_dir_option
 def align(model, out_dir, rounds, prompts, samples_per_prompt, conditional, dataset, temperature, top_p,
           potential, relax_steps, fmax, e_hull_cap, pair_margin, pairs_per_prompt, cross_round_unique,
-          beta, sft_weight, lr, epochs, batch_size, lora, device, threads, score_workers, progress, seed, data_dir) -> None:
+          family_share, beta, sft_weight, lr, epochs, batch_size, lora, device, threads, score_workers, progress, seed, data_dir) -> None:
     """Align a generator with stability: sample, relax, score by E_hull, update by DPO; repeat.
 
     Each round draws --samples-per-prompt constrained samples for --prompts prompts, scores every
     sample by -E_hull after a short CHGNet relaxation (invalid -> worst; a sample matching a
-    training structure, another sample of the round or an earlier round's winner never wins), pairs the best sample of each
-    prompt against worse ones and runs one DPO update (trl) anchored to the starting model.
-    Writes round_NN/{samples,scores,pairs,model,record.json}, rounds.jsonl, curves.png,
-    elements.png and final/ (the last round's model, usable as --model anywhere).
+    training structure, another sample of the round or an earlier round's winner never wins, nor
+    one from a structure family that already holds --family-share of the run's winners), pairs the
+    best sample of each prompt against worse ones and runs one DPO update (trl) anchored to the
+    starting model. Writes round_NN/{samples,scores,pairs,model,record.json}, rounds.jsonl,
+    curves.png, elements.png and final/ (the last round's model, usable as --model anywhere).
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     quiet_warnings()
@@ -80,6 +84,7 @@ def align(model, out_dir, rounds, prompts, samples_per_prompt, conditional, data
                           seed=seed, temperature=temperature, top_p=top_p, potential=potential,
                           relax_steps=relax_steps, fmax=fmax, e_hull_cap=e_hull_cap, pair_margin=pair_margin,
                           pairs_per_prompt=pairs_per_prompt, cross_round_unique=cross_round_unique,
+                          family_share=family_share,
                           beta=beta, sft_weight=sft_weight, lr=lr,
                           epochs=epochs, batch_size=batch_size, lora=lora, device=device, threads=threads,
                           score_workers=score_workers)

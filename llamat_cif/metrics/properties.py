@@ -67,6 +67,12 @@ def _spacegroup(structure) -> int:
         return 0
 
 
+def prototype_label(structure) -> str:
+    """A crystal's structure family: anonymous reduced formula and space group at :data:`SYMPREC`
+    (``"ABC 189"`` for ZrNiAl-type DyInAg and LaInAg alike, ``"AB 225"`` for rock salt)."""
+    return f"{structure.composition.anonymized_formula} {_spacegroup(structure)}"
+
+
 def structure_table(
     cifs: Sequence[str],
     *,

@@ -13,9 +13,10 @@ pipeline as the judge. Each round:
    ML potential (``relax_steps`` FIRE steps, ``fmax``) and placed on the MP-20 hull; the reward is
    ``-min(E_hull, e_hull_cap)``, and a sample that does not parse, is invalid or fails to relax
    gets ``invalid_reward`` (below every relaxed sample). A sample that matches a training structure
-   (not novel), an earlier sample of the round (not unique) or, with ``cross_round_unique`` (the
-   default), a sample that won a pair in an earlier round (a repeat) is *ineligible*: it never wins
-   a pair.
+   (not novel), an earlier sample of the round (not unique), with ``cross_round_unique`` (the
+   default) a sample that won a pair in an earlier round (a repeat), or, with ``family_share`` (the
+   default), a prompt's would-be winner from a structure family that already holds that share of
+   the run's winners is *ineligible*: it never wins a pair.
    With ``score_workers`` > 0 a prompt's samples are scored in worker processes while the policy
    samples the next prompt;
 4. **pairs** — per prompt, the best eligible sample is *chosen* against up to
@@ -63,6 +64,7 @@ from llamat_cif.train.align_policy import dpo_update, load_policy, save_policy
 from llamat_cif.train.align_scores import (
     StabilityReward,
     build_pairs,
+    cap_families,
     earlier_winners,
     mark_duplicates,
     plot_rounds,
@@ -73,6 +75,8 @@ from llamat_cif.train.config import AlignConfig
 #: settings a resumed run may change (the number of rounds: a finished run can be extended; where
 #: and how fast it runs)
 RESUMABLE_CHANGES = ("rounds", "device", "threads", "score_workers")
+#: what a run folder written before a setting existed ran with (so it resumes unchanged)
+LEGACY_SETTINGS = {"cross_round_unique": False, "family_share": 0.0}
 
 #: a scorer maps a round's samples (one row per sample: id, prompt, target_formula, text, cif, ...)
 #: to score rows with at least ``id``, ``reward`` (float) and ``eligible`` (bool)
@@ -88,7 +92,7 @@ def _check_resume(out: Path, cfg: AlignConfig) -> None:
         return
     old = json.loads(saved.read_text())
     diff = {k: (old.get(k), v) for k, v in asdict(cfg).items()
-            if k not in RESUMABLE_CHANGES and old.get(k) != v}
+            if k not in RESUMABLE_CHANGES and old.get(k, LEGACY_SETTINGS.get(k)) != v}
     if diff:
         raise ValueError(f"{out} holds an alignment run with other settings {diff}; use a new --out")
 
@@ -248,8 +252,9 @@ def run_align(cfg: AlignConfig, *, scorer: Scorer | None = None, data_dir: str |
                 elif not score_store.part_path(k).is_file():
                     score_store.write_part(scorer(samples[samples["prompt"] == pr["prompt"]]), k)
                 bar.update(score_task, advance=1)
-            earlier = earlier_winners(out, r) if cfg.cross_round_unique else None
-            scores = mark_duplicates(score_store.read(), earlier)
+            earlier = earlier_winners(out, r)
+            scores = mark_duplicates(score_store.read(), earlier if cfg.cross_round_unique else None)
+            scores = cap_families(samples, scores, earlier, share=cfg.family_share)
             t_score = time.time() - t0 - t_sample  # with a pool: scoring left after sampling ended
             pairs = build_pairs(samples, scores, margin=cfg.pair_margin, per_prompt=cfg.pairs_per_prompt)
             write_parquet(pairs, rdir / "pairs.parquet")

@@ -4,8 +4,9 @@ per-round record and plots.
 The reward is ``-min(E_hull, e_hull_cap)`` after a short relaxation with the ML potential; a sample
 that does not parse, is invalid or fails to relax gets ``invalid_reward`` (below every relaxed
 sample). A sample that matches a training structure (not novel), an earlier sample of the round
-(not unique) or, with ``cross_round_unique``, a sample that won a pair in an earlier round (a repeat)
-is *ineligible*: it never wins a pair. Per prompt, the best eligible sample is *chosen*
+(not unique), with ``cross_round_unique`` a sample that won a pair in an earlier round (a repeat),
+or, with ``family_share``, the would-be winner of a structure family that already holds its share
+of the run's winners (:func:`cap_families`) is *ineligible*: it never wins a pair. Per prompt, the best eligible sample is *chosen*
 against up to ``pairs_per_prompt`` others, worst first, that are ineligible or at least
 ``pair_margin`` eV/atom worse; a prompt with no eligible sample gives no pair. See
 :mod:`llamat_cif.train.align` for the round.
@@ -21,6 +22,9 @@ import numpy as np
 import pandas as pd
 
 from llamat_cif.train.config import AlignConfig
+
+#: winners a structure family may always hold, whatever its share (see :func:`cap_families`)
+FAMILY_FLOOR = 2
 
 # ------------------------------------------------------------------------------------ rewards
 
@@ -63,7 +67,7 @@ class StabilityReward:
         return {"reward": f"-min(E_hull, {c.e_hull_cap}) eV/atom after a short relaxation; "
                           f"invalid / unparsed / failed relaxation: {c.invalid_reward}",
                 "eligible": "CDVAE-valid, relaxed, novel (no StructureMatcher match in the training set) "
-                            "and unique within the round",
+                            "and unique within the round (see align_config for the cross-round and family rules)",
                 "relax": self.relax.protocol(), "potential": self.potential.protocol(),
                 "hull": self.hull.protocol(), "training": self.training.name}
 
@@ -145,6 +149,53 @@ def mark_duplicates(scores: pd.DataFrame, earlier: pd.DataFrame | None = None) -
     return df
 
 
+def cap_families(samples: pd.DataFrame, scores: pd.DataFrame, earlier: pd.DataFrame | None, *,
+                 share: float, floor: int = FAMILY_FLOOR) -> pd.DataFrame:
+    """Add ``prototype`` (structure family of the relaxed crystal, see
+    :func:`~llamat_cif.metrics.properties.prototype_label`) and ``family_capped``; a capped sample is
+    not eligible.
+
+    No family may hold more than ``share`` of the run's winners (at least ``floor`` are always
+    allowed): prompts are visited in the order :func:`build_pairs` visits them, each prompt's
+    would-be winner (best eligible) is counted against the winners of earlier rounds (``earlier``,
+    ``id`` and ``relaxed_cif``) and of the prompts before it, and a would-be winner whose family is
+    full is capped, so that the next eligible sample of the prompt is considered. Barring single
+    crystals (:func:`mark_duplicates`) does not stop a policy that collapses onto one family (every
+    new rare-earth-In-Ag composition is a new crystal); this does. ``share`` <= 0 or >= 1 turns it off
+    (prototypes are still recorded).
+    """
+    from llamat_cif.cif import read_cif_or_none
+    from llamat_cif.metrics.properties import prototype_label
+
+    def label(cif) -> str | None:
+        s = read_cif_or_none(cif) if isinstance(cif, str) else None
+        return prototype_label(s) if s is not None else None
+
+    df = scores.copy()
+    ok = df["valid"].astype(bool) if "valid" in df else pd.Series(True, index=df.index)
+    cifs = df["relaxed_cif"] if "relaxed_cif" in df else pd.Series(None, index=df.index)
+    df["prototype"] = [label(c) if v else None for c, v in zip(cifs, ok, strict=True)]
+    df["family_capped"] = False
+    if not 0.0 < share < 1.0:
+        return df
+    counts = Counter(label(c) for c in (earlier["relaxed_cif"] if earlier is not None and len(earlier) else []))
+    counts.pop(None, None)
+    n_won = sum(counts.values())
+    prompt_of = samples.set_index("id")["prompt"]
+    df["_prompt"] = df["id"].map(prompt_of)
+    for _, g in df.groupby("_prompt", sort=True):
+        for i in g[g["eligible"]].sort_values(["reward", "id"], ascending=[False, True]).index:
+            fam = df.at[i, "prototype"]
+            if fam is not None and counts[fam] + 1 > max(floor, int(share * (n_won + 1))):
+                df.at[i, "family_capped"] = True
+                df.at[i, "eligible"] = False
+                continue
+            counts[fam] += 1
+            n_won += 1
+            break
+    return df.drop(columns="_prompt")
+
+
 def earlier_winners(out: Path, round_index: int) -> pd.DataFrame:
     """``id`` and ``relaxed_cif`` of every sample chosen in a pair in rounds before ``round_index``
     of the run folder ``out`` (read from each round's ``pairs.parquet`` and ``scores.parquet``; a
@@ -209,6 +260,14 @@ def round_record(scores: pd.DataFrame, pairs: pd.DataFrame, cfg: AlignConfig,
            "pairs": int(len(pairs))}
     if "repeat_of" in scores:
         rec["repeats"] = cnt(scores["repeat_of"].notna())
+    if "family_capped" in scores:
+        rec["family_capped"] = cnt(scores["family_capped"].astype(bool))
+    if "prototype" in valid and len(valid):
+        fam = valid["prototype"].dropna().value_counts()
+        rec["prototypes"] = {"distinct": int(len(fam)), "of_valid": len(valid),
+                             "largest": {"prototype": fam.index[0], "n": int(fam.iloc[0])} if len(fam) else None}
+        won = scores.loc[scores["id"].isin(set(pairs["chosen"])) if len(pairs) else [], "prototype"].dropna()
+        rec["prototypes"]["winners"] = {"distinct": int(won.nunique()), "of": int(len(won))}
     nv = len(valid)
     for col in ("unique", "novel"):
         if col in valid:

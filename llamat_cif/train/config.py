@@ -126,6 +126,10 @@ class AlignConfig:
     # duplicates within the round): winners must be new crystals, which keeps the policy from
     # sharpening onto a few of them
     cross_round_unique: bool = True
+    # no structure family (anonymous formula + space group) may hold more than this share of the
+    # run's winners (2 always allowed): a per-crystal rule cannot stop a collapse onto one family
+    # (6 rounds without it: 899 of 989 valid samples ternary, led by equiatomic RE-In-Ag); 0: off
+    family_share: float = 0.05
     beta: float = 0.1
     sft_weight: float = 0.2
     lr: float = 3e-5
@@ -147,6 +151,8 @@ class AlignConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.samples_per_prompt < 2:
             raise ValueError("samples_per_prompt must be >= 2 (pairs are formed within a prompt)")
+        if not 0.0 <= self.family_share <= 1.0:
+            raise ValueError(f"family_share must be in [0, 1], got {self.family_share}")
         if not 0.0 <= self.conditional <= 1.0:
             raise ValueError(f"conditional must be in [0, 1], got {self.conditional}")
         if self.beta <= 0 or self.lr <= 0 or self.sft_weight < 0 or self.pair_margin < 0:
