@@ -1,7 +1,9 @@
 """Lattice geometry for the decoder: periodic distances and the window the lattice fields obey.
 
 * :func:`lattice_matrix`, :func:`pair_distances`, :func:`min_distance`: the periodic distances the
-  look-ahead asks for ~10^5 times per batch (27 images, one matrix product);
+  look-ahead asks for ~10^5 times per batch (27 images, one matrix product); :func:`snap`, the
+  coordinates as the CIF reader takes them; :data:`Block` and bit sets, the look-ahead's groups
+  of atoms and its kept answers;
 * :class:`LatticeWindow`: bounds on the cell lengths from the physical rules of
   :class:`~llamat_cif.sampling.fields.Conditions` (contacts, volume window of
   :mod:`llamat_cif.physics`), spread over the lattice fields in the order they are written;
@@ -47,6 +49,21 @@ def lattice_matrix(a, b, c, al, be, ga) -> np.ndarray:
 SHIFTS = np.array([[i, j, k] for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)], dtype=float)
 
 
+#: Fractional distance below which a symmetry image is the point itself. Coordinates are written
+#: with 4 decimals and read back by pymatgen, which snaps 0.3333 / 0.6667 to 1/3 / 2/3 and merges
+#: images closer than 1e-4; so an image either coincides exactly (after that snap) or must be a
+#: separate atom at least ``min_distance`` away: nothing in between is admissible.
+SAME_TOL = 2e-5
+
+
+def snap(p: np.ndarray) -> np.ndarray:
+    """Fractional coordinates as pymatgen's CIF reader takes them (1/3 and 2/3 made exact)."""
+    p = np.array(p, dtype=float)
+    for c in (1 / 3, 2 / 3):
+        p[np.abs(p / c - 1) <= 1e-4] = c
+    return p
+
+
 def min_image_sq(cart: np.ndarray, shift_cart: np.ndarray) -> np.ndarray:
     """Smallest ``|v + s|^2`` over the lattice translations ``shift_cart`` (rows, Å) for every
     vector ``v`` in ``cart`` (last axis 3); shape ``cart.shape[:-1]``.
@@ -60,13 +77,37 @@ def min_image_sq(cart: np.ndarray, shift_cart: np.ndarray) -> np.ndarray:
     return np.maximum(d2.min(-1) + v2, 0.0)
 
 
-def pair_distances(frac_new: np.ndarray, frac_old: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-    """Periodic distance (Å) from each new point to each old point, shape (new, old) (27 images)."""
+def pair_distances(frac_new: np.ndarray, frac_old: np.ndarray, matrix: np.ndarray,
+                   shift_cart: np.ndarray | None = None) -> np.ndarray:
+    """Periodic distance (Å) from each new point to each old point, shape (new, old) (27 images).
+    ``shift_cart``: ``SHIFTS @ matrix`` when the caller keeps it (the same numbers, not recomputed)."""
     if len(frac_old) == 0 or len(frac_new) == 0:
         return np.zeros((len(frac_new), len(frac_old)))
     d = frac_new[:, None, :] - frac_old[None, :, :]
     d -= np.round(d)
-    return np.sqrt(min_image_sq(d @ matrix, SHIFTS @ matrix))
+    return np.sqrt(min_image_sq(d @ matrix, SHIFTS @ matrix if shift_cart is None else shift_cart))
+
+
+#: A group of atoms the look-ahead checks candidates against as one: (key, fractional points,
+#: radii), the key being the bytes of both (see :meth:`~llamat_cif.sampling.placement.Placement.check`).
+Block = tuple[bytes, np.ndarray, np.ndarray]
+
+
+def to_bits(mask: np.ndarray) -> int:
+    """A boolean mask as a bit set (bit i: ``mask[i]``)."""
+    return int.from_bytes(np.packbits(mask, bitorder="little").tobytes(), "little")
+
+
+def from_bits(bits: int, n: int) -> np.ndarray:
+    """The boolean mask of ``n`` points of a bit set."""
+    raw = np.frombuffer(bits.to_bytes((n + 7) // 8, "little"), dtype=np.uint8)
+    return np.unpackbits(raw, count=n, bitorder="little").astype(bool)
+
+
+def block(pts: np.ndarray, radii: np.ndarray) -> Block:
+    """A :data:`Block` of atoms at ``pts`` (n, 3) with ``radii`` (n,)."""
+    pts, radii = np.asarray(pts, dtype=float), np.asarray(radii, dtype=float)
+    return pts.tobytes() + radii.tobytes(), pts, radii
 
 
 def min_distance(frac_new: np.ndarray, frac_old: np.ndarray, matrix: np.ndarray) -> np.ndarray:

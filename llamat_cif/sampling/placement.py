@@ -33,7 +33,17 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from llamat_cif.protocol import CDVAE_MIN_DISTANCE
-from llamat_cif.sampling.lattice import SHIFTS, min_image_sq, pair_distances
+from llamat_cif.sampling.lattice import (
+    SAME_TOL,
+    SHIFTS,
+    Block,
+    block,
+    from_bits,
+    min_image_sq,
+    pair_distances,
+    snap,
+    to_bits,
+)
 from llamat_cif.symmetry import (
     allocatable,
     allocatable_on,
@@ -42,21 +52,8 @@ from llamat_cif.symmetry import (
     wyckoff_table,
 )
 
-#: Fractional distance below which a symmetry image is the point itself. Coordinates are written
-#: with 4 decimals and read back by pymatgen, which snaps 0.3333 / 0.6667 to 1/3 / 2/3 and merges
-#: images closer than 1e-4; so an image either coincides exactly (after that snap) or must be a
-#: separate atom at least ``min_distance`` away: nothing in between is admissible.
-SAME_TOL = 2e-5
-
-
-def snap(p: np.ndarray) -> np.ndarray:
-    """Fractional coordinates as pymatgen's CIF reader takes them (1/3 and 2/3 made exact)."""
-    p = np.array(p, dtype=float)
-    for c in (1 / 3, 2 / 3):
-        p[np.abs(p / c - 1) <= 1e-4] = c
-    return p
-
 Counts = Mapping[str, int] | Sequence[int] | Sequence[tuple[int, float]]
+
 
 
 class Placement:
@@ -98,7 +95,14 @@ class Placement:
         self.budget = budget
         self.optimistic = 0  # questions answered "yes" because the budget ran out
         self._memo: dict[tuple, list[np.ndarray] | None] = {}
-        self._own_cache: dict[tuple, np.ndarray] = {}  # (points, m, radius, ratio) -> own-copies mask
+        self._own_cache: dict[tuple, int] = {}  # (points, m, radius, ratio) -> own-copies bit set
+        # answers that depend on the lattice alone, kept for the document (see _bits / orbit_of)
+        self._snaps: dict[tuple, tuple[np.ndarray, bytes]] = {}  # raw points -> (snapped, their bytes)
+        self._pairs: dict[tuple, int] = {}  # (points, block, radius, ratio) -> bit set
+        self._orbits: dict[bytes, np.ndarray] = {}
+        self._orbit_blocks: dict[tuple, tuple[np.ndarray, Block, tuple[bytes, bytes]]] = {}
+        self._cands: dict[int, np.ndarray] = {}
+        self._blocks: list[Block] = []  # the placed atoms, one block per site
         self._certs: dict[tuple, tuple[np.ndarray, np.ndarray, int]] = {}  # counts -> (atoms, radii, lines)
         self._nodes = 0
         self.total_budget = total_budget
@@ -133,33 +137,62 @@ class Placement:
 
     # ------------------------------------------------------------------------------ geometry
     def check(self, pts: np.ndarray, m: int, placed: np.ndarray | None = None, *, radius: float = 0.0,
-              placed_r: np.ndarray | None = None, ratio: float | None = None) -> np.ndarray:
+              placed_r: np.ndarray | None = None, ratio: float | None = None,
+              blocks: Sequence[Block] | None = None) -> np.ndarray:
         """Boolean mask: the orbit of each point (an atom of covalent ``radius``) has exactly ``m``
         members, keeps its distance rule (contact ratio ``ratio``, default this placement's) to its
-        own symmetry copies and lattice translations, and to the placed atoms (radii ``placed_r``)."""
-        pts = snap(np.atleast_2d(np.asarray(pts, dtype=float)))
-        if len(pts) == 0:
-            return np.zeros(0, dtype=bool)
-        if placed is None:
-            placed, placed_r = self.placed, self.placed_r
-        elif placed_r is None:
-            placed_r = np.zeros(len(placed))
-        ok = self._own_ok(pts, m, radius, ratio)
-        if len(placed) and ok.any():
-            idx = np.nonzero(ok)[0]
-            dist = pair_distances(pts[idx], placed, self.matrix)  # (n_ok, placed)
-            ok[idx] = (dist >= self._threshold(radius, placed_r, ratio)[None, :]).all(1)
-        return ok
+        own symmetry copies and lattice translations, and to the placed atoms (radii ``placed_r``).
 
-    def _own_ok(self, pts: np.ndarray, m: int, radius: float, ratio: float | None) -> np.ndarray:
+        ``blocks``: the other atoms as :data:`Block` groups instead of ``placed``; with neither,
+        the placed atoms (one block per site). Answers per block are kept (:meth:`_bits`)."""
+        if placed is not None:
+            blocks = (block(placed, np.zeros(len(placed)) if placed_r is None else placed_r),)
+        return from_bits(*self._bits(pts, m, radius, ratio, blocks))
+
+    def _bits(self, pts: np.ndarray, m: int, radius: float, ratio: float | None,
+              blocks: Sequence[Block] | None) -> tuple[int, int]:
+        """:meth:`check` against ``blocks`` (default: the placed sites) as a bit set (bit i: point
+        i admissible) and the number of points.
+
+        Whether a point keeps its distance to a group of atoms does not depend on the other atoms,
+        and the search meets the same pairs of candidate chunk and orbit in many branches and
+        questions: the answer per (chunk, block) is kept for the document (lattice fixed) and the
+        answers are combined with ``&``, the same test as one distance matrix over all atoms.
+        Snapped points are kept too (the look-ahead asks about the same chunks again and again)."""
+        raw = np.atleast_2d(np.asarray(pts, dtype=float))
+        pts, key = self._snaps.get((raw.shape, raw.tobytes())) or (None, b"")
+        if pts is None:
+            pts = snap(raw)
+            key = pts.tobytes()
+            if len(self._snaps) < 50_000:
+                self._snaps[raw.shape, raw.tobytes()] = (pts, key)
+        if len(pts) == 0:
+            return 0, 0
+        f = self.f if ratio is None else ratio
+        bits = self._own_ok(pts, m, radius, ratio, key)
+        pairs = self._pairs
+        for blk in self._blocks if blocks is None else blocks:
+            if not bits:
+                break
+            hit = pairs.get((key, blk[0], radius, f))
+            if hit is None:
+                dist = pair_distances(pts, blk[1], self.matrix, self.shift_cart)
+                hit = to_bits((dist >= self._threshold(radius, blk[2], ratio)[None, :]).all(1))
+                if len(pairs) < 200_000:
+                    pairs[key, blk[0], radius, f] = hit
+            bits &= hit
+        return bits, len(pts)
+
+    def _own_ok(self, pts: np.ndarray, m: int, radius: float, ratio: float | None,
+                pts_key: bytes) -> int:
         """Orbit size ``m`` and distance rule to the point's own symmetry copies and lattice
-        translations, for snapped points. It does not depend on the placed atoms, and the
-        look-ahead asks it again and again for the same candidate chunks, so answers are kept
-        (a copy is returned: callers update the mask in place)."""
-        key = (pts.tobytes(), m, radius, self.f if ratio is None else ratio)
+        translations, for snapped points (bytes ``pts_key``), as a bit set. It does not depend on
+        the placed atoms, and the look-ahead asks it again and again for the same candidate
+        chunks, so answers are kept."""
+        key = (pts_key, m, radius, self.f if ratio is None else ratio)
         hit = self._own_cache.get(key)
         if hit is not None:
-            return hit.copy()
+            return hit
         own_min = float(self._threshold(radius, np.array([radius]), ratio)[0])  # copies of the same atom
         if self.shortest_vector < own_min:
             ok = np.zeros(len(pts), dtype=bool)
@@ -176,21 +209,34 @@ class Placement:
                 own[same[idx]] = np.inf
                 ok[idx] = own.min(1) >= own_min
         if len(self._own_cache) < 50_000:
-            self._own_cache[key] = ok
-        return ok.copy()
+            self._own_cache[key] = to_bits(ok)
+        return to_bits(ok)
 
     def orbit_of(self, p: np.ndarray) -> np.ndarray:
-        """The distinct symmetry images of ``p`` as the reader will generate them."""
-        p = snap(np.asarray(p, dtype=float))
-        imgs = np.mod(self.rots @ p + self.trans, 1.0)
-        d = imgs[:, None, :] - imgs[None, :, :]
-        same = (np.abs(d - np.round(d)) < SAME_TOL).all(-1)
-        first = same.argmax(1)  # the first image each one coincides with
-        return imgs[first == np.arange(len(imgs))]
+        """The distinct symmetry images of ``p`` as the reader will generate them (kept per point:
+        the search places the same candidates in many branches; read-only)."""
+        p = np.asarray(p, dtype=float)
+        key = p.tobytes()
+        hit = self._orbits.get(key)
+        if hit is None:
+            p = snap(p)
+            imgs = np.mod(self.rots @ p + self.trans, 1.0)
+            d = imgs[:, None, :] - imgs[None, :, :]
+            same = (np.abs(d - np.round(d)) < SAME_TOL).all(-1)
+            first = same.argmax(1)  # the first image each one coincides with
+            hit = imgs[first == np.arange(len(imgs))]
+            hit.flags.writeable = False
+            if len(self._orbits) < 50_000:
+                self._orbits[key] = hit
+        return hit
 
     def candidates(self, m: int) -> np.ndarray:
-        fixed, probes = self.table.get(m, (np.zeros((0, 3)), np.zeros((0, 3))))
-        return np.vstack([probes, fixed])  # free positions first: special points are scarce
+        """Candidate points of orbit size ``m`` (read-only)."""
+        if m not in self._cands:
+            fixed, probes = self.table.get(m, (np.zeros((0, 3)), np.zeros((0, 3))))
+            self._cands[m] = np.vstack([probes, fixed])  # free positions first: special points are scarce
+            self._cands[m].flags.writeable = False
+        return self._cands[m]
 
     # ------------------------------------------------------------------------------ search
     def fits(self, counts: Counts, extra: np.ndarray | None = None, lines: int | None = None, *,
@@ -229,8 +275,10 @@ class Placement:
             return True
         self._nodes = 0
         try:
-            path = self._search(key, np.vstack([self.placed, extra]), np.concatenate([self.placed_r, extra_r]),
-                                lines)
+            blocks = (*self._blocks, block(extra, extra_r)) if len(extra) else tuple(self._blocks)
+            memo = (np.round(self.placed, 3).tobytes() + np.round(extra, 3).tobytes(),
+                    np.round(self.placed_r, 3).tobytes() + np.round(extra_r, 3).tobytes())
+            path = self._search(key, lines, blocks, memo)
         except _Budget:
             self._spent += self._nodes
             self.optimistic += 1
@@ -259,23 +307,25 @@ class Placement:
             spent[0] = self._spent
             self.f, self._memo, self._certs, self._spent, self.total_budget, self.optimistic = saved
 
-    def _search(self, counts: tuple[tuple[int, float], ...], placed: np.ndarray, placed_r: np.ndarray,
-                lines: int | None = None) -> list[tuple[np.ndarray, float]] | None:
+    def _search(self, counts: tuple[tuple[int, float], ...], lines: int | None, blocks: tuple[Block, ...],
+                placed_key: tuple[bytes, bytes]) -> list[tuple[np.ndarray, float]] | None:
         """Depth-first search: the orbits (with their radius) of one completion in at most
-        ``lines`` orbits, or ``None``."""
+        ``lines`` orbits, or ``None``, next to the atoms of ``blocks``. ``placed_key``: the bytes
+        of those atoms' positions and radii rounded to 3 decimals (the memo key; rounding is per
+        number, so a child's key is its parent's followed by the new orbit's)."""
         if not counts:
             return []
         ints = tuple(c for c, _ in counts)
         if lines is not None and min_lines(self.number, ints) > lines:
             return None
-        memo_key = (counts, lines, np.round(placed, 3).tobytes(), np.round(placed_r, 3).tobytes())
+        memo_key = (counts, lines, *placed_key)
         if memo_key in self._memo:
             return self._memo[memo_key]
         self._nodes += 1
         if self._nodes > self.budget:
             raise _Budget
         result = None
-        if self._still_allocatable(counts, placed, placed_r):
+        if self._still_allocatable(counts, blocks):
             (r, rad), rest = counts[0], counts[1:]
             for m in reversed(self.sizes):
                 if m > r:
@@ -283,10 +333,10 @@ class Placement:
                 nxt = tuple(sorted(rest + ((r - m, rad),) if r > m else rest, reverse=True))
                 if not allocatable(self.number, tuple(c for c, _ in nxt)):
                     continue
-                for p in self._first_ok(self.candidates(m), m, placed, 3, radius=rad, placed_r=placed_r):
-                    orb = self.orbit_of(p)
-                    sub = self._search(nxt, np.vstack([placed, orb]), np.concatenate([placed_r, np.full(len(orb), rad)]),
-                                       None if lines is None else lines - 1)
+                for p in self._first_ok(self.candidates(m), m, 3, radius=rad, blocks=blocks):
+                    orb, blk, (kp, kr) = self._orbit_block(p, rad)
+                    sub = self._search(nxt, None if lines is None else lines - 1, (*blocks, blk),
+                                       (placed_key[0] + kp, placed_key[1] + kr))
                     if sub is not None:
                         result = [(orb, rad), *sub]
                         break
@@ -295,20 +345,36 @@ class Placement:
         self._memo[memo_key] = result
         return result
 
-    def _first_ok(self, cands: np.ndarray, m: int, placed: np.ndarray, k: int, chunk: int = 24, *,
-                  radius: float = 0.0, placed_r: np.ndarray | None = None,
-                  ratio: float | None = None) -> list[np.ndarray]:
-        """Up to ``k`` admissible candidates, checked in chunks (most questions need one)."""
+    def _orbit_block(self, p: np.ndarray, rad: float) -> tuple[np.ndarray, Block, tuple[bytes, bytes]]:
+        """The orbit of ``p`` as a block of atoms of radius ``rad`` and its part of a memo key
+        (kept: the search places the same candidates in many branches)."""
+        key = (p.tobytes(), rad)
+        hit = self._orbit_blocks.get(key)
+        if hit is None:
+            orb = self.orbit_of(p)
+            orb_r = np.full(len(orb), rad)
+            hit = (orb, block(orb, orb_r), (np.round(orb, 3).tobytes(), np.round(orb_r, 3).tobytes()))
+            if len(self._orbit_blocks) < 50_000:
+                self._orbit_blocks[key] = hit
+        return hit
+
+    def _first_ok(self, cands: np.ndarray, m: int, k: int, chunk: int = 24, *, radius: float = 0.0,
+                  ratio: float | None = None, blocks: Sequence[Block] | None = None) -> list[np.ndarray]:
+        """Up to ``k`` admissible candidates (against ``blocks``, default the placed sites), checked
+        in chunks (most questions need one)."""
         found: list[np.ndarray] = []
         for start in range(0, len(cands), chunk):
             part = cands[start:start + chunk]
-            found.extend(part[self.check(part, m, placed, radius=radius, placed_r=placed_r, ratio=ratio)])
+            bits = self._bits(part, m, radius, ratio, blocks)[0]
+            while bits and len(found) < k:  # the lowest set bits: the first admissible points
+                low = bits & -bits
+                found.append(part[low.bit_length() - 1].copy())
+                bits ^= low
             if len(found) >= k:
                 break
-        return found[:k]
+        return found
 
-    def _still_allocatable(self, counts: tuple[tuple[int, float], ...], placed: np.ndarray,
-                           placed_r: np.ndarray) -> bool:
+    def _still_allocatable(self, counts: tuple[tuple[int, float], ...], blocks: Sequence[Block]) -> bool:
         """:func:`allocatable` with what is still free: special points not yet blocked, and a
         multiplicity with free parameters only while one of its probe points is still admissible
         (a line of 2-fold sites can fill up). Judged for the smallest remaining atom, so it
@@ -320,10 +386,10 @@ class Placement:
             if m > top:
                 break  # no remaining count can use a larger orbit
             fixed, probes = self.table[m]
-            if len(probes) and self._first_ok(probes, m, placed, 1, radius=radius, placed_r=placed_r):
+            if len(probes) and self._first_ok(probes, m, 1, radius=radius, blocks=blocks):
                 unlimited.add(m)
             elif len(fixed):
-                n_free = int(self.check(fixed, m, placed, radius=radius, placed_r=placed_r).sum())
+                n_free = self._bits(fixed, m, radius, None, blocks)[0].bit_count()
                 if n_free:
                     sizes.append(m)
                     free.append(n_free)
@@ -368,8 +434,7 @@ class Placement:
         if len(pts) == 0:
             return None
         radius = self.radius_of(element)
-        for p in self._first_ok(pts, m, self.placed, tries, radius=radius, placed_r=self.placed_r,
-                                ratio=site_ratio):
+        for p in self._first_ok(pts, m, tries, radius=radius, ratio=site_ratio):
             if self.fits(rest_counts, self.orbit_of(p), lines, extra_radius=radius, ratio=rest_ratio):
                 return p
         return None
@@ -387,8 +452,10 @@ class Placement:
 
     def place(self, p: np.ndarray, element: str | None = None) -> None:
         orb = self.orbit_of(p)
+        orb_r = np.full(len(orb), self.radius_of(element))
         self.placed = np.vstack([self.placed, orb])
-        self.placed_r = np.concatenate([self.placed_r, np.full(len(orb), self.radius_of(element))])
+        self.placed_r = np.concatenate([self.placed_r, orb_r])
+        self._blocks.append(block(orb, orb_r))
         self.placed_el.extend([element] * len(orb))
         self._memo.clear()
         self._certs.clear()
