@@ -55,7 +55,6 @@ from llamat_cif.symmetry import (
 Counts = Mapping[str, int] | Sequence[int] | Sequence[tuple[int, float]]
 
 
-
 class Placement:
     """Geometric look-ahead for one CIF being written (space group and lattice fixed).
 
