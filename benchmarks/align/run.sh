@@ -79,3 +79,24 @@ llamat-cif align --out $A3 --rounds 6 --prompts 24 --samples-per-prompt 6 --cond
 bash benchmarks/physics/protocol_1000.sh alignedxr6-t0.7-p0.9-seed0-1000 --model $A3/round_05/model  # stopped after validate
 R=benchmarks/physics/runs/alignedxr6-t0.7-p0.9-seed0-1000
 llamat-cif benchmark --samples $R --out $R/bench --stability 100 --seed 0 --workers 2
+
+# ---- fourth run: rounds 3-4 continue the second run's rounds 0-2 with --family-share 0.05 ----------
+A4=benchmarks/align/runs/small-anion-fam-seed0
+# 12. copy rounds 0-2 of the second run, and round 3's sample and score parts of the third run (the
+#     same model, prompts and seeds draw the same samples; only the pairs differ under the new rule),
+#     then continue; started with --rounds 6 and stopped after round 4 for time (--rounds 5 gives the
+#     same rounds)
+mkdir -p $A4/round_03 && cp -r $A2/round_00 $A2/round_01 $A2/round_02 $A4/
+cp -r $A3/round_03/samples.parts $A3/round_03/scores.parts $A4/round_03/
+python - <<PY
+import json; c = json.load(open("$A2/align_config.json"))
+c.update(out_dir="$A4", cross_round_unique=True, family_share=0.05); json.dump(c, open("$A4/align_config.json", "w"), indent=2)
+PY
+llamat-cif align --out $A4 --rounds 5 --prompts 24 --samples-per-prompt 6 --conditional 0.25 --score-workers 2 --seed 0 --no-progress --family-share 0.05
+# 13. the 1,000-sample protocol on round 4's model, then 200 MP-20 test formulas (50 relaxed)
+bash benchmarks/physics/protocol_1000.sh alignedfam5-t0.7-p0.9-seed0-1000 --model $A4/round_04/model
+R=benchmarks/align/runs/eval-fam/formula200-after
+for i in 0 1; do llamat-cif generate --targets benchmarks/generate/targets_mp20_test_200.csv --batch-size 8 --seed 0 --model $A4/round_04/model --out $R --shard $i/2 & done; wait
+llamat-cif generate --targets benchmarks/generate/targets_mp20_test_200.csv --batch-size 8 --seed 0 --model $A4/round_04/model --out $R
+llamat-cif validate $R --out $R --jobs 2
+llamat-cif benchmark --samples $R --out $R/stability-50 --stability 50 --seed 0 --no-coverage --workers 2
