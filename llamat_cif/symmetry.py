@@ -117,25 +117,72 @@ def _orbit_sizes(number: int) -> frozenset[int]:
 
 def reachable_counts(number: int, limit: int = 200) -> frozenset[int]:
     """Atom counts of one element a cell of this space group can hold (sums of orbit sizes)."""
-    return _reachable(tuple(sorted(orbit_sizes(number))), limit)
+    return _reachable(_sorted_sizes(number), limit)
 
 
 def compatible_spacegroups(counts: dict[str, int]) -> frozenset[int]:
     """Space groups in which every element count is a sum of Wyckoff multiplicities."""
     top = max(counts.values())
-    return frozenset(n for n in range(1, 231) if all(c in reachable_counts(n, top) for c in counts.values()))
+    out = []
+    for n in range(1, 231):
+        ok = _reach_table(_sorted_sizes(n), top)  # c in reachable_counts(n, top), without the set
+        if all(c >= 0 and ok[c] for c in counts.values()):
+            out.append(n)
+    return frozenset(out)
 
 
 @lru_cache(maxsize=256)
+def _sorted_sizes(number: int) -> tuple[int, ...]:
+    return tuple(sorted(orbit_sizes(number)))
+
+
+@lru_cache(maxsize=4096)
 def _reachable(sizes: tuple[int, ...], limit: int) -> frozenset[int]:
-    ok = [False] * (limit + 1)
-    ok[0] = True
-    for t in range(1, limit + 1):
-        ok[t] = any(t >= s and ok[t - s] for s in sizes)
+    ok = _reach_table(sizes, limit)
     return frozenset(t for t in range(limit + 1) if ok[t])
 
 
+_REACH: dict[tuple[int, ...], list[bool]] = {}
+
+
+def _reach_table(sizes: tuple[int, ...], top: int) -> list[bool]:
+    """``ok[t]``: ``t`` is a sum of ``sizes``, for every ``t <= top`` (at least); one table per
+    size set, extended on demand. Each entry depends only on smaller ones, so a table built to any
+    limit answers every question below it: the groups' questions with many limits (one per
+    formula's largest count) share it instead of rebuilding it per limit."""
+    ok = _REACH.setdefault(sizes, [True])
+    for t in range(len(ok), top + 1):
+        ok.append(any(t >= s and ok[t - s] for s in sizes))
+    return ok
+
+
 # --------------------------------------------------------------------------- Wyckoff subspaces
+
+
+@lru_cache(maxsize=8)
+def _grid_stabilisers(number: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The 1/24 grid of :func:`wyckoff_subspaces`, which operations fix each of its points (points,
+    ops: a contiguous row per point) and each point's orbit size. It does not depend on the
+    multiplicity, and the (ops x 13824 points) arrays are most of the cost of a group's subspaces:
+    computed once per group, not once per multiplicity (read-only).
+
+    The images are one matrix product (an einsum is ~10x slower here), the rest is done in place
+    (the same numbers, without four more arrays of that size). The product's sums may round in
+    another order, but every image and translation is a multiple of 1/24 (integer rotations, the
+    groups' translations are multiples of 1/12 and 1/8): an image is either the point itself to
+    ~1e-15 or at least 1/24 away, so the 1e-6 test cannot change."""
+    rots, trans = space_group_ops(number)
+    g = np.arange(24) / 24
+    pts = np.stack(np.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3)
+    d = np.matmul(pts, rots.transpose(0, 2, 1))  # (ops, points, 3), then in place:
+    d += trans[:, None, :]
+    d -= pts[None]
+    d -= np.round(d)
+    fixed = np.ascontiguousarray((np.abs(d, out=d) < 1e-6).all(-1).T)  # (points, ops)
+    sizes = len(rots) // fixed.sum(1)
+    for a in (pts, fixed, sizes):
+        a.flags.writeable = False
+    return pts, fixed, sizes
 
 
 @lru_cache(maxsize=2048)
@@ -149,19 +196,15 @@ def wyckoff_subspaces(number: int, m: int) -> tuple[tuple[np.ndarray, np.ndarray
     """
     from scipy.linalg import null_space
 
-    rots, trans = space_group_ops(number)
+    rots, _ = space_group_ops(number)
     n = len(rots)
     if m == n:
         return ((np.zeros(3), np.eye(3)),)
-    g = np.arange(24) / 24
-    pts = np.stack(np.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3)
-    d = np.einsum("kij,pj->kpi", rots, pts) + trans[:, None, :] - pts[None]
-    fixed = (np.abs(d - np.round(d)) < 1e-6).all(-1)  # (ops, points)
-    sizes = n // fixed.sum(0)
+    pts, fixed, sizes = _grid_stabilisers(number)
     out: list[tuple[np.ndarray, np.ndarray]] = []
     seen: dict[bytes, list[int]] = {}
     for j in np.nonzero(sizes == m)[0]:
-        key = fixed[:, j].tobytes()
+        key = fixed[j].tobytes()
         p0 = pts[j]
         members = seen.setdefault(key, [])
         if members:
@@ -170,17 +213,17 @@ def wyckoff_subspaces(number: int, m: int) -> tuple[tuple[np.ndarray, np.ndarray
             for idx in members:
                 q0, b = out[idx]
                 diff = p0 - q0
-                diff -= np.round(diff)
+                diff -= diff.round()
                 if b.shape[1] == 0:
                     on = np.abs(diff).max() < 1e-6
                 else:
                     r = diff - b @ (b.T @ diff)  # b is orthonormal: the least-squares residual
-                    on = np.abs(r - np.round(r)).max() < 1e-6
+                    on = np.abs(r - r.round()).max() < 1e-6
                 if on:
                     break
             if on:
                 continue
-        w = rots[fixed[:, j]]
+        w = rots[fixed[j]]
         a = (w - np.eye(3)).reshape(-1, 3)
         basis = null_space(a) if np.abs(a).max() > 0 else np.eye(3)
         members.append(len(out))
@@ -191,26 +234,52 @@ def wyckoff_subspaces(number: int, m: int) -> tuple[tuple[np.ndarray, np.ndarray
 @lru_cache(maxsize=200_000)
 def solve_values(number: int, m: int, typed: tuple[tuple[int, float], ...], target: int):
     """Memoised :func:`_solve_values` on the Wyckoff subspaces of (space group, multiplicity)."""
-    return _solve_values(wyckoff_subspaces(number, m), dict(typed), target)
+    return _solve_values(wyckoff_subspaces(number, m), dict(typed), target,
+                         solvers=_solvers(number, m, tuple(i for i, _ in typed), target))
+
+
+@lru_cache(maxsize=4096)
+def _solvers(number: int, m: int, idx: tuple[int, ...], target: int) -> tuple:
+    """Per Wyckoff subspace, what :func:`_solve_values` derives from the subspace alone for typed
+    axes ``idx`` and a ``target`` axis (:func:`_subspace_solver`). The typed values change with
+    every coordinate prefix the look-ahead probes, these do not: one pseudo-inverse and null space
+    per subspace and question instead of one per probe."""
+    return tuple(_subspace_solver(b, list(idx), target) for _, b in wyckoff_subspaces(number, m))
 
 
 #: Integer shifts tried for each typed coordinate (a subspace point may wrap around the cell).
 _WRAPS = {n: np.array(list(itertools.product(range(-2, 3), repeat=n)), dtype=float) for n in (1, 2, 3)}
 
 
-def _solve_values(subspaces, typed: dict[int, float], target: int, tol: float = 2.5e-4):
+def _subspace_solver(b: np.ndarray, idx: list[int], target: int) -> tuple[np.ndarray, np.ndarray, bool] | None:
+    """For a subspace with basis ``b`` (at least one free parameter) and typed axes ``idx``: the
+    typed rows of the basis, their pseudo-inverse (transposed, as :func:`_solve_values` multiplies
+    by it) and whether the ``target`` coordinate stays free once they are fixed; ``None`` where
+    :func:`_solve_values` needs none of them."""
+    from scipy.linalg import null_space
+
+    if b.shape[1] == 0 or not idx:
+        return None
+    bt = b[idx]
+    pinv_t = np.linalg.pinv(bt).T
+    ns = null_space(bt)
+    return bt, pinv_t, bool(ns.size and np.abs(b[target] @ ns).max() > 1e-6)
+
+
+def _solve_values(subspaces, typed: dict[int, float], target: int, tol: float = 2.5e-4, *,
+                  solvers: tuple | None = None):
     """Values the ``target`` coordinate can take on the subspaces, given typed coordinates.
 
     Returns ``None`` when some subspace leaves it free, else a sorted array of admissible values
     (mod 1). Typed coordinates are 4-decimal roundings, hence the tolerance. For each subspace
     ``p0 + B t`` the typed coordinates are solved for ``t`` under every integer wrap at once.
+    ``solvers``: :func:`_subspace_solver` of each subspace for these typed axes and target, when
+    the caller keeps them (the same numbers, not recomputed).
     """
-    from scipy.linalg import null_space
-
     idx = list(typed)
     tv = np.array([typed[i] for i in idx], dtype=float)
     vals: list[float] = []
-    for p0, b in subspaces:
+    for j, (p0, b) in enumerate(subspaces):
         if b.shape[1] == 0:
             diff = tv - p0[idx]
             if np.all(np.abs(diff - np.round(diff)) < tol):
@@ -221,12 +290,11 @@ def _solve_values(subspaces, typed: dict[int, float], target: int, tol: float = 
                 return None  # the target coordinate is a free parameter here
             vals.append(p0[target] % 1.0)
             continue
-        bt = b[idx]
+        bt, pinv_t, free = _subspace_solver(b, idx, target) if solvers is None else solvers[j]
         rhs = tv[None, :] + _WRAPS[len(idx)] - p0[idx][None, :]  # (wraps, typed)
-        t = rhs @ np.linalg.pinv(bt).T  # least-squares parameters per wrap
+        t = rhs @ pinv_t  # least-squares parameters per wrap
         hit = np.abs(t @ bt.T - rhs).max(1) < tol
-        ns = null_space(bt)
-        if ns.size and np.abs(b[target] @ ns).max() > 1e-6:
+        if free:
             if hit.any():
                 return None  # typed coordinates reachable and the target still free
             continue

@@ -5,11 +5,17 @@ import numpy as np
 import pytest
 
 from llamat_cif.symmetry import (
+    _grid_stabilisers,
     _orbit_sizes,
+    _solve_values,
     allocation_entry,
+    compatible_spacegroups,
     crystal_system,
     orbit_sizes,
+    reachable_counts,
+    solve_values,
     space_group_ops,
+    wyckoff_subspaces,
 )
 
 
@@ -52,3 +58,49 @@ def test_crystal_systems_at_their_boundaries():
     assert [crystal_system(n) for n in (1, 2, 3, 15, 16, 74, 75, 142, 143, 167, 168, 194, 195, 230)] == [
         "triclinic", "triclinic", "monoclinic", "monoclinic", "orthorhombic", "orthorhombic", "tetragonal",
         "tetragonal", "trigonal", "trigonal", "hexagonal", "hexagonal", "cubic", "cubic"]
+
+
+@pytest.mark.parametrize("number", [1, 2, 14, 15, 62, 141, 146, 166, 167, 191, 194, 221, 225, 227, 229, 230])
+def test_grid_stabilisers_equal_the_einsum_form(number):
+    """The shared grid (one matrix product, in place) fixes exactly the points the per-multiplicity
+    einsum it replaced fixed: the Wyckoff subspaces, their order and the probe points built on
+    them (seeded samples depend on all three) are unchanged."""
+    rots, trans = space_group_ops(number)
+    g = np.arange(24) / 24
+    pts = np.stack(np.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3)
+    d = np.einsum("kij,pj->kpi", rots, pts) + trans[:, None, :] - pts[None]
+    fixed = (np.abs(d - np.round(d)) < 1e-6).all(-1)
+    got_pts, got_fixed, got_sizes = _grid_stabilisers(number)
+    assert np.array_equal(got_pts, pts) and np.array_equal(got_fixed, fixed.T)
+    assert np.array_equal(got_sizes, len(rots) // fixed.sum(0))
+
+
+@pytest.mark.parametrize(("number", "m"), [(225, 24), (225, 48), (191, 6), (139, 16), (12, 4), (166, 18), (62, 4)])
+def test_kept_solvers_answer_like_a_fresh_solve(number, m):
+    """solve_values keeps each subspace's pseudo-inverse and null-space verdict per question; the
+    values are bit for bit those of :func:`_solve_values` computing them afresh."""
+    subs = wyckoff_subspaces(number, m)
+    rng = np.random.default_rng(number * 100 + m)
+    for x, y in [(0.0, 0.5), (0.25, 0.25), (0.1667, 0.3333), *np.round(rng.random((12, 2)), 4).tolist()]:
+        for typed, target in (((), 0), (((0, x),), 1), (((0, x), (1, y)), 2), (((1, y),), 2)):
+            kept, fresh = solve_values(number, m, typed, target), _solve_values(subs, dict(typed), target)
+            assert (kept is None) == (fresh is None)
+            assert kept is None or kept.tobytes() == fresh.tobytes()
+
+
+def test_reachable_counts_from_shared_tables():
+    """Reachable counts and compatible groups read from tables grown on demand (questions asked
+    with limits in any order) equal the direct sums."""
+    def direct(sizes, limit):
+        ok = [True] + [False] * limit
+        for t in range(1, limit + 1):
+            ok[t] = any(t >= s and ok[t - s] for s in sizes)
+        return frozenset(t for t in range(limit + 1) if ok[t])
+
+    for number, limit in ((225, 30), (225, 7), (225, 200), (1, 5), (62, 64), (62, 3), (191, 96)):
+        assert reachable_counts(number, limit) == direct(sorted(orbit_sizes(number)), limit)
+    for counts in ({"Na": 4, "Cl": 4}, {"A": 1, "B": 3}, {"A": 7}, {"A": 2, "B": 96, "C": 5}):
+        top = max(counts.values())
+        expected = frozenset(n for n in range(1, 231) if all(
+            c in direct(sorted(orbit_sizes(n)), top) for c in counts.values()))
+        assert compatible_spacegroups(counts) == expected
