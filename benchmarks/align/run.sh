@@ -100,3 +100,15 @@ for i in 0 1; do llamat-cif generate --targets benchmarks/generate/targets_mp20_
 llamat-cif generate --targets benchmarks/generate/targets_mp20_test_200.csv --batch-size 8 --seed 0 --model $A4/round_04/model --out $R
 llamat-cif validate $R --out $R --jobs 2
 llamat-cif benchmark --samples $R --out $R/stability-50 --stability 50 --seed 0 --no-coverage --workers 2
+
+# ---- fifth run: as the fourth, with a stronger anchor (--beta 0.3 --sft-weight 0) ----------
+A5=benchmarks/align/runs/small-anion-anchor-seed0
+# 14. the same copies as step 12, then rounds 3-4 and the 1,000-sample protocol on round 4's model
+mkdir -p $A5/round_03 && cp -r $A2/round_00 $A2/round_01 $A2/round_02 $A5/
+cp -r $A3/round_03/samples.parts $A3/round_03/scores.parts $A5/round_03/
+python - <<PY
+import json; c = json.load(open("$A2/align_config.json"))
+c.update(out_dir="$A5", cross_round_unique=True, family_share=0.05, beta=0.3, sft_weight=0.0); json.dump(c, open("$A5/align_config.json", "w"), indent=2)
+PY
+llamat-cif align --out $A5 --rounds 5 --prompts 24 --samples-per-prompt 6 --conditional 0.25 --score-workers 2 --seed 0 --no-progress --family-share 0.05 --beta 0.3 --sft-weight 0
+bash benchmarks/physics/protocol_1000.sh alignedanchor5-t0.7-p0.9-seed0-1000 --model $A5/round_04/model
