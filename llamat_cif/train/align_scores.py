@@ -6,9 +6,9 @@ that does not parse, is invalid or fails to relax gets ``invalid_reward`` (below
 sample). A sample that matches a training structure (not novel), an earlier sample of the round
 (not unique), with ``cross_round_unique`` a sample that won a pair in an earlier round (a repeat),
 or, with ``family_share``, the would-be winner of a structure family that already holds its share
-of the run's winners (:func:`cap_families`) is *ineligible*: it never wins a pair. Per prompt, the best eligible sample is *chosen*
-against up to ``pairs_per_prompt`` others, worst first, that are ineligible or at least
-``pair_margin`` eV/atom worse; a prompt with no eligible sample gives no pair. See
+of the run's winners (:func:`cap_families`) is *ineligible*: it never wins a pair. Per prompt, the
+best eligible sample is *chosen* against up to ``pairs_per_prompt`` others, worst first, that are
+ineligible or at least ``pair_margin`` eV/atom worse; a prompt with no eligible sample gives no pair. See
 :mod:`llamat_cif.train.align` for the round.
 """
 
