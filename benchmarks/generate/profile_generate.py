@@ -2,8 +2,10 @@
 
 Components (by the file a function lives in, own time only, so nothing is counted twice):
 
-* ``model forward``: torch / transformers modelling code (matmuls, attention, the KV cache);
-* ``generate loop``: the rest of transformers' ``generate`` (stopping criteria, warpers, bookkeeping);
+* ``model forward``: torch / transformers modelling code and the lean loop's forward
+  (``llamat_cif/sampling/lean.py``: matmuls, attention, the KV cache);
+* ``generate loop``: the rest of transformers' ``generate`` or the lean ``sample_tokens`` (stopping,
+  warpers, bookkeeping);
 * ``look-ahead geometry``: ``llamat_cif/sampling/placement.py``, the distance and orbit helpers of
   ``sampling/lattice.py`` and ``llamat_cif/symmetry.py``, plus numpy called from them;
 * ``grammar``: the rest of ``llamat_cif/sampling/`` (engine, grammars, logits processor) and
@@ -44,6 +46,8 @@ SHARED = ("llamat_cif/sampling/lattice.py", "llamat_cif/symmetry.py")
 
 def component_of(filename: str, name: str = "") -> str | None:
     f = filename.replace("\\", "/")
+    if "llamat_cif/sampling/lean.py" in f:  # the lean decode loop: its forward, and its generate()
+        return "generate loop" if name == "sample_tokens" else "model forward"
     if "llamat_cif/sampling/placement.py" in f or (any(p in f for p in SHARED) and name in GEOMETRY_HELPERS):
         return "look-ahead geometry"
     if "llamat_cif/sampling/" in f or "llamat_cif/symmetry.py" in f or "llamat_cif/physics.py" in f:

@@ -68,7 +68,8 @@ from llamat_cif.sampling.rows import (
 def draw_batch(model, tokenizer, *, size: int, seed: tuple[int, ...], prompt: str = "",
                conditions: list | None = None, grammar=None, vocab=None, stats=None,
                temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
-               max_new_tokens: int = 1000, redraws: int = 0, floor: float = 0.0, fmt: str = "cif"):
+               max_new_tokens: int = 1000, redraws: int = 0, floor: float = 0.0, fmt: str = "cif",
+               lean_decode: bool = True):
     """Draw one seeded batch of ``size`` documents; returns the new token ids (``size x T``, padded
     with the pad id after a document's end).
 
@@ -87,9 +88,14 @@ def draw_batch(model, tokenizer, *, size: int, seed: tuple[int, ...], prompt: st
     ``grammar`` (:class:`~llamat_cif.sampling.processor.GrammarLogitsProcessor`); without, the bare
     model samples after ``prompt``. Used by :func:`generate` and by the alignment rounds of
     :mod:`llamat_cif.train.align`, which need the exact tokens drawn.
+
+    A plain LLaMA model is decoded by :func:`llamat_cif.sampling.lean.sample_tokens` (the same
+    tokens as ``model.generate()``, without its per-step overhead); ``lean_decode=False``, or a model
+    it does not cover (``peft`` adapters, other architectures), goes through ``generate()``.
     """
     import torch
 
+    from llamat_cif.sampling import lean
     from llamat_cif.sampling.engine import Decoder
     from llamat_cif.sampling.processor import GrammarLogitsProcessor
 
@@ -113,7 +119,15 @@ def draw_batch(model, tokenizer, *, size: int, seed: tuple[int, ...], prompt: st
             decoders, enc["input_ids"].shape[1], tokenizer.pad_token_id,
             temperature=temperature, top_k=top_k, top_p=top_p)]
     with torch.no_grad():
-        gen = model.generate(**enc, **kwargs)
+        if lean_decode and lean.supports(model) and bool(enc["attention_mask"].all()):
+            # the same tokens as generate() (tests/test_lean_decode.py), 2.5-3.5x faster on CPU;
+            # transformers fills an unset top-k with its default of 50
+            gen = lean.sample_tokens(model, enc["input_ids"], max_new_tokens=max_new_tokens,
+                                     eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                                     do_sample=temperature > 0, temperature=temperature, top_p=top_p,
+                                     top_k=top_k or 50, logits_processor=kwargs.get("logits_processor"))
+        else:
+            gen = model.generate(**enc, **kwargs)
     new = gen[:, enc["input_ids"].shape[1]:]
     if stats is None:
         from llamat_cif.sampling.engine import Stats
@@ -134,7 +148,7 @@ def draw_batch(model, tokenizer, *, size: int, seed: tuple[int, ...], prompt: st
     again = draw_batch(model, tokenizer, size=len(dead), seed=(*seed, redraws), prompt=prompt,
                        conditions=[conditions[i] for i in dead], grammar=grammar, vocab=vocab, stats=stats,
                        temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens,
-                       redraws=redraws - 1, floor=floor, fmt=fmt)
+                       redraws=redraws - 1, floor=floor, fmt=fmt, lean_decode=lean_decode)
     width = max(new.shape[1], again.shape[1])
     pad = tokenizer.pad_token_id
     new = torch.nn.functional.pad(new, (0, width - new.shape[1]), value=pad)
