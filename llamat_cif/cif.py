@@ -371,6 +371,35 @@ def _parse_llamat(text: str) -> Structure:
 _QUIET_WARNINGS = ("No _symmetry_equiv", "Issues encountered while parsing CIF")
 
 
+_HM_LINE = re.compile(r"^_symmetry_space_group_name_H[-_]M\s+'?([^'\n]+?)'?\s*$", re.MULTILINE)
+#: pymatgen ``SpaceGroup``s kept alive: pymatgen caches them in a weak dictionary, so without a
+#: reference the group (~0.1 s to build) is rebuilt for every CIF without an operations loop.
+_SPACE_GROUPS: dict[str, object] = {}
+
+
+def _keep_space_group(text: str) -> None:
+    """Build, once, the pymatgen ``SpaceGroup`` that ``CifParser`` will build for a CIF that
+    gives only its Hermann-Mauguin symbol (the canonical CIF), and keep it: ``CifParser`` then gets
+    the same (cached) object instead of rebuilding it. A CIF with an operations loop, or a symbol
+    pymatgen does not know, is left to ``CifParser`` as it is."""
+    if "_symmetry_equiv_pos_as_xyz" in text or "_space_group_symop_operation_xyz" in text:
+        return
+    found = _HM_LINE.search(text)
+    if not found:
+        return
+    key = re.sub(r"[\s_]", "", found.group(1))
+    if key in _SPACE_GROUPS:
+        return
+    from pymatgen.symmetry.groups import SYMM_DATA, SpaceGroup
+
+    symbols = {re.sub(r"[\s_]", "", k): k for k in SYMM_DATA["space_group_encoding"]}
+    if key in symbols:
+        try:
+            _SPACE_GROUPS[key] = SpaceGroup(symbols[key])  # the call CifParser.get_symops makes
+        except ValueError:
+            pass
+
+
 def read_cif(text: str, *, strict: bool = False) -> Structure:
     """The one CIF reader: CIF text -> pymatgen ``Structure``, the cell as written (not primitive).
 
@@ -389,6 +418,7 @@ def read_cif(text: str, *, strict: bool = False) -> Structure:
         raise CrystalTextError("empty text")
     if strict and "_cell_length_a" not in text:
         raise CrystalTextError("not a CIF: no _cell_length_a tag")
+    _keep_space_group(text)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:

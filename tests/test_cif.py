@@ -169,3 +169,21 @@ def test_read_cif_strict_refuses_a_broken_block():
     with pytest.raises(CrystalTextError, match="no _cell_length_a"):
         read_cif("data_x\nloop_\n_atom_site_label\nNa1\n", strict=True)
     assert read_cif_or_none(None) is None
+
+
+def test_the_space_group_of_a_symbol_only_cif_is_built_once_and_reads_the_same(nacl, perovskite):
+    """pymatgen keeps SpaceGroups in a weak cache; read_cif holds the one CifParser builds for a
+    canonical CIF (symbol, no operations loop), so a second read reuses it, and the structure is
+    exactly the one pymatgen's own reader gives."""
+    from pymatgen.symmetry.groups import SpaceGroup
+
+    from llamat_cif.cif import _SPACE_GROUPS, read_cif
+
+    for s, key in ((nacl, "Fm-3m"), (perovskite, "Pm-3m")):
+        body = strip_header(to_text(s))[1]
+        got = read_cif(body)
+        assert _SPACE_GROUPS[key] is SpaceGroup(key)  # the cached object CifParser will get
+        assert got == Structure.from_str(body, fmt="cif")
+    p1 = Structure(Lattice.cubic(4.0), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]).to(fmt="cif")
+    before = dict(_SPACE_GROUPS)
+    assert len(read_cif(p1)) == 2 and _SPACE_GROUPS == before  # an operations loop: left alone
