@@ -2,7 +2,7 @@
 
 Usage:
     python benchmarks/sample_speed.py [--model default] [--device cpu|cuda] [--batch-sizes 1,8,32]
-        [--n-per-batch-size 32] [--temperature 1.0] [--top-p 1.0]
+        [--n-per-batch-size 32] [--temperature 1.0] [--top-p 1.0] [--decoders lean,transformers]
         [--out benchmarks/generate/sample_speed_<device>.json]
 
 Prints a table and writes the rows (with device, versions and the exact settings) to a JSON file,
@@ -30,6 +30,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--top-p", type=float, default=1.0)
+    ap.add_argument("--decoders", default="lean",
+                    help="comma-separated decode loops (SampleConfig.decoder), measured one after the other "
+                         "for each batch size, so their ratio is taken in one run")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
@@ -62,21 +65,29 @@ def main() -> None:
     rows = []
     for constrained in (False, True):
         for bs in (int(b) for b in args.batch_sizes.split(",")):
-            n = max(bs, args.n_per_batch_size)
-            out = Path(tempfile.mkdtemp())
-            t0 = time.time()
-            df = generate(SampleConfig(n=n, out_dir=str(out), batch_size=bs, seed=args.seed, constrained=constrained,
-                                       temperature=args.temperature, top_p=args.top_p, device=args.device, threads=args.threads, fmt=fmt),
-                          progress=False, model=model, tokenizer=tok)
-            wall = time.time() - t0
-            summ = json.loads((out / "sample_summary.json").read_text())
-            rows.append({"constrained": constrained, "batch_size": bs, "n": n, "wall_s": round(wall, 2),
-                         "structures_per_s": round(n / wall, 3), "tokens_per_s": round(df["n_tokens"].sum() / wall, 1),
-                         "decoded": summ["decoded"], "fallbacks": summ["this_session"]["constraint_fallbacks"],
-                         "lookahead_vetoes": summ["this_session"].get("lookahead_vetoes")})
-            shutil.rmtree(out)
-            write(rows)
-            print(json.dumps(rows[-1]), flush=True)
+            texts = {}
+            for decoder in args.decoders.split(","):
+                n = max(bs, args.n_per_batch_size)
+                out = Path(tempfile.mkdtemp())
+                t0 = time.time()
+                df = generate(SampleConfig(n=n, out_dir=str(out), batch_size=bs, seed=args.seed,
+                                           constrained=constrained, temperature=args.temperature, top_p=args.top_p,
+                                           device=args.device, threads=args.threads, fmt=fmt, decoder=decoder),
+                              progress=False, model=model, tokenizer=tok)
+                wall = time.time() - t0
+                summ = json.loads((out / "sample_summary.json").read_text())
+                texts[decoder] = list(df["text"])
+                first = next(iter(texts.values()))
+                rows.append({"constrained": constrained, "batch_size": bs, "decoder": decoder, "n": n,
+                             "wall_s": round(wall, 2), "structures_per_s": round(n / wall, 3),
+                             "tokens_per_s": round(df["n_tokens"].sum() / wall, 1), "decoded": summ["decoded"],
+                             "fallbacks": summ["this_session"]["constraint_fallbacks"],
+                             "lookahead_vetoes": summ["this_session"].get("lookahead_vetoes"),
+                             "same_texts_as_first_decoder": sum(a == b for a, b in zip(first, texts[decoder],
+                                                                                       strict=True))})
+                shutil.rmtree(out)
+                write(rows)
+                print(json.dumps(rows[-1]), flush=True)
     t = Table(title=f"sampling speed: {model_dir.name} ({fmt}) on {device}")
     for k in rows[0]:
         t.add_column(k)

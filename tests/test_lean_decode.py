@@ -38,8 +38,7 @@ def _both(model, ids, seed, **kw):
 @pytest.mark.parametrize("top_k", [0, 20])
 def test_the_shipped_model_draws_what_generate_draws(shipped, top_k):
     """Eight unconstrained documents at the shipped setting (T 0.7, top-p 0.9), with and without
-    top-k: token for token the same, and the rows end at different lengths, so the loop has
-    dropped finished rows from its cache on the way."""
+    top-k: token for token the same, with rows that end at different lengths (padded on)."""
     model, tok = shipped
     ids = torch.full((8, 1), tok.bos_token_id)
     ref, got = _both(model, ids, 11, max_new_tokens=400, do_sample=True, temperature=0.7, top_p=0.9,
@@ -70,6 +69,10 @@ def test_the_grammar_constrained_batch_is_the_same_either_way(shipped, tmp_path)
                        vocab=bs.vocab, temperature=0.7, top_p=0.9, lean_decode=flag) for flag in (True, False)]
     assert torch.equal(runs[0], runs[1])
     assert all(tok.eos_token_id in row.tolist() for row in runs[0])
+    # and unconstrained, through the same call with the run's settings (top-k 0: off in both)
+    bare = [draw_batch(model, tok, size=8, seed=(0, 3), temperature=0.7, top_p=0.9, lean_decode=flag)
+            for flag in (True, False)]
+    assert torch.equal(bare[0], bare[1])
 
 
 def test_models_it_does_not_cover_go_through_generate(shipped):
@@ -89,3 +92,13 @@ def test_models_it_does_not_cover_go_through_generate(shipped):
 
     adapted = get_peft_model(_tiny(0), LoraConfig(r=2, target_modules=["q_proj"]))
     assert not lean.supports(adapted)
+
+
+def test_the_decoder_setting_is_checked_and_left_out_of_resume_keys():
+    from llamat_cif.sampling import SampleConfig
+    from llamat_cif.sampling.rows import RESUME_KEYS
+
+    assert SampleConfig(n=1, out_dir="x").decoder == "lean"
+    with pytest.raises(ValueError, match="decoder must be one of lean, transformers"):
+        SampleConfig(n=1, out_dir="x", decoder="onnx")
+    assert "decoder" not in RESUME_KEYS  # either loop writes the same rows: a run may resume with the other

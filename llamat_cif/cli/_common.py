@@ -101,6 +101,9 @@ _GENERATION = [
     click.option("--max-new-tokens", type=int, default=1000, show_default=True, help="Tokens per document."),
     click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)."),
     click.option("--threads", type=int, default=1, show_default=True, help="torch CPU threads of the generator."),
+    click.option("--decoder", type=click.Choice(["lean", "transformers"]), default="lean", show_default=True,
+                 help="Decode loop: lean (plain LLaMA models; the same tokens as transformers' generate(), "
+                      "2.5-3.5x faster on CPU; other models fall back) or transformers (generate())."),
 ]
 #: keyword names of :func:`generation_options` (the fields of ``SampleConfig`` they set)
 GENERATION_NAMES = ("model", "formula", "spacegroup", "targets", "temperature", "top_p", "top_k", "batch_size",
@@ -108,7 +111,7 @@ GENERATION_NAMES = ("model", "formula", "spacegroup", "targets", "temperature", 
                     "steer_volume_window", "steer_anion_distance", "steer_cation_distance", "volume_window", "charge_balanced", "dead_end_redraws",
                     "redraw_below_floor",
                     "max_primitive_atoms", "max_new_tokens", "device",
-                    "threads")
+                    "threads", "decoder")
 
 
 def generation_options(f):

@@ -14,6 +14,9 @@ from pathlib import Path
 
 from llamat_cif.protocol import CDVAE_MIN_DISTANCE
 
+#: the decode loops :class:`SampleConfig` ``decoder`` names (same tokens either way)
+DECODERS = ("lean", "transformers")
+
 
 @dataclass(frozen=True)
 class SampleConfig:
@@ -75,6 +78,9 @@ class SampleConfig:
     device: str | None = None
     fmt: str | None = None  # representation; None: from the model's training corpus (cif default)
     threads: int | None = 1  # CPU threads for torch; 1 is fastest for small models on a busy machine
+    # "lean": plain LLaMA models through llamat_cif.sampling.lean (the same tokens as transformers'
+    # generate(), without its per-step overhead; other models fall back); "transformers": generate()
+    decoder: str = "lean"
     targets: str | None = None  # CSV with target_formula[, target_spacegroup]: one sample per row (n = rows)
     shard: tuple[int, int] | None = None  # (i, k): draw only batches b with b % k == i
 
@@ -83,6 +89,8 @@ class SampleConfig:
                             top_p=self.top_p, top_k=self.top_k, threads=self.threads,
                             min_distance=self.min_distance, formula=self.formula, spacegroup=self.spacegroup,
                             max_new_tokens=self.max_new_tokens, device=self.device)
+        if self.decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {', '.join(DECODERS)}, got {self.decoder!r}")
         if self.max_primitive_atoms < 0:
             raise ValueError(f"max primitive atoms must be >= 0 (0 = off), got {self.max_primitive_atoms}")
 

@@ -5,14 +5,17 @@ module tree, mask and cache bookkeeping, a KV cache that grows by concatenation,
 stopping criteria. For the shipped 6.5M-parameter model on one CPU thread that overhead is several
 times the arithmetic. :func:`sample_tokens` runs the forward pass of a ``LlamaForCausalLM`` as a flat
 sequence of tensor operations over the model's own parameters (no copy; the checkpoint format stays
-``transformers``'), with a key/value cache allocated once for the whole document, and samples exactly
+``transformers``'), with a key/value cache allocated once for the whole batch, and samples exactly
 as ``generate()`` does: logits processors in order (ours first, then temperature, top-k, top-p, which
 are ``transformers``' own warper classes), softmax, ``torch.multinomial``, finished rows padded.
 
 Every operation is the one ``transformers`` runs (same functions, same shapes, same order), so the
 logits, the random stream and therefore the sampled documents are the same as ``generate()``'s;
 ``tests/test_lean_decode.py`` checks token-for-token identity on the shipped model and on a random
-tiny model. :func:`supports` says which models qualify (a plain ``LlamaForCausalLM`` with default
+tiny model. Finished rows stay in the batch, as in ``generate()``: dropping them would save work on
+ragged batches, but the CPU matrix kernels round differently for different row counts (measured: an
+``M x 256 @ 256 x 704`` product gives other last bits for ``M <= 10`` than the same rows inside a
+batch of 32), which changes documents. :func:`supports` says which models qualify (a plain ``LlamaForCausalLM`` with default
 RoPE, SiLU, no biases, every head its own key/value head, in inference mode); anything else
 (``peft`` adapters, other architectures) goes through ``generate()``.
 """
@@ -98,17 +101,6 @@ class LeanLlama:
         half = x.shape[-1] // 2
         return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
-    def keep(self, rows: torch.Tensor) -> None:
-        """Drop every cached row but ``rows`` (indices into the current rows), so that finished
-        documents cost nothing more."""
-        t = self.length
-        kept = []
-        for k, v in self.cache:
-            k2, v2 = k.new_empty((len(rows), *k.shape[1:])), v.new_empty((len(rows), *v.shape[1:]))
-            k2[:, :, :t], v2[:, :, :t] = k[rows, :, :t], v[rows, :, :t]  # only the positions written
-            kept.append((k2, v2))
-        self.cache = kept
-
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         batch, width = ids.shape
         t0, t1 = self.length, self.length + width
@@ -136,7 +128,7 @@ class LeanLlama:
 def sample_tokens(model: Any, input_ids: torch.Tensor, *, max_new_tokens: int, eos_token_id: int,
                   pad_token_id: int, do_sample: bool = True, temperature: float = 1.0,
                   top_k: int | None = None, top_p: float = 1.0, logits_processor: list | None = None,
-                  lean: LeanLlama | None = None, compact: bool = True) -> torch.Tensor:
+                  lean: LeanLlama | None = None) -> torch.Tensor:
     """``model.generate(input_ids, ...)`` for an unpadded batch, through :class:`LeanLlama`.
 
     Returns the prompt and the new tokens (``batch x (prompt + new)``), like ``generate()``: a row
@@ -166,7 +158,6 @@ def sample_tokens(model: Any, input_ids: torch.Tensor, *, max_new_tokens: int, e
     lean.start(batch, total)
     unfinished = torch.ones(batch, dtype=torch.long, device=input_ids.device)
     ids = input_ids
-    live = torch.arange(batch, device=input_ids.device)  # the rows the cache holds
     with torch.inference_mode():
         logits = lean.forward(input_ids)
         for _ in range(total - prompt):
@@ -182,13 +173,5 @@ def sample_tokens(model: Any, input_ids: torch.Tensor, *, max_new_tokens: int, e
             unfinished = unfinished & (nxt != eos_token_id).long()
             if not bool(unfinished.any()) or ids.shape[1] >= total:
                 break
-            if compact:
-                still = unfinished[live].nonzero().flatten()
-                if len(still) < len(live):
-                    lean.keep(still)
-                    live = live[still]
-                logits = torch.zeros(batch, scores.shape[1], dtype=torch.float32, device=ids.device)
-                logits[live] = lean.forward(nxt[live, None])
-            else:
-                logits = lean.forward(nxt[:, None])
+            logits = lean.forward(nxt[:, None])
     return ids

@@ -120,12 +120,11 @@ def draw_batch(model, tokenizer, *, size: int, seed: tuple[int, ...], prompt: st
             temperature=temperature, top_k=top_k, top_p=top_p)]
     with torch.no_grad():
         if lean_decode and lean.supports(model) and bool(enc["attention_mask"].all()):
-            # the same tokens as generate() (tests/test_lean_decode.py), 2.5-3.5x faster on CPU;
-            # transformers fills an unset top-k with its default of 50
+            # the same tokens as generate() (tests/test_lean_decode.py), without its per-step overhead
             gen = lean.sample_tokens(model, enc["input_ids"], max_new_tokens=max_new_tokens,
                                      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                                      do_sample=temperature > 0, temperature=temperature, top_p=top_p,
-                                     top_k=top_k or 50, logits_processor=kwargs.get("logits_processor"))
+                                     top_k=top_k, logits_processor=kwargs.get("logits_processor"))
         else:
             gen = model.generate(**enc, **kwargs)
     new = gen[:, enc["input_ids"].shape[1]:]
@@ -285,7 +284,8 @@ class BatchSampler:
                           conditions=conds, grammar=self.grammar, vocab=self.vocab, stats=self.stats,
                           temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
                           max_new_tokens=cfg.max_new_tokens, redraws=cfg.dead_end_redraws if cfg.constrained else 0,
-                          floor=cfg.steer_contact_floor if cfg.redraw_below_floor else 0.0, fmt=cfg.fmt)
+                          floor=cfg.steer_contact_floor if cfg.redraw_below_floor else 0.0, fmt=cfg.fmt,
+                          lean_decode=cfg.decoder == "lean")
 
     def rows(self, b: int) -> list[dict]:
         """The sample rows of batch ``b`` (drawn with seed ``(cfg.seed, b)``)."""

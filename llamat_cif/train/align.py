@@ -129,7 +129,7 @@ def _sampler(cfg: AlignConfig, model, tokenizer):
 
 def sampling_record(sampler) -> dict:
     """The resolved sampling settings of a round (the policy changes, these do not)."""
-    skip = {"n", "out_dir", "model", "batch_size", "seed", "targets", "shard", "threads", "device"}
+    skip = {"n", "out_dir", "model", "batch_size", "seed", "targets", "shard", "threads", "device", "decoder"}
     return {k: v for k, v in asdict(sampler.cfg).items() if k not in skip}
 
 
