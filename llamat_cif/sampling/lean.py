@@ -12,10 +12,12 @@ are ``transformers``' own warper classes), softmax, ``torch.multinomial``, finis
 Every operation is the one ``transformers`` runs (same functions, same shapes, same order), so the
 logits, the random stream and therefore the sampled documents are the same as ``generate()``'s;
 ``tests/test_lean_decode.py`` checks token-for-token identity on the shipped model and on a random
-tiny model. Finished rows stay in the batch, as in ``generate()``: dropping them would save work on
-ragged batches, but the CPU matrix kernels round differently for different row counts (measured: an
-``M x 256 @ 256 x 704`` product gives other last bits for ``M <= 10`` than the same rows inside a
-batch of 32), which changes documents. :func:`supports` says which models qualify (a plain ``LlamaForCausalLM`` with default
+tiny model. Finished rows stay in the matrix products, as in ``generate()``: dropping them would
+change documents, because the CPU matrix kernels round differently for different row counts
+(measured: an ``M x 256 @ 256 x 704`` product gives other last bits for ``M <= 10`` than the same
+rows inside a batch of 32). Attention, computed row by row, is the cost that grows with the longest
+document of a ragged batch; once a quarter of the attended rows have ended it runs for the
+unfinished rows only (:meth:`LeanLlama.keep`). :func:`supports` says which models qualify (a plain ``LlamaForCausalLM`` with default
 RoPE, SiLU, no biases, every head its own key/value head, in inference mode); anything else
 (``peft`` adapters, other architectures) goes through ``generate()``.
 """
@@ -83,6 +85,7 @@ class LeanLlama:
         self.cache = [(torch.empty(shape, dtype=like.dtype, device=like.device),
                        torch.empty(shape, dtype=like.dtype, device=like.device)) for _ in self.layers]
         self.length = 0
+        self.rows: torch.Tensor | None = None  # the batch rows the cache holds (None: all)
         pos = torch.arange(length, device=like.device, dtype=torch.float32)
         freqs = pos[:, None] * self.inv_freq.to(device=like.device, dtype=torch.float32)
         emb = torch.cat((freqs, freqs), dim=-1)
@@ -101,21 +104,41 @@ class LeanLlama:
         half = x.shape[-1] // 2
         return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
+    def keep(self, rows: torch.Tensor) -> None:
+        """Attend only for ``rows`` (indices into the batch) from now on: the other rows' cache is
+        dropped and their attention output is zero (their tokens are padding, never read). Matrix
+        products still run over the whole batch, so every kept row is computed exactly as before
+        (products round differently for other row counts; attention does not, row by row)."""
+        pos = rows if self.rows is None else torch.searchsorted(self.rows, rows)
+        t = self.length
+        kept = []
+        for k, v in self.cache:
+            k2, v2 = k.new_empty((len(rows), *k.shape[1:])), v.new_empty((len(rows), *v.shape[1:]))
+            k2[:, :, :t], v2[:, :, :t] = k[pos, :, :t], v[pos, :, :t]  # only the positions written
+            kept.append((k2, v2))
+        self.cache, self.rows = kept, rows
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         batch, width = ids.shape
         t0, t1 = self.length, self.length + width
         cos = self.cos[t0:t1][None, None]
         sin = self.sin[t0:t1][None, None]
         causal = width > 1
+        rows = self.rows
         h = F.embedding(ids, self.embed)
         split = (batch, width, -1, self.head_dim)
         for (n1, e1, wq, wk, wv, wo, n2, e2, wg, wu, wd), (kc, vc) in zip(self.layers, self.cache, strict=True):
             x = self._rms(h, n1, e1)
             q = self._rotate(F.linear(x, wq).view(split).transpose(1, 2), cos, sin)
-            kc[:, :, t0:t1] = self._rotate(F.linear(x, wk).view(split).transpose(1, 2), cos, sin)
-            vc[:, :, t0:t1] = F.linear(x, wv).view(split).transpose(1, 2)
+            k = self._rotate(F.linear(x, wk).view(split).transpose(1, 2), cos, sin)
+            v = F.linear(x, wv).view(split).transpose(1, 2)
+            if rows is not None:
+                q, k, v = q[rows], k[rows], v[rows]
+            kc[:, :, t0:t1], vc[:, :, t0:t1] = k, v
             a = F.scaled_dot_product_attention(q, kc[:, :, :t1], vc[:, :, :t1], dropout_p=0.0,
                                                scale=self.scale, is_causal=causal)
+            if rows is not None:
+                a = a.new_zeros((batch, *a.shape[1:])).index_copy_(0, rows, a)
             a = a.transpose(1, 2).contiguous().reshape(batch, width, -1).contiguous()
             h = h + F.linear(a, wo)
             x = self._rms(h, n2, e2)
@@ -173,5 +196,9 @@ def sample_tokens(model: Any, input_ids: torch.Tensor, *, max_new_tokens: int, e
             unfinished = unfinished & (nxt != eos_token_id).long()
             if not bool(unfinished.any()) or ids.shape[1] >= total:
                 break
+            held = lean.rows if lean.rows is not None else torch.arange(batch, device=ids.device)
+            still = held[unfinished[held].bool()]
+            if 4 * len(still) <= 3 * len(held):  # a quarter of the attended rows have ended
+                lean.keep(still)
             logits = lean.forward(nxt[:, None])
     return ids
