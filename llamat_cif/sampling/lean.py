@@ -17,8 +17,10 @@ change documents, because the CPU matrix kernels round differently for different
 (measured: an ``M x 256 @ 256 x 704`` product gives other last bits for ``M <= 10`` than the same
 rows inside a batch of 32). Attention, computed row by row, is the cost that grows with the longest
 document of a ragged batch; once a quarter of the attended rows have ended it runs for the
-unfinished rows only (:meth:`LeanLlama.keep`). :func:`supports` says which models qualify (a plain ``LlamaForCausalLM`` with default
-RoPE, SiLU, no biases, every head its own key/value head, in inference mode); anything else
+unfinished rows only (:meth:`LeanLlama.keep`).
+
+:func:`supports` says which models qualify (a plain ``LlamaForCausalLM`` with default RoPE, SiLU, no
+biases, every head its own key/value head, SDPA attention, in inference mode); anything else
 (``peft`` adapters, other architectures) goes through ``generate()``.
 """
 
@@ -77,6 +79,7 @@ class LeanLlama:
         self.scaling = inner.rotary_emb.attention_scaling
         self.cache: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.length = 0
+        self.rows: torch.Tensor | None = None  # the batch rows attention runs for (None: all)
 
     def start(self, batch: int, length: int) -> None:
         """A fresh cache for ``batch`` rows of at most ``length`` tokens."""
@@ -85,7 +88,7 @@ class LeanLlama:
         self.cache = [(torch.empty(shape, dtype=like.dtype, device=like.device),
                        torch.empty(shape, dtype=like.dtype, device=like.device)) for _ in self.layers]
         self.length = 0
-        self.rows: torch.Tensor | None = None  # the batch rows the cache holds (None: all)
+        self.rows = None
         pos = torch.arange(length, device=like.device, dtype=torch.float32)
         freqs = pos[:, None] * self.inv_freq.to(device=like.device, dtype=torch.float32)
         emb = torch.cat((freqs, freqs), dim=-1)
