@@ -32,6 +32,7 @@ Both formats may start with ``# key: value`` comment lines (a conditioning heade
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import warnings
@@ -372,20 +373,16 @@ _QUIET_WARNINGS = ("No _symmetry_equiv", "Issues encountered while parsing CIF")
 
 
 _HM_LINE = re.compile(r"^_symmetry_space_group_name_H[-_]M\s+'?([^'\n]+?)'?\s*$", re.MULTILINE)
-#: pymatgen ``SpaceGroup``s kept alive: pymatgen caches them in a weak dictionary, so without a
-#: reference the group (~0.1 s to build) is rebuilt for every CIF without an operations loop.
+#: pymatgen caches ``SpaceGroup``s weakly: without a reference each group (~0.1 s) is rebuilt per CIF
 _SPACE_GROUPS: dict[str, object] = {}
 
 
 def _keep_space_group(text: str) -> None:
-    """Build, once, the pymatgen ``SpaceGroup`` that ``CifParser`` will build for a CIF that
-    gives only its Hermann-Mauguin symbol (the canonical CIF), and keep it: ``CifParser`` then gets
-    the same (cached) object instead of rebuilding it. A CIF with an operations loop, or a symbol
-    pymatgen does not know, is left to ``CifParser`` as it is."""
-    if "_symmetry_equiv_pos_as_xyz" in text or "_space_group_symop_operation_xyz" in text:
-        return
+    """Build once, and keep, the ``SpaceGroup(...)`` that ``CifParser.get_symops`` builds for a CIF
+    with a Hermann-Mauguin symbol and no operations loop (the canonical CIF), so the parser gets the
+    cached object. Other CIFs, and symbols pymatgen does not know, are left to ``CifParser``."""
     found = _HM_LINE.search(text)
-    if not found:
+    if not found or "_symmetry_equiv_pos_as_xyz" in text or "_space_group_symop_operation_xyz" in text:
         return
     key = re.sub(r"[\s_]", "", found.group(1))
     if key in _SPACE_GROUPS:
@@ -394,10 +391,8 @@ def _keep_space_group(text: str) -> None:
 
     symbols = {re.sub(r"[\s_]", "", k): k for k in SYMM_DATA["space_group_encoding"]}
     if key in symbols:
-        try:
-            _SPACE_GROUPS[key] = SpaceGroup(symbols[key])  # the call CifParser.get_symops makes
-        except ValueError:
-            pass
+        with contextlib.suppress(ValueError):  # CifParser, too, passes over a group it cannot build
+            _SPACE_GROUPS[key] = SpaceGroup(symbols[key])
 
 
 def read_cif(text: str, *, strict: bool = False) -> Structure:
