@@ -102,3 +102,11 @@ def test_the_decoder_setting_is_checked_and_left_out_of_resume_keys():
     with pytest.raises(ValueError, match="decoder must be one of lean, transformers"):
         SampleConfig(n=1, out_dir="x", decoder="onnx")
     assert "decoder" not in RESUME_KEYS  # either loop writes the same rows: a run may resume with the other
+
+
+def test_the_cli_offers_exactly_the_decoders_the_config_knows():
+    from llamat_cif.cli.generate import generate as command
+    from llamat_cif.sampling.config import DECODERS
+
+    (option,) = [p for p in command.params if p.name == "decoder"]
+    assert tuple(option.type.choices) == DECODERS and option.default == "lean"
