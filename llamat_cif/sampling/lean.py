@@ -184,7 +184,7 @@ def sample_tokens(model: Any, input_ids: torch.Tensor, *, max_new_tokens: int, e
     lean.start(batch, total)
     unfinished = torch.ones(batch, dtype=torch.long, device=input_ids.device)
     ids = input_ids
-    with torch.inference_mode():
+    with torch.no_grad():  # not inference_mode: callers may feed the ids to a training step
         logits = lean.forward(input_ids)
         for _ in range(total - prompt):
             scores = logits
