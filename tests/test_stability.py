@@ -494,3 +494,38 @@ def test_primitive_cell_is_relaxed_and_both_site_counts_recorded():
     assert not prim["error"] and not given["error"]
     assert abs(prim["energy_per_atom"] - given["energy_per_atom"]) < 0.01
     assert abs(prim["volume_change"] - given["volume_change"]) < 0.02  # per atom, comparable
+
+
+def test_fast_chgnet_calculator_matches_chgnets_own(chgnet, nacl, diamond):
+    """One backward pass with subnormals flushed (llamat_cif.stability.chgnet_calc) gives chgnet's
+    energy, forces, stress and magnetic moments, on cells pushed off equilibrium (non-zero forces and
+    stress), and leaves torch's subnormal handling as it was."""
+    import torch
+
+    from chgnet.model.dynamics import CHGNetCalculator
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    from llamat_cif.stability.chgnet_calc import FastCHGNetCalculator
+
+    assert isinstance(chgnet.calculator(), FastCHGNetCalculator)  # what every relaxation uses
+    perovskite = Structure(Lattice.cubic(3.9), ["Sr", "Ti", "O", "O", "O"],
+                           [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+    rng = np.random.default_rng(0)
+    stock = CHGNetCalculator(model=chgnet.model, use_device="cpu", on_isolated_atoms="ignore")
+    for s in (nacl, diamond, perovskite):
+        s = s.copy()
+        s.apply_strain([0.03, -0.02, 0.01])
+        s.perturb(0.1, min_distance=0.05, seed=int(rng.integers(100)))
+        res = {}
+        for name, calc in (("stock", stock), ("fast", chgnet.calculator())):
+            atoms = AseAtomsAdaptor.get_atoms(s)
+            atoms.calc = calc
+            res[name] = (atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress(),
+                         atoms.get_magnetic_moments())
+        (e0, f0, s0, m0), (e1, f1, s1, m1) = res["stock"], res["fast"]
+        assert e1 == pytest.approx(e0, abs=1e-5)  # the same forward (equal to the bit where measured)
+        assert np.abs(f0).max() > 0.05 and np.abs(s0).max() > 1e-3  # off equilibrium: a real comparison
+        np.testing.assert_allclose(f1, f0, atol=2e-4)  # eV/Å: float32 summation order only
+        np.testing.assert_allclose(s1, s0, atol=2e-5)  # eV/Å^3
+        np.testing.assert_array_equal(m1, m0)
+    assert (torch.tensor([1e-40]) * 1.0).item() > 0  # subnormals kept again outside the call

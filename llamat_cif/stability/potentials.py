@@ -101,10 +101,11 @@ class Potential:
 
     def _new_calculator(self):
         if self.backend == "chgnet":
-            from chgnet.model.dynamics import CHGNetCalculator
+            # one backward pass for forces and stress: the same numbers at half the cost
+            from llamat_cif.stability.chgnet_calc import FastCHGNetCalculator
 
             with _quiet_stdout():  # "CHGNet will run on cpu", once per calculator and worker
-                return CHGNetCalculator(model=self.model, use_device=self.device, on_isolated_atoms="ignore")
+                return FastCHGNetCalculator(model=self.model, use_device=self.device, on_isolated_atoms="ignore")
         if self.backend == "sevennet":
             return self.model  # the SevenNet ASE calculator itself
         if self.backend == "matgl":
