@@ -501,7 +501,6 @@ def test_fast_chgnet_calculator_matches_chgnets_own(chgnet, nacl, diamond):
     energy, forces, stress and magnetic moments, on cells pushed off equilibrium (non-zero forces and
     stress), and leaves torch's subnormal handling as it was."""
     import torch
-
     from chgnet.model.dynamics import CHGNetCalculator
     from pymatgen.io.ase import AseAtomsAdaptor
 
@@ -529,3 +528,29 @@ def test_fast_chgnet_calculator_matches_chgnets_own(chgnet, nacl, diamond):
         np.testing.assert_allclose(s1, s0, atol=2e-5)  # eV/Å^3
         np.testing.assert_array_equal(m1, m0)
     assert (torch.tensor([1e-40]) * 1.0).item() > 0  # subnormals kept again outside the call
+
+
+def test_cell_filter_keeps_forces_only_while_nothing_moves(chgnet, nacl):
+    """The relaxer's FrechetCellFilter returns ASE's own generalized forces and stress, computed once
+    per configuration: the same arrays while atoms and cell stay, new ones after a move."""
+    from ase.filters import FrechetCellFilter
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    from llamat_cif.stability.relax import _cell_filter
+
+    atoms = AseAtomsAdaptor.get_atoms(nacl)
+    atoms.rattle(0.05, seed=0)
+    atoms.calc = chgnet.calculator()
+    kept, plain = _cell_filter(atoms), FrechetCellFilter(atoms)
+    first = kept.get_forces()
+    np.testing.assert_array_equal(first, plain.get_forces())
+    np.testing.assert_array_equal(kept.stress, plain.stress)
+    before = first.copy()
+    first[:] = 0.0  # a caller writing into the returned array does not change what is kept
+    np.testing.assert_array_equal(kept.get_forces(), plain.get_forces())
+    x = kept.get_positions()
+    x[0] += 0.05
+    kept.set_positions(x)
+    moved = kept.get_forces()
+    np.testing.assert_array_equal(moved, plain.get_forces())  # recomputed for the new configuration
+    assert np.abs(moved - before).max() > 1e-3  # and they differ from the first configuration's
