@@ -19,6 +19,11 @@ only; torch's default, off, is restored after): CHGNet's smooth cutoffs and radi
 subnormal float32 values, which the CPU handles in slow microcode. Measured on 40 MP-20 test
 structures displaced by 0.03 Å: 23.5 -> 15.5 ms per call (median of 4 alternating rounds), energies
 and stresses bit-for-bit the same.
+
+Long relaxations of far-from-equilibrium cells are chaotic, so the float32-order differences can end
+some of them in another minimum: re-relaxing the 300 chosen samples of the default's protocol run moved
+21/300 rows by more than 0.01 eV/atom, and chgnet's own calculator moves 15 of the same rows when only
+its thread count changes (``benchmarks/stability/README.md``).
 """
 
 from __future__ import annotations
