@@ -457,3 +457,27 @@ def test_a_run_from_before_a_setting_existed_resumes_only_under_its_old_value(tm
         check_resume(tmp_path, SampleConfig(**{**asdict(old), "max_primitive_atoms": 20}))
     with pytest.raises(ValueError, match="max primitive atoms"):
         SampleConfig(n=1, out_dir=str(tmp_path), max_primitive_atoms=-1)
+
+
+def test_a_document_is_read_once_for_the_floor_check_and_its_row(monkeypatch, nacl):
+    """The below-floor check and ``decode_sample`` read a drawn document once between them, and the
+    row's CIF is the one a fresh read gives (the kept structure is copied, never changed)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    import llamat_cif.cif as cif
+    from llamat_cif.model import resolve_model_path
+    from llamat_cif.sampling import sample
+
+    tok = AutoTokenizer.from_pretrained(resolve_model_path("default"))
+    text = cif.to_text(nacl)
+    expected = cif.structure_to_cif(cif.from_text(text, "cif"))
+    ids = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    reads = []
+    real = cif.from_text
+    monkeypatch.setattr(cif, "from_text", lambda t, fmt=None: reads.append(t) or real(t, fmt))
+    sample._read.cache_clear()
+    assert sample._below_floor(torch.tensor(ids), tok, 0.7, "cif") is False  # rock salt keeps 0.7
+    rows = [sample.decode_sample(ids, tok) for _ in range(2)]
+    assert len(reads) == 1
+    assert rows[0]["cif"] == rows[1]["cif"] == expected and rows[0]["error"] == ""

@@ -32,6 +32,7 @@ its resume helpers in :mod:`llamat_cif.sampling.rows`, the logits processor in
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from dataclasses import asdict
@@ -155,17 +156,24 @@ def draw_batch(model, tokenizer, *, size: int, seed: tuple[int, ...], prompt: st
     return new
 
 
+@functools.lru_cache(maxsize=256)
+def _read(text: str, fmt: str):
+    """``cif.from_text``, kept for the last documents: the below-floor check reads each constrained
+    document and :func:`decode_sample` reads it again (~20 ms each). Callers must not change it."""
+    from llamat_cif.cif import from_text
+
+    return from_text(text, fmt)
+
+
 def _below_floor(ids, tokenizer, floor: float, fmt: str) -> bool:
     """Whether one drawn document's crystal holds a pair closer than ``floor`` x its covalent-radius
     sum (a document that does not read as a crystal is left to the validators: False)."""
-    from llamat_cif.cif import from_text
     from llamat_cif.physics import min_contact_ratio
 
     ids = [t for t in ids.tolist() if t != tokenizer.pad_token_id]
     try:
-        structure = from_text(tokenizer.decode(ids, skip_special_tokens=True,
-                                               clean_up_tokenization_spaces=False), fmt)
-        return min_contact_ratio(structure) < floor
+        structure = _read(tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False), fmt)
+        return min_contact_ratio(structure) < floor  # reads the structure, never changes it
     except Exception:  # noqa: BLE001 - unreadable text is the validators' verdict, not the sampler's
         return False
 
@@ -178,14 +186,14 @@ def decode_sample(ids: list[int], tokenizer, *, prompt: str = "", fmt: str = "ci
     its text and gets an ``error`` (``cif`` empty when it does not decode). Shared by
     :func:`generate` and the alignment rounds of :mod:`llamat_cif.train.align`.
     """
-    from llamat_cif.cif import CrystalTextError, from_text, structure_to_cif
+    from llamat_cif.cif import CrystalTextError, structure_to_cif
 
     text = prompt + tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
     row = {"text": text, "cif": "", "error": ""}
     if tokenizer.eos_token_id not in ids:
         row["error"] = f"no end of structure within {max_new_tokens} tokens"
     try:
-        row["cif"] = structure_to_cif(from_text(text, fmt))
+        row["cif"] = structure_to_cif(_read(text, fmt).copy())
     except (CrystalTextError, ValueError) as exc:
         row["error"] = (row["error"] + "; " if row["error"] else "") + str(exc)[:500]
     except Exception as exc:  # noqa: BLE001 - a bad sample never stops the run
