@@ -554,3 +554,25 @@ def test_cell_filter_keeps_forces_only_while_nothing_moves(chgnet, nacl):
     moved = kept.get_forces()
     np.testing.assert_array_equal(moved, plain.get_forces())  # recomputed for the new configuration
     assert np.abs(moved - before).max() > 1e-3  # and they differ from the first configuration's
+
+
+def test_in_process_relaxation_runs_one_torch_thread_on_cpu(chgnet, nacl):
+    """Graphs of a few atoms are too small to share between threads (a second thread made 20
+    relaxations 2.4-4x slower here): on the CPU an in-process run uses one unless told otherwise,
+    as every pool worker does, and records it."""
+    import torch
+
+    from llamat_cif.stability.pipeline import _torch_threads
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        row = next(relax_many([("a", nacl)], chgnet))
+        assert row["error"] is None and torch.get_num_threads() == 1
+        next(relax_many([("a", nacl)], chgnet, threads=2))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert _torch_threads(StabilityConfig(device="cpu")) == 1
+    assert _torch_threads(StabilityConfig(device="cpu", threads=3)) == 3
+    assert _torch_threads(StabilityConfig(device="cpu", threads=3, n_workers=2)) == 1

@@ -28,7 +28,7 @@ from llamat_cif.stability.relax import quiet_warnings
 @relax_options
 @click.option("--workers", type=int, default=1, show_default=True, help="Worker processes (CPU).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="torch threads of a one-worker run (default: torch's); each of several workers uses 1.")
+              help="torch threads of a one-worker run (default: 1 on CPU, torch's on GPU); each of several workers uses 1.")
 @click.option("--batch-size", type=int, default=8, show_default=True, help="Rows per append to the output.")
 @click.option("--device", default=None, help="cpu / cuda (default: cuda when available).")
 @click.option("--limit", type=int, default=None, help="Score only the first N structures.")

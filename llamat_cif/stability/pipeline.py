@@ -27,7 +27,7 @@ from llamat_cif.protocol import E_HULL_METASTABLE, environment_info
 from llamat_cif.runs import RunStore
 from llamat_cif.stability.agreement import agreement_summary, cross_score, potential_names
 from llamat_cif.stability.hull import Hull, HullError, mp2020_corrected_energy
-from llamat_cif.stability.potentials import Potential, load_potential
+from llamat_cif.stability.potentials import Potential, auto_device, load_potential
 from llamat_cif.stability.relax import RelaxConfig, error_row, relax_many
 from llamat_cif.stability.summary import summarize
 
@@ -187,7 +187,7 @@ class StabilityConfig:
     batch_size: int = 8
     device: str | None = None
     e_hull_metastable: float = E_HULL_METASTABLE
-    threads: int | None = None  # torch threads of an in-process run (n_workers 1); None: torch's default
+    threads: int | None = None  # torch threads of an in-process run (n_workers 1); None: 1 on CPU, else torch's
     disagreement: float = 0.1  # agreement mode: flag rows whose E_hull differs by more (eV/atom)
 
 
@@ -334,6 +334,8 @@ def _torch_threads(config: StabilityConfig) -> int | None:
         return 1
     if config.threads is not None:
         return max(1, int(config.threads))
+    if auto_device(config.device) == "cpu":
+        return 1  # relax_many's default on the CPU
     try:
         import torch
 
