@@ -1,4 +1,5 @@
-"""CHGNet as an ASE calculator with inference-only gradients: the same numbers at half the cost.
+"""CHGNet as an ASE calculator with inference-only gradients: chgnet's numbers (to float32 rounding)
+at about a third of the cost.
 
 ``chgnet`` (0.4.2) takes forces and stresses in ``CHGNet._compute`` with two ``torch.autograd.grad``
 calls, each with ``create_graph=True``: two backward passes, each recording a graph for a second
@@ -10,15 +11,17 @@ relaxation profile).
 strain that gives the stress, then ``CHGNet._compute``) and takes both gradients in **one** backward
 pass without a double-backward graph. Energies are identical (the forward is the same); forces and
 stresses differ only by float32 summation order (measured on 30 MP-20 test structures: max 5e-5 eV/Å,
-7e-5 GPa; ``tests/test_stability.py`` checks it), at 19-20 ms per call instead of 40
-(single thread, 30 structures, median 9 sites). Site energies, or a task without forces and stress, go
-to chgnet's own path.
+7e-5 GPa; ``tests/test_stability.py`` checks it), at 19-20 ms per call instead of 40 (one thread, 30
+structures, median 9 sites). Site energies, or a task without forces and stress, go to chgnet's own
+path.
 
 It also computes with subnormal floats flushed to zero (``torch.set_flush_denormal``, for the call
 only; torch's default, off, is restored after): CHGNet's smooth cutoffs and radial bases produce
 subnormal float32 values, which the CPU handles in slow microcode. Measured on 40 MP-20 test
 structures displaced by 0.03 Å: 23.5 -> 15.5 ms per call (median of 4 alternating rounds), energies
-and stresses bit-for-bit the same.
+and stresses bit-for-bit the same. Both together: ~13.6 ms against chgnet's ~50 ms per call on 10
+structures displaced 0.1 Å (3.6x); a relaxation pool of 2 workers 2.34x
+(``benchmarks/stability/relax_ab.json``).
 
 Long relaxations of far-from-equilibrium cells are chaotic, so the float32-order differences can end
 some of them in another minimum: re-relaxing the 300 chosen samples of the default's protocol run moved
