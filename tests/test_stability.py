@@ -576,3 +576,19 @@ def test_in_process_relaxation_runs_one_torch_thread_on_cpu(chgnet, nacl):
     assert _torch_threads(StabilityConfig(device="cpu")) == 1
     assert _torch_threads(StabilityConfig(device="cpu", threads=3)) == 3
     assert _torch_threads(StabilityConfig(device="cpu", threads=3, n_workers=2)) == 1
+
+
+def test_a_chgnet_with_other_internals_relaxes_with_its_own_calculator(chgnet, monkeypatch):
+    """FastCHGNetCalculator calls chgnet internals; where they are missing, chgnet's own calculator
+    is used, with a warning, instead of every relaxation failing."""
+    import dataclasses
+
+    from chgnet.model.dynamics import CHGNetCalculator
+
+    import llamat_cif.stability.chgnet_calc as calc_mod
+
+    assert calc_mod.fast_path_supported()  # the installed chgnet
+    monkeypatch.setattr(calc_mod, "fast_path_supported", lambda: False)
+    with pytest.warns(UserWarning, match="chgnet's own"):
+        calc = dataclasses.replace(chgnet, extra={}).calculator()
+    assert type(calc) is CHGNetCalculator

@@ -51,6 +51,25 @@ def _flush_denormal(torch):
         torch.set_flush_denormal(False)
 
 
+def fast_path_supported() -> bool:
+    """Whether the installed chgnet has the internals :class:`FastCHGNetCalculator` calls (checked
+    against 0.3-0.4: ``CHGNet._compute``'s keywords, ``BatchedGraph.from_graphs(compute_stress=...)``
+    and the batched graph's positions, strains and volumes)."""
+    import dataclasses
+    import inspect
+
+    from chgnet.model.model import BatchedGraph, CHGNet
+
+    try:
+        compute = set(inspect.signature(CHGNet._compute).parameters)
+        batch = set(inspect.signature(BatchedGraph.from_graphs).parameters)
+        fields = {f.name for f in dataclasses.fields(BatchedGraph)}
+    except (AttributeError, TypeError, ValueError):
+        return False
+    return ({"compute_magmom", "return_crystal_feas"} <= compute and "compute_stress" in batch
+            and {"atom_positions", "strains", "volumes"} <= fields)
+
+
 class FastCHGNetCalculator(CHGNetCalculator):
     """:class:`chgnet.model.dynamics.CHGNetCalculator` whose forces and stress come from one
     backward pass (see the module docstring); same constructor, same results keys."""

@@ -27,6 +27,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,11 +102,17 @@ class Potential:
 
     def _new_calculator(self):
         if self.backend == "chgnet":
-            # one backward pass for forces and stress, subnormals flushed: chgnet's numbers, ~3x faster
-            from llamat_cif.stability.chgnet_calc import FastCHGNetCalculator
+            from chgnet.model.dynamics import CHGNetCalculator
 
+            # one backward pass for forces and stress, subnormals flushed: chgnet's numbers, ~3x faster
+            from llamat_cif.stability.chgnet_calc import FastCHGNetCalculator, fast_path_supported
+
+            cls = FastCHGNetCalculator if fast_path_supported() else CHGNetCalculator
+            if cls is CHGNetCalculator:
+                warnings.warn(f"chgnet {self.package_version}: internals differ from 0.3-0.4; relaxing with "
+                              "chgnet's own, ~3x slower calculator", stacklevel=2)
             with _quiet_stdout():  # "CHGNet will run on cpu", once per calculator and worker
-                return FastCHGNetCalculator(model=self.model, use_device=self.device, on_isolated_atoms="ignore")
+                return cls(model=self.model, use_device=self.device, on_isolated_atoms="ignore")
         if self.backend == "sevennet":
             return self.model  # the SevenNet ASE calculator itself
         if self.backend == "matgl":
