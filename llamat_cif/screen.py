@@ -32,7 +32,7 @@ from llamat_cif.protocol import E_HULL_METASTABLE, E_HULL_STABLE
 from llamat_cif.sampling.config import SampleConfig
 from llamat_cif.sampling.rows import read_samples, samples_file
 from llamat_cif.stability.pipeline import StabilityConfig, run_stability
-from llamat_cif.stability.relax import RelaxConfig
+from llamat_cif.stability.relax import RelaxConfig, auto_workers
 from llamat_cif.stability.summary import rate
 
 
@@ -48,7 +48,8 @@ class ScreenConfig:
         potential: ML potential (``llamat_cif.stability.load_potential``; ``"a,b"``: agreement mode).
         relax: relaxer settings.
         hull: user hull file (None: MP-20 reference hull).
-        n_workers: processes for validation and relaxation.
+        n_workers: processes for validation and relaxation; 0: auto
+            (:func:`llamat_cif.stability.relax.auto_workers`, for each stage's number of structures).
         relax_filter: which validated rows go on to relaxation: ``"valid"`` (structural and
             compositional, CDVAE), ``"structural"`` (charge balance not required: intermetallics
             and SMACT-unbalanced compounds are relaxed too) or ``"parsed"`` (everything that decoded).
@@ -65,7 +66,7 @@ class ScreenConfig:
     potential: str = "chgnet"
     relax: RelaxConfig = field(default_factory=RelaxConfig)
     hull: str | None = None
-    n_workers: int = 1
+    n_workers: int = 0
     relax_filter: str = "valid"
     dedup_before_relax: bool = True
     novelty_reference: str | None = "mp20"
@@ -76,8 +77,8 @@ class ScreenConfig:
     def __post_init__(self) -> None:
         if self.sample.targets and not self.sample.constrained:
             raise ValueError("--targets needs constrained decoding (drop --unconstrained)")
-        if self.n_workers < 1:
-            raise ValueError(f"workers must be >= 1, got {self.n_workers}")
+        if self.n_workers < 0:
+            raise ValueError(f"workers must be >= 0 (0: auto), got {self.n_workers}")
         if self.relax_filter not in ("valid", "structural", "parsed"):
             raise ValueError(f"relax filter must be valid, structural or parsed, got {self.relax_filter!r}")
 
@@ -202,7 +203,8 @@ def stage_validate(config: ScreenConfig, *, data_dir: str | Path | None = None, 
     from llamat_cif.validators.run import run_validation
 
     out = Path(config.out_dir)
-    run_validation(samples_file(out), out, n_jobs=max(1, config.n_workers), keep_cif=True, resume=True,
+    jobs = config.n_workers or auto_workers(config.sample.n, "cpu")  # validation runs on the CPU
+    run_validation(samples_file(out), out, n_jobs=jobs, keep_cif=True, resume=True,
                    progress=progress, executor=executor)
     v = pd.read_parquet(out / "validity.parquet")
     v["id"] = v["id"].astype(str)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pandas as pd
@@ -592,3 +593,29 @@ def test_a_chgnet_with_other_internals_relaxes_with_its_own_calculator(chgnet, m
     with pytest.warns(UserWarning, match="chgnet's own"):
         calc = dataclasses.replace(chgnet, extra={}).calculator()
     assert type(calc) is CHGNetCalculator
+
+
+def test_auto_workers_follow_the_work_and_the_cores():
+    from llamat_cif.stability.relax import AUTO_WORKERS_MAX, auto_workers
+
+    cores = len(os.sched_getaffinity(0))
+    assert auto_workers(5, "cpu") == 1  # fewer than 8 structures: not worth a second process
+    assert auto_workers(16, "cpu") == min(cores, 2)
+    assert auto_workers(10_000, "cpu") == min(cores, AUTO_WORKERS_MAX)
+    assert auto_workers(10_000, "cuda") == 1
+
+
+def test_pooled_and_in_process_relaxations_give_the_same_rows(chgnet, nacl, diamond):
+    """Every CPU relaxation runs one torch thread, pooled or not, so ``--workers`` (and its auto
+    default) cannot change a row."""
+    items = []
+    for i, s in enumerate((nacl, diamond)):
+        s = s.copy()
+        s.perturb(0.1, seed=i)
+        items.append((f"s{i}", s))
+    here = {r["id"]: r for r in relax_many(items, chgnet)}
+    pooled = {r["id"]: r for r in relax_many(items, "chgnet", n_workers=2)}
+    for sid in here:
+        assert here[sid]["error"] is None and here[sid]["n_steps"] > 0
+        assert (pooled[sid]["energy_per_atom"], pooled[sid]["n_steps"]) == (here[sid]["energy_per_atom"],
+                                                                            here[sid]["n_steps"])

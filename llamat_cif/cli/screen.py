@@ -30,7 +30,9 @@ from llamat_cif.stability.relax import quiet_warnings
 @relax_options
 @click.option("--relax-filter", type=click.Choice(["valid", "structural", "parsed"]), default="valid",
               show_default=True, help="Which samples are relaxed: CDVAE-valid, structurally valid, or all parsed.")
-@click.option("--workers", type=int, default=1, show_default=True, help="Processes for validation/relaxation.")
+@click.option("--workers", type=click.IntRange(min=0), default=0,
+              help="Processes for validation/relaxation [default: 0 = auto: one per CPU core, at most one per "
+                   "8 structures, at most 8; 1 on a GPU]. Rows do not depend on it.")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="ray: generation, validation and relaxation as Ray tasks (pip install -e '.[ray]'); same "
                    "files and rows as local, for the same seed.")

@@ -26,7 +26,9 @@ from llamat_cif.stability.relax import quiet_warnings
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Output folder [INPUT itself when it is a run folder].")
 @relax_options
-@click.option("--workers", type=int, default=1, show_default=True, help="Worker processes (CPU).")
+@click.option("--workers", type=click.IntRange(min=0), default=0,
+              help="Worker processes [default: 0 = auto: one per CPU core, at most one per 8 structures, "
+                   "at most 8; 1 on a GPU]. Rows do not depend on it.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="torch threads of a one-worker run (default: 1 on CPU, torch's on GPU); each of several workers uses 1.")
 @click.option("--batch-size", type=int, default=8, show_default=True, help="Rows per append to the output.")

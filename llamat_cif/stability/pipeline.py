@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from llamat_cif.runs import RunStore
 from llamat_cif.stability.agreement import agreement_summary, cross_score, potential_names
 from llamat_cif.stability.hull import Hull, HullError, mp2020_corrected_energy
 from llamat_cif.stability.potentials import Potential, auto_device, load_potential
-from llamat_cif.stability.relax import RelaxConfig, error_row, relax_many
+from llamat_cif.stability.relax import RelaxConfig, auto_workers, error_row, relax_many
 from llamat_cif.stability.summary import summarize
 
 STABILITY_COLUMNS = [
@@ -183,7 +183,7 @@ class StabilityConfig:
     potential: str = "chgnet"
     hull: str | None = None  # None: MP-20 reference hull from the data dir; else a file
     relax: RelaxConfig = field(default_factory=RelaxConfig)
-    n_workers: int = 1
+    n_workers: int = 1  # 0: auto (relax.auto_workers: CPU cores, at most one per 8 structures)
     batch_size: int = 8
     device: str | None = None
     e_hull_metastable: float = E_HULL_METASTABLE
@@ -259,6 +259,8 @@ def run_stability(
     store = RunStore(out / filename, columns=STABILITY_COLUMNS)
     done = store.done_ids()
     todo = [t for t in triples if t[0] not in done]
+    if config.n_workers == 0:  # auto: by the work left and the cores (rows do not depend on it)
+        config = replace(config, n_workers=auto_workers(len(todo), config.device))
 
     protocol = {
         "relax": config.relax.protocol(), **pot.protocol(), **hull.protocol(),

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from llamat_cif.protocol import CDVAE_MIN_DISTANCE
-from llamat_cif.stability.potentials import Potential, load_potential
+from llamat_cif.stability.potentials import Potential, auto_device, load_potential
 
 
 @dataclass(frozen=True)
@@ -290,6 +290,24 @@ def _cell_filter(atoms):
 
 
 # ------------------------------------------------------------------------------- process pool
+
+#: the most worker processes ``n_workers=0`` (auto) starts: each holds its own potential (~0.4 GB)
+AUTO_WORKERS_MAX = 8
+
+
+def auto_workers(n_items: int, device: str | None = None) -> int:
+    """Worker processes for ``n_items`` structures when the caller asks for "auto" (``0``): one per
+    CPU core this process may use, at most one per 8 structures (starting a worker and loading its
+    potential costs ~2.4 s, about eight relaxations here) and at most :data:`AUTO_WORKERS_MAX`; 1 on
+    a GPU. Rows do not depend on it: every CPU relaxation runs one torch thread, pooled or not."""
+    if auto_device(device) != "cpu":
+        return 1
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, AUTO_WORKERS_MAX, -(-int(n_items) // 8)))
+
 
 _WORKER: dict = {}
 
