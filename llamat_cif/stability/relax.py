@@ -291,7 +291,8 @@ def _cell_filter(atoms):
 
 # ------------------------------------------------------------------------------- process pool
 
-#: the most worker processes ``n_workers=0`` (auto) starts: each holds its own potential (~0.4 GB)
+#: the most worker processes ``n_workers=0`` (auto) starts: each holds its own potential (a CHGNet
+#: worker peaks at ~0.5 GB resident after a relaxation)
 AUTO_WORKERS_MAX = 8
 
 
