@@ -28,7 +28,13 @@ from llamat_cif.runs import RunStore
 from llamat_cif.stability.agreement import agreement_summary, cross_score, potential_names
 from llamat_cif.stability.hull import Hull, HullError, mp2020_corrected_energy
 from llamat_cif.stability.potentials import Potential, auto_device, load_potential
-from llamat_cif.stability.relax import RelaxConfig, auto_workers, error_row, relax_many
+from llamat_cif.stability.relax import (
+    RelaxConfig,
+    auto_workers,
+    error_row,
+    relax_many,
+    relax_threads,
+)
 from llamat_cif.stability.summary import summarize
 
 STABILITY_COLUMNS = [
@@ -334,10 +340,8 @@ def _torch_threads(config: StabilityConfig) -> int | None:
     """Intra-op threads each relaxation runs with (pool workers: 1)."""
     if config.n_workers > 1:
         return 1
-    if config.threads is not None:
-        return max(1, int(config.threads))
-    if auto_device(config.device) == "cpu":
-        return 1  # relax_many's default on the CPU
+    if (n := relax_threads(config.threads, auto_device(config.device))) is not None:
+        return n
     try:
         import torch
 

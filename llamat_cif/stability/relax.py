@@ -291,6 +291,15 @@ def _cell_filter(atoms):
 
 # ------------------------------------------------------------------------------- process pool
 
+def relax_threads(threads: int | None, device: str) -> int | None:
+    """torch threads of an in-process relaxation: ``threads`` when given, else 1 on the CPU (graphs
+    of tens of atoms are too small to share: 20 relaxations took 5.2 s with one thread and 12.7-20.8 s
+    with two on a 2-core machine), else None (torch's setting)."""
+    if threads is not None:
+        return max(1, int(threads))
+    return 1 if device == "cpu" else None
+
+
 #: the most worker processes ``n_workers=0`` (auto) starts: each holds its own potential (a CHGNet
 #: worker peaks at ~0.5 GB resident after a relaxation)
 AUTO_WORKERS_MAX = 8
@@ -350,9 +359,8 @@ def relax_many(
         device: device for potentials loaded here.
         on_row: called with each row as it finishes.
         threads: torch intra-op threads of an in-process relaxation (``n_workers`` 1); None: 1 for a
-            potential on the CPU (graphs of tens of atoms are too small to share: 20 relaxations took
-            5.2 s with one thread and 12.7-20.8 s with two on a 2-core machine), torch's setting
-            otherwise. Pool workers always use one thread each.
+            potential on the CPU, torch's setting otherwise (:func:`relax_threads`). Pool workers
+            always use one thread each.
         executor: a :class:`llamat_cif.executors.RayExecutor`: relax on Ray workers (one torch
             thread each, the potential loaded once per worker) instead of here.
     """
@@ -364,10 +372,10 @@ def relax_many(
         return
     if n_workers <= 1:
         pot = potential if isinstance(potential, Potential) else load_potential(potential, device=device)
-        if threads is not None or pot.device == "cpu":
+        if (n := relax_threads(threads, pot.device)) is not None:
             import torch
 
-            torch.set_num_threads(max(1, int(threads or 1)))
+            torch.set_num_threads(n)
         for sid, s in items:
             row = relax_structure(s, pot, config, sid=sid)
             if on_row:
