@@ -14,11 +14,6 @@ Two representations, both readable back into a ``Structure``:
 
       data_NaCl
       _symmetry_space_group_name_H-M Fm-3m
-      _symmetry_Int_Tables_number 225
-      _cell_length_a 5.640
-      ...
-      loop_
-      _atom_site_type_symbol
       ...
       Na Na0 4 0.0000 0.0000 0.0000 1
 
@@ -198,6 +193,7 @@ def _cif_from_cell(lattice: np.ndarray, frac: np.ndarray, numbers: list[int], sy
         rows.append((std_types[members[0]], len(members), rep, dec))
     rows.sort()
     lat = Lattice(std_lat)
+    cell = [_fmt(x, LENGTH_DECIMALS) for x in lat.abc] + [_fmt(x, ANGLE_DECIMALS) for x in lat.angles]
     comp = Composition({Element.from_Z(z): std_types.count(z) for z in set(std_types)})
     _, z_units = comp.get_reduced_composition_and_factor()
     sum_formula = " ".join(f"{el.symbol}{_int_amount(amt)}" for el, amt in formula_items(comp))
@@ -205,14 +201,9 @@ def _cif_from_cell(lattice: np.ndarray, frac: np.ndarray, numbers: list[int], sy
         f"data_{comp.reduced_formula}",
         f"_symmetry_space_group_name_H-M {symbol}",
         f"_symmetry_Int_Tables_number {number}",
-        f"_cell_length_a {_fmt(lat.a, LENGTH_DECIMALS)}",
-        f"_cell_length_b {_fmt(lat.b, LENGTH_DECIMALS)}",
-        f"_cell_length_c {_fmt(lat.c, LENGTH_DECIMALS)}",
-        f"_cell_angle_alpha {_fmt(lat.alpha, ANGLE_DECIMALS)}",
-        f"_cell_angle_beta {_fmt(lat.beta, ANGLE_DECIMALS)}",
-        f"_cell_angle_gamma {_fmt(lat.gamma, ANGLE_DECIMALS)}",
+        *(f"{tag} {x}" for tag, x in zip(CIF_HEADER_TAGS[2:8], cell, strict=True)),
         f"_chemical_formula_sum '{sum_formula}'",
-        f"_cell_volume {_fmt(lat.volume, VOLUME_DECIMALS)}",
+        f"_cell_volume {written_volume(*map(float, cell)):.{VOLUME_DECIMALS}f}",
         f"_cell_formula_units_Z {int(round(z_units))}",
         "loop_",
         *CIF_SITE_TAGS,
@@ -222,6 +213,12 @@ def _cif_from_cell(lattice: np.ndarray, frac: np.ndarray, numbers: list[int], sy
         xyz = " ".join(_fmt(c, dec) for c in rep)
         lines.append(f"{el} {el}{i} {mult} {xyz} 1")
     return "\n".join(lines) + "\n"
+
+
+def written_volume(a: float, b: float, c: float, alpha: float, beta: float, gamma: float) -> float:
+    """``_cell_volume`` of the canonical CIF: the volume of the cell as written (rounded parameters;
+    what the CIF grammar, which knows only those, writes too)."""
+    return abs(float(np.linalg.det(Lattice.from_parameters(a, b, c, alpha, beta, gamma).matrix)))
 
 
 def _idealize(p: np.ndarray, ops: tuple[np.ndarray, np.ndarray], lattice: np.ndarray, tol: float) -> np.ndarray:
@@ -240,11 +237,12 @@ def _idealize(p: np.ndarray, ops: tuple[np.ndarray, np.ndarray], lattice: np.nda
 def _representative(pos: np.ndarray, ops, lattice: np.ndarray, tol: float) -> tuple[tuple, int]:
     """Orbit representative that survives rounding.
 
-    Members are idealised onto their special position, rounded, and kept only if the rounded point
-    is still fixed by the member's site-stabiliser: a member written as (x, 2x, z) loses the relation
-    when x and 2x are rounded separately and the reader then generates a doubled orbit, while
-    (x, -x, z) keeps it. The smallest safe member wins (order-independent); if no member is safe at
-    ``COORD_DECIMALS`` decimals, more decimals are used.
+    Members are idealised onto their special position, rounded, and kept only if the rounded point,
+    as the reader takes it (pymatgen's ``CifParser`` reads a value within a relative 1e-4 of 1/3 or
+    2/3 as that third), is still fixed by the member's site-stabiliser: a member written as (x, 2x,
+    z) loses the relation when x and 2x are rounded separately and the reader then generates a
+    doubled orbit, while (x, -x, z) keeps it. The smallest safe member wins (order-independent);
+    if no member is safe at ``COORD_DECIMALS`` decimals (1 of 2,000 MP-20 test crystals), more are used.
     """
     rots, trans = ops
     ideal = [_idealize(p, ops, lattice, tol) for p in pos]
@@ -255,7 +253,10 @@ def _representative(pos: np.ndarray, ops, lattice: np.ndarray, tol: float) -> tu
             d = np.einsum("kij,j->ki", rots, p) + trans - p
             d -= np.round(d)
             stab = np.linalg.norm(d @ lattice, axis=1) < tol
-            dq = np.einsum("kij,j->ki", rots[stab], q) + trans[stab] - q
+            qr = q.copy()
+            for third in (1 / 3, 2 / 3):
+                qr[np.abs(q / third - 1.0) <= 1e-4] = third
+            dq = np.einsum("kij,j->ki", rots[stab], qr) + trans[stab] - qr
             dq -= np.round(dq)
             if np.abs(dq).max(initial=0.0) < 0.5 * 10.0**-dec:
                 safe.append(tuple(q))

@@ -1,11 +1,20 @@
 """Canonical crystal text: determinism, invariance, round trip, clear errors."""
 
+import re
+
 import numpy as np
 import pytest
 from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Lattice, Structure
 
-from llamat_cif.cif import CrystalTextError, detect_format, from_text, strip_header, to_text
+from llamat_cif.cif import (
+    CrystalTextError,
+    detect_format,
+    from_text,
+    strip_header,
+    to_text,
+    written_volume,
+)
 
 SM = StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3)
 
@@ -44,6 +53,23 @@ def test_special_position_written_so_that_it_survives_rounding():
                                   [[0.16293, 0.32586, 0.25], [0, 0, 0.1]])
     back = from_text(to_text(s))
     assert len(back) == len(s) and SM.fit(s, back)
+
+
+def test_thirds_written_with_four_decimals_and_the_volume_of_the_written_cell():
+    """What the CIF grammar writes too: 1/3 and 2/3 as 0.3333 and 0.6667 (pymatgen's reader takes
+    them as exact thirds), and the volume of the cell with its rounded parameters."""
+    s = Structure.from_spacegroup("P6_3mc", Lattice.hexagonal(3.2499, 5.2066), ["Zn", "O"],
+                                  [[1 / 3, 2 / 3, 0.0], [1 / 3, 2 / 3, 0.3821]])
+    text = to_text(s)
+    assert "O O0 2 0.3333 0.6667 0.1179 1\nZn Zn1 2 0.3333 0.6667 0.5000 1\n" in text
+    assert "0.333333" not in text and "0.666667" not in text
+    cell = [float(re.search(rf"_cell_{k} ([0-9.]+)\n", text).group(1)) for k in
+            ("length_a", "length_b", "length_c", "angle_alpha", "angle_beta", "angle_gamma")]
+    assert cell == [3.25, 3.25, 5.207, 90.0, 90.0, 120.0]
+    assert f"_cell_volume {written_volume(*cell):.2f}\n" in text
+    assert abs(written_volume(*cell) - Lattice.hexagonal(3.25, 5.207).volume) < 1e-9
+    back = from_text(text)
+    assert len(back) == 4 and SM.fit(s, back)
 
 
 def test_llamat_format(nacl):
