@@ -232,9 +232,10 @@ def wyckoff_subspaces(number: int, m: int) -> tuple[tuple[np.ndarray, np.ndarray
 
 
 @lru_cache(maxsize=200_000)
-def solve_values(number: int, m: int, typed: tuple[tuple[int, float], ...], target: int):
-    """Memoised :func:`_solve_values` on the Wyckoff subspaces of (space group, multiplicity)."""
-    return _solve_values(wyckoff_subspaces(number, m), dict(typed), target,
+def solve_values(number: int, m: int, typed: tuple[tuple[int, float], ...], target: int, *, pinned: bool = False):
+    """Memoised :func:`_solve_values` on the Wyckoff subspaces of (space group, multiplicity);
+    ``pinned``: only the values the subspaces that fix the target give (those leaving it free skipped)."""
+    return _solve_values(wyckoff_subspaces(number, m), dict(typed), target, skip_free=pinned,
                          solvers=_solvers(number, m, tuple(i for i, _ in typed), target))
 
 
@@ -267,10 +268,11 @@ def _subspace_solver(b: np.ndarray, idx: list[int], target: int) -> tuple[np.nda
 
 
 def _solve_values(subspaces, typed: dict[int, float], target: int, tol: float = 2.5e-4, *,
-                  solvers: tuple | None = None):
+                  solvers: tuple | None = None, skip_free: bool = False):
     """Values the ``target`` coordinate can take on the subspaces, given typed coordinates.
 
-    Returns ``None`` when some subspace leaves it free, else a sorted array of admissible values
+    Returns ``None`` when some subspace leaves it free (``skip_free``: such subspaces are passed
+    over), else a sorted array of admissible values
     (mod 1). Typed coordinates are 4-decimal roundings, hence the tolerance. For each subspace
     ``p0 + B t`` the typed coordinates are solved for ``t`` under every integer wrap at once.
     ``solvers``: :func:`_subspace_solver` of each subspace for these typed axes and target, when
@@ -287,6 +289,8 @@ def _solve_values(subspaces, typed: dict[int, float], target: int, tol: float = 
             continue
         if not idx:
             if np.abs(b[target]).max() > 1e-6:
+                if skip_free:
+                    continue
                 return None  # the target coordinate is a free parameter here
             vals.append(p0[target] % 1.0)
             continue
@@ -295,7 +299,7 @@ def _solve_values(subspaces, typed: dict[int, float], target: int, tol: float = 
         t = rhs @ pinv_t  # least-squares parameters per wrap
         hit = np.abs(t @ bt.T - rhs).max(1) < tol
         if free:
-            if hit.any():
+            if hit.any() and not skip_free:
                 return None  # typed coordinates reachable and the target still free
             continue
         vals.extend(float((p0[target] + b[target] @ tt) % 1.0) for tt in t[hit])

@@ -13,19 +13,13 @@ large conventional cell is not refused for its size. CDVAE's 0.5 Å distance flo
 real crystal keeps it). Cells with a length of 60 Å or more are left out: the grammar's lattice
 window ends there (:attr:`~llamat_cif.sampling.lattice.LatticeWindow.LEN_HI`, one structure of 200).
 
-Two differences between the grammar and ``to_text`` are known (``xfail(strict=True)`` below, so a
-fix shows up as an unexpected pass):
-
-* ``_cell_volume``: the grammar writes the volume of the cell as written (parameters rounded to
-  3 / 2 decimals), ``to_text`` the volume of the unrounded cell; the last digits differ in most
-  documents.
-* coordinates: ``to_text`` writes 6 decimals where 4 would break a site's symmetry (1/3, 2/3 on
-  hexagonal axes: ``0.333333 0.666667``); the grammar only writes 4.
-
-:func:`test_cif_grammar_accepts_mp20_text_up_to_the_known_differences` rewrites the first two the
-grammar's way and then requires every document to be accepted (walking the grammar's tokens), so
-the rest of the format is checked on all documents, except the crystals in :data:`KNOWN_REFUSALS`
-(the look-ahead refuses one of their real sites; listed so that a fix, or a new refusal, shows).
+The grammar writes the text exactly: ``to_text`` writes the volume of the cell as written
+(:func:`llamat_cif.cif.written_volume`) and 4-decimal coordinates (``0.3333 0.6667`` on the
+three-fold axes, which the reader takes as exact thirds), as the grammar does, and the look-ahead
+also tries the values one Wyckoff subspace pins a coordinate to while another leaves it free
+(mp-1023488, P-6m2 Mg15Sb: "Mg 6 0.3342 0.1671 0.2502" lies on the line y = x / 2, between the
+probe points of y's second digit; refused before).
+:func:`test_cif_grammar_writes_to_text_exactly` walks the grammar's own tokens along every document;
 :func:`test_cif_grammar_allows_the_tokenizers_tokens` feeds the tokenizer's own tokens of the same
 texts, so a literal the grammar forces in other tokens than the training text's (once the case for
 the Hermann-Mauguin symbol: ``P6_3/mmc`` is one token after the tag, but split into characters when
@@ -35,27 +29,19 @@ encoded alone) fails it.
 import re
 import warnings
 
-import numpy as np
 import pytest
 from pymatgen.core import Structure
 
-from llamat_cif.cif import COORD_DECIMALS, VOLUME_DECIMALS, to_text
+from llamat_cif.cif import to_text
 from llamat_cif.sampling.engine import Decoder, Stats, Vocab
 from llamat_cif.sampling.fields import Conditions
 from llamat_cif.sampling.grammars import cif_grammar
-from llamat_cif.sampling.lattice import LatticeWindow, lattice_matrix
+from llamat_cif.sampling.lattice import LatticeWindow
 
 N_STRUCTURES = 200
 #: limits far above anything in MP-20 (<= 20 atoms in the primitive cell, so <= 80 conventional)
 OPEN_LIMITS = dict(max_atoms=400, max_elements=10, max_count=400, max_lines=400)
 _NUMBER = r"([0-9.]+)"
-#: Real crystals the grammar refuses although their text is in its format.
-KNOWN_REFUSALS = {
-    # P-6m2 Mg15Sb: site "Mg 6 0.3342 0.1671 0.2502" (6n, (2x, x, z)); with x typed, y is free on the
-    # 6-fold mirror planes z = 0, 1/2, and the look-ahead's probe points of y's second digit miss the
-    # one line y = x / 2 that keeps the site off the planes: the digit 6 of 0.1671 is refused.
-    "mp-1023488",
-}
 
 
 @pytest.fixture(scope="module")
@@ -89,13 +75,6 @@ def documents() -> list[tuple[str, str]]:
             lines = [f"# formula: {formula}\n", f"# spacegroup: {number}\n"]
             docs.append((sid, "".join(lines if i % 2 == 0 else lines[::-1]) + body))
     return docs
-
-
-def _grammars_way(text: str) -> str:
-    """``text`` with the volume of the cell as written and coordinates at 4 decimals."""
-    volume = abs(float(np.linalg.det(lattice_matrix(*_cell(text)))))
-    text = re.sub(r"_cell_volume [0-9.]+\n", f"_cell_volume {volume:.{VOLUME_DECIMALS}f}\n", text)
-    return re.sub(r"(?<= )0\.\d{5,}(?= )", lambda m: f"{float(m.group()):.{COORD_DECIMALS}f}", text)
 
 
 def _decoder(vocab: Vocab) -> Decoder:
@@ -136,18 +115,12 @@ def _token_rejection(vocab: Vocab, text: str) -> str | None:
     return None if d.allowed() == [vocab.eos] else "cannot end"
 
 
-def test_cif_grammar_accepts_mp20_text_up_to_the_known_differences(vocab, documents):
-    assert len(documents) >= N_STRUCTURES - 2
-    rejected = {sid: why for sid, text in documents if (why := _text_rejection(vocab, _grammars_way(text)))}
-    assert set(rejected) == KNOWN_REFUSALS, rejected
-
-
-@pytest.mark.xfail(strict=True, reason="known: _cell_volume of the rounded cell; 6-decimal coordinates")
 def test_cif_grammar_writes_to_text_exactly(vocab, documents):
+    assert len(documents) >= N_STRUCTURES - 2
     rejected = {sid: why for sid, text in documents if (why := _text_rejection(vocab, text))}
     assert not rejected, f"{len(rejected)} of {len(documents)}: {rejected}"
 
 
 def test_cif_grammar_allows_the_tokenizers_tokens(vocab, documents):
-    rejected = {sid: why for sid, text in documents if (why := _token_rejection(vocab, _grammars_way(text)))}
-    assert set(rejected) == KNOWN_REFUSALS, rejected
+    rejected = {sid: why for sid, text in documents if (why := _token_rejection(vocab, text))}
+    assert not rejected, f"{len(rejected)} of {len(documents)}: {rejected}"

@@ -104,3 +104,14 @@ def test_reachable_counts_from_shared_tables():
         expected = frozenset(n for n in range(1, 231) if all(
             c in direct(sorted(orbit_sizes(n)), top) for c in counts.values()))
         assert compatible_spacegroups(counts) == expected
+
+
+def test_pinned_values_of_a_coordinate_another_subspace_leaves_free():
+    """P-6m2 (187), multiplicity 6: 6l (x, y, 0) and 6m (x, y, 1/2) leave y free once x is typed,
+    6n (x, -x, z) pins it, here written as the orbit member (2x, x, z) of mp-1023488's Mg site."""
+    assert solve_values(187, 6, ((0, 0.3342),), 1) is None  # free: the look-ahead probes y
+    pinned = solve_values(187, 6, ((0, 0.3342),), 1, pinned=True)
+    assert 0.1671 in np.round(pinned, 4)  # y = x / 2
+    assert 0.6658 in np.round(pinned, 4)  # y = -x
+    # where no subspace leaves the target free, pinned=True changes nothing
+    assert np.array_equal(solve_values(225, 4, (), 0, pinned=True), solve_values(225, 4, (), 0))

@@ -60,6 +60,10 @@ class Num:
     # fractional fields with ``accept``: values known to pass (read when a digit is checked), tried
     # before the probe points so a narrow admissible window found earlier is not missed
     hints: Callable[[], np.ndarray] | None = None
+    # fractional fields without ``values``: values some Wyckoff subspaces pin the coordinate to
+    # while others leave it free; tried after the probe points, so that a line such as y = x / 2
+    # lying between two probes is not missed (and the probes' verdicts stay as they were)
+    pinned: np.ndarray | None = None
     # stricter checks the sampler prefers, in order, when some token passes one (steering:
     # coordinates keep a wider contact margin when the model's own choices allow one): a callable,
     # or a tuple of them from the most to the least preferred (tiers tried before ``accept`` alone)
@@ -288,6 +292,8 @@ class Decoder:
         elif s.hints is not None:
             h = np.asarray(s.hints(), dtype=float).reshape(-1)
             pts = np.concatenate([h[(h >= lo - tol) & (h <= hi + tol)], pts])
+        if s.pinned is not None and s.values is None:
+            pts = np.concatenate([pts, s.pinned[(s.pinned >= lo - tol) & (s.pinned <= hi + tol)]])
         return any(s.accept(float(p)) for p in np.round(pts, s.decimals))
 
     def allowed_checked(self) -> list[int]:

@@ -57,6 +57,17 @@ _PROBE = np.array([9, 5, 13, 3, 11, 7, 15, 1], dtype=float) / 16
 _PROBE = np.concatenate([_PROBE, np.array([7, 17, 1, 23]) / 24])
 
 
+def _probes(sg: int, m: int, typed: tuple, target: int) -> np.ndarray:
+    """Values tried for a coordinate that some Wyckoff subspace of multiplicity ``m`` leaves free:
+    the probe grid, then the values the other subspaces pin it to (a line such as y = x / 2)."""
+    return np.concatenate([_PROBE, solve_values(sg, m, typed, target, pinned=True)])
+
+
+def _pinned(sg: int, m: int, typed: tuple, target: int, values) -> np.ndarray | None:
+    """:attr:`Num.pinned` of a coordinate field whose admissible ``values`` are not a finite set."""
+    return solve_values(sg, m, typed, target, pinned=True) if values is None or not len(values) else None
+
+
 def cif_grammar(v: Vocab, cond: Conditions, stats: Stats, *, header: bool = True):
     """The canonical CIF of :func:`llamat_cif.cif.to_text`, conditioning header first."""
     from pymatgen.core import Composition
@@ -245,30 +256,35 @@ def cif_grammar(v: Vocab, cond: Conditions, stats: Stats, *, header: bool = True
 
         def completions(xv: float, yv: float | None = None, m=m) -> np.ndarray:
             """Points of orbit size m that start with the typed coordinates: known ones first, then
-            the probe grid."""
+            the probe grid (:func:`_probes`)."""
             xv = round(xv, COORD_DECIMALS)
             ys_ = solve_values(sg, m, ((0, xv),), 1) if yv is None else np.array([round(yv, COORD_DECIMALS)])
-            ys_ = _PROBE if ys_ is None else ys_
+            ys_ = _probes(sg, m, ((0, xv),), 1) if ys_ is None else ys_
             pts = [matching(xv) if yv is None else matching(xv, yv)]
             for yy in ys_:
-                zs_ = solve_values(sg, m, ((0, xv), (1, round(float(yy), COORD_DECIMALS))), 2)
-                for zz in (_PROBE if zs_ is None else zs_):
+                typed = ((0, xv), (1, round(float(yy), COORD_DECIMALS)))
+                zs_ = solve_values(sg, m, typed, 2)
+                for zz in (_probes(sg, m, typed, 2) if zs_ is None else zs_):
                     pts.append(np.array([[xv, float(yy), float(zz)]]))
             return np.vstack(pts)
 
         xs = solve_values(sg, m, (), 0) if subs else None
         x, _ = yield Num(0.0, _COORD_HI, COORD_DECIMALS, (" ",), max_int_digits=1, values=xs,
+                         pinned=_pinned(sg, m, (), 0, xs),
                          accept=lambda xv: fitting(completions(xv)), hints=lambda: matching()[:, 0],
                          strict_accept=tuple((lambda xv, g=g, d=d: fitting(completions(xv), ratio=g, same=d))
                                              for g, d in tiers) or None)
-        ys = solve_values(sg, m, ((0, round(x, COORD_DECIMALS)),), 1) if subs else None
+        typed = ((0, round(x, COORD_DECIMALS)),)
+        ys = solve_values(sg, m, typed, 1) if subs else None
         y, _ = yield Num(0.0, _COORD_HI, COORD_DECIMALS, (" ",), max_int_digits=1, values=ys if ys is None or len(ys) else None,
+                         pinned=_pinned(sg, m, typed, 1, ys),
                          accept=lambda yv, x=x: fitting(completions(x, yv)), hints=lambda x=x: matching(x)[:, 1],
                          strict_accept=tuple((lambda yv, x=x, g=g, d=d: fitting(completions(x, yv), ratio=g, same=d))
                                              for g, d in tiers) or None)
-        zs = solve_values(sg, m, ((0, round(x, COORD_DECIMALS)), (1, round(y, COORD_DECIMALS))), 2) if subs else None
-        zs = zs if zs is None or len(zs) else None
-        zv, _ = yield Num(0.0, _COORD_HI, COORD_DECIMALS, (" ",), max_int_digits=1, values=zs,
+        typed = ((0, round(x, COORD_DECIMALS)), (1, round(y, COORD_DECIMALS)))
+        zs = solve_values(sg, m, typed, 2) if subs else None
+        zv, _ = yield Num(0.0, _COORD_HI, COORD_DECIMALS, (" ",), max_int_digits=1,
+                          values=zs if zs is None or len(zs) else None, pinned=_pinned(sg, m, typed, 2, zs),
                           accept=lambda zv, x=x, y=y, m=m, rest=rest, n=lines_left, el=el:
                           place.site_fits(np.array([x, y, zv]), m, rest, n, element=el),
                           strict_accept=tuple((lambda zv, x=x, y=y, m=m, rest=rest, n=lines_left, el=el, g=g, d=d:
