@@ -27,11 +27,11 @@ Both formats may start with ``# key: value`` comment lines (a conditioning heade
 
 from __future__ import annotations
 
-import contextlib
 import math
 import re
 import warnings
 from collections import Counter
+from functools import lru_cache
 from typing import Literal
 
 import numpy as np
@@ -371,29 +371,29 @@ def _parse_llamat(text: str) -> Structure:
 
 #: pymatgen warnings left out of an error message: routine notes, or a repeat of the reasons listed.
 _QUIET_WARNINGS = ("No _symmetry_equiv", "Issues encountered while parsing CIF")
+_HM_TAG = re.compile(r"^\s*_(?:symmetry_space_group_name_H[-_]M|space_group_name_H-M_alt)_?\s+(.+?)\s*$", re.M | re.I)
 
 
-_HM_LINE = re.compile(r"^_symmetry_space_group_name_H[-_]M\s+'?([^'\n]+?)'?\s*$", re.MULTILINE)
-#: pymatgen caches ``SpaceGroup``s weakly: without a reference each group (~0.1 s) is rebuilt per CIF
-_SPACE_GROUPS: dict[str, object] = {}
-
-
-def _keep_space_group(text: str) -> None:
-    """Build once, and keep, the ``SpaceGroup(...)`` that ``CifParser.get_symops`` builds for a CIF
-    with a Hermann-Mauguin symbol and no operations loop (the canonical CIF), so the parser gets the
-    cached object. Other CIFs, and symbols pymatgen does not know, are left to ``CifParser``."""
-    found = _HM_LINE.search(text)
-    if not found or "_symmetry_equiv_pos_as_xyz" in text or "_space_group_symop_operation_xyz" in text:
-        return
-    key = re.sub(r"[\s_]", "", found.group(1))
-    if key in _SPACE_GROUPS:
-        return
+@lru_cache(maxsize=2048)  # bounded: hostile texts can name any number of non-groups
+def space_group(symbol: str):
+    """pymatgen's ``SpaceGroup`` for a Hermann-Mauguin symbol as CIFs write it (``None``: unknown),
+    built once per process and kept: pymatgen caches groups weakly and builds each with ``allclose``
+    comparisons (~0.1 s, ~1 s for Fd-3m), on every read of a CIF giving only the symbol."""
     from pymatgen.symmetry.groups import SYMM_DATA, SpaceGroup
+    keys = {re.sub(r"[\s_]", "", k): k for k in SYMM_DATA["space_group_encoding"]}
+    key = keys.get(re.sub(r"[\s_]", "", symbol.strip().strip("'\"")))
+    try:
+        return None if key is None else SpaceGroup(key)  # the call CifParser.get_symops makes
+    except Exception:  # noqa: BLE001 - CifParser, too, passes over a group it cannot build
+        return None
 
-    symbols = {re.sub(r"[\s_]", "", k): k for k in SYMM_DATA["space_group_encoding"]}
-    if key in symbols:
-        with contextlib.suppress(ValueError):  # CifParser, too, passes over a group it cannot build
-            _SPACE_GROUPS[key] = SpaceGroup(symbols[key])
+
+def keep_space_groups(text: str) -> None:
+    """Build (once, :func:`space_group`) the groups a CIF names by symbol alone, before pymatgen
+    parses it; a CIF with an operations loop is left to ``CifParser`` (it never builds the group)."""
+    if "_symmetry_equiv_pos_as_xyz" not in text and "_space_group_symop_operation_xyz" not in text:
+        for found in _HM_TAG.finditer(text[:20000]):
+            space_group(found.group(1)[:40])
 
 
 def read_cif(text: str, *, strict: bool = False) -> Structure:
@@ -414,7 +414,7 @@ def read_cif(text: str, *, strict: bool = False) -> Structure:
         raise CrystalTextError("empty text")
     if strict and "_cell_length_a" not in text:
         raise CrystalTextError("not a CIF: no _cell_length_a tag")
-    _keep_space_group(text)
+    keep_space_groups(text)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:

@@ -84,9 +84,9 @@ def stated_spacegroup(cif_data: dict[str, Any] | None) -> int | None:
         return n
     sym = _first(cif_data, "_symmetry_space_group_name_H-M", "_space_group_name_H-M_alt")
     if sym:
-        from llamat_cif.validators._symmetry import spacegroup
+        from llamat_cif.cif import space_group
 
-        sg = spacegroup(str(sym))
+        sg = space_group(str(sym))
         return int(sg.int_number) if sg is not None else None
     return None
 

@@ -174,10 +174,10 @@ def _expanded_site_estimate(block: dict[str, Any] | None) -> int | None:
             rot = np.array([o.rotation_matrix for o in ops])
             trans = np.array([o.translation_vector for o in ops])
         else:
-            from llamat_cif.validators._symmetry import spacegroup
+            from llamat_cif.cif import space_group
 
             sym = block.get("_symmetry_space_group_name_H-M") or block.get("_space_group_name_H-M_alt")
-            sg = spacegroup(str(sym)) if sym else None
+            sg = space_group(str(sym)) if sym else None
             if sg is None:
                 return n
             rot = np.array([o.rotation_matrix for o in sg.symmetry_ops])
@@ -197,9 +197,9 @@ def _parse_cif(text: str, out: Parsed, max_sites: int = MAX_SITES) -> None:
     if (problem := _stated_cell_problem(text)) is not None:
         out.error = problem
         return
-    from llamat_cif.validators._symmetry import keep_alive_for
+    from llamat_cif.cif import keep_space_groups
 
-    keep_alive_for(text)
+    keep_space_groups(text)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
