@@ -264,8 +264,8 @@ def cif_grammar(v: Vocab, cond: Conditions, stats: Stats, *, header: bool = True
             for yy in ys_:
                 typed = ((0, xv), (1, round(float(yy), COORD_DECIMALS)))
                 zs_ = solve_values(sg, m, typed, 2)
-                for zz in (_probes(sg, m, typed, 2) if zs_ is None else zs_):
-                    pts.append(np.array([[xv, float(yy), float(zz)]]))
+                zz = _probes(sg, m, typed, 2) if zs_ is None else zs_
+                pts.append(np.column_stack([np.full(len(zz), xv), np.full(len(zz), float(yy)), zz]))
             return np.vstack(pts)
 
         xs = solve_values(sg, m, (), 0) if subs else None
