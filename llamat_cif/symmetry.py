@@ -309,15 +309,6 @@ def _solve_values(subspaces, typed: dict[int, float], target: int, tol: float = 
     return np.unique(v)
 
 
-def _radical_inverse(i: int, base: int) -> float:
-    f, r = 1.0, 0.0
-    while i > 0:
-        f /= base
-        r += f * (i % base)
-        i //= base
-    return r
-
-
 #: Probe points per dimension of a Wyckoff subspace with free parameters: enough that a cell full
 #: of one general position (64 atoms of P1) finds room for every atom in the look-ahead search.
 _N_PROBES = {1: 16, 2: 48, 3: 96}
@@ -325,9 +316,11 @@ _N_PROBES = {1: 16, 2: 48, 3: 96}
 
 @lru_cache(maxsize=3)
 def _probe_params(dim: int) -> np.ndarray:
-    """Halton points in [0, 1)^dim, shifted off the special values 0, 1/4, 1/3, 1/2 ..."""
-    bases = (2, 3, 5)[:dim]
-    pts = np.array([[_radical_inverse(i, b) for b in bases] for i in range(1, _N_PROBES[dim] + 1)])
+    """Halton points in [0, 1)^dim (bases 2, 3, 5, unscrambled, without the first point 0), shifted
+    off the special values 0, 1/4, 1/3, 1/2 ..."""
+    from scipy.stats import qmc
+
+    pts = qmc.Halton(d=dim, scramble=False).random(_N_PROBES[dim] + 1)[1:]
     return (pts + 0.0703) % 1.0
 
 

@@ -115,3 +115,15 @@ def test_pinned_values_of_a_coordinate_another_subspace_leaves_free():
     assert 0.6658 in np.round(pinned, 4)  # y = -x
     # where no subspace leaves the target free, pinned=True changes nothing
     assert np.array_equal(solve_values(225, 4, (), 0, pinned=True), solve_values(225, 4, (), 0))
+
+
+def test_probe_points_are_the_shifted_halton_sequence():
+    """Bases 2, 3, 5 from the second point on: (1/2, 1/3, 1/5), (1/4, 2/3, 2/5), (3/4, 1/9, 3/5) ...,
+    shifted by 0.0703 off the special values."""
+    from llamat_cif.symmetry import _probe_params
+
+    pts = _probe_params(3)
+    assert pts.shape == (96, 3)
+    first = np.array([[1 / 2, 1 / 3, 1 / 5], [1 / 4, 2 / 3, 2 / 5], [3 / 4, 1 / 9, 3 / 5], [1 / 8, 4 / 9, 4 / 5]])
+    assert np.allclose(pts[:4], (first + 0.0703) % 1.0, atol=1e-15)
+    assert np.array_equal(_probe_params(1)[:, 0], pts[:16, 0])
