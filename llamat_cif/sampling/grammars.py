@@ -27,6 +27,7 @@ from llamat_cif.cif import (
     COORD_DECIMALS,
     LENGTH_DECIMALS,
     VOLUME_DECIMALS,
+    written_volume,
 )
 from llamat_cif.sampling.engine import Choice, End, Lit, Num, Stats, Vocab
 from llamat_cif.sampling.fields import Conditions, header_fields
@@ -168,7 +169,7 @@ def cif_grammar(v: Vocab, cond: Conditions, stats: Stats, *, header: bool = True
         al = be = ga = 90.0
         yield Lit(f"{_ALPHA} {_RIGHT}\n{_BETA} {_RIGHT}\n{_GAMMA} {_RIGHT}\n")
     matrix = lattice_matrix(a, b, c, al, be, ga)
-    volume = abs(float(np.linalg.det(matrix)))
+    volume = written_volume(a, b, c, al, be, ga)  # the canonical CIF's rule: the cell as written
     _, z = comp.get_reduced_composition_and_factor()
     sum_formula = " ".join(f"{el}{n}" for el, n in counts.items())
     yield Lit(f"{_FORMULA_SUM} '{sum_formula}'\n{_VOLUME} {volume:.{VOLUME_DECIMALS}f}\n"
