@@ -24,7 +24,6 @@ version a checkpoint was saved with and refuses a mismatch before importing matg
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import re
 import warnings
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from llamat_cif.paths import models_dir
+from llamat_cif.protocol import package_versions
 
 DEFAULT_POTENTIAL = "chgnet"
 
@@ -171,10 +171,7 @@ def auto_device(device: str | None = None) -> str:
 
 
 def _pkg_version(pkg: str) -> str | None:
-    try:
-        return importlib.metadata.version(pkg)
-    except importlib.metadata.PackageNotFoundError:
-        return None
+    return package_versions((pkg,))[pkg]
 
 
 def load_potential(
