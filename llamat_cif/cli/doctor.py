@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata as md
 import os
 import platform
 
@@ -22,15 +21,12 @@ def doctor(data_dir: str | None) -> None:
     from llamat_cif import data as D
     from llamat_cif.paths import DATA_ENV, MODELS_ENV, models_dir, shipped_models_dir
     from llamat_cif.paths import data_dir as resolve_data_dir
+    from llamat_cif.protocol import package_versions
 
     t = Table(title="packages")
     t.add_column("package")
     t.add_column("version")
-    for p in PACKAGES:
-        try:
-            v = md.version(p)
-        except md.PackageNotFoundError:
-            v = "[dim]not installed[/]"
+    for p, v in package_versions(PACKAGES, missing="[dim]not installed[/]").items():
         t.add_row(p, v)
     console.print(t)
     console.print(f"python {platform.python_version()} on {platform.platform()}, {os.cpu_count()} CPU cores")
