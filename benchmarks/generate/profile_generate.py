@@ -39,7 +39,7 @@ COMPONENTS = ("model forward", "generate loop", "look-ahead geometry", "grammar"
 #: llamat_cif/sampling/ and symmetry.py they lived in grammar.py and placement.py)
 GEOMETRY_HELPERS = {"pair_distances", "min_image_sq", "min_distance", "orbit", "space_group_ops",
                     "wyckoff_subspaces", "orbit_sizes", "wyckoff_table", "allocation_entry", "allocatable",
-                    "allocatable_on", "min_lines", "_fewest_lines", "_probe_params", "_radical_inverse",
+                    "allocatable_on", "min_lines", "_fewest_lines", "_probe_params",
                     "snap", "block", "to_bits", "from_bits"}
 SHARED = ("llamat_cif/sampling/lattice.py", "llamat_cif/symmetry.py")
 
