@@ -568,10 +568,16 @@ def test_in_process_relaxation_runs_one_torch_thread_on_cpu(chgnet, nacl):
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        row = next(relax_many([("a", nacl)], chgnet))
+        rows = relax_many([("a", nacl), ("b", nacl)], chgnet)
+        row = next(rows)
         assert row["error"] is None and torch.get_num_threads() == 1
-        next(relax_many([("a", nacl)], chgnet, threads=2))
-        assert torch.get_num_threads() == 2
+        rows.close()
+        assert torch.get_num_threads() == 2  # the caller's setting is back
+        assert [r["id"] for r in relax_many([("a", nacl)], chgnet)] == ["a"] and torch.get_num_threads() == 2
+        rows = relax_many([("a", nacl)], chgnet, threads=3)
+        next(rows)
+        assert torch.get_num_threads() == 3
+        rows.close()
     finally:
         torch.set_num_threads(before)
     assert _torch_threads(StabilityConfig(device="cpu")) == 1

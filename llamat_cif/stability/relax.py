@@ -359,8 +359,9 @@ def relax_many(
         device: device for potentials loaded here.
         on_row: called with each row as it finishes.
         threads: torch intra-op threads of an in-process relaxation (``n_workers`` 1); None: 1 for a
-            potential on the CPU, torch's setting otherwise (:func:`relax_threads`). Pool workers
-            always use one thread each.
+            potential on the CPU, torch's setting otherwise (:func:`relax_threads`). Set while rows
+            are produced, restored when the generator ends or is closed. Pool workers always use one
+            thread each.
         executor: a :class:`llamat_cif.executors.RayExecutor`: relax on Ray workers (one torch
             thread each, the potential loaded once per worker) instead of here.
     """
@@ -371,16 +372,20 @@ def relax_many(
             yield row
         return
     if n_workers <= 1:
-        pot = potential if isinstance(potential, Potential) else load_potential(potential, device=device)
-        if (n := relax_threads(threads, pot.device)) is not None:
-            import torch
+        import torch
 
+        pot = potential if isinstance(potential, Potential) else load_potential(potential, device=device)
+        before = torch.get_num_threads()
+        if (n := relax_threads(threads, pot.device)) is not None:
             torch.set_num_threads(n)
-        for sid, s in items:
-            row = relax_structure(s, pot, config, sid=sid)
-            if on_row:
-                on_row(row)
-            yield row
+        try:
+            for sid, s in items:
+                row = relax_structure(s, pot, config, sid=sid)
+                if on_row:
+                    on_row(row)
+                yield row
+        finally:  # the caller's setting again once the rows are done (or the generator is closed)
+            torch.set_num_threads(before)
         return
 
     import multiprocessing as mp
