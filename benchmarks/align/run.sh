@@ -112,3 +112,33 @@ c.update(out_dir="$A5", cross_round_unique=True, family_share=0.05, beta=0.3, sf
 PY
 llamat-cif align --out $A5 --rounds 5 --prompts 24 --samples-per-prompt 6 --conditional 0.25 --score-workers 2 --seed 0 --no-progress --family-share 0.05 --beta 0.3 --sft-weight 0
 bash benchmarks/physics/protocol_1000.sh alignedanchor5-t0.7-p0.9-seed0-1000 --model $A5/round_04/model
+
+# ---- sixth run: bigger rounds (2 x 48 prompts x 6 samples), unconditional prompts only ----------
+A6=benchmarks/align/runs/small-big-seed0
+# 15. three rounds of 288 samples (twice the second run's samples per update), the second run's DPO
+#     settings, then the 1,000-sample protocol on round 2's model (started with --rounds 2, extended)
+llamat-cif align --out $A6 --rounds 3 --prompts 48 --samples-per-prompt 6 --conditional 0 --score-workers 2 --seed 0 --no-progress
+bash benchmarks/physics/protocol_1000.sh alignedbig3-t0.7-p0.9-seed0-1000 --model $A6/round_02/model
+# (the run was extended to --rounds 4; round_03's protocol: alignedbig4-t0.7-p0.9-seed0-1000)
+bash benchmarks/physics/protocol_1000.sh alignedbig4-t0.7-p0.9-seed0-1000 --model $A6/round_03/model
+# 16. round_02 at warmer temperatures (uniqueness against stability)
+PR=benchmarks/physics/runs
+for T in 0.8 0.9; do
+  bash benchmarks/physics/protocol_1000.sh alignedbig3-t$T-p0.9-seed0-1000 --model $A6/round_02/model --temperature $T
+done
+python benchmarks/physics/ablation.py "llamat-cif-small (before; ../physics/runs/t0.7-p0.9-seed0-pinned-1000)=$PR/t0.7-p0.9-seed0-pinned-1000:$PR/t0.7-p0.9-seed0-pinned-1000/bench" \
+  "aligned 3 x 288, T 0.7=$PR/alignedbig3-t0.7-p0.9-seed0-1000:$PR/alignedbig3-t0.7-p0.9-seed0-1000/bench" \
+  "aligned 3 x 288, T 0.8=$PR/alignedbig3-t0.8-p0.9-seed0-1000:$PR/alignedbig3-t0.8-p0.9-seed0-1000/bench" \
+  "aligned 3 x 288, T 0.9=$PR/alignedbig3-t0.9-p0.9-seed0-1000:$PR/alignedbig3-t0.9-p0.9-seed0-1000/bench" \
+  "aligned 4 x 288, T 0.7=$PR/alignedbig4-t0.7-p0.9-seed0-1000:$PR/alignedbig4-t0.7-p0.9-seed0-1000/bench" --out benchmarks/align/before_after_big.json
+# 17. formula-conditioned, 200 MP-20 test formulas, both models on today's code (50 relaxed each)
+E6=benchmarks/align/runs/eval-big
+for m in "after:$A6/round_02/model" "before:default"; do
+  tag=${m%%:*}; model=${m#*:}; R=$E6/formula200-$tag
+  for i in 0 1; do llamat-cif generate --targets benchmarks/generate/targets_mp20_test_200.csv --batch-size 8 --seed 0 --model $model --out $R --shard $i/2 & done; wait
+  llamat-cif generate --targets benchmarks/generate/targets_mp20_test_200.csv --batch-size 8 --seed 0 --model $model --out $R
+  llamat-cif validate $R --out $R --jobs 2
+  llamat-cif benchmark --samples $R --out $R/stability-50 --stability 50 --seed 0 --no-coverage --workers 2
+done
+python benchmarks/physics/ablation.py "formula-conditioned, llamat-cif-small (before)=$E6/formula200-before:$E6/formula200-before/stability-50" \
+  "formula-conditioned, aligned 3 x 288 (after)=$E6/formula200-after:$E6/formula200-after/stability-50" --out benchmarks/align/formula200_big.json
