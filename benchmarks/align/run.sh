@@ -142,3 +142,12 @@ for m in "after:$A6/round_02/model" "before:default"; do
 done
 python benchmarks/physics/ablation.py "formula-conditioned, llamat-cif-small (before)=$E6/formula200-before:$E6/formula200-before/stability-50" \
   "formula-conditioned, aligned 3 x 288 (after)=$E6/formula200-after:$E6/formula200-after/stability-50" --out benchmarks/align/formula200_big.json
+# 18. the third update again with --family-share 0.02 (rounds 0-1 and round 2's samples/scores copied)
+B6=benchmarks/align/runs/small-bigcap-seed0
+mkdir -p $B6/round_02 && cp -r $A6/round_00 $A6/round_01 $B6/ && cp -r $A6/round_02/samples.parts $A6/round_02/scores.parts $B6/round_02/
+python - <<PY
+import json; c = json.load(open("$A6/align_config.json"))
+c.update(out_dir="$B6", rounds=3, family_share=0.02); json.dump(c, open("$B6/align_config.json", "w"), indent=2)
+PY
+llamat-cif align --out $B6 --rounds 3 --prompts 48 --samples-per-prompt 6 --conditional 0 --score-workers 2 --seed 0 --no-progress --family-share 0.02
+bash benchmarks/physics/protocol_1000.sh alignedbigcap3-t0.7-p0.9-seed0-1000 --model $B6/round_02/model
