@@ -113,13 +113,14 @@ PY
 llamat-cif align --out $A5 --rounds 5 --prompts 24 --samples-per-prompt 6 --conditional 0.25 --score-workers 2 --seed 0 --no-progress --family-share 0.05 --beta 0.3 --sft-weight 0
 bash benchmarks/physics/protocol_1000.sh alignedanchor5-t0.7-p0.9-seed0-1000 --model $A5/round_04/model
 
-# ---- sixth run: bigger rounds (2 x 48 prompts x 6 samples), unconditional prompts only ----------
+# ---- sixth run: bigger rounds (48 prompts x 6 samples per round), unconditional prompts only ----------
 A6=benchmarks/align/runs/small-big-seed0
 # 15. three rounds of 288 samples (twice the second run's samples per update), the second run's DPO
 #     settings, then the 1,000-sample protocol on round 2's model (started with --rounds 2, extended)
 llamat-cif align --out $A6 --rounds 3 --prompts 48 --samples-per-prompt 6 --conditional 0 --score-workers 2 --seed 0 --no-progress
 bash benchmarks/physics/protocol_1000.sh alignedbig3-t0.7-p0.9-seed0-1000 --model $A6/round_02/model
-# (the run was extended to --rounds 4; round_03's protocol: alignedbig4-t0.7-p0.9-seed0-1000)
+#     then a fourth round (the same folder extended) and its model's protocol
+llamat-cif align --out $A6 --rounds 4 --prompts 48 --samples-per-prompt 6 --conditional 0 --score-workers 2 --seed 0 --no-progress
 bash benchmarks/physics/protocol_1000.sh alignedbig4-t0.7-p0.9-seed0-1000 --model $A6/round_03/model
 # 16. round_02 at warmer temperatures (uniqueness against stability)
 PR=benchmarks/physics/runs
