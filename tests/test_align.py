@@ -242,6 +242,10 @@ def test_two_rounds_raise_the_preferred_continuation_and_resume(tmp_path, traini
         run_align(cfg, scorer=_short_tokens_win, training=training, progress=False)
     old = AlignConfig(**{**asdict(cfg), "cross_round_unique": False, "family_share": 0.0})
     assert [r["round"] for r in run_align(old, scorer=_short_tokens_win, training=training, progress=False)] == [0, 1]
+    # a run extended with larger rounds: each round's record keeps its own prompt count
+    grown = run_align(AlignConfig(**{**asdict(old), "rounds": 3, "prompts": 3}), scorer=_short_tokens_win,
+                      training=training, progress=False)
+    assert [r["prompts"] for r in grown] == [2, 2, 3] and [r["samples"] for r in grown] == [4, 4, 6]
 
 
 def test_lora_adapter_alignment_saves_and_reloads(tmp_path, training):

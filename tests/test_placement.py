@@ -307,3 +307,33 @@ def test_cation_steering_adds_the_other_elements_own_distances():
     assert "Fe" not in same_element_table("auto") and set(same_element_table("off", "auto")) == set(both) - set(same_element_table("auto"))
     assert same_element_table("off", "off") is None
     assert SampleConfig(n=1, out_dir="x").steer_cation_distance == "off"  # measured before it became a default
+
+
+def test_site_fitting_over_segments_matches_the_stacked_points():
+    """The look-ahead passes the known points and the (kept) probe grid as two segments: the answer
+    is the first admissible site of the stacked points, whichever way they are split, ``tries``
+    (admissible candidates asked about) counting across segments."""
+    p = Placement(193, lattice_matrix(9.908, 9.908, 9.908, 90, 90, 120))
+    p.place(np.array([1 / 3, 2 / 3, 0.0]))
+    p.place(np.array([2 / 3, 1 / 3, 0.75]))
+    pts = np.array([[0.3333, 0.6667, 0.75], [0.0, 0.0, 0.03], [0.0, 0.0, 0.125], [0.0, 0.0, 0.375]])
+    assert np.allclose(p.site_fitting(pts, 4, [2, 2]), pts[2])  # 4c taken, 4e at z 0.03 blocks 2b
+    for cut in range(len(pts) + 1):
+        assert np.allclose(p.site_fitting((pts[:cut], pts[cut:]), 4, [2, 2]), pts[2]), cut
+    # tries=1: only the first admissible candidate is asked about, across the cut as on the stack
+    assert p.site_fitting(pts, 4, [2, 2], tries=1) is None
+    assert p.site_fitting((pts[:1], pts[1:]), 4, [2, 2], tries=1) is None
+    assert p.site_fitting((np.zeros((0, 3)), pts[2:]), 4, [2, 2], tries=1) is not None
+
+
+def test_completion_grid_lists_the_points_a_prefix_can_reach():
+    from llamat_cif.sampling.grammars import _completion_grid
+
+    # Fm-3m, 24-fold 24e (x, 0, 0): x = 0.25 typed, y and z are pinned to 0 on that line
+    grid = _completion_grid(225, 24, 0.25, None)
+    assert not grid.flags.writeable and (grid[:, 0] == 0.25).all()
+    assert [0.25, 0.0, 0.0] in grid.tolist()
+    # P1: nothing pins y or z: every y probe carries every z probe
+    g1 = _completion_grid(1, 1, 0.5, None)
+    assert len(g1) == len(np.unique(g1[:, 1])) * len(np.unique(g1[:, 2])) > 100
+    assert _completion_grid(1, 1, 0.5, 0.125)[:, 1].tolist() == [0.125] * len(np.unique(g1[:, 2]))

@@ -14,7 +14,7 @@ from llamat_cif.stability.relax import quiet_warnings
 @click.option("--model", default="default", show_default=True,
               help="Generator to align: shipped name, model folder or LoRA adapter folder.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
-              help="Run folder (rerun with the same folder to resume; a larger --rounds extends it).")
+              help="Run folder (rerun with the same folder to resume; a larger --rounds extends it, with another --prompts if wanted).")
 @click.option("--rounds", type=int, default=4, show_default=True, help="Sample-score-update rounds.")
 @click.option("--prompts", type=int, default=16, show_default=True, help="Prompts per round.")
 @click.option("--samples-per-prompt", type=int, default=6, show_default=True,

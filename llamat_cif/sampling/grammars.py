@@ -17,6 +17,7 @@ composition other than the one it declared.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import numpy as np
 
@@ -62,6 +63,25 @@ def _probes(sg: int, m: int, typed: tuple, target: int) -> np.ndarray:
     """Values tried for a coordinate that some Wyckoff subspace of multiplicity ``m`` leaves free:
     the probe grid, then the values the other subspaces pin it to (a line such as y = x / 2)."""
     return np.concatenate([_PROBE, solve_values(sg, m, typed, target, pinned=True)])
+
+
+@lru_cache(maxsize=8192)
+def _completion_grid(sg: int, m: int, xv: float, yv: float | None) -> np.ndarray:
+    """The probe points of orbit size ``m`` that start with the typed ``x`` (and ``y``): per value
+    ``y`` can take (:func:`_probes` where it is free), the values ``z`` can take. Depends on the group
+    alone, and every document's look-ahead probes the same few values (11 points per digit interval),
+    so it is kept (read-only)."""
+    ys = solve_values(sg, m, ((0, xv),), 1) if yv is None else np.array([yv])
+    ys = _probes(sg, m, ((0, xv),), 1) if ys is None else ys
+    pts = [np.zeros((0, 3))]
+    for yy in ys:
+        typed = ((0, xv), (1, round(float(yy), COORD_DECIMALS)))
+        zs = solve_values(sg, m, typed, 2)
+        zz = _probes(sg, m, typed, 2) if zs is None else zs
+        pts.append(np.column_stack([np.full(len(zz), xv), np.full(len(zz), float(yy)), zz]))
+    grid = np.vstack(pts)
+    grid.flags.writeable = False
+    return grid
 
 
 def _pinned(sg: int, m: int, typed: tuple, target: int, values) -> np.ndarray | None:
@@ -239,7 +259,7 @@ def cif_grammar(v: Vocab, cond: Conditions, stats: Stats, *, header: bool = True
                 pts = pts[np.abs(pts[:, j] - round(val, COORD_DECIMALS)) < 0.6e-4]
             return pts
 
-        def fitting(pts: np.ndarray, m=m, rest=rest, n=lines_left, found=found, el=el, ratio=None,
+        def fitting(pts, m=m, rest=rest, n=lines_left, found=found, el=el, ratio=None,
                     same=None) -> bool:
             p = place.site_fitting(pts, m, rest, lines=n, element=el, site_ratio=ratio,
                                    rest_ratio=floor if ratio is not None else None, same_min=same)
@@ -255,19 +275,13 @@ def cif_grammar(v: Vocab, cond: Conditions, stats: Stats, *, header: bool = True
             tiers = ((steers[0], same_d), *tiers)
 
 
-        def completions(xv: float, yv: float | None = None, m=m) -> np.ndarray:
+        def completions(xv: float, yv: float | None = None, m=m) -> tuple[np.ndarray, np.ndarray]:
             """Points of orbit size m that start with the typed coordinates: known ones first, then
-            the probe grid (:func:`_probes`)."""
+            the probe grid (:func:`_completion_grid`)."""
             xv = round(xv, COORD_DECIMALS)
-            ys_ = solve_values(sg, m, ((0, xv),), 1) if yv is None else np.array([round(yv, COORD_DECIMALS)])
-            ys_ = _probes(sg, m, ((0, xv),), 1) if ys_ is None else ys_
-            pts = [matching(xv) if yv is None else matching(xv, yv)]
-            for yy in ys_:
-                typed = ((0, xv), (1, round(float(yy), COORD_DECIMALS)))
-                zs_ = solve_values(sg, m, typed, 2)
-                zz = _probes(sg, m, typed, 2) if zs_ is None else zs_
-                pts.append(np.column_stack([np.full(len(zz), xv), np.full(len(zz), float(yy)), zz]))
-            return np.vstack(pts)
+            yv = None if yv is None else round(yv, COORD_DECIMALS)
+            known = matching(xv) if yv is None else matching(xv, yv)
+            return known, _completion_grid(sg, m, xv, yv)  # tried in this order, each chunked alone
 
         xs = solve_values(sg, m, (), 0) if subs else None
         x, _ = yield Num(0.0, _COORD_HI, COORD_DECIMALS, (" ",), max_int_digits=1, values=xs,

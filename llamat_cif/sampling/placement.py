@@ -360,17 +360,20 @@ class Placement:
     def _first_ok(self, cands: np.ndarray, m: int, k: int, chunk: int = 24, *, radius: float = 0.0,
                   ratio: float | None = None, blocks: Sequence[Block] | None = None) -> list[np.ndarray]:
         """Up to ``k`` admissible candidates (against ``blocks``, default the placed sites), checked
-        in chunks (most questions need one)."""
+        in chunks (most questions need one). ``cands``: an array of points, or a sequence of them
+        tried in order, each chunked from its own start (a fixed array then gives the same chunks
+        on every question, whose answers :meth:`_bits` keeps)."""
         found: list[np.ndarray] = []
-        for start in range(0, len(cands), chunk):
-            part = cands[start:start + chunk]
-            bits = self._bits(part, m, radius, ratio, blocks)[0]
-            while bits and len(found) < k:  # the lowest set bits: the first admissible points
-                low = bits & -bits
-                found.append(part[low.bit_length() - 1].copy())
-                bits ^= low
-            if len(found) >= k:
-                break
+        for seg in cands if isinstance(cands, list | tuple) else (cands,):
+            for start in range(0, len(seg), chunk):
+                part = seg[start:start + chunk]
+                bits = self._bits(part, m, radius, ratio, blocks)[0]
+                while bits and len(found) < k:  # the lowest set bits: the first admissible points
+                    low = bits & -bits
+                    found.append(part[low.bit_length() - 1].copy())
+                    bits ^= low
+                if len(found) >= k:
+                    return found
         return found
 
     def _still_allocatable(self, counts: tuple[tuple[int, float], ...], blocks: Sequence[Block]) -> bool:
@@ -426,28 +429,26 @@ class Placement:
                      site_ratio: float | None = None, rest_ratio: float | None = None,
                      same_min: float | None = None) -> np.ndarray | None:
         """The first candidate point that makes an admissible site with a completion, or ``None``
-        (``site_ratio``/``rest_ratio``/``same_min`` as in :meth:`site_fits`)."""
-        if same_min and len(pts):
-            pts = np.atleast_2d(np.asarray(pts, dtype=float))
-            pts = pts[self.same_element_ok(pts, m, element, same_min)]
-        if len(pts) == 0:
+        (``site_ratio``/``rest_ratio``/``same_min`` as in :meth:`site_fits`). ``pts``: an array of
+        points or a sequence of arrays, tried in order as if stacked (see :meth:`_first_ok`)."""
+        segs = [np.asarray(s, dtype=float).reshape(-1, 3) for s in (pts if isinstance(pts, list | tuple) else (pts,))]
+        if same_min:
+            segs = [s[self.same_element_ok(s, m, element, same_min)] for s in segs if len(s)]
+        segs = [s for s in segs if len(s)]
+        if not segs:
             return None
+        pts = segs if len(segs) > 1 else segs[0]
         radius = self.radius_of(element)
         for p in self._first_ok(pts, m, tries, radius=radius, ratio=site_ratio):
             if self.fits(rest_counts, self.orbit_of(p), lines, extra_radius=radius, ratio=rest_ratio):
                 return p
         return None
 
-    def any_site_fits(self, pts: np.ndarray, m: int, rest_counts: Counts, tries: int = 6,
-                      lines: int | None = None, *, element: str | None = None) -> bool:
-        """Does one of the candidate points make an admissible site with a completion?"""
-        return self.site_fitting(pts, m, rest_counts, tries, lines, element=element) is not None
-
     def multiplicity_ok(self, m: int, rest_counts: Counts, lines: int | None = None, *,
                         element: str | None = None) -> bool:
         """Can a site of multiplicity ``m`` go somewhere now and leave ``rest_counts`` placeable
         (in at most ``lines`` further site lines)?"""
-        return self.any_site_fits(self.candidates(m), m, rest_counts, lines=lines, element=element)
+        return self.site_fitting(self.candidates(m), m, rest_counts, lines=lines, element=element) is not None
 
     def place(self, p: np.ndarray, element: str | None = None) -> None:
         orb = self.orbit_of(p)

@@ -42,7 +42,8 @@ Everything is written as it goes and a rerun of the same ``out_dir`` resumes whe
 prompt k, through :class:`llamat_cif.runs.RunStore`: a part is whole or absent), then
 ``scores.parquet`` (all prompts, duplicates marked), ``pairs.parquet``, the updated
 ``model/`` and ``record.json``; a round is done when its ``record.json`` exists. ``rounds.jsonl``
-and ``curves.png`` / ``elements.png`` summarise all rounds.
+and ``curves.png`` / ``elements.png`` summarise all rounds. A finished run can be extended with
+more rounds, and those rounds can have another number of prompts (:data:`RESUMABLE_CHANGES`).
 """
 
 from __future__ import annotations
@@ -72,9 +73,10 @@ from llamat_cif.train.align_scores import (
 )
 from llamat_cif.train.config import AlignConfig
 
-#: settings a resumed run may change (the number of rounds: a finished run can be extended; where
-#: and how fast it runs)
-RESUMABLE_CHANGES = ("rounds", "device", "threads", "score_workers")
+#: settings a resumed run may change (the number of rounds: a finished run can be extended; the
+#: prompts per round: later rounds can be larger, each round's record keeps its own count; where and
+#: how fast it runs)
+RESUMABLE_CHANGES = ("rounds", "prompts", "device", "threads", "score_workers")
 #: what a run folder written before a setting existed ran with (so it resumes unchanged)
 LEGACY_SETTINGS = {"cross_round_unique": False, "family_share": 0.0}
 
@@ -264,7 +266,7 @@ def run_align(cfg: AlignConfig, *, scorer: Scorer | None = None, data_dir: str |
                 train_stats = dpo_update(model, ref_model, tokenizer, samples, pairs, cfg, r, rdir / "trainer")
                 shutil.rmtree(rdir / "trainer", ignore_errors=True)
             save_policy(model, tokenizer, source, rdir / "model", cfg)
-            rec = {"round": r, **round_record(scores, pairs, cfg, train_n_el), "dpo": train_stats,
+            rec = {"round": r, "prompts": len(prompts), **round_record(scores, pairs, cfg, train_n_el), "dpo": train_stats,
                    "wall_s": {"sample": round(t_sample, 1), "score": round(t_score, 1),
                               "update": round(time.time() - t0 - t_sample - t_score, 1)},
                    "sampling": sampling_record(sampler),
