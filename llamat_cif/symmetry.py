@@ -9,7 +9,8 @@ setting the canonical CIF of :mod:`llamat_cif.cif` is written in (conventional c
   ``resources/orbit_sizes.json``), :func:`reachable_counts` (atom counts that are sums of them) and
   the groups compatible with a set of element counts (:func:`compatible_spacegroups`);
 * Wyckoff subspaces: :func:`wyckoff_subspaces` (the affine subspaces of each multiplicity),
-  :func:`solve_values` (which values a coordinate can take once others are typed) and
+  :func:`solve_values` / :func:`solve_values_many` (which values a coordinate can take once others
+  are typed) and
   :func:`wyckoff_table` (orbit representatives and probe points per multiplicity);
 * allocation: :func:`allocatable` (can element counts be distributed over the Wyckoff positions,
   each zero-dimensional position used at most once; precomputed in
@@ -241,10 +242,8 @@ def solve_values(number: int, m: int, typed: tuple[tuple[int, float], ...], targ
 
 @lru_cache(maxsize=4096)
 def _solvers(number: int, m: int, idx: tuple[int, ...], target: int) -> tuple:
-    """Per Wyckoff subspace, what :func:`_solve_values` derives from the subspace alone for typed
-    axes ``idx`` and a ``target`` axis (:func:`_subspace_solver`). The typed values change with
-    every coordinate prefix the look-ahead probes, these do not: one pseudo-inverse and null space
-    per subspace and question instead of one per probe."""
+    """:func:`_subspace_solver` of each Wyckoff subspace for typed axes ``idx`` and a ``target`` axis:
+    kept, as the typed values change with every probe and these do not."""
     return tuple(_subspace_solver(b, list(idx), target) for _, b in wyckoff_subspaces(number, m))
 
 
@@ -253,10 +252,9 @@ _WRAPS = {n: np.array(list(itertools.product(range(-2, 3), repeat=n)), dtype=flo
 
 
 def _subspace_solver(b: np.ndarray, idx: list[int], target: int) -> tuple[np.ndarray, np.ndarray, bool] | None:
-    """For a subspace with basis ``b`` (at least one free parameter) and typed axes ``idx``: the
-    typed rows of the basis, their pseudo-inverse (transposed, as :func:`_solve_values` multiplies
-    by it) and whether the ``target`` coordinate stays free once they are fixed; ``None`` where
-    :func:`_solve_values` needs none of them."""
+    """For a subspace with basis ``b`` and typed axes ``idx``: the typed rows of the basis, their
+    pseudo-inverse (transposed) and whether ``target`` stays free once they are fixed (``None``:
+    no free parameter or nothing typed)."""
     from scipy.linalg import null_space
 
     if b.shape[1] == 0 or not idx:
@@ -269,44 +267,55 @@ def _subspace_solver(b: np.ndarray, idx: list[int], target: int) -> tuple[np.nda
 
 def _solve_values(subspaces, typed: dict[int, float], target: int, tol: float = 2.5e-4, *,
                   solvers: tuple | None = None, skip_free: bool = False):
-    """Values the ``target`` coordinate can take on the subspaces, given typed coordinates.
-
-    Returns ``None`` when some subspace leaves it free (``skip_free``: such subspaces are passed
-    over), else a sorted array of admissible values
-    (mod 1). Typed coordinates are 4-decimal roundings, hence the tolerance. For each subspace
-    ``p0 + B t`` the typed coordinates are solved for ``t`` under every integer wrap at once.
-    ``solvers``: :func:`_subspace_solver` of each subspace for these typed axes and target, when
-    the caller keeps them (the same numbers, not recomputed).
-    """
+    """Values the ``target`` coordinate can take on the subspaces, given typed coordinates (4-decimal
+    roundings, hence ``tol``): ``None`` when some subspace leaves it free (``skip_free``: such subspaces
+    are passed over), else a sorted array (mod 1). ``solvers``: :func:`_solvers`' answer, if kept."""
     idx = list(typed)
-    tv = np.array([typed[i] for i in idx], dtype=float)
-    vals: list[float] = []
-    for j, (p0, b) in enumerate(subspaces):
+    if not idx:  # nothing typed: a subspace with a free target leaves it free, else p0 gives it
+        free = [b.shape[1] > 0 and np.abs(b[target]).max() > 1e-6 for _, b in subspaces]
+        if any(free) and not skip_free:
+            return None
+        vals = [p0[target] % 1.0 for (p0, _), f in zip(subspaces, free, strict=True) if not f]
+        return np.unique(np.round(np.array(vals), 4) % 1.0) if vals else np.zeros(0)
+    tv = np.array([[typed[i] for i in idx]], dtype=float)
+    solvers = solvers or tuple(_subspace_solver(b, idx, target) for _, b in subspaces)
+    return _solve_many(subspaces, idx, tv, target, tol, solvers, skip_free)[0]
+
+
+def _solve_many(subspaces, idx: list[int], tv: np.ndarray, target: int, tol: float, solvers: tuple,
+                skip_free: bool) -> list:
+    """:func:`_solve_values` for each row of ``tv`` (typed values on axes ``idx``), ``t`` solved for every
+    row and integer wrap at once (a stack of the same small products a call on one row makes)."""
+    vals: list[list[float]] = [[] for _ in tv]
+    free_hit = np.zeros(len(tv), dtype=bool)
+    for (p0, b), solver in zip(subspaces, solvers, strict=True):
         if b.shape[1] == 0:
             diff = tv - p0[idx]
-            if np.all(np.abs(diff - np.round(diff)) < tol):
-                vals.append(p0[target] % 1.0)
+            for i in np.nonzero(np.all(np.abs(diff - np.round(diff)) < tol, axis=1))[0]:
+                vals[i].append(p0[target] % 1.0)
             continue
-        if not idx:
-            if np.abs(b[target]).max() > 1e-6:
-                if skip_free:
-                    continue
-                return None  # the target coordinate is a free parameter here
-            vals.append(p0[target] % 1.0)
-            continue
-        bt, pinv_t, free = _subspace_solver(b, idx, target) if solvers is None else solvers[j]
-        rhs = tv[None, :] + _WRAPS[len(idx)] - p0[idx][None, :]  # (wraps, typed)
-        t = rhs @ pinv_t  # least-squares parameters per wrap
-        hit = np.abs(t @ bt.T - rhs).max(1) < tol
+        bt, pinv_t, free = solver
+        rhs = tv[:, None, :] + _WRAPS[len(idx)][None] - p0[idx][None, None, :]  # (rows, wraps, typed)
+        t = rhs @ pinv_t  # least-squares parameters per row and wrap
+        hit = np.abs(t @ bt.T - rhs).max(2) < tol
         if free:
-            if hit.any() and not skip_free:
-                return None  # typed coordinates reachable and the target still free
+            free_hit |= hit.any(1) & (not skip_free)  # typed coordinates reachable, the target free
             continue
-        vals.extend(float((p0[target] + b[target] @ tt) % 1.0) for tt in t[hit])
-    if not vals:
-        return np.zeros(0)
-    v = np.round(np.array(vals), 4) % 1.0
-    return np.unique(v)
+        for i, w in zip(*np.nonzero(hit), strict=True):
+            vals[i].append(float((p0[target] + b[target] @ t[i, w]) % 1.0))
+    return [None if f else np.unique(np.round(np.array(v), 4) % 1.0) if v else np.zeros(0)
+            for v, f in zip(vals, free_hit, strict=True)]
+
+
+def solve_values_many(number: int, m: int, typed: tuple[tuple[int, float], ...], axis: int,
+                      values: np.ndarray, target: int, *, pinned: bool = False) -> list:
+    """``[solve_values(number, m, typed + ((axis, v),), target, pinned=pinned) for v in values]``, in one pass."""
+    idx = [i for i, _ in typed] + [axis]
+    tv = np.empty((len(values), len(idx)))
+    tv[:, :-1] = [v for _, v in typed]
+    tv[:, -1] = values
+    return _solve_many(wyckoff_subspaces(number, m), idx, tv, target, 2.5e-4,
+                       _solvers(number, m, tuple(idx), target), pinned)
 
 
 #: Probe points per dimension of a Wyckoff subspace with free parameters: enough that a cell full

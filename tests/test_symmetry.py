@@ -127,3 +127,25 @@ def test_probe_points_are_the_shifted_halton_sequence():
     first = np.array([[1 / 2, 1 / 3, 1 / 5], [1 / 4, 2 / 3, 2 / 5], [3 / 4, 1 / 9, 3 / 5], [1 / 8, 4 / 9, 4 / 5]])
     assert np.allclose(pts[:4], (first + 0.0703) % 1.0, atol=1e-15)
     assert np.array_equal(_probe_params(1)[:, 0], pts[:16, 0])
+
+
+def test_solve_values_many_answers_as_one_call_per_value():
+    """The look-ahead solves the last coordinate for every probe value of the one before in one pass:
+    the same arrays (or ``None`` where a subspace leaves it free) as one call per value."""
+    from llamat_cif.symmetry import orbit_sizes, solve_values, solve_values_many
+
+    probes = np.round(np.array([9, 5, 13, 3, 0.0, 4, 8, 2.4, 1.6, 12]) / 16, 4)
+    for sg in (1, 12, 62, 139, 166, 191, 194, 221, 225, 227):
+        for m in sorted(orbit_sizes(sg)):
+            for xv in (0.0, 0.125, 0.25, 0.3125, 0.5, 0.6667):
+                ys = np.unique(np.concatenate([probes, [xv / 2, xv, 1 - xv]]).round(4))
+                for pinned in (False, True):
+                    many = solve_values_many(sg, m, ((0, xv),), 1, ys, 2, pinned=pinned)
+                    for yv, got in zip(ys, many, strict=True):
+                        want = solve_values(sg, m, ((0, xv), (1, float(yv))), 2, pinned=pinned)
+                        assert (got is None) == (want is None), (sg, m, xv, yv)
+                        assert got is None or np.array_equal(got, want), (sg, m, xv, yv)
+    # Fm-3m, x = 1/4, y = 0: z = 0 (24e), 1/4 and 3/4 (24d) or 1/2 (24e moved by the F centring);
+    # 32f (x, x, x): with x = y typed, z is pinned to x (among others)
+    assert solve_values_many(225, 24, ((0, 0.25),), 1, np.array([0.0]), 2)[0].tolist() == [0.0, 0.25, 0.5, 0.75]
+    assert 0.2 in solve_values_many(225, 32, ((0, 0.2),), 1, np.array([0.2]), 2)[0].tolist()

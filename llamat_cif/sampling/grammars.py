@@ -42,7 +42,13 @@ from llamat_cif.sampling.lattice import (
     sin_at_least,
 )
 from llamat_cif.sampling.placement import Placement
-from llamat_cif.symmetry import crystal_system, min_lines, solve_values, wyckoff_subspaces
+from llamat_cif.symmetry import (
+    crystal_system,
+    min_lines,
+    solve_values,
+    solve_values_many,
+    wyckoff_subspaces,
+)
 
 # The canonical CIF's format (:mod:`llamat_cif.cif`): its tags in their fixed order, fixed angles
 # written with the angle decimals ("90.00"), numbers with the decimals of their kind.
@@ -73,11 +79,13 @@ def _completion_grid(sg: int, m: int, xv: float, yv: float | None) -> np.ndarray
     so it is kept (read-only)."""
     ys = solve_values(sg, m, ((0, xv),), 1) if yv is None else np.array([yv])
     ys = _probes(sg, m, ((0, xv),), 1) if ys is None else ys
+    typed_y = np.array([round(float(yy), COORD_DECIMALS) for yy in ys])  # as typed (the column keeps yy)
+    zs = solve_values_many(sg, m, ((0, xv),), 1, typed_y, 2)
+    free = [i for i, z in enumerate(zs) if z is None]  # z free somewhere: the probes, then the pinned values
+    for i, pin in zip(free, solve_values_many(sg, m, ((0, xv),), 1, typed_y[free], 2, pinned=True), strict=True):
+        zs[i] = np.concatenate([_PROBE, pin])
     pts = [np.zeros((0, 3))]
-    for yy in ys:
-        typed = ((0, xv), (1, round(float(yy), COORD_DECIMALS)))
-        zs = solve_values(sg, m, typed, 2)
-        zz = _probes(sg, m, typed, 2) if zs is None else zs
+    for yy, zz in zip(ys, zs, strict=True):
         pts.append(np.column_stack([np.full(len(zz), xv), np.full(len(zz), float(yy)), zz]))
     grid = np.vstack(pts)
     grid.flags.writeable = False
