@@ -35,6 +35,15 @@ __all__ = ["RunStore", "write_parquet"]
 MANIFEST = "manifest.json"
 
 
+def write_json(obj: Any, path: Path) -> None:
+    """Write ``obj`` as indented JSON through a per-process temporary file and a rename: a process
+    reading it meanwhile (a shard starting beside another) sees the old file or the new one, never a
+    half-written one."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)
+
+
 def write_parquet(obj: pd.DataFrame | Any, path: Path) -> None:
     """Write a DataFrame or a pyarrow Table to ``path`` through a temporary file and a rename, so the
     file is whole or absent, whenever the process stops."""
@@ -101,9 +110,7 @@ class RunStore:
         if self.parts_dir.exists():
             shutil.rmtree(self.parts_dir)  # written under other settings: not ours to mix in
         self.parts_dir.mkdir(parents=True, exist_ok=True)
-        tmp = mpath.with_name(f"{MANIFEST}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(manifest, indent=1))
-        os.replace(tmp, mpath)
+        write_json(manifest, mpath)
 
     def part_path(self, k: int) -> Path:
         """Where part ``k`` lives (it exists only once complete)."""

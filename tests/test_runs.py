@@ -90,3 +90,21 @@ def test_writers_side_by_side_share_one_store(tmp_path):
     assert list(first.read()["id"]) == ["s0", "s1", "s2"]
     assert list(pd.read_parquet(second.commit())["id"]) == ["s0", "s1", "s2"]
     assert not list(tmp_path.glob("**/*.tmp"))  # every temporary file was renamed into place
+
+
+def test_write_json_replaces_the_file_whole(tmp_path):
+    """Shards read ``sample_config.json`` while another shard writes it: the file is replaced by a
+    rename (its inode changes), never truncated and rewritten in place, and no temporary is left."""
+    import json
+
+    from llamat_cif.runs import write_json
+
+    path = tmp_path / "sample_config.json"
+    write_json({"n": 1}, path)
+    first = path.stat().st_ino
+    with open(path) as held:  # a reader that opened the old file keeps reading the old, whole text
+        write_json({"n": 2, "shard": None}, path)
+        assert json.loads(held.read()) == {"n": 1}
+    assert json.loads(path.read_text()) == {"n": 2, "shard": None}
+    assert path.stat().st_ino != first
+    assert [p.name for p in tmp_path.iterdir()] == ["sample_config.json"]

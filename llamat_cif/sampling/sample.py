@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from llamat_cif.runs import write_json
 from llamat_cif.sampling.config import (
     SampleConfig,
     model_format,
@@ -346,7 +347,7 @@ def generate(cfg: SampleConfig, *, progress: bool = True, model=None, tokenizer=
         cfg = executor.resolve_sampling(cfg, targets)
     shard = parse_shard("/".join(map(str, cfg.shard))) if cfg.shard else None
     check_resume(out, cfg)
-    (out / "sample_config.json").write_text(json.dumps({**asdict(cfg), "shard": None}, indent=2))
+    write_json({**asdict(cfg), "shard": None}, out / "sample_config.json")  # shards read it as they start
     n_batches = -(-cfg.n // cfg.batch_size)
     tag = f".shard{shard[0]}of{shard[1]}" if shard else ""
     mine = [b for b in range(n_batches) if shard is None or b % shard[1] == shard[0]]
@@ -405,7 +406,7 @@ def generate(cfg: SampleConfig, *, progress: bool = True, model=None, tokenizer=
     if shard is None:
         for path in sorted(out.glob("sample_summary.shard*of*.json")):
             summary.setdefault("shards", {})[path.stem.split(".")[-1]] = json.loads(path.read_text())["this_session"]
-    (out / f"sample_summary{tag}.json").write_text(json.dumps(summary, indent=2))
+    write_json(summary, out / f"sample_summary{tag}.json")
     return df
 
 
