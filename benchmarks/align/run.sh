@@ -155,7 +155,7 @@ bash benchmarks/physics/protocol_1000.sh alignedbigcap3-t0.7-p0.9-seed0-1000 --m
 # 19. round_02 interpolated toward the shipped model (0.75 aligned), T 0.7
 python benchmarks/align/interpolate.py llamat_cif/models/llamat-cif-small $A6/round_02/model 0.75 /tmp/soup/a075
 bash benchmarks/physics/protocol_1000.sh soup075-t0.7-p0.9-seed0-1000 --model /tmp/soup/a075 --temperature 0.7
-# 20. a fourth update on a 1,002-sample round (rounds 0-2 copied; --prompts changes when a run is extended)
+# 20. a fourth update on a 1,002-sample round (table of steps 19-21 at the end) (rounds 0-2 copied; --prompts changes when a run is extended)
 A7=benchmarks/align/runs/small-big1000-seed0
 mkdir -p $A7 && cp -r $A6/round_00 $A6/round_01 $A6/round_02 $A7/ && head -3 $A6/rounds.jsonl > $A7/rounds.jsonl
 python - <<PY
@@ -164,9 +164,13 @@ c.update(out_dir="$A7", rounds=3); json.dump(c, open("$A7/align_config.json", "w
 PY
 llamat-cif align --out $A7 --rounds 4 --prompts 167 --samples-per-prompt 6 --conditional 0 --score-workers 2 --seed 0 --no-progress
 bash benchmarks/physics/protocol_1000.sh alignedbig1000r4-t0.7-p0.9-seed0-1000 --model $A7/round_03/model
+# 21. a diversity-only update of round_02 on step 20's round-3 samples
+python benchmarks/align/dedupe_update.py $A7 3 $A6/round_02/model benchmarks/align/runs/dedupe-r02-seed0
+bash benchmarks/physics/protocol_1000.sh aligneddedupe-t0.7-p0.9-seed0-1000 --model benchmarks/align/runs/dedupe-r02-seed0/model
 python benchmarks/physics/ablation.py "llamat-cif-small (before)=$PR/t0.7-p0.9-seed0-pinned-1000:$PR/t0.7-p0.9-seed0-pinned-1000/bench" \
   "aligned 3 x 288 (round_02), T 0.7=$PR/alignedbig3-t0.7-p0.9-seed0-1000:$PR/alignedbig3-t0.7-p0.9-seed0-1000/bench" \
   "aligned 3 x 288, T 0.9=$PR/alignedbig3-t0.9-p0.9-seed0-1000:$PR/alignedbig3-t0.9-p0.9-seed0-1000/bench" \
   "interpolated 0.25 shipped + 0.75 round_02, T 0.7=$PR/soup075-t0.7-p0.9-seed0-1000:$PR/soup075-t0.7-p0.9-seed0-1000/bench" \
   "round_02 + a fourth update on 1,002 samples, T 0.7=$PR/alignedbig1000r4-t0.7-p0.9-seed0-1000:$PR/alignedbig1000r4-t0.7-p0.9-seed0-1000/bench" \
+  "round_02 + a diversity-only update (repeats rejected), T 0.7=$PR/aligneddedupe-t0.7-p0.9-seed0-1000:$PR/aligneddedupe-t0.7-p0.9-seed0-1000/bench" \
   --out benchmarks/align/before_after_big1000.json
