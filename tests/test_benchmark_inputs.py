@@ -78,6 +78,9 @@ def test_folder_csv_extxyz_and_objects_give_identical_metrics(tmp_path, monkeypa
     assert (counts.nunique(axis=1) == 1).all()
     m = json.loads((out / "folder" / "metrics.json").read_text())
     assert m["samples"]["used"] == 20 and m["samples"]["unreadable"] == 0
+    from llamat_cif.stability.relax import usable_cores
+
+    assert m["protocol"]["config"]["workers"] == min(usable_cores(), 8)  # --workers 0 (default): one per core
     assert (m["metrics"]["parse_rate"]["numerator"], m["metrics"]["parse_rate"]["denominator"]) == (20, 20)
     # the comparison report: one table, side-by-side maps
     md = (out / "comparison.md").read_text()

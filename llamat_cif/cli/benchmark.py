@@ -52,9 +52,10 @@ from llamat_cif.cli._common import (
                    "against the reference. --no-coverage computes no fingerprint at all (the MP-20 test "
                    "reference alone takes ~15 min uncached on two cores) and leaves the coverage metrics "
                    "out; validity, uniqueness/novelty, property distances, CSP and --stability still run.")
-@click.option("--workers", type=int, default=1, show_default=True,
+@click.option("--workers", type=click.IntRange(min=0), default=0,
               help="Processes for fingerprinting (CrystalNN, ~0.3 s per structure per core) and for the "
-                   "relaxations of --stability.")
+                   "relaxations of --stability [default: 0 = auto: one per CPU core, at most 8, as "
+                   "`stability` and `screen`]. Results do not depend on it.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="Fingerprint cache (default: $LLAMAT_CIF_CACHE/fingerprints or ~/.cache/llamat-cif/fingerprints).")
 @click.option("--reference-limit", type=int, default=None, help="Use only the first N reference structures.")
@@ -135,6 +136,10 @@ def benchmark(samples: tuple[str, ...], reference: str, train: str | None, out: 
         return
     if len(sets) > 1 and not out:
         fail("a comparison of several --samples needs --out (each set goes to OUT/<label>/)")
+    if workers == 0:
+        from llamat_cif.stability.relax import AUTO_WORKERS_MAX, usable_cores
+
+        workers = min(usable_cores(), AUTO_WORKERS_MAX)
     settings = dict(reference=reference, train=train, seed=seed, max_samples=max_samples,
                     struct_cutoff=struct_cutoff, comp_cutoff=comp_cutoff, fingerprint_scope=fingerprint_scope,
                     fingerprint_shortcut=fingerprint_shortcut, coverage=coverage, workers=workers, data_dir=data_dir, cache_dir=cache_dir,

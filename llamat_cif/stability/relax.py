@@ -312,11 +312,15 @@ def auto_workers(n_items: int, device: str | None = None) -> int:
     a GPU. Rows do not depend on it: every CPU relaxation runs one torch thread, pooled or not."""
     if auto_device(device) != "cpu":
         return 1
+    return max(1, min(usable_cores(), AUTO_WORKERS_MAX, -(-int(n_items) // 8)))
+
+
+def usable_cores() -> int:
+    """CPU cores this process may use (its affinity where the platform tells it)."""
     try:
-        cores = len(os.sched_getaffinity(0))
+        return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(cores, AUTO_WORKERS_MAX, -(-int(n_items) // 8)))
+        return os.cpu_count() or 1
 
 
 _WORKER: dict = {}
