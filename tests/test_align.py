@@ -246,6 +246,23 @@ def test_two_rounds_raise_the_preferred_continuation_and_resume(tmp_path, traini
     grown = run_align(AlignConfig(**{**asdict(old), "rounds": 3, "prompts": 3}), scorer=_short_tokens_win,
                       training=training, progress=False)
     assert [r["prompts"] for r in grown] == [2, 2, 3] and [r["samples"] for r in grown] == [4, 4, 6]
+    # a branch keeps round 0, reuses round 1's samples and scores, and redoes its pairs and update
+    # under another beta: the same samples, its own model
+    from llamat_cif.train.align import branch_run
+
+    branch = AlignConfig(**{**asdict(old), "out_dir": str(tmp_path / "branch"), "beta": 0.5})
+    with pytest.raises(ValueError, match="cannot be reused"):  # round 1 had 2 prompts, not 3
+        branch_run(run, AlignConfig(**{**asdict(branch), "prompts": 3}), 1, reuse_samples=True)
+    branch_run(run, branch, 1, reuse_samples=True)
+    branched = run_align(branch, scorer=_short_tokens_win, training=training, progress=False)
+    assert [r["round"] for r in branched] == [0, 1] and branched[0] == grown[0]
+    pd.testing.assert_frame_equal(RunStore(tmp_path / "branch" / "round_01" / "samples.parquet", append=False).read(),
+                                  RunStore(run / "round_01" / "samples.parquet", append=False).read())
+    assert json.loads((tmp_path / "branch" / "branched_from.json").read_text())["rounds_kept"] == 1
+    assert json.loads((tmp_path / "branch" / "align_config.json").read_text())["beta"] == 0.5
+    branch_run(run, branch, 1, reuse_samples=True)  # the same branch again: left as it is (resume)
+    with pytest.raises(ValueError, match="another run or round"):
+        branch_run(run, branch, 2)
 
 
 def test_lora_adapter_alignment_saves_and_reloads(tmp_path, training):

@@ -144,6 +144,7 @@ done
 python benchmarks/physics/ablation.py "formula-conditioned, llamat-cif-small (before)=$E6/formula200-before:$E6/formula200-before/stability-50" \
   "formula-conditioned, aligned 3 x 288 (after)=$E6/formula200-after:$E6/formula200-after/stability-50" --out benchmarks/align/formula200_big.json
 # 18. the third update again with --family-share 0.02 (rounds 0-1 and round 2's samples/scores copied)
+#     (today one command does the copying: llamat-cif align --out $B6 --from-run $A6 --keep-rounds 2 --reuse-samples --rounds 3 ... --family-share 0.02)
 B6=benchmarks/align/runs/small-bigcap-seed0
 mkdir -p $B6/round_02 && cp -r $A6/round_00 $A6/round_01 $B6/ && cp -r $A6/round_02/samples.parts $A6/round_02/scores.parts $B6/round_02/
 python - <<PY
@@ -156,6 +157,7 @@ bash benchmarks/physics/protocol_1000.sh alignedbigcap3-t0.7-p0.9-seed0-1000 --m
 python benchmarks/align/interpolate.py llamat_cif/models/llamat-cif-small $A6/round_02/model 0.75 /tmp/soup/a075
 bash benchmarks/physics/protocol_1000.sh soup075-t0.7-p0.9-seed0-1000 --model /tmp/soup/a075 --temperature 0.7
 # 20. a fourth update on a 1,002-sample round (table of steps 19-21 at the end) (rounds 0-2 copied; --prompts changes when a run is extended)
+#     (today: llamat-cif align --out $A7 --from-run $A6 --keep-rounds 3 --rounds 4 --prompts 167 ...)
 A7=benchmarks/align/runs/small-big1000-seed0
 mkdir -p $A7 && cp -r $A6/round_00 $A6/round_01 $A6/round_02 $A7/ && head -3 $A6/rounds.jsonl > $A7/rounds.jsonl
 python - <<PY

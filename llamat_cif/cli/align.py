@@ -54,12 +54,20 @@ from llamat_cif.stability.relax import quiet_warnings
 @click.option("--score-workers", type=int, default=0, show_default=True,
               help="Processes that score a prompt's samples while the next prompt is sampled "
                    "(0: score after sampling, in this process).")
+@click.option("--from-run", type=click.Path(file_okay=False, exists=True), default=None,
+              help="Branch: start --out from the first --keep-rounds finished rounds of this run folder "
+                   "(copied; its settings kept in branched_from.json) and continue under these settings.")
+@click.option("--keep-rounds", type=click.IntRange(min=1), default=None, help="Rounds of --from-run to keep.")
+@click.option("--reuse-samples", is_flag=True,
+              help="With --from-run: also reuse the next round's samples and scores, so only its pairs and "
+                   "update are redone (the settings they depend on must be the source's).")
 @click.option("--progress/--no-progress", default=True)
 @seed_option
 @data_dir_option
 def align(model, out_dir, rounds, prompts, samples_per_prompt, conditional, dataset, temperature, top_p,
           potential, relax_steps, fmax, e_hull_cap, pair_margin, pairs_per_prompt, cross_round_unique,
-          family_share, beta, sft_weight, lr, epochs, batch_size, lora, device, threads, score_workers, progress, seed, data_dir) -> None:
+          family_share, beta, sft_weight, lr, epochs, batch_size, lora, device, threads, score_workers, from_run,
+          keep_rounds, reuse_samples, progress, seed, data_dir) -> None:
     """Align a generator with stability: sample, relax, score by E_hull, update by DPO; repeat.
 
     Each round draws --samples-per-prompt constrained samples for --prompts prompts, scores every
@@ -69,13 +77,14 @@ def align(model, out_dir, rounds, prompts, samples_per_prompt, conditional, data
     best sample of each prompt against worse ones and runs one DPO update (trl) anchored to the
     starting model. Writes round_NN/{samples,scores,pairs,model,record.json}, rounds.jsonl,
     curves.png, elements.png and final/ (the last round's model, usable as --model anywhere).
+    --from-run DIR --keep-rounds K branches a new --out from DIR's first K rounds.
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     quiet_warnings()
     from llamat_cif.data import DataError
     from llamat_cif.model import ModelLoadError
     from llamat_cif.stability import HullError, PotentialError
-    from llamat_cif.train.align import run_align
+    from llamat_cif.train.align import branch_run, run_align
     from llamat_cif.train.config import AlignConfig
 
     try:
@@ -88,6 +97,10 @@ def align(model, out_dir, rounds, prompts, samples_per_prompt, conditional, data
                           beta=beta, sft_weight=sft_weight, lr=lr,
                           epochs=epochs, batch_size=batch_size, lora=lora, device=device, threads=threads,
                           score_workers=score_workers)
+        if from_run is not None or keep_rounds is not None or reuse_samples:
+            if from_run is None or keep_rounds is None:
+                raise ValueError("--from-run and --keep-rounds go together (--reuse-samples needs both)")
+            branch_run(from_run, cfg, keep_rounds, reuse_samples=reuse_samples)
         records = run_align(cfg, data_dir=data_dir, progress=progress)
     except (ValueError, ModelLoadError, DataError, HullError, PotentialError) as exc:
         fail(str(exc))

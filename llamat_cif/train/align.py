@@ -44,6 +44,7 @@ prompt k, through :class:`llamat_cif.runs.RunStore`: a part is whole or absent),
 ``model/`` and ``record.json``; a round is done when its ``record.json`` exists. ``rounds.jsonl``
 and ``curves.png`` / ``elements.png`` summarise all rounds. A finished run can be extended with
 more rounds, and those rounds can have another number of prompts (:data:`RESUMABLE_CHANGES`).
+:func:`branch_run` starts a new folder from a run's first rounds, to continue it under other settings.
 """
 
 from __future__ import annotations
@@ -97,6 +98,50 @@ def _check_resume(out: Path, cfg: AlignConfig) -> None:
             if k not in RESUMABLE_CHANGES and old.get(k, LEGACY_SETTINGS.get(k)) != v}
     if diff:
         raise ValueError(f"{out} holds an alignment run with other settings {diff}; use a new --out")
+
+
+#: settings a reused round's samples and scores depend on (see :func:`branch_run`)
+SAMPLE_SETTINGS = ("model", "samples_per_prompt", "conditional", "dataset", "seed", "temperature", "top_p",
+                   "max_new_tokens", "potential", "relax_steps", "fmax", "relax_time_limit_s", "e_hull_cap",
+                   "invalid_reward", "lora")
+
+
+def branch_run(src: str | Path, cfg: AlignConfig, keep: int, *, reuse_samples: bool = False) -> None:
+    """Start ``cfg.out_dir`` from the first ``keep`` finished rounds of the run folder ``src`` (copied
+    whole: samples, scores, pairs, models, records), so :func:`run_align` continues from round
+    ``keep`` under ``cfg``'s settings; ``src``'s settings are kept in ``branched_from.json``.
+
+    ``reuse_samples``: round ``keep``'s samples and scores are copied too (the copied policy draws the
+    same samples from the same prompts and seeds), so only its pairs and update are redone, e.g. with
+    another ``family_share`` or ``beta``; the settings the samples depend on must then be ``src``'s.
+    A folder already branched the same way is left as it is (a rerun resumes it)."""
+    src, dst = Path(src), Path(cfg.out_dir)
+    old = json.loads((src / "align_config.json").read_text())
+    mark = {"run": str(src), "rounds_kept": keep, "samples_reused": reuse_samples, "settings": old}
+    if (dst / "branched_from.json").is_file():
+        if json.loads((dst / "branched_from.json").read_text()) != mark:
+            raise ValueError(f"{dst} was branched from another run or round; use a new --out")
+        return
+    if any(dst.glob("round_*")):
+        raise ValueError(f"{dst} already holds rounds; branch into a new --out")
+    if not 0 < keep < cfg.rounds or not all((src / f"round_{r:02d}" / "record.json").is_file() for r in range(keep)):
+        raise ValueError(f"{src} has no {keep} finished rounds to keep before round {cfg.rounds - 1}")
+    if cfg.model != old.get("model"):
+        raise ValueError(f"{src} aligned {old.get('model')!r}; a branch keeps its model and reference")
+    if reuse_samples:
+        nxt = src / f"round_{keep:02d}"
+        rec = json.loads((nxt / "record.json").read_text()) if (nxt / "record.json").is_file() else {}
+        want = {**{k: old.get(k) for k in SAMPLE_SETTINGS}, "prompts": rec.get("prompts", old.get("prompts"))}
+        diff = {k: (v, getattr(cfg, k)) for k, v in want.items() if v != getattr(cfg, k)}
+        if diff or not (nxt / "samples.parts").is_dir():
+            raise ValueError(f"round {keep} of {src} cannot be reused: {diff or 'no samples'}")
+    dst.mkdir(parents=True, exist_ok=True)
+    for r in range(keep):
+        shutil.copytree(src / f"round_{r:02d}", dst / f"round_{r:02d}")
+    for name in ("samples.parts", "scores.parts") if reuse_samples else ():
+        if (src / f"round_{keep:02d}" / name).is_dir():
+            shutil.copytree(src / f"round_{keep:02d}" / name, dst / f"round_{keep:02d}" / name)
+    (dst / "branched_from.json").write_text(json.dumps(mark, indent=2))
 
 
 # ------------------------------------------------------------------------------------ prompts
