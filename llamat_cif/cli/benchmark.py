@@ -136,10 +136,6 @@ def benchmark(samples: tuple[str, ...], reference: str, train: str | None, out: 
         return
     if len(sets) > 1 and not out:
         fail("a comparison of several --samples needs --out (each set goes to OUT/<label>/)")
-    if workers == 0:
-        from llamat_cif.stability.relax import AUTO_WORKERS_MAX, usable_cores
-
-        workers = min(usable_cores(), AUTO_WORKERS_MAX)
     settings = dict(reference=reference, train=train, seed=seed, max_samples=max_samples,
                     struct_cutoff=struct_cutoff, comp_cutoff=comp_cutoff, fingerprint_scope=fingerprint_scope,
                     fingerprint_shortcut=fingerprint_shortcut, coverage=coverage, workers=workers, data_dir=data_dir, cache_dir=cache_dir,

@@ -41,7 +41,8 @@ class BenchmarkConfig:
             element); False skips every fingerprint, of the samples and of the reference set.
         csp_ks: best-of-k budgets for formula-conditioned samples.
         metastable_threshold, stable_threshold: E_hull thresholds (eV/atom).
-        workers: processes for fingerprinting.
+        workers: processes for fingerprinting and for the ``stability`` relaxations; 0: one per
+            usable CPU core, at most 8 (resolved here, so the recorded config holds the number).
         data_dir, cache_dir: overrides of the data folder and fingerprint cache.
         reference_limit: use only the first N reference structures (tests, quick looks).
         figures: draw the PNG figures.
@@ -98,6 +99,12 @@ class BenchmarkConfig:
                 raise ValueError("protocol cdvae fingerprints every site: drop --fingerprint-shortcut")
             if self.cdvae_n_samples < 2:
                 raise ValueError("cdvae_n_samples must be at least 2 (diversity needs a pair)")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0 (0: one per CPU core), got {self.workers}")
+        if self.workers == 0:
+            from llamat_cif.stability.relax import AUTO_WORKERS_MAX, usable_cores
+
+            object.__setattr__(self, "workers", min(usable_cores(), AUTO_WORKERS_MAX))
 
 
 __all__ = ["PROTOCOLS", "BenchmarkConfig"]

@@ -357,7 +357,7 @@ class Placement:
                 self._orbit_blocks[key] = hit
         return hit
 
-    def _first_ok(self, cands: np.ndarray, m: int, k: int, chunk: int = 24, *, radius: float = 0.0,
+    def _first_ok(self, cands: np.ndarray | Sequence[np.ndarray], m: int, k: int, chunk: int = 24, *, radius: float = 0.0,
                   ratio: float | None = None, blocks: Sequence[Block] | None = None) -> list[np.ndarray]:
         """Up to ``k`` admissible candidates (against ``blocks``, default the placed sites), checked
         in chunks (most questions need one). ``cands``: an array of points, or a sequence of them
@@ -424,7 +424,7 @@ class Placement:
         # steering question never spends the hard look-ahead's budget
         return self.fits(rest_counts, self.orbit_of(p), lines, extra_radius=radius, ratio=rest_ratio)
 
-    def site_fitting(self, pts: np.ndarray, m: int, rest_counts: Counts, tries: int = 6,
+    def site_fitting(self, pts: np.ndarray | Sequence[np.ndarray], m: int, rest_counts: Counts, tries: int = 6,
                      lines: int | None = None, *, element: str | None = None,
                      site_ratio: float | None = None, rest_ratio: float | None = None,
                      same_min: float | None = None) -> np.ndarray | None:
@@ -437,9 +437,8 @@ class Placement:
         segs = [s for s in segs if len(s)]
         if not segs:
             return None
-        pts = segs if len(segs) > 1 else segs[0]
         radius = self.radius_of(element)
-        for p in self._first_ok(pts, m, tries, radius=radius, ratio=site_ratio):
+        for p in self._first_ok(segs, m, tries, radius=radius, ratio=site_ratio):
             if self.fits(rest_counts, self.orbit_of(p), lines, extra_radius=radius, ratio=rest_ratio):
                 return p
         return None
