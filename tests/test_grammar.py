@@ -131,3 +131,55 @@ def test_processor_falls_back_tier_by_tier():
         chosen = [t for t in range(scores.shape[1]) if out[0, t] > float("-inf")]
         assert len(chosen) == 1 and int(vocab.digit_of[chosen[0]]) >= 5
     assert d.steer_tiers() == 2
+
+
+def test_a_tier_no_token_passed_is_not_asked_again_in_the_field():
+    """At the first fractional digit no token keeps tier 0 (its check refuses every value), so the
+    draw keeps tier 1; the field's next digit does not ask tier 0 again, the next field does."""
+    import torch
+
+    from llamat_cif.sampling.processor import GrammarLogitsProcessor
+
+    vocab = Vocab(build_tokenizer())
+    asked: list[float] = []
+
+    def never(x: float) -> bool:
+        asked.append(x)
+        return False
+
+    def grammar():
+        for _ in range(2):
+            yield Num(0.0, 0.99, 2, (" ",), max_int_digits=1, accept=lambda x: x >= 0.1,
+                      strict_accept=(never, lambda x: x >= 0.5))
+
+    torch.manual_seed(0)
+    d = Decoder(grammar(), vocab, Stats())
+    proc = GrammarLogitsProcessor([d], 0, vocab.eos, temperature=1.0, top_p=0.9)
+
+    def draw() -> int:
+        out = proc(torch.zeros(1, 0, dtype=torch.long), torch.zeros(1, len(vocab.tok)))
+        (tid,) = [t for t in range(out.shape[1]) if out[0, t] > float("-inf")]
+        d.advance(tid)
+        return tid
+
+    d.advance(vocab.digits["0"])
+    d.advance(vocab.dot)
+    assert d.live_tiers() == [0, 1]
+    first = draw()
+    assert int(vocab.digit_of[first]) >= 5  # tier 1 kept
+    n_first = len(asked)
+    assert n_first >= 10 and d.live_tiers() == [1]  # every digit was asked, none passed
+    draw()  # the second fractional digit
+    assert len(asked) == n_first  # tier 0 not asked again in this field
+    d.advance(vocab.id_of[" "])  # next field: every tier is live again
+    assert d.live_tiers() == [0, 1]
+
+
+def test_known_points_are_kept_once_in_the_order_found():
+    from llamat_cif.sampling.grammars import _Known
+
+    k = _Known()
+    k.add(np.array([[0.25, 0.5, 0.99996], [0.1, 0.2, 0.3]]))  # 0.99996 is typed as 1.0000, i.e. 0
+    k.add(np.array([0.25, 0.5, 0.0]))  # the same point again
+    k.add(np.array([[0.7, 0.8, 0.9]]))
+    assert k.points().tolist() == [[0.25, 0.5, 0.0], [0.1, 0.2, 0.3], [0.7, 0.8, 0.9]]

@@ -166,6 +166,7 @@ class Decoder:
         self.spec = spec
         self.buf = ""
         self._checked: dict[int, bool] = {}
+        self._exhausted: set[int] = set()  # steering tiers no token of this field passed (see live_tiers)
         if isinstance(spec, Lit):
             self.lit, self.lit_pos = self.v.encode(spec.text), 0
             if not self.lit:
@@ -196,6 +197,18 @@ class Decoder:
     def steer_tiers(self) -> int:
         """How many stricter, preferred checks the current field has (0: none; see :meth:`check`)."""
         return len(steer_tiers(self.spec)) if self.needs_check() else 0
+
+    def live_tiers(self) -> list[int]:
+        """The steering tiers still worth asking in this field, most preferred first: a tier that no
+        allowed token passed at an earlier digit of the field (:meth:`exhaust_tier`) is skipped for
+        its later digits. Each later digit narrows the interval to one of the digits that failed,
+        whose finer probe points then almost never pass (measured: 3 of 2,744 such checks, 64
+        unconditional samples at the default setting); asking again cost ~12 % of sampling time."""
+        return [k for k in range(self.steer_tiers()) if k not in self._exhausted]
+
+    def exhaust_tier(self, k: int) -> None:
+        """Record that no allowed token of the current digit passed steering tier ``k``."""
+        self._exhausted.add(k)
 
     def can_steer(self) -> bool:
         """Whether the current field has a stricter, preferred check (see :meth:`check`)."""
@@ -294,7 +307,9 @@ class Decoder:
             pts = np.concatenate([h[(h >= lo - tol) & (h <= hi + tol)], pts])
         if s.pinned is not None and s.values is None:
             pts = np.concatenate([pts, s.pinned[(s.pinned >= lo - tol) & (s.pinned <= hi + tol)]])
-        return any(s.accept(float(p)) for p in np.round(pts, s.decimals))
+        pts = np.round(pts, s.decimals)
+        _, first = np.unique(pts, return_index=True)  # each value once, in the order given
+        return any(s.accept(float(p)) for p in pts[np.sort(first)])
 
     def allowed_checked(self) -> list[int]:
         """:meth:`allowed` filtered by :meth:`check` (all of them: for tests and non-sampling

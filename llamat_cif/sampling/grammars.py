@@ -92,6 +92,31 @@ def _completion_grid(sg: int, m: int, xv: float, yv: float | None) -> np.ndarray
     return grid
 
 
+class _Known:
+    """Points known to be admissible sites of the site being written, as typed (rounded to the
+    coordinate decimals, wrapped into [0, 1)), each once, in the order found."""
+
+    def __init__(self) -> None:
+        self._rows: list[np.ndarray] = []
+        self._seen: set[bytes] = set()
+        self._array: np.ndarray | None = np.zeros((0, 3))
+
+    def add(self, pts: np.ndarray) -> None:
+        for p in np.round(np.asarray(pts, dtype=float).reshape(-1, 3), COORD_DECIMALS) % 1.0:
+            key = p.tobytes()
+            if key not in self._seen:
+                self._seen.add(key)
+                self._rows.append(p)
+                self._array = None
+
+    def points(self) -> np.ndarray:
+        """The known points, ``(n, 3)`` (read-only)."""
+        if self._array is None:
+            self._array = np.array(self._rows).reshape(-1, 3)
+            self._array.flags.writeable = False
+        return self._array
+
+
 def _pinned(sg: int, m: int, typed: tuple, target: int, values) -> np.ndarray | None:
     """:attr:`Num.pinned` of a coordinate field whose admissible ``values`` are not a finite set."""
     return solve_values(sg, m, typed, target, pinned=True) if values is None or not len(values) else None
@@ -253,16 +278,17 @@ def cif_grammar(v: Vocab, cond: Conditions, stats: Stats, *, header: bool = True
         subs = wyckoff_subspaces(sg, m)
 
         # Points (as they would be typed) known to be admissible sites with a completion: images of
-        # a witness site, and every point a coordinate check accepted. They are offered to the
+        # a witness site, and every point a coordinate check accepted (by the hard rule or a
+        # steering tier, which implies it). They are offered to the
         # later coordinates' checks first, so a narrow gap found once is not lost between the
         # probe grids of different fields.
-        found: list[np.ndarray] = []
+        found = _Known()
         witness = place.site_fitting(place.candidates(m), m, rest, lines=lines_left, element=el)
         if witness is not None:
-            found.extend(np.round(place.orbit_of(witness), COORD_DECIMALS) % 1.0)
+            found.add(place.orbit_of(witness))
 
         def matching(*typed: float, found=found) -> np.ndarray:
-            pts = np.array(found).reshape(-1, 3)
+            pts = found.points()
             for j, val in enumerate(typed):
                 pts = pts[np.abs(pts[:, j] - round(val, COORD_DECIMALS)) < 0.6e-4]
             return pts
@@ -271,8 +297,8 @@ def cif_grammar(v: Vocab, cond: Conditions, stats: Stats, *, header: bool = True
                     same=None) -> bool:
             p = place.site_fitting(pts, m, rest, lines=n, element=el, site_ratio=ratio,
                                    rest_ratio=floor if ratio is not None else None, same_min=same)
-            if p is not None and ratio is None:
-                found.append(np.round(p, COORD_DECIMALS) % 1.0)
+            if p is not None:  # a point that keeps a steering tier keeps the hard rule too
+                found.add(p[None, :])
             return p is not None
 
         # steering tiers of this site, widest first: (contact ratio, same-element distance); an

@@ -67,8 +67,9 @@ class GrammarLogitsProcessor(LogitsProcessor):
                 probs[order[cut:]] = 0.0
             # steering first: a token that keeps the widest contact margin of the field's tiers,
             # from the nucleus, else from the whole (tempered) distribution, tier by tier; then a
-            # nucleus token that passes the hard rule
-            tries = [(k, dist) for k in range(d.steer_tiers()) for dist in (probs, full)] + [(False, probs)]
+            # nucleus token that passes the hard rule. A tier no token passed is not asked again at
+            # the field's later digits (Decoder.live_tiers).
+            tries = [(k, dist) for k in d.live_tiers() for dist in (probs, full)] + [(False, probs)]
             for strict, dist in tries:
                 p = dist.clone()
                 while float(p.sum()) > 0:
@@ -76,11 +77,14 @@ class GrammarLogitsProcessor(LogitsProcessor):
                     if d.check(allowed[j], strict=strict):
                         return allowed[j]
                     p[j] = 0.0
+                if strict is not False and dist is full:
+                    d.exhaust_tier(strict)
         else:
-            for k in range(d.steer_tiers()):  # greedy: the best token that keeps a margin, widest first
+            for k in d.live_tiers():  # greedy: the best token that keeps a margin, widest first
                 for j in order:
                     if d.check(allowed[j], strict=k):
                         return allowed[j]
+                d.exhaust_tier(k)
         for j in order:  # greedy, or nothing in the nucleus passes: the model's next best
             if d.check(allowed[j]):
                 return allowed[j]
