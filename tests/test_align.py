@@ -261,6 +261,14 @@ def test_two_rounds_raise_the_preferred_continuation_and_resume(tmp_path, traini
     assert json.loads((tmp_path / "branch" / "branched_from.json").read_text())["rounds_kept"] == 1
     assert json.loads((tmp_path / "branch" / "align_config.json").read_text())["beta"] == 0.5
     branch_run(run, branch, 1, reuse_samples=True)  # the same branch again: left as it is (resume)
+    # the source extended after the branch (more rounds, larger ones): still the same branch
+    src_cfg = json.loads((run / "align_config.json").read_text())
+    (run / "align_config.json").write_text(json.dumps({**src_cfg, "rounds": 5, "prompts": 4}))
+    branch_run(run, branch, 1, reuse_samples=True)
+    (run / "align_config.json").write_text(json.dumps({**src_cfg, "beta": 0.3}))  # other settings: another run
+    with pytest.raises(ValueError, match="another run or round"):
+        branch_run(run, branch, 1, reuse_samples=True)
+    (run / "align_config.json").write_text(json.dumps(src_cfg))
     with pytest.raises(ValueError, match="another run or round"):
         branch_run(run, branch, 2)
 

@@ -19,6 +19,7 @@ from scipy.stats import wasserstein_distance
 
 from llamat_cif.metrics.fingerprints import cache_dir, set_key
 from llamat_cif.metrics.metric import Metric
+from llamat_cif.runs import write_parquet
 
 TABLE_VERSION = "2"  # 2: + spacegroup (spglib, SYMPREC) and composition (cell formula)
 TABLE_COLUMNS = ["parsed", "formula", "composition", "elements", "n_elements", "n_sites", "density", "volume",
@@ -98,10 +99,7 @@ def structure_table(
     with progress_bar(label, enabled=show_progress and len(cifs) > 500, transient=True) as bar:
         df = pd.DataFrame([describe_cif(c) for c in bar.track(cifs)], columns=TABLE_COLUMNS)
     if use_cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        df.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
+        write_parquet(df, path)  # whole or absent; a per-process temporary, so concurrent benchmarks never share one
     return df
 
 

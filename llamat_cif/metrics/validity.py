@@ -11,7 +11,6 @@ their summary.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ import pandas as pd
 
 from llamat_cif.metrics.metric import Metric, json_default, rate
 from llamat_cif.metrics.sources import content_key
+from llamat_cif.runs import write_parquet
 
 #: what a validators summary lends the benchmark's protocol
 SUMMARY_KEYS = ("thresholds", "protocol", "versions")
@@ -151,9 +151,7 @@ def input_validity(samples: pd.DataFrame, out: Path, say, *, stem: str = "validi
         table, summary = run_validators(frame, column="cif")
         protocol = _summary_protocol(summary)
         protocol["source"] = "computed by llamat_cif.validators.validate_table"
-        tmp = rows_path.with_name(rows_path.name + ".tmp")
-        table.drop(columns=["cif"], errors="ignore").to_parquet(tmp, index=False)
-        os.replace(tmp, rows_path)
+        write_parquet(table.drop(columns=["cif"], errors="ignore"), rows_path)
         summary_path.write_text(json.dumps({**summary, "samples_key": key}, indent=2, default=json_default))
     return _aligned(samples, normalise_validity(table)), protocol
 

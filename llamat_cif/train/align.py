@@ -106,6 +106,14 @@ SAMPLE_SETTINGS = ("model", "samples_per_prompt", "conditional", "dataset", "see
                    "invalid_reward", "lora")
 
 
+def _branch_identity(mark: dict) -> dict:
+    """What makes two branch marks the same branch: the source run, the rounds kept, whether samples
+    were reused and the source's settings, less those an extension of the source changes later
+    (``rounds``, ``prompts``: the kept rounds' own prompt counts are in their records)."""
+    settings = {k: v for k, v in mark.get("settings", {}).items() if k not in ("rounds", "prompts")}
+    return {**mark, "settings": settings}
+
+
 def branch_run(src: str | Path, cfg: AlignConfig, keep: int, *, reuse_samples: bool = False) -> None:
     """Start ``cfg.out_dir`` from the first ``keep`` finished rounds of the run folder ``src`` (copied
     whole: samples, scores, pairs, models, records), so :func:`run_align` continues from round
@@ -119,7 +127,7 @@ def branch_run(src: str | Path, cfg: AlignConfig, keep: int, *, reuse_samples: b
     old = json.loads((src / "align_config.json").read_text())
     mark = {"run": str(src), "rounds_kept": keep, "samples_reused": reuse_samples, "settings": old}
     if (dst / "branched_from.json").is_file():
-        if json.loads((dst / "branched_from.json").read_text()) != mark:
+        if _branch_identity(json.loads((dst / "branched_from.json").read_text())) != _branch_identity(mark):
             raise ValueError(f"{dst} was branched from another run or round; use a new --out")
         return
     if any(dst.glob("round_*")):
