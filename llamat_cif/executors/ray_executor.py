@@ -93,7 +93,7 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[-1][:300] if text else ''}"
 
 
-def _relax_task(spec: str, device: str | None, scale: str | None, config, items: list[tuple[str, str]]) -> list[dict]:
+def _relax_task(spec: str, device: str | None, scale: str | None, config, items: list[tuple[str, Any]]) -> list[dict]:
     import torch
 
     from llamat_cif.stability.potentials import load_potential
@@ -105,7 +105,7 @@ def _relax_task(spec: str, device: str | None, scale: str | None, config, items:
         _quiet()
         quiet_warnings()
         _CACHE[key] = load_potential(spec, device=device, energy_scale=scale)
-    return [relax_structure(cif, _CACHE[key], config, sid=sid) for sid, cif in items]
+    return [relax_structure(s, _CACHE[key], config, sid=sid) for sid, s in items]  # Structure or CIF text
 
 
 # ------------------------------------------------------------------------------------- the executor
@@ -350,7 +350,7 @@ class RayExecutor:
         spec = potential.name if isinstance(potential, Potential) else str(potential)
         scale = potential.energy_scale if isinstance(potential, Potential) else None
         limit = self.relax_timeout_s or 2.0 * config.time_limit_s + 120.0
-        payloads = ([(sid, s if isinstance(s, str) else s.to(fmt="cif"))] for sid, s in items)
+        payloads = ([(sid, s)] for sid, s in items)  # Structures as themselves: CIF text would round them
         # a GPU device asks Ray for a share of a GPU (four relaxations per GPU), else CPU only
         gpu_share = 0.25 if device and str(device).startswith("cuda") else 0.0
         for payload, rows, error in self.imap(_relax_task, payloads, args=(spec, device or "cpu", scale, config),

@@ -337,8 +337,8 @@ def _init_worker(potential_spec: str, device: str | None, energy_scale: str | No
 
 
 def _work(args: tuple) -> dict:
-    sid, cif, config = args
-    return relax_structure(cif, _WORKER["potential"], config, sid=sid)
+    sid, structure, config = args  # a Structure or CIF text
+    return relax_structure(structure, _WORKER["potential"], config, sid=sid)
 
 
 def relax_many(
@@ -403,9 +403,10 @@ def relax_many(
         it = iter(items)
         pending = set()
         # keep a bounded number of tasks in flight so a huge input is not pickled all at once
+        # a Structure travels as itself (pickled), not as CIF text: CIF rounds the coordinates, and a
+        # row must not depend on --workers
         for sid, s in it:
-            cif = s if isinstance(s, str) else s.to(fmt="cif")
-            pending.add(ex.submit(_work, (sid, cif, config)))
+            pending.add(ex.submit(_work, (sid, s, config)))
             if len(pending) >= 4 * n_workers:
                 break
         while pending:
@@ -418,5 +419,4 @@ def relax_many(
                 nxt = next(it, None)
                 if nxt is not None:
                     sid, s = nxt
-                    cif = s if isinstance(s, str) else s.to(fmt="cif")
-                    pending.add(ex.submit(_work, (sid, cif, config)))
+                    pending.add(ex.submit(_work, (sid, s, config)))
