@@ -99,7 +99,7 @@ class _Known:
     def __init__(self) -> None:
         self._rows: list[np.ndarray] = []
         self._seen: set[bytes] = set()
-        self._array: np.ndarray | None = np.zeros((0, 3))
+        self._array: np.ndarray | None = None
 
     def add(self, pts: np.ndarray) -> None:
         for p in np.round(np.asarray(pts, dtype=float).reshape(-1, 3), COORD_DECIMALS) % 1.0:
