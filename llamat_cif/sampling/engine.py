@@ -210,10 +210,6 @@ class Decoder:
         """Record that no allowed token of the current digit passed steering tier ``k``."""
         self._exhausted.add(k)
 
-    def can_steer(self) -> bool:
-        """Whether the current field has a stricter, preferred check (see :meth:`check`)."""
-        return self.steer_tiers() > 0
-
     def check(self, tid: int, *, strict: bool | int = False) -> bool:
         """The look-ahead veto: does some completion of the field after ``tid`` pass ``accept``
         (with ``strict``: the field's preferred ``strict_accept``; ``True`` is its first tier, an

@@ -61,7 +61,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from llamat_cif.runs import RunStore, write_parquet
+from llamat_cif.runs import RunStore, write_json, write_parquet
 from llamat_cif.train.align_policy import dpo_update, load_policy, save_policy
 from llamat_cif.train.align_scores import (
     StabilityReward,
@@ -149,7 +149,7 @@ def branch_run(src: str | Path, cfg: AlignConfig, keep: int, *, reuse_samples: b
     for name in ("samples.parts", "scores.parts") if reuse_samples else ():
         if (src / f"round_{keep:02d}" / name).is_dir():
             shutil.copytree(src / f"round_{keep:02d}" / name, dst / f"round_{keep:02d}" / name)
-    (dst / "branched_from.json").write_text(json.dumps(mark, indent=2))
+    write_json(mark, dst / "branched_from.json")
 
 
 # ------------------------------------------------------------------------------------ prompts
@@ -254,7 +254,7 @@ def run_align(cfg: AlignConfig, *, scorer: Scorer | None = None, data_dir: str |
     if model_format(source) != "cif":
         raise ValueError(f"{source} was trained on the {model_format(source)!r} representation; "
                          "alignment samples CIF documents")
-    (out / "align_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    write_json(asdict(cfg), out / "align_config.json")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if training is None:
@@ -324,7 +324,7 @@ def run_align(cfg: AlignConfig, *, scorer: Scorer | None = None, data_dir: str |
                               "update": round(time.time() - t0 - t_sample - t_score, 1)},
                    "sampling": sampling_record(sampler),
                    "protocol": scorer.protocol() if hasattr(scorer, "protocol") else {"scorer": repr(scorer)}}
-            (rdir / "record.json").write_text(json.dumps(rec, indent=2, default=str))
+            write_json(rec, rdir / "record.json")
             records.append(rec)
             with open(out / "rounds.jsonl", "w") as fh:
                 for x in records:
