@@ -58,7 +58,7 @@ def test_a_random_model_matches_when_sampling_and_greedy():
 
 def test_the_grammar_constrained_batch_is_the_same_either_way(shipped, tmp_path):
     """draw_batch with the grammar processor: the lean loop and generate() give the same
-    constrained documents for a seed."""
+    constrained documents for a seed (the jump decoder draws other ones: test_jump_decode.py)."""
     from llamat_cif.sampling import SampleConfig
     from llamat_cif.sampling.sample import BatchSampler, draw_batch
 
@@ -66,13 +66,13 @@ def test_the_grammar_constrained_batch_is_the_same_either_way(shipped, tmp_path)
     bs = BatchSampler(SampleConfig(n=3, out_dir=str(tmp_path), batch_size=3, seed=0, temperature=0.7,
                                    top_p=0.9), model=model, tokenizer=tok)
     runs = [draw_batch(model, tok, size=3, seed=(2, 0), conditions=[bs.cond] * 3, grammar=bs.grammar,
-                       vocab=bs.vocab, temperature=0.7, top_p=0.9, lean_decode=flag) for flag in (True, False)]
+                       vocab=bs.vocab, temperature=0.7, top_p=0.9, decoder=name) for name in ("lean", "transformers")]
     assert torch.equal(runs[0], runs[1])
     assert all(tok.eos_token_id in row.tolist() for row in runs[0])
     # and unconstrained, through the same call with the run's settings (top-k 0: off in both)
-    bare = [draw_batch(model, tok, size=8, seed=(0, 3), temperature=0.7, top_p=0.9, lean_decode=flag)
-            for flag in (True, False)]
-    assert torch.equal(bare[0], bare[1])
+    bare = [draw_batch(model, tok, size=8, seed=(0, 3), temperature=0.7, top_p=0.9, decoder=name)
+            for name in ("jump", "lean", "transformers")]
+    assert torch.equal(bare[0], bare[1]) and torch.equal(bare[1], bare[2])  # jump: unconstrained as lean
 
 
 def test_models_it_does_not_cover_go_through_generate(shipped):
@@ -98,10 +98,11 @@ def test_the_decoder_setting_is_checked_and_left_out_of_resume_keys():
     from llamat_cif.sampling import SampleConfig
     from llamat_cif.sampling.rows import RESUME_KEYS
 
-    assert SampleConfig(n=1, out_dir="x").decoder == "lean"
-    with pytest.raises(ValueError, match="decoder must be one of lean, transformers"):
+    assert SampleConfig(n=1, out_dir="x").decoder == "jump"
+    with pytest.raises(ValueError, match="decoder must be one of jump, lean, transformers"):
         SampleConfig(n=1, out_dir="x", decoder="onnx")
-    assert "decoder" not in RESUME_KEYS  # either loop writes the same rows: a run may resume with the other
+    # lean and transformers write the same rows: a run may resume with the other (rows.draws decides)
+    assert "decoder" not in RESUME_KEYS
 
 
 def test_the_cli_offers_exactly_the_decoders_the_config_knows():
@@ -109,4 +110,4 @@ def test_the_cli_offers_exactly_the_decoders_the_config_knows():
     from llamat_cif.sampling.config import DECODERS
 
     (option,) = [p for p in command.params if p.name == "decoder"]
-    assert tuple(option.type.choices) == DECODERS and option.default == "lean"
+    assert tuple(option.type.choices) == DECODERS and option.default == "jump"

@@ -101,11 +101,13 @@ _GENERATION = [
     click.option("--max-new-tokens", type=int, default=1000, show_default=True, help="Tokens per document."),
     click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)."),
     click.option("--threads", type=int, default=1, show_default=True, help="torch CPU threads of the generator."),
-    click.option("--decoder", type=click.Choice(["lean", "transformers"]),  # sampling.config.DECODERS
-                 default="lean", show_default=True,
-                 help="Decode loop: lean (plain LLaMA models; the same tokens as transformers' generate(), "
-                      "1.2-4x faster on CPU by batch size and constraint; other models fall back) or "
-                      "transformers (generate())."),
+    click.option("--decoder", type=click.Choice(["jump", "lean", "transformers"]),  # sampling.config.DECODERS
+                 default="jump", show_default=True,
+                 help="Decode loop: jump (constrained runs: text the grammar fixes is fed at once and the "
+                      "model is asked only where it has a choice; the same distribution as lean, other "
+                      "draws; unconstrained runs decode as lean), lean (plain LLaMA models; the same tokens "
+                      "as transformers' generate() without its per-step overhead; other models fall back) "
+                      "or transformers (generate())."),
 ]
 #: keyword names of :func:`generation_options` (the fields of ``SampleConfig`` they set)
 GENERATION_NAMES = ("model", "formula", "spacegroup", "targets", "temperature", "top_p", "top_k", "batch_size",

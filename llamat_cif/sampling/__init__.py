@@ -9,6 +9,10 @@ folder, resumable; returns the rows) and :func:`generate_structures` (the same, 
 * :mod:`~llamat_cif.sampling.config` — :class:`SampleConfig`, checks and resolution of its values;
 * :mod:`~llamat_cif.sampling.rows` — the samples table (``samples.parquet``; legacy
   ``samples.csv``), its one reader ``read_samples``, and resuming a run from it;
+* :mod:`~llamat_cif.sampling.jump` — ``sample_constrained``: constrained decoding that feeds
+  the text a grammar fixes at once and asks the model only at choices (the default decoder);
+* :mod:`~llamat_cif.sampling.lean` — the forward pass over a model's own weights (step by step, or
+  packed for ragged rows);
 * :mod:`~llamat_cif.sampling.processor` — ``GrammarLogitsProcessor``, a ``transformers``
   logits processor that walks every row through its grammar;
 * :mod:`~llamat_cif.sampling.grammars` — the CIF and LLaMat document grammars;

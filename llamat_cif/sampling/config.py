@@ -14,8 +14,9 @@ from pathlib import Path
 
 from llamat_cif.protocol import CDVAE_MIN_DISTANCE
 
-#: the decode loops :class:`SampleConfig` ``decoder`` names (same tokens either way)
-DECODERS = ("lean", "transformers")
+#: the decode loops :class:`SampleConfig` ``decoder`` names: "lean" and "transformers" draw the same
+#: tokens; "jump" draws constrained documents from the same distribution with other draws
+DECODERS = ("jump", "lean", "transformers")
 
 
 @dataclass(frozen=True)
@@ -78,9 +79,11 @@ class SampleConfig:
     device: str | None = None
     fmt: str | None = None  # representation; None: from the model's training corpus (cif default)
     threads: int | None = 1  # CPU threads for torch; 1 is fastest for small models on a busy machine
-    # "lean": plain LLaMA models through llamat_cif.sampling.lean (the same tokens as transformers'
-    # generate(), without its per-step overhead; other models fall back); "transformers": generate()
-    decoder: str = "lean"
+    # "jump": constrained runs of plain LLaMA models through llamat_cif.sampling.jump (text the grammar
+    # fixes fed at once; same distribution, other draws), unconstrained ones as "lean"; "lean": plain
+    # LLaMA models through llamat_cif.sampling.lean (the same tokens as transformers' generate(),
+    # without its per-step overhead); other models fall back to "transformers": generate()
+    decoder: str = "jump"
     targets: str | None = None  # CSV with target_formula[, target_spacegroup]: one sample per row (n = rows)
     shard: tuple[int, int] | None = None  # (i, k): draw only batches b with b % k == i
 

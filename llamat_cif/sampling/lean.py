@@ -19,6 +19,11 @@ rows inside a batch of 32). Attention, computed row by row, is the cost that gro
 document of a ragged batch; once a quarter of the attended rows have ended it runs for the
 unfinished rows only (:meth:`LeanLlama.keep`).
 
+For the jump decoder (:mod:`llamat_cif.sampling.jump`) :meth:`LeanLlama.forward_packed` appends a
+different number of tokens to each row in one pass (rows at different positions; products over the
+fed tokens only, attention under a per-row causal mask): the step logits of every fed prefix, not
+``generate()``'s bits (``tests/test_jump_decode.py``).
+
 :func:`supports` says which models qualify (a plain ``LlamaForCausalLM`` with default RoPE, SiLU, no
 biases, every head its own key/value head, SDPA attention, in inference mode); anything else
 (``peft`` adapters, other architectures) goes through ``generate()``.
@@ -149,6 +154,69 @@ class LeanLlama:
         self.length = t1
         h = self._rms(h[:, -1:], *self.norm)
         return F.linear(h, self.head)[:, -1].to(copy=True, dtype=torch.float32)
+
+
+    # ------------------------------------------------------------------ packed (ragged) decoding
+    def start_packed(self, batch: int, length: int) -> None:
+        """:meth:`start` for :meth:`forward_packed`. The cache starts short and grows (doubling, up to
+        ``length``) as the rows do, so dropping finished rows copies little; it is zeroed, because rows
+        of different lengths share one attention call and a slot no row has written must not hold NaN
+        (a mask does not clear NaN)."""
+        self.start(batch, length)
+        self.cache = [(k[:, :, :128].clone().zero_(), v[:, :, :128].clone().zero_()) for k, v in self.cache]
+
+    def _room(self, span: int) -> None:
+        have = self.cache[0][0].shape[2]
+        if span <= have:
+            return
+        size = min(max(2 * have, span), self.cos.shape[0])
+        grown = []
+        for k, v in self.cache:
+            k2, v2 = k.new_zeros((*k.shape[:2], size, k.shape[3])), v.new_zeros((*v.shape[:2], size, v.shape[3]))
+            k2[:, :, :have], v2[:, :, :have] = k, v
+            grown.append((k2, v2))
+        self.cache = grown
+
+    def forward_packed(self, feeds: list[list[int]], starts: torch.Tensor) -> torch.Tensor:
+        """Append ``feeds[i]`` (at least one token) to cache row ``i`` at positions ``starts[i]``,
+        ``starts[i] + 1``, ...; returns the float32 logits after each row's last fed token
+        (``rows x vocab``). Rows feed different numbers of tokens: the matrix products run over the
+        fed tokens only (packed, no padding), attention over a padded ``rows x width`` block with a
+        per-row causal mask over the row's own cache."""
+        device = self.embed.device
+        counts = torch.tensor([len(f) for f in feeds], device=device)
+        rows = len(feeds)
+        width = int(counts.max())
+        row_of = torch.repeat_interleave(torch.arange(rows, device=device), counts)
+        col_of = torch.cat([torch.arange(int(c), device=device) for c in counts.tolist()])
+        pos = starts[row_of] + col_of  # each token's position in its row
+        ids = torch.tensor([t for f in feeds for t in f], device=device)
+        cos, sin = self.cos[pos][:, None], self.sin[pos][:, None]  # tokens x 1 x head_dim
+        span = int((starts + counts).max())
+        self._room(span)
+        qpos = starts[:, None] + torch.arange(width, device=device)  # rows x width
+        mask = (torch.arange(span, device=device)[None, None] <= qpos[:, :, None])[:, None]
+        h = F.embedding(ids, self.embed)
+        split = (len(ids), self.heads, self.head_dim)
+        qp = h.new_zeros((rows, width, self.heads, self.head_dim))  # padding queries stay zero
+        for (n1, e1, wq, wk, wv, wo, n2, e2, wg, wu, wd), (kc, vc) in zip(self.layers, self.cache, strict=True):
+            x = self._rms(h, n1, e1)
+            kc[row_of, :, pos] = self._rotate(F.linear(x, wk).view(split), cos, sin)
+            vc[row_of, :, pos] = F.linear(x, wv).view(split)
+            qp[row_of, col_of] = self._rotate(F.linear(x, wq).view(split), cos, sin)
+            a = F.scaled_dot_product_attention(qp.transpose(1, 2), kc[:, :, :span], vc[:, :, :span],
+                                               attn_mask=mask, dropout_p=0.0, scale=self.scale)
+            a = a.transpose(1, 2)[row_of, col_of].reshape(len(ids), -1)
+            h = h + F.linear(a, wo)
+            x = self._rms(h, n2, e2)
+            h = h + F.linear(F.silu(F.linear(x, wg)) * F.linear(x, wu), wd)
+        last = torch.cumsum(counts, 0) - 1
+        h = self._rms(h[last], *self.norm)
+        return F.linear(h, self.head).to(copy=True, dtype=torch.float32)
+
+    def keep_packed(self, rows: torch.Tensor) -> None:
+        """Keep only cache ``rows`` (indices into the cache's rows), in that order."""
+        self.cache = [(k.index_select(0, rows), v.index_select(0, rows)) for k, v in self.cache]
 
 
 def sample_tokens(model: Any, input_ids: torch.Tensor, *, max_new_tokens: int, eos_token_id: int,

@@ -33,18 +33,25 @@ class GrammarLogitsProcessor(LogitsProcessor):
         self.top_p = top_p
 
     def __call__(self, input_ids, scores):
-        import torch
-
         if input_ids.shape[1] > self.seen:  # the token chosen at the previous step
             for d, t in zip(self.decoders, input_ids[:, -1].tolist(), strict=True):
                 d.advance(t)
             self.seen = input_ids.shape[1]
+        return self.restrict(scores, [None if d.done else (d, d.allowed()) for d in self.decoders])
+
+    def restrict(self, scores, rows: list):
+        """``scores`` with every token masked that row ``i``'s grammar refuses now: ``rows[i]`` is
+        ``(decoder, decoder.allowed())``, or None for a finished row (only the pad id is left). Where
+        the field has look-ahead checks the token is drawn here (:meth:`_pick`) and is the only one
+        left. Also used by :func:`llamat_cif.sampling.jump.sample_constrained`."""
+        import torch
+
         mask = torch.full_like(scores, float("-inf"))
-        for i, d in enumerate(self.decoders):
-            if d.done:
+        for i, row in enumerate(rows):
+            if row is None:
                 mask[i, self.pad_id] = 0.0  # finished: transformers pads the row anyway
                 continue
-            allowed = d.allowed()
+            d, allowed = row
             if d.needs_check() and len(allowed) > 1:
                 mask[i, self._pick(d, allowed, scores[i])] = 0.0
             else:

@@ -39,6 +39,18 @@ RESUME_KEYS = ("model", "formula", "spacegroup", "temperature", "top_p", "top_k"
                "steer_anion_distance", "steer_cation_distance", "redraw_below_floor")
 
 
+def draws(cfg: dict) -> str:
+    """Which random draws a run's rows come from: ``"jump"`` (constrained through the ``jump``
+    decoder) or ``"stepwise"`` (``lean`` and ``transformers``, which draw the same tokens, and every
+    unconstrained run). Runs are resumed only with the same draws; runs written before the ``jump``
+    decoder hold ``decoder: "lean"`` (or no decoder) and read as stepwise."""
+    return "jump" if cfg.get("constrained", True) and cfg.get("decoder", "lean") == "jump" else "stepwise"
+
+
+def _manifest(cfg: SampleConfig) -> dict:
+    return {**{k: asdict(cfg)[k] for k in RESUME_KEYS}, "draws": draws(asdict(cfg))}
+
+
 # ------------------------------------------------------------------------------------ reading
 
 
@@ -117,7 +129,7 @@ def read_samples(path: str | Path) -> pd.DataFrame:
 def sample_store(out: Path, cfg: SampleConfig) -> RunStore:
     """The run store of a run folder's samples; parts written under other settings are discarded."""
     return RunStore(out / SAMPLES_FILE, columns=SAMPLE_COLUMNS, sort_by="batch",
-                    manifest={k: asdict(cfg)[k] for k in RESUME_KEYS})
+                    manifest=_manifest(cfg))
 
 
 def batch_ids(batches: Iterable[int], n: int, batch_size: int) -> list[str]:
@@ -212,5 +224,7 @@ def check_resume(out: Path, cfg: SampleConfig) -> None:
                        redraw_below_floor=False)
         diff = {k: (old.get(k, default[k]), asdict(cfg).get(k)) for k in RESUME_KEYS
                 if old.get(k, default[k]) != asdict(cfg).get(k)}
+        if draws(old) != draws(asdict(cfg)):
+            diff["decoder"] = (old.get("decoder", "lean"), cfg.decoder)
         if diff:
             raise ValueError(f"{out} holds a run with other settings {diff}; use a new --out to start afresh")

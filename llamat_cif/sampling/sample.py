@@ -71,7 +71,7 @@ def draw_batch(model, tokenizer, *, size: int, seed: tuple[int, ...], prompt: st
                conditions: list | None = None, grammar=None, vocab=None, stats=None,
                temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
                max_new_tokens: int = 1000, redraws: int = 0, floor: float = 0.0, fmt: str = "cif",
-               lean_decode: bool = True):
+               decoder: str = "jump"):
     """Draw one seeded batch of ``size`` documents; returns the new token ids (``size x T``, padded
     with the pad id after a document's end).
 
@@ -91,13 +91,17 @@ def draw_batch(model, tokenizer, *, size: int, seed: tuple[int, ...], prompt: st
     model samples after ``prompt``. Used by :func:`generate` and by the alignment rounds of
     :mod:`llamat_cif.train.align`, which need the exact tokens drawn.
 
-    A plain LLaMA model is decoded by :func:`llamat_cif.sampling.lean.sample_tokens` (the same
-    tokens as ``model.generate()``, without its per-step overhead); ``lean_decode=False``, or a model
-    it does not cover (``peft`` adapters, other architectures), goes through ``generate()``.
+    ``decoder`` (:data:`~llamat_cif.sampling.config.DECODERS`): a plain LLaMA model is decoded by
+    :func:`llamat_cif.sampling.jump.sample_constrained` when constrained with ``"jump"`` (the
+    default: text the grammar fixes is fed at once, the model is asked only at choices; the same
+    distribution, other draws), else by :func:`llamat_cif.sampling.lean.sample_tokens` (``"lean"``,
+    and unconstrained ``"jump"``: the same tokens as ``model.generate()`` without its per-step
+    overhead); ``"transformers"``, or a model the lean loops do not cover (``peft`` adapters, other
+    architectures), goes through ``generate()``.
     """
     import torch
 
-    from llamat_cif.sampling import lean
+    from llamat_cif.sampling import jump, lean
     from llamat_cif.sampling.engine import Decoder
     from llamat_cif.sampling.processor import GrammarLogitsProcessor
 
@@ -120,16 +124,24 @@ def draw_batch(model, tokenizer, *, size: int, seed: tuple[int, ...], prompt: st
         kwargs["logits_processor"] = [GrammarLogitsProcessor(
             decoders, enc["input_ids"].shape[1], tokenizer.pad_token_id,
             temperature=temperature, top_k=top_k, top_p=top_p)]
+    plain = decoder != "transformers" and lean.supports(model) and bool(enc["attention_mask"].all())
     with torch.no_grad():
-        if lean_decode and lean.supports(model) and bool(enc["attention_mask"].all()):
+        if plain and decoder == "jump" and conditions is not None:
+            new = jump.sample_constrained(lean.LeanLlama(model), decoders, enc["input_ids"][0].tolist(),
+                                          max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                                          pad_token_id=tokenizer.pad_token_id,
+                                          restrict=kwargs["logits_processor"][0].restrict,
+                                          temperature=temperature, top_k=top_k, top_p=top_p)
+        elif plain:
             # the same tokens as generate() (tests/test_lean_decode.py), without its per-step overhead
             gen = lean.sample_tokens(model, enc["input_ids"], max_new_tokens=max_new_tokens,
                                      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                                      do_sample=temperature > 0, temperature=temperature, top_p=top_p,
                                      top_k=top_k, logits_processor=kwargs.get("logits_processor"))
+            new = gen[:, enc["input_ids"].shape[1]:]
         else:
             gen = model.generate(**enc, **kwargs)
-    new = gen[:, enc["input_ids"].shape[1]:]
+            new = gen[:, enc["input_ids"].shape[1]:]
     if stats is None:
         from llamat_cif.sampling.engine import Stats
 
@@ -149,7 +161,7 @@ def draw_batch(model, tokenizer, *, size: int, seed: tuple[int, ...], prompt: st
     again = draw_batch(model, tokenizer, size=len(dead), seed=(*seed, redraws), prompt=prompt,
                        conditions=[conditions[i] for i in dead], grammar=grammar, vocab=vocab, stats=stats,
                        temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens,
-                       redraws=redraws - 1, floor=floor, fmt=fmt, lean_decode=lean_decode)
+                       redraws=redraws - 1, floor=floor, fmt=fmt, decoder=decoder)
     width = max(new.shape[1], again.shape[1])
     pad = tokenizer.pad_token_id
     new = torch.nn.functional.pad(new, (0, width - new.shape[1]), value=pad)
@@ -294,7 +306,7 @@ class BatchSampler:
                           temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
                           max_new_tokens=cfg.max_new_tokens, redraws=cfg.dead_end_redraws if cfg.constrained else 0,
                           floor=cfg.steer_contact_floor if cfg.redraw_below_floor else 0.0, fmt=cfg.fmt,
-                          lean_decode=cfg.decoder == "lean")
+                          decoder=cfg.decoder)
 
     def rows(self, b: int) -> list[dict]:
         """The sample rows of batch ``b`` (drawn with seed ``(cfg.seed, b)``)."""
