@@ -2,7 +2,8 @@
 
 Usage:
     python benchmarks/sample_speed.py [--model default] [--device cpu|cuda] [--batch-sizes 1,8,32]
-        [--n-per-batch-size 32] [--temperature 1.0] [--top-p 1.0] [--decoders lean,transformers]
+        [--n-per-batch-size 32] [--temperature 1.0] [--top-p 1.0] [--decoders jump,lean,transformers]
+        [--modes unconstrained,constrained]
         [--out benchmarks/generate/sample_speed_<device>.json]
 
 Prints a table and writes the rows (with device, versions and the exact settings) to a JSON file,
@@ -33,6 +34,8 @@ def main() -> None:
     ap.add_argument("--decoders", default="lean",
                     help="comma-separated decode loops (SampleConfig.decoder), measured one after the other "
                          "for each batch size, so their ratio is taken in one run")
+    ap.add_argument("--modes", default="unconstrained,constrained",
+                    help="comma-separated: unconstrained, constrained (in that order)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
@@ -63,7 +66,8 @@ def main() -> None:
         out_path.write_text(json.dumps(info, indent=2))
 
     rows = []
-    for constrained in (False, True):
+    modes = args.modes.split(",")
+    for constrained in [c for c in (False, True) if ("constrained" if c else "unconstrained") in modes]:
         for bs in (int(b) for b in args.batch_sizes.split(",")):
             texts = {}
             for decoder in args.decoders.split(","):

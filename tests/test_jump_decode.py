@@ -135,3 +135,46 @@ def test_resuming_across_decoders_follows_the_draws(tmp_path):
     with pytest.raises(ValueError, match="decoder"):
         check_resume(tmp_path, SampleConfig(n=4, out_dir=str(tmp_path)))
     check_resume(tmp_path, SampleConfig(n=4, out_dir=str(tmp_path), decoder="lean"))
+
+
+def test_the_model_is_asked_the_step_by_step_question_at_every_choice(sampler, monkeypatch):
+    """At each choice of six sampled documents (rows of different lengths, some fed several forced
+    tokens in one pass, finished rows dropped), the logits the jump loop hands to the grammar are
+    the full forward pass's logits after the document's prefix: the draws follow the step-by-step
+    loop's distribution."""
+    import collections
+
+    from llamat_cif.sampling import engine, jump, lean
+    from llamat_cif.sampling.processor import GrammarLogitsProcessor
+
+    written: collections.Counter = collections.Counter()
+    advance = engine.Decoder.advance
+
+    def counted(self, tid):
+        if not self.done:
+            written[id(self)] += 1
+        return advance(self, tid)
+
+    monkeypatch.setattr(engine.Decoder, "advance", counted)
+    tok, model = sampler.tokenizer, sampler.model
+    decoders = [engine.Decoder(sampler.grammar(sampler.vocab, sampler.cond, engine.Stats()), sampler.vocab,
+                               engine.Stats()) for _ in range(6)]
+    proc = GrammarLogitsProcessor(decoders, 1, tok.pad_token_id, temperature=0.7, top_p=0.9)
+    asked = collections.defaultdict(list)
+
+    def restrict(scores, rows):
+        for s, (d, _) in zip(scores, rows, strict=True):
+            asked[id(d)].append((written[id(d)], s.clone()))
+        return proc.restrict(scores, rows)
+
+    torch.manual_seed(7)
+    out = jump.sample_constrained(lean.LeanLlama(model), decoders, [tok.bos_token_id], max_new_tokens=1000,
+                                  eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                                  restrict=restrict, temperature=0.7, top_p=0.9)
+    for d, row in zip(decoders, out, strict=True):
+        doc = [t for t in row.tolist() if t != tok.pad_token_id]
+        with torch.no_grad():
+            full = model(torch.tensor([[tok.bos_token_id, *doc]])).logits[0]
+        assert len(asked[id(d)]) > 20
+        for pos, logits in asked[id(d)]:
+            assert torch.allclose(logits, full[pos].float(), atol=1e-3), pos

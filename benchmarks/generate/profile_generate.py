@@ -48,6 +48,8 @@ def component_of(filename: str, name: str = "") -> str | None:
     f = filename.replace("\\", "/")
     if "llamat_cif/sampling/lean.py" in f:  # the lean decode loop: its forward, and its generate()
         return "generate loop" if name == "sample_tokens" else "model forward"
+    if "llamat_cif/sampling/jump.py" in f:  # the jump decoder's loop (its forward is lean.py's)
+        return "generate loop"
     if "llamat_cif/sampling/placement.py" in f or (any(p in f for p in SHARED) and name in GEOMETRY_HELPERS):
         return "look-ahead geometry"
     if "llamat_cif/sampling/" in f or "llamat_cif/symmetry.py" in f or "llamat_cif/physics.py" in f:
