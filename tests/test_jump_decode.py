@@ -178,3 +178,17 @@ def test_the_model_is_asked_the_step_by_step_question_at_every_choice(sampler, m
         assert len(asked[id(d)]) > 20
         for pos, logits in asked[id(d)]:
             assert torch.allclose(logits, full[pos].float(), atol=1e-3), pos
+
+
+def test_parts_of_a_step_by_step_run_are_kept_and_a_jump_run_keeps_its_own(tmp_path):
+    """The parts' manifest names the draws only for jump runs: a step-by-step run's manifest is the
+    one written before the jump decoder existed (its parts resume), and jump parts are not mixed
+    into a step-by-step run."""
+    from llamat_cif.sampling.rows import RESUME_KEYS, _manifest
+
+    lean = SampleConfig(n=4, out_dir=str(tmp_path), decoder="lean")
+    assert set(_manifest(lean)) == set(RESUME_KEYS)
+    jump = SampleConfig(n=4, out_dir=str(tmp_path))
+    assert _manifest(jump) == {**_manifest(lean), "draws": "jump"}
+    assert _manifest(SampleConfig(n=4, out_dir=str(tmp_path), constrained=False)) == _manifest(
+        SampleConfig(n=4, out_dir=str(tmp_path), constrained=False, decoder="lean"))

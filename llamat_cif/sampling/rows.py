@@ -48,7 +48,10 @@ def draws(cfg: dict) -> str:
 
 
 def _manifest(cfg: SampleConfig) -> dict:
-    return {**{k: asdict(cfg)[k] for k in RESUME_KEYS}, "draws": draws(asdict(cfg))}
+    """The settings a part's rows depend on; ``draws`` only when it is "jump", so a step-by-step run's
+    parts written before the jump decoder keep their manifest and are resumed, not discarded."""
+    keys = {k: asdict(cfg)[k] for k in RESUME_KEYS}
+    return {**keys, "draws": "jump"} if draws(asdict(cfg)) == "jump" else keys
 
 
 # ------------------------------------------------------------------------------------ reading
