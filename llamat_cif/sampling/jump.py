@@ -96,7 +96,7 @@ def sample_constrained(lean, decoders: list, prompt: list[int], *, max_new_token
             step = [feeds[i][:MAX_FEED] if i in live_set else [pad_token_id] for i in held]
             logits = lean.forward_packed(step, starts)
             # a finished row still cached is fed a pad at its next position, which is not kept
-            starts = starts + torch.tensor([len(f) if i in slot and i in live_set else 0
+            starts = starts + torch.tensor([len(f) if i in live_set else 0
                                             for i, f in zip(held, step, strict=True)], device=device)
             for i in live:
                 feeds[i] = feeds[i][MAX_FEED:]

@@ -163,7 +163,8 @@ class LeanLlama:
         of different lengths share one attention call and a slot no row has written must not hold NaN
         (a mask does not clear NaN)."""
         self.start(batch, length)
-        self.cache = [(k[:, :, :128].clone().zero_(), v[:, :, :128].clone().zero_()) for k, v in self.cache]
+        self.cache = [(k.new_zeros((*k.shape[:2], 128, k.shape[3])), v.new_zeros((*v.shape[:2], 128, v.shape[3])))
+                      for k, v in self.cache]
 
     def _room(self, span: int) -> None:
         have = self.cache[0][0].shape[2]
