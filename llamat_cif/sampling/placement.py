@@ -108,6 +108,7 @@ class Placement:
         # answers that depend on the lattice alone, kept for the document (see _bits / orbit_of)
         self._snaps: dict[tuple, tuple[np.ndarray, bytes]] = {}  # raw points -> (snapped, their bytes)
         self._pairs: dict[tuple, int] = {}  # (points, block, radius, ratio) -> bit set
+        self._thresholds: dict[tuple, tuple[np.ndarray, float]] = {}  # (block, radius, ratio) -> see _block_threshold
         self._orbits: dict[bytes, np.ndarray] = {}
         self._orbit_blocks: dict[tuple, tuple[np.ndarray, Block, tuple[bytes, bytes]]] = {}
         self._cands: dict[int, np.ndarray] = {}
@@ -185,12 +186,27 @@ class Placement:
                 break
             hit = pairs.get((key, blk[0], radius, f))
             if hit is None:
-                thr = self._threshold(radius, blk[2], ratio)
-                hit = to_bits(self._far(pts, blk[1], thr[None, :]).all(1))
+                thr2, reach = self._block_threshold(blk, radius, f)
+                d = pts[:, None, :] - blk[1][None, :, :]
+                d -= np.rint(d)
+                hit = to_bits((self._min_image_d2(d, reach) >= thr2).all(1))
                 if len(pairs) < 200_000:
                     pairs[key, blk[0], radius, f] = hit
             bits &= hit
         return bits, len(pts)
+
+    def _block_threshold(self, blk: Block, radius: float, f: float) -> tuple[np.ndarray, float]:
+        """The squared thresholds ``(1, k)`` from an atom of ``radius`` to the atoms of ``blk`` at
+        contact ratio ``f``, and the largest threshold (kept: the same blocks are asked about again
+        and again)."""
+        key = (blk[0], radius, f)
+        hit = self._thresholds.get(key)
+        if hit is None:
+            thr = self._threshold(radius, blk[2], f)
+            hit = ((thr * thr)[None, :], float(thr.max(initial=0.0)))
+            if len(self._thresholds) < 50_000:
+                self._thresholds[key] = hit
+        return hit
 
     def _far(self, new: np.ndarray, old: np.ndarray, thr: np.ndarray) -> np.ndarray:
         """Boolean ``(new, old)``: the periodic distance from each ``new`` point to each ``old``
