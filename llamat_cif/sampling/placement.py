@@ -83,17 +83,16 @@ class Placement:
         self.f = float(contact_ratio or 0.0)
         lat = self.shift_cart = SHIFTS @ self.matrix  # the 27 lattice translations, Å
         norms = np.sqrt((lat * lat).sum(1))
-        # squared periodic distances in one product (:meth:`_d2`): a fractional difference d times
-        # [M | 2 M S^T] is its Cartesian vector and its dot products with the 27 translations
+        # squared periodic distances in one product (:meth:`_min_image_d2`): a fractional difference
+        # d times [M | 2 M S^T] is its Cartesian vector and its dot products with the 27 translations
         self._mp = np.hstack([self.matrix, self.matrix @ (2.0 * lat.T)])
         self._s2 = norms * norms
-        # Half the smallest spacing between lattice planes: with fractional differences reduced to
+        # Half the smallest spacing h between lattice planes: with fractional differences reduced to
         # [-0.5, 0.5], every image but the direct one is at least this far (some component is then
         # >= 0.5 in magnitude, and |x| >= |e_i| h_i), so a threshold below it is decided by the
         # direct image alone (:meth:`_min_image_d2`)
-        vol = abs(float(np.linalg.det(self.matrix)))
-        m = self.matrix
-        self._direct = 0.5 * min(vol / float(np.linalg.norm(np.cross(m[(i + 1) % 3], m[(i + 2) % 3])))
+        rows, vol = self.matrix, abs(float(np.linalg.det(self.matrix)))
+        self._direct = 0.5 * min(vol / float(np.linalg.norm(np.cross(rows[(i + 1) % 3], rows[(i + 2) % 3])))
                                  for i in range(3))
         self.shortest_vector = float(norms[norms > 1e-9].min())  # an atom's distance to its own copy
         self.table = wyckoff_table(number)
