@@ -340,16 +340,21 @@ def test_completion_grid_lists_the_points_a_prefix_can_reach():
 
 
 def test_distance_test_matches_the_27_image_distances_on_skewed_cells():
-    """Placement._far (direct image alone below half the smallest plane spacing, else 27 images)
+    """Placement.images.far (direct image alone below half the smallest plane spacing, else 27 images)
     answers exactly as pair_distances >= threshold, on flat triclinic cells and near the switch."""
-    from llamat_cif.sampling.lattice import pair_distances
+    from llamat_cif.sampling.lattice import block, pair_distances
 
     rng = np.random.default_rng(7)
     for params in [(3.1, 7.9, 4.4, 62.0, 118.0, 75.0), (2.6, 2.7, 11.0, 90.0, 90.0, 120.0), (5.0, 5.0, 5.0, 90, 90, 90)]:
         p = Placement(1, lattice_matrix(*params))
         new, old = np.round(rng.random((40, 3)), 4), np.round(rng.random((9, 3)), 4)
         dist = pair_distances(new, old, p.matrix)
-        for thr in (0.5, p._direct * 0.999, p._direct * 1.001, 2.5, float(np.median(dist))):
-            assert (p._far(new, old, np.full((1, len(old)), thr)) == (dist >= thr)).all()
+        for thr in (0.5, p.images.direct * 0.999, p.images.direct * 1.001, 2.5, float(np.median(dist))):
+            assert (p.images.far(new, old, np.full((1, len(old)), thr)) == (dist >= thr)).all()
         # the switch itself: below it only the direct image can be that close
-        assert p._direct <= 0.5 * min(params[:3]) + 1e-12
+        assert p.images.direct <= 0.5 * min(params[:3]) + 1e-12
+        # a block of atoms with radii: max(dmin, ratio x (r + r_j)) per atom
+        radii = np.linspace(0.3, 2.0, len(old))
+        blk = block(old, radii)
+        expect = (dist >= np.maximum(0.5, 0.8 * (0.7 + radii))[None, :]).all(1)
+        assert (p.images.clear_of(new, blk, 0.7, 0.8, 0.5) == expect).all()

@@ -93,6 +93,63 @@ def pair_distances(frac_new: np.ndarray, frac_old: np.ndarray, matrix: np.ndarra
 Block = tuple[bytes, np.ndarray, np.ndarray]
 
 
+class Images:
+    """The periodic distance tests of one lattice (rows of ``matrix`` in Å), as the look-ahead asks
+    them (~10^5 times per batch): squared lengths against squared thresholds, in few array operations.
+
+    Half the smallest spacing ``h`` between lattice planes (:attr:`direct`) decides how: with a
+    fractional difference reduced to [-0.5, 0.5], every image but the direct one has a component of
+    magnitude >= 0.5, hence length >= 0.5 h, so a threshold below it is decided by the direct image
+    alone; otherwise one product ``d [M | 2 M S^T]`` gives the Cartesian vector and its dot products
+    with the 27 translations ``S`` at once."""
+
+    def __init__(self, matrix: np.ndarray) -> None:
+        self.matrix = m = np.asarray(matrix, dtype=float)
+        shift = SHIFTS @ m
+        self._s2 = (shift * shift).sum(1)
+        self.shortest = float(np.sqrt(self._s2[self._s2 > 1e-18].min()))  # a point's distance to its copy
+        self._mp = np.hstack([m, m @ (2.0 * shift.T)])
+        vol = abs(float(np.linalg.det(m)))
+        self.direct = 0.5 * min(vol / float(np.linalg.norm(np.cross(m[(i + 1) % 3], m[(i + 2) % 3])))
+                                for i in range(3))
+        self._thresholds: dict[tuple, tuple[np.ndarray, float]] = {}  # see clear_of
+
+    def min_d2(self, d: np.ndarray, reach: float) -> np.ndarray:
+        """Squared length (Å²) of the shortest of the 27 images of each fractional difference in ``d``
+        (last axis 3, components in [-0.5, 0.5]), exact wherever it is below ``reach`` (the largest
+        threshold it is compared with)."""
+        if reach < self.direct * (1 - 1e-9):
+            c = d @ self.matrix
+            return (c * c).sum(-1)
+        y = d @ self._mp
+        c = y[..., :3]
+        return (y[..., 3:] + self._s2).min(-1) + (c * c).sum(-1)
+
+    def clear_of(self, pts: np.ndarray, blk: Block, radius: float, ratio: float, dmin: float) -> np.ndarray:
+        """Boolean per point of ``pts``: an atom of ``radius`` there keeps ``max(dmin, ratio * (radius +
+        r_j))`` from every atom ``j`` of ``blk`` (the thresholds are kept per block: the look-ahead asks
+        about the same blocks again and again)."""
+        key = (blk[0], radius, ratio, dmin)
+        thr = self._thresholds.get(key)
+        if thr is None:
+            t = np.maximum(dmin, ratio * (radius + blk[2]))
+            thr = ((t * t)[None, :], float(t.max(initial=0.0)))
+            if len(self._thresholds) < 50_000:
+                self._thresholds[key] = thr
+        d = pts[:, None, :] - blk[1][None, :, :]
+        d -= np.rint(d)
+        return (self.min_d2(d, thr[1]) >= thr[0]).all(1)
+
+    def far(self, new: np.ndarray, old: np.ndarray, thr: np.ndarray) -> np.ndarray:
+        """Boolean ``(new, old)``: each periodic distance from a ``new`` point to an ``old`` point
+        (fractional) is at least ``thr`` (Å, broadcastable to that shape); the same answers as
+        :func:`pair_distances` ``>= thr``."""
+        d = new[:, None, :] - old[None, :, :]
+        d -= np.rint(d)
+        return self.min_d2(d, float(np.max(thr, initial=0.0))) >= thr * thr
+
+
+
 def to_bits(mask: np.ndarray) -> int:
     """A boolean mask as a bit set (bit i: ``mask[i]``)."""
     return int.from_bytes(np.packbits(mask, bitorder="little").tobytes(), "little")

@@ -35,8 +35,8 @@ import numpy as np
 from llamat_cif.protocol import CDVAE_MIN_DISTANCE
 from llamat_cif.sampling.lattice import (
     SAME_TOL,
-    SHIFTS,
     Block,
+    Images,
     block,
     from_bits,
     snap,
@@ -81,20 +81,8 @@ class Placement:
         self.matrix = np.asarray(matrix, dtype=float)
         self.dmin = float(min_distance) if min_distance else 0.05
         self.f = float(contact_ratio or 0.0)
-        lat = self.shift_cart = SHIFTS @ self.matrix  # the 27 lattice translations, Å
-        norms = np.sqrt((lat * lat).sum(1))
-        # squared periodic distances in one product (:meth:`_min_image_d2`): a fractional difference
-        # d times [M | 2 M S^T] is its Cartesian vector and its dot products with the 27 translations
-        self._mp = np.hstack([self.matrix, self.matrix @ (2.0 * lat.T)])
-        self._s2 = norms * norms
-        # Half the smallest spacing h between lattice planes: with fractional differences reduced to
-        # [-0.5, 0.5], every image but the direct one is at least this far (some component is then
-        # >= 0.5 in magnitude, and |x| >= |e_i| h_i), so a threshold below it is decided by the
-        # direct image alone (:meth:`_min_image_d2`)
-        rows, vol = self.matrix, abs(float(np.linalg.det(self.matrix)))
-        self._direct = 0.5 * min(vol / float(np.linalg.norm(np.cross(rows[(i + 1) % 3], rows[(i + 2) % 3])))
-                                 for i in range(3))
-        self.shortest_vector = float(norms[norms > 1e-9].min())  # an atom's distance to its own copy
+        self.images = Images(self.matrix)  # the periodic distance tests
+        self.shortest_vector = self.images.shortest  # an atom's distance to its own copy
         self.table = wyckoff_table(number)
         self.sizes = sorted(self.table)
         self.placed = np.zeros((0, 3))
@@ -107,7 +95,6 @@ class Placement:
         # answers that depend on the lattice alone, kept for the document (see _bits / orbit_of)
         self._snaps: dict[tuple, tuple[np.ndarray, bytes]] = {}  # raw points -> (snapped, their bytes)
         self._pairs: dict[tuple, int] = {}  # (points, block, radius, ratio) -> bit set
-        self._thresholds: dict[tuple, tuple[np.ndarray, float]] = {}  # (block, radius, ratio) -> see _block_threshold
         self._orbits: dict[bytes, np.ndarray] = {}
         self._orbit_blocks: dict[tuple, tuple[np.ndarray, Block, tuple[bytes, bytes]]] = {}
         self._cands: dict[int, np.ndarray] = {}
@@ -185,49 +172,11 @@ class Placement:
                 break
             hit = pairs.get((key, blk[0], radius, f))
             if hit is None:
-                thr2, reach = self._block_threshold(blk, radius, f)
-                d = pts[:, None, :] - blk[1][None, :, :]
-                d -= np.rint(d)
-                hit = to_bits((self._min_image_d2(d, reach) >= thr2).all(1))
+                hit = to_bits(self.images.clear_of(pts, blk, radius, f, self.dmin))
                 if len(pairs) < 200_000:
                     pairs[key, blk[0], radius, f] = hit
             bits &= hit
         return bits, len(pts)
-
-    def _block_threshold(self, blk: Block, radius: float, f: float) -> tuple[np.ndarray, float]:
-        """The squared thresholds ``(1, k)`` from an atom of ``radius`` to the atoms of ``blk`` at
-        contact ratio ``f``, and the largest threshold (kept: the same blocks are asked about again
-        and again)."""
-        key = (blk[0], radius, f)
-        hit = self._thresholds.get(key)
-        if hit is None:
-            thr = self._threshold(radius, blk[2], f)
-            hit = ((thr * thr)[None, :], float(thr.max(initial=0.0)))
-            if len(self._thresholds) < 50_000:
-                self._thresholds[key] = hit
-        return hit
-
-    def _far(self, new: np.ndarray, old: np.ndarray, thr: np.ndarray) -> np.ndarray:
-        """Boolean ``(new, old)``: the periodic distance from each ``new`` point to each ``old``
-        point is at least ``thr`` (Å, broadcastable to that shape). The same test as
-        :func:`~llamat_cif.sampling.lattice.pair_distances` ``>= thr``, in fewer array operations
-        (the look-ahead asks it ~10^5 times per batch)."""
-        d = new[:, None, :] - old[None, :, :]
-        d -= np.rint(d)
-        return self._min_image_d2(d, float(np.max(thr, initial=0.0))) >= thr * thr
-
-    def _min_image_d2(self, d: np.ndarray, reach: float) -> np.ndarray:
-        """Squared length (Å²) of the shortest of the 27 lattice images of each fractional difference
-        in ``d`` (last axis 3, components in [-0.5, 0.5]), exact wherever it is below ``reach`` (the
-        largest threshold it is compared with): when ``reach`` is under half the smallest spacing of
-        lattice planes only the direct image can be that close, so ``|d M|^2`` decides; else
-        ``|c|^2 + min_s (2 c.s + |s|^2)`` with ``c = d M`` over the translations ``s``."""
-        if reach < self._direct * (1 - 1e-9):
-            c = d @ self.matrix
-            return (c * c).sum(-1)
-        y = d @ self._mp
-        c = y[..., :3]
-        return (y[..., 3:] + self._s2).min(-1) + (c * c).sum(-1)
 
     def _own_ok(self, pts: np.ndarray, m: int, radius: float, ratio: float | None,
                 pts_key: bytes) -> int:
@@ -251,7 +200,7 @@ class Placement:
             ok = len(self.rots) == m * same.sum(1)  # orbit size = |G| / |stabiliser|
             if ok.any():
                 idx = np.nonzero(ok)[0]
-                own = self._min_image_d2(d[idx], own_min)  # (n_ok, k), squared
+                own = self.images.min_d2(d[idx], own_min)  # (n_ok, k), squared
                 own[same[idx]] = np.inf
                 ok[idx] = own.min(1) >= own_min * own_min
         if len(self._own_cache) < 50_000:
@@ -314,7 +263,7 @@ class Placement:
             if len(extra) == 0:
                 return True
             thr = np.maximum(self.dmin, self.f * (cert[1][:, None] + extra_r[None, :]))
-            if self._far(cert[0], extra, thr).all():
+            if self.images.far(cert[0], extra, thr).all():
                 return True
         if self._spent >= self.total_budget:
             self.optimistic += 1
@@ -406,12 +355,10 @@ class Placement:
 
     def _first_ok(self, cands: np.ndarray | Sequence[np.ndarray], m: int, k: int, chunk: int = 24, *, radius: float = 0.0,
                   ratio: float | None = None, blocks: Sequence[Block] | None = None) -> list[np.ndarray]:
-        """Up to ``k`` admissible candidates (against ``blocks``, default the placed sites), checked
-        in two chunks: the first ``chunk`` points (most questions need no more), then the rest of the
-        array at once (a refused region costs one array operation per block, not one per 24 points).
-        ``cands``: an array of points, or a sequence of them tried in order, each chunked from its
-        own start (a fixed array then gives the same chunks on every question, whose answers
-        :meth:`_bits` keeps). Admissibility is per point, so the chunking changes no answer."""
+        """Up to ``k`` admissible candidates (against ``blocks``, default the placed sites): the first
+        ``chunk`` points (most questions need no more), then the rest at once. ``cands``: an array of
+        points, or a sequence of them tried in order, each chunked from its own start (a fixed array
+        then gives the same chunks on every question, whose answers :meth:`_bits` keeps)."""
         found: list[np.ndarray] = []
         for seg in cands if isinstance(cands, list | tuple) else (cands,):
             for start, stop in ((0, chunk), (chunk, len(seg))):
