@@ -1,9 +1,10 @@
 """Lattice geometry for the decoder: periodic distances and the window the lattice fields obey.
 
-* :func:`lattice_matrix`, :func:`pair_distances`, :func:`min_distance`: the periodic distances the
-  look-ahead asks for ~10^5 times per batch (27 images, one matrix product); :func:`snap`, the
-  coordinates as the CIF reader takes them; :data:`Block` and bit sets, the look-ahead's groups
-  of atoms and its kept answers;
+* :func:`lattice_matrix`, :func:`pair_distances`, :func:`min_distance`: periodic distances (27
+  images, one matrix product); :class:`Images`, the distance tests the look-ahead asks ~10^5 times
+  per batch (squared, by the direct image alone where that decides); :func:`snap`, the coordinates
+  as the CIF reader takes them; :data:`Block` and bit sets, the look-ahead's groups of atoms and
+  its kept answers;
 * :class:`LatticeWindow`: bounds on the cell lengths from the physical rules of
   :class:`~llamat_cif.sampling.fields.Conditions` (contacts, volume window of
   :mod:`llamat_cif.physics`), spread over the lattice fields in the order they are written;
