@@ -58,20 +58,9 @@ def sample_constrained(lean, decoders: list, prompt: list[int], *, max_new_token
     are one ``torch.multinomial`` over the rows that have a choice, after ``transformers``'
     temperature, top-k and top-p warpers, from the global torch random stream.
     """
-    from transformers.generation.logits_process import (
-        TemperatureLogitsWarper,
-        TopKLogitsWarper,
-        TopPLogitsWarper,
-    )
+    from llamat_cif.sampling.lean import warpers as make_warpers
 
-    warpers = []
-    if temperature > 0:
-        if temperature != 1.0:
-            warpers.append(TemperatureLogitsWarper(temperature))
-        if top_k:
-            warpers.append(TopKLogitsWarper(top_k=top_k, min_tokens_to_keep=1))
-        if top_p < 1.0:
-            warpers.append(TopPLogitsWarper(top_p=top_p, min_tokens_to_keep=1))
+    warpers = make_warpers(temperature, top_k, top_p) if temperature > 0 else []
     n = len(decoders)
     device = lean.embed.device
     lean.start_packed(n, len(prompt) + max_new_tokens + MAX_FEED)

@@ -220,6 +220,25 @@ class LeanLlama:
         self.cache = [(k.index_select(0, rows), v.index_select(0, rows)) for k, v in self.cache]
 
 
+def warpers(temperature: float | None, top_k: int | None, top_p: float | None) -> list:
+    """``transformers``' own temperature, top-k and top-p warpers for these settings, in
+    ``generate()``'s order (only those that change anything); shared by the decode loops."""
+    from transformers.generation.logits_process import (
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    out = []
+    if temperature is not None and temperature != 1.0:
+        out.append(TemperatureLogitsWarper(temperature))
+    if top_k:
+        out.append(TopKLogitsWarper(top_k=top_k, min_tokens_to_keep=1))
+    if top_p is not None and top_p < 1.0:
+        out.append(TopPLogitsWarper(top_p=top_p, min_tokens_to_keep=1))
+    return out
+
+
 def sample_tokens(model: Any, input_ids: torch.Tensor, *, max_new_tokens: int, eos_token_id: int,
                   pad_token_id: int, do_sample: bool = True, temperature: float = 1.0,
                   top_k: int | None = None, top_p: float = 1.0, logits_processor: list | None = None,
@@ -233,20 +252,7 @@ def sample_tokens(model: Any, input_ids: torch.Tensor, *, max_new_tokens: int, e
     drawn with the same softmax and ``torch.multinomial`` call, so the global torch random stream
     is consumed exactly as ``generate()`` consumes it.
     """
-    from transformers.generation.logits_process import (
-        TemperatureLogitsWarper,
-        TopKLogitsWarper,
-        TopPLogitsWarper,
-    )
-
-    processors = list(logits_processor or [])
-    if do_sample:
-        if temperature is not None and temperature != 1.0:
-            processors.append(TemperatureLogitsWarper(temperature))
-        if top_k:
-            processors.append(TopKLogitsWarper(top_k=top_k, min_tokens_to_keep=1))
-        if top_p is not None and top_p < 1.0:
-            processors.append(TopPLogitsWarper(top_p=top_p, min_tokens_to_keep=1))
+    processors = list(logits_processor or []) + (warpers(temperature, top_k, top_p) if do_sample else [])
     lean = lean or LeanLlama(model)
     batch, prompt = input_ids.shape
     total = prompt + max_new_tokens
