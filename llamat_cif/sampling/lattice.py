@@ -101,15 +101,13 @@ class Images:
     Half the smallest spacing ``h`` between lattice planes (:attr:`direct`) decides how: with a
     fractional difference reduced to [-0.5, 0.5], every image but the direct one has a component of
     magnitude >= 0.5, hence length >= 0.5 h, so a threshold below it is decided by the direct image
-    alone; otherwise one product ``d [M | 2 M S^T]`` gives the Cartesian vector and its dot products
-    with the 27 translations ``S`` at once."""
+    alone; otherwise :func:`min_image_sq` takes the 27 translations."""
 
     def __init__(self, matrix: np.ndarray) -> None:
         self.matrix = m = np.asarray(matrix, dtype=float)
-        shift = SHIFTS @ m
-        self._s2 = (shift * shift).sum(1)
-        self.shortest = float(np.sqrt(self._s2[self._s2 > 1e-18].min()))  # a point's distance to its copy
-        self._mp = np.hstack([m, m @ (2.0 * shift.T)])
+        self._shift = SHIFTS @ m
+        s2 = (self._shift * self._shift).sum(1)
+        self.shortest = float(np.sqrt(s2[s2 > 1e-18].min()))  # a point's distance to its copy
         vol = abs(float(np.linalg.det(m)))
         self.direct = 0.5 * min(vol / float(np.linalg.norm(np.cross(m[(i + 1) % 3], m[(i + 2) % 3])))
                                 for i in range(3))
@@ -119,12 +117,10 @@ class Images:
         """Squared length (Å²) of the shortest of the 27 images of each fractional difference in ``d``
         (last axis 3, components in [-0.5, 0.5]), exact wherever it is below ``reach`` (the largest
         threshold it is compared with)."""
+        c = d @ self.matrix
         if reach < self.direct * (1 - 1e-9):
-            c = d @ self.matrix
             return (c * c).sum(-1)
-        y = d @ self._mp
-        c = y[..., :3]
-        return (y[..., 3:] + self._s2).min(-1) + (c * c).sum(-1)
+        return min_image_sq(c, self._shift)
 
     def clear_of(self, pts: np.ndarray, blk: Block, radius: float, ratio: float, dmin: float) -> np.ndarray:
         """Boolean per point of ``pts``: an atom of ``radius`` there keeps ``max(dmin, ratio * (radius +
