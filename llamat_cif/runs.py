@@ -71,6 +71,14 @@ def _concat(frames: Iterable[pd.DataFrame]) -> pd.DataFrame:
     return pd.concat(trimmed, ignore_index=True).reindex(columns=cols)
 
 
+def _read_manifest(path: Path) -> dict | None:
+    """A parts folder's manifest, or None where there is none (or none readable)."""
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
 class RunStore:
     """A stage's rows in a run folder: parquet parts while running, one parquet file when committed.
 
@@ -104,9 +112,29 @@ class RunStore:
     # ------------------------------------------------------------------------------ parts
 
     def _check_manifest(self, manifest: dict) -> None:
+        """Reuse parts written under the same settings; discard those of other settings.
+
+        Processes that start side by side on a new run (shards) must not take each other's
+        half-written manifest for "other settings": a folder without a manifest and without parts
+        is claimed with an exclusive hard link (exactly one process wins; the others compare their
+        settings with the winner's) instead of being cleared."""
         mpath = self.parts_dir / MANIFEST
-        if mpath.exists() and json.loads(mpath.read_text()) == manifest:
-            return  # ours: left as it is (another process may be writing parts beside us)
+        for _ in range(3):
+            current = _read_manifest(mpath)
+            if current == manifest:
+                return  # ours: left as it is (another process may be writing parts beside us)
+            if current is not None or self.part_paths():
+                break
+            self.parts_dir.mkdir(parents=True, exist_ok=True)
+            tmp = mpath.with_name(f"{MANIFEST}.{os.getpid()}.claim")
+            tmp.write_text(json.dumps(manifest, indent=2, default=str))
+            try:
+                os.link(tmp, mpath)  # atomic, and fails where the manifest already exists
+                return
+            except FileExistsError:
+                continue  # another process claimed the folder just now: compare with its settings
+            finally:
+                tmp.unlink(missing_ok=True)
         if self.parts_dir.exists():
             shutil.rmtree(self.parts_dir)  # written under other settings: not ours to mix in
         self.parts_dir.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,7 @@
 """The run store: parts appear whole, a rerun skips what is written, commits merge without duplicates."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -108,3 +110,37 @@ def test_write_json_replaces_the_file_whole(tmp_path):
     assert json.loads(path.read_text()) == {"n": 2, "shard": None}
     assert path.stat().st_ino != first
     assert [p.name for p in tmp_path.iterdir()] == ["sample_config.json"]
+
+
+def test_a_new_run_started_by_two_writers_at_once_keeps_both(tmp_path):
+    """Shards start side by side on a new folder: a writer that finds the folder without a manifest
+    (another one is writing it) claims it instead of clearing it, so nothing the other writer has
+    put there is deleted; and writers racing for real all keep their parts."""
+    import multiprocessing as mp
+
+    path = tmp_path / "samples.parquet"
+    parts = tmp_path / "samples.parts"
+    parts.mkdir()
+    in_flight = parts / "manifest.json.99999.tmp"  # another process between its write and its rename
+    in_flight.write_text('{"seed": 0}')
+    store = RunStore(path, manifest={"seed": 0})
+    assert in_flight.exists() and json.loads((parts / "manifest.json").read_text()) == {"seed": 0}
+    assert RunStore(path, manifest={"seed": 1}).part_paths() == [] and not in_flight.exists()  # other settings: cleared
+    del store
+
+    ctx = mp.get_context("fork")
+    for trial in range(8):
+        out = tmp_path / f"race{trial}" / "samples.parquet"
+        barrier = ctx.Barrier(3)
+        procs = [ctx.Process(target=_race_writer, args=(out, barrier, k)) for k in range(3)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        assert [p.exitcode for p in procs] == [0, 0, 0]
+        assert sorted(RunStore(out).read()["id"]) == ["w0", "w1", "w2"]
+
+
+def _race_writer(out, barrier, k):
+    barrier.wait()
+    RunStore(out, manifest={"seed": 0}).write_part([{"id": f"w{k}"}], k=k)
