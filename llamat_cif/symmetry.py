@@ -9,16 +9,14 @@ setting the canonical CIF of :mod:`llamat_cif.cif` is written in (conventional c
   ``resources/orbit_sizes.json``), :func:`reachable_counts` (atom counts that are sums of them) and
   the groups compatible with a set of element counts (:func:`compatible_spacegroups`);
 * Wyckoff subspaces: :func:`wyckoff_subspaces` (the affine subspaces of each multiplicity),
-  :func:`solve_values` / :func:`solve_values_many` (which values a coordinate can take once others
-  are typed) and
-  :func:`wyckoff_table` (orbit representatives and probe points per multiplicity);
+  :func:`solve_values` / :func:`solve_rows` (which values a coordinate
+  can take once others are typed), :func:`wyckoff_table` (representatives and probe points);
 * allocation: :func:`allocatable` (can element counts be distributed over the Wyckoff positions,
   each zero-dimensional position used at most once; precomputed in
   ``resources/wyckoff_allocation.json``), :func:`min_lines` (fewest site lines for the counts),
   :func:`spacegroups_for` / :func:`spacegroups_for_formula` (groups that can hold a composition).
 
-The constrained decoder (:mod:`llamat_cif.sampling`) builds on these; nothing here knows about
-tokens, grammars or lattices.
+The constrained decoder (:mod:`llamat_cif.sampling`) builds on these; nothing here knows about tokens.
 
 The operations come from spglib's database (one Hall number per group, its default setting).
 moyopy's ``operations_from_number(n, setting=Setting.spglib())`` gives the same set of operations but
@@ -307,15 +305,10 @@ def _solve_many(subspaces, idx: list[int], tv: np.ndarray, target: int, tol: flo
             for v, f in zip(vals, free_hit, strict=True)]
 
 
-def solve_values_many(number: int, m: int, typed: tuple[tuple[int, float], ...], axis: int,
-                      values: np.ndarray, target: int, *, pinned: bool = False) -> list:
-    """``[solve_values(number, m, typed + ((axis, v),), target, pinned=pinned) for v in values]``, in one pass."""
-    idx = [i for i, _ in typed] + [axis]
-    tv = np.empty((len(values), len(idx)))
-    tv[:, :-1] = [v for _, v in typed]
-    tv[:, -1] = values
-    return _solve_many(wyckoff_subspaces(number, m), idx, tv, target, 2.5e-4,
-                       _solvers(number, m, tuple(idx), target), pinned)
+def solve_rows(number: int, m: int, idx: tuple[int, ...], tv: np.ndarray, target: int, *, pinned: bool = False) -> list:
+    """:func:`solve_values` for each row of ``tv`` (typed values on the axes ``idx``), in one pass."""
+    return _solve_many(wyckoff_subspaces(number, m), list(idx), tv, target, 2.5e-4, _solvers(number, m, idx, target),
+                       pinned)
 
 
 #: Probe points per dimension of a Wyckoff subspace with free parameters: enough that a cell full

@@ -327,7 +327,7 @@ def test_site_fitting_over_segments_matches_the_stacked_points():
 
 
 def test_completion_grid_lists_the_points_a_prefix_can_reach():
-    from llamat_cif.sampling.grammars import _completion_grid
+    from llamat_cif.sampling.grids import completion_grid as _completion_grid
 
     # Fm-3m, 24-fold 24e (x, 0, 0): x = 0.25 typed, y and z are pinned to 0 on that line
     grid = _completion_grid(225, 24, 0.25, None)
@@ -358,3 +358,83 @@ def test_distance_test_matches_the_27_image_distances_on_skewed_cells():
         blk = block(old, radii)
         expect = (dist >= np.maximum(0.5, 0.8 * (0.7 + radii))[None, :]).all(1)
         assert (p.images.clear_of(new, blk, 0.7, 0.8, 0.5) == expect).all()
+
+
+def _grid_one_at_a_time(sg, m, xv, yv):
+    """The completion grid as the grammar built it one typed value at a time (before the batched builder)."""
+    from llamat_cif.sampling.grids import PROBE, probes
+    from llamat_cif.symmetry import solve_values
+
+    ys = solve_values(sg, m, ((0, xv),), 1) if yv is None else np.array([yv])
+    ys = probes(sg, m, ((0, xv),), 1) if ys is None else ys
+    zs = []
+    for yy in ys:
+        typed = ((0, xv), (1, round(float(yy), 4)))
+        z = solve_values(sg, m, typed, 2)
+        zs.append(np.concatenate([PROBE, solve_values(sg, m, typed, 2, pinned=True)]) if z is None else z)
+    return np.vstack([np.zeros((0, 3))] + [np.column_stack([np.full(len(zz), xv), np.full(len(zz), float(yy)), zz])
+                                           for yy, zz in zip(ys, zs, strict=True)])
+
+
+def test_batched_completion_grids_equal_the_one_at_a_time_grids():
+    """The grids of a digit interval's probe values are solved together: bit for bit the grids of
+    one value at a time, for x alone and for (x, y), across groups with lines, planes and points."""
+    from llamat_cif.sampling import grids
+    from llamat_cif.symmetry import wyckoff_table
+
+    rng = np.random.default_rng(0)
+    compared = 0
+    for sg in (1, 2, 12, 62, 139, 166, 191, 194, 221, 225, 227):
+        for m in sorted(wyckoff_table(sg)):
+            xs = [round(float(v), 4) for v in [*np.linspace(0.1, 0.1999, 11), 0.25, 0.5, 0.3333, *rng.random(6)]]
+            grids._GRIDS.clear()
+            got = grids.completion_grids(sg, m, [(x, None) for x in xs])
+            x0 = xs[-1]
+            ys = [round(float(v), 4) for v in [*np.linspace(0.3, 0.3999, 11), 0.0, 0.6667, *rng.random(4)]]
+            got_y = grids.completion_grids(sg, m, [(x0, y) for y in ys])
+            for (x, y), g in zip([(x, None) for x in xs] + [(x0, y) for y in ys], got + got_y, strict=True):
+                want = _grid_one_at_a_time(sg, m, x, y)
+                assert g.shape == want.shape and np.array_equal(g, want), (sg, m, x, y)
+                assert not g.flags.writeable
+                compared += 1
+    assert compared > 1000
+
+
+def test_site_fitting_any_asks_what_one_group_at_a_time_asks():
+    """Several groups of candidates (a digit interval's probe values): the same point as site_fitting
+    of each group in turn up to the first hit, and the same search budget spent; a group of one
+    point with one try is site_fits."""
+    rng = np.random.default_rng(1)
+    found, spent = 0, []
+    for trial in range(40):  # Pnma, general position (8d), a small cell: some questions search, some fail
+        groups = [rng.random((rng.integers(1, 6), 3)).round(4) for _ in range(rng.integers(2, 8))]
+        rest = {"O": int(rng.choice([4, 8, 12, 16])), "Mg": int(rng.choice([0, 4, 8]))}
+        batched, one = (Placement(62, lattice_matrix(4.6, 5.2, 6.3, 90, 90, 90), contact_ratio=0.75) for _ in range(2))
+        for q in (batched, one):
+            q.place(np.array([0.1, 0.25, 0.2]), "Mg")
+        got = batched.site_fitting_any(groups, 8, rest, element="O")
+        want = next((p for g in groups if (p := one.site_fitting(g, 8, rest, element="O")) is not None), None)
+        assert (got is None) == (want is None) and (got is None or np.array_equal(got, want)), trial
+        assert batched._spent == one._spent, trial
+        found += got is not None
+        spent.append(batched._spent)
+    assert 10 <= found <= 30 and max(spent) > 100  # both answers, and real searches, were compared
+    mat = lattice_matrix(5.64, 5.64, 5.64, 90, 90, 90)
+    p = Placement(225, mat, contact_ratio=0.7)
+    p.place(np.array([0.0, 0.0, 0.0]), "Na")
+    for z in (0.0, 0.05, 0.5):
+        pt = np.array([0.5, 0.5, z])
+        assert (p.site_fitting_any([pt], 4, {}, 1, element="Cl") is not None) == p.site_fits(pt, 4, {}, element="Cl")
+
+
+def test_check_any_of_is_any_of_its_values():
+    """Decoder's batched accept: the first value alone, then the rest at once, with the verdict of
+    asking each value in turn."""
+    from llamat_cif.sampling.engine import Check
+
+    asked = []
+    chk = Check(lambda v: asked.append(v) or v > 0.5, lambda vals: any(v > 0.5 for v in vals))
+    assert chk(0.7) and not chk(0.2)
+    asked.clear()
+    assert chk.any_of(np.array([0.9, 0.1])) and asked == [0.9]  # the first value decided: the rest not asked
+    assert chk.any_of(np.array([0.1, 0.2, 0.8])) and not chk.any_of(np.array([0.1, 0.2])) and not chk.any_of(np.array([]))

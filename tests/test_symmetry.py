@@ -129,10 +129,14 @@ def test_probe_points_are_the_shifted_halton_sequence():
     assert np.array_equal(_probe_params(1)[:, 0], pts[:16, 0])
 
 
-def test_solve_values_many_answers_as_one_call_per_value():
+def test_solve_rows_answers_as_one_call_per_row():
     """The look-ahead solves the last coordinate for every probe value of the one before in one pass:
     the same arrays (or ``None`` where a subspace leaves it free) as one call per value."""
-    from llamat_cif.symmetry import orbit_sizes, solve_values, solve_values_many
+    from llamat_cif.symmetry import orbit_sizes, solve_rows, solve_values
+
+    def solve_values_many(sg, m, typed, axis, values, target, pinned):
+        return solve_rows(sg, m, (typed[0][0], axis), np.column_stack([np.full(len(values), typed[0][1]), values]),
+                          target, pinned=pinned)
 
     probes = np.round(np.array([9, 5, 13, 3, 0.0, 4, 8, 2.4, 1.6, 12]) / 16, 4)
     for sg in (1, 12, 62, 139, 166, 191, 194, 221, 225, 227):
@@ -147,5 +151,5 @@ def test_solve_values_many_answers_as_one_call_per_value():
                         assert got is None or np.array_equal(got, want), (sg, m, xv, yv)
     # Fm-3m, x = 1/4, y = 0: z = 0 (24e), 1/4 and 3/4 (24d) or 1/2 (24e moved by the F centring);
     # 32f (x, x, x): with x = y typed, z is pinned to x (among others)
-    assert solve_values_many(225, 24, ((0, 0.25),), 1, np.array([0.0]), 2)[0].tolist() == [0.0, 0.25, 0.5, 0.75]
-    assert 0.2 in solve_values_many(225, 32, ((0, 0.2),), 1, np.array([0.2]), 2)[0].tolist()
+    assert solve_rows(225, 24, (0, 1), np.array([[0.25, 0.0]]), 2)[0].tolist() == [0.0, 0.25, 0.5, 0.75]
+    assert 0.2 in solve_rows(225, 32, (0, 1), np.array([[0.2, 0.2]]), 2)[0].tolist()

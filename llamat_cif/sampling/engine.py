@@ -71,6 +71,29 @@ class Num:
     strict_probe: bool | str | None = None  # how strict_accept is probed (None: as ``probe``)
 
 
+class Check:
+    """An ``accept`` callback that also answers for the probe points of a digit interval at once.
+
+    ``check(v)`` is ``one(v)``; :meth:`any_of` is ``any(one(v) for v in values)``, the same calls
+    with the same side effects, as the first value alone (which usually decides) and then
+    ``rest(values[1:])``, a batched form that must equal ``any(one(v) for v in values[1:])``: the
+    look-ahead of a refused interval then tests all its points' candidate sites in one array
+    operation instead of one small one per point."""
+
+    __slots__ = ("one", "rest")
+
+    def __init__(self, one: Callable[[float], bool], rest: Callable[[np.ndarray], bool]) -> None:
+        self.one, self.rest = one, rest
+
+    def __call__(self, v: float) -> bool:
+        return self.one(v)
+
+    def any_of(self, values: np.ndarray) -> bool:
+        if not len(values):
+            return False
+        return bool(self.one(float(values[0]))) or (len(values) > 1 and bool(self.rest(values[1:])))
+
+
 def steer_tiers(spec) -> tuple:
     """The steering checks of a field, most preferred first (empty when it has none)."""
     strict = getattr(spec, "strict_accept", None)
@@ -305,7 +328,10 @@ class Decoder:
             pts = np.concatenate([pts, s.pinned[(s.pinned >= lo - tol) & (s.pinned <= hi + tol)]])
         pts = np.round(pts, s.decimals)
         _, first = np.unique(pts, return_index=True)  # each value once, in the order given
-        return any(s.accept(float(p)) for p in pts[np.sort(first)])
+        pts = pts[np.sort(first)]
+        if isinstance(s.accept, Check):
+            return s.accept.any_of(pts)
+        return any(s.accept(float(p)) for p in pts)
 
     def allowed_checked(self) -> list[int]:
         """:meth:`allowed` filtered by :meth:`check` (all of them: for tests and non-sampling

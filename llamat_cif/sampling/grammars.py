@@ -17,7 +17,6 @@ composition other than the one it declared.
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 
 import numpy as np
 
@@ -30,8 +29,9 @@ from llamat_cif.cif import (
     VOLUME_DECIMALS,
     written_volume,
 )
-from llamat_cif.sampling.engine import Choice, End, Lit, Num, Stats, Vocab
+from llamat_cif.sampling.engine import Check, Choice, End, Lit, Num, Stats, Vocab
 from llamat_cif.sampling.fields import Conditions, header_fields
+from llamat_cif.sampling.grids import completion_grids
 from llamat_cif.sampling.lattice import (
     LatticeWindow,
     cell_shape_ok,
@@ -46,7 +46,6 @@ from llamat_cif.symmetry import (
     crystal_system,
     min_lines,
     solve_values,
-    solve_values_many,
     wyckoff_subspaces,
 )
 
@@ -56,41 +55,6 @@ from llamat_cif.symmetry import (
 _RIGHT = f"{90:.{ANGLE_DECIMALS}f}"
 _HEX = f"{120:.{ANGLE_DECIMALS}f}"
 _COORD_HI = round(1 - 10.0**-COORD_DECIMALS, COORD_DECIMALS)  # the largest coordinate below 1
-
-#: Probe values for free coordinates in the look-ahead: odd sixteenths (0.0625 from every multiple
-#: of 1/8, >= 0.02 from 1/6, 1/3 ...) in a spread-out order, then four 24ths. A probe near a
-#: special value collapses the orbit, meets its own symmetry copy, or blocks the special point
-#: another element needs.
-_PROBE = np.array([9, 5, 13, 3, 11, 7, 15, 1], dtype=float) / 16
-_PROBE = np.concatenate([_PROBE, np.array([7, 17, 1, 23]) / 24])
-
-
-def _probes(sg: int, m: int, typed: tuple, target: int) -> np.ndarray:
-    """Values tried for a coordinate that some Wyckoff subspace of multiplicity ``m`` leaves free:
-    the probe grid, then the values the other subspaces pin it to (a line such as y = x / 2)."""
-    return np.concatenate([_PROBE, solve_values(sg, m, typed, target, pinned=True)])
-
-
-@lru_cache(maxsize=8192)
-def _completion_grid(sg: int, m: int, xv: float, yv: float | None) -> np.ndarray:
-    """The probe points of orbit size ``m`` that start with the typed ``x`` (and ``y``): per value
-    ``y`` can take (:func:`_probes` where it is free), the values ``z`` can take. Depends on the group
-    alone, and every document's look-ahead probes the same few values (11 points per digit interval),
-    so it is kept (read-only)."""
-    ys = solve_values(sg, m, ((0, xv),), 1) if yv is None else np.array([yv])
-    ys = _probes(sg, m, ((0, xv),), 1) if ys is None else ys
-    typed_y = np.array([round(float(yy), COORD_DECIMALS) for yy in ys])  # as typed (the column keeps yy)
-    zs = solve_values_many(sg, m, ((0, xv),), 1, typed_y, 2)
-    free = [i for i, z in enumerate(zs) if z is None]  # z free somewhere: the probes, then the pinned values
-    for i, pin in zip(free, solve_values_many(sg, m, ((0, xv),), 1, typed_y[free], 2, pinned=True), strict=True):
-        zs[i] = np.concatenate([_PROBE, pin])
-    pts = [np.zeros((0, 3))]
-    for yy, zz in zip(ys, zs, strict=True):
-        pts.append(np.column_stack([np.full(len(zz), xv), np.full(len(zz), float(yy)), zz]))
-    grid = np.vstack(pts)
-    grid.flags.writeable = False
-    return grid
-
 
 class _Known:
     """Points known to be admissible sites of the site being written, as typed (rounded to the
@@ -293,13 +257,38 @@ def cif_grammar(v: Vocab, cond: Conditions, stats: Stats, *, header: bool = True
                 pts = pts[np.abs(pts[:, j] - round(val, COORD_DECIMALS)) < 0.6e-4]
             return pts
 
-        def fitting(pts, m=m, rest=rest, n=lines_left, found=found, el=el, ratio=None,
-                    same=None) -> bool:
-            p = place.site_fitting(pts, m, rest, lines=n, element=el, site_ratio=ratio,
-                                   rest_ratio=floor if ratio is not None else None, same_min=same)
+        def fitting(groups, m=m, rest=rest, n=lines_left, found=found, el=el, ratio=None, same=None) -> bool:
+            """Some group of candidate points holds an admissible site with a completion (groups
+            tried in order, their site checks made at once: Placement.site_fitting_any)."""
+            p = place.site_fitting_any(groups, m, rest, lines=n, element=el, site_ratio=ratio,
+                                       rest_ratio=floor if ratio is not None else None, same_min=same)
             if p is not None:  # a point that keeps a steering tier keeps the hard rule too
                 found.add(p[None, :])
             return p is not None
+
+        def completions(vals, x=None, m=m) -> list[tuple[np.ndarray, np.ndarray]]:
+            """Per typed value of x (or, given ``x``, of y): the points of orbit size m that start with
+            the typed coordinates, known ones first, then the probe grid (:mod:`~llamat_cif.sampling.grids`),
+            tried in this order, each chunked alone."""
+            vals = [round(float(v), COORD_DECIMALS) for v in vals]
+            x = None if x is None else round(x, COORD_DECIMALS)
+            pairs = [(v, None) if x is None else (x, v) for v in vals]
+            return [(matching(*(p[:1] if x is None else p)), g)
+                    for p, g in zip(pairs, completion_grids(sg, m, pairs), strict=True)]
+
+        def coord_check(x=None, ratio=None, same=None, fitting=fitting, completions=completions) -> Check:
+            """The look-ahead of the x field (or, given ``x``, of the y field): a value passes when
+            one of its completions is an admissible site with a completion of the composition."""
+            return Check(lambda v: fitting(completions([v], x), ratio=ratio, same=same),
+                         lambda vals: fitting(completions(vals, x), ratio=ratio, same=same))
+
+        def z_check(x, y, ratio=None, same=None, m=m, rest=rest, n=lines_left, el=el) -> Check:
+            """The look-ahead of the z field: (x, y, z) is an admissible site with a completion
+            (several values: one group of one point each, one try each)."""
+            kw = dict(element=el, site_ratio=ratio, rest_ratio=floor if ratio is not None else None, same_min=same)
+            return Check(lambda v: place.site_fits(np.array([x, y, v]), m, rest, n, **kw),
+                         lambda vals: place.site_fitting_any([np.array([x, y, float(v)]) for v in vals], m, rest, 1,
+                                                             n, **kw) is not None)
 
         # steering tiers of this site, widest first: (contact ratio, same-element distance); an
         # anion first asks for the widest ratio together with its anion-anion distance
@@ -308,38 +297,20 @@ def cif_grammar(v: Vocab, cond: Conditions, stats: Stats, *, header: bool = True
         if same_d and steers:
             tiers = ((steers[0], same_d), *tiers)
 
-
-        def completions(xv: float, yv: float | None = None, m=m) -> tuple[np.ndarray, np.ndarray]:
-            """Points of orbit size m that start with the typed coordinates: known ones first, then
-            the probe grid (:func:`_completion_grid`)."""
-            xv = round(xv, COORD_DECIMALS)
-            yv = None if yv is None else round(yv, COORD_DECIMALS)
-            known = matching(xv) if yv is None else matching(xv, yv)
-            return known, _completion_grid(sg, m, xv, yv)  # tried in this order, each chunked alone
-
         xs = solve_values(sg, m, (), 0) if subs else None
         x, _ = yield Num(0.0, _COORD_HI, COORD_DECIMALS, (" ",), max_int_digits=1, values=xs,
-                         pinned=_pinned(sg, m, (), 0, xs),
-                         accept=lambda xv: fitting(completions(xv)), hints=lambda: matching()[:, 0],
-                         strict_accept=tuple((lambda xv, g=g, d=d: fitting(completions(xv), ratio=g, same=d))
-                                             for g, d in tiers) or None)
+                         pinned=_pinned(sg, m, (), 0, xs), accept=coord_check(), hints=lambda: matching()[:, 0],
+                         strict_accept=tuple(coord_check(None, g, d) for g, d in tiers) or None)
         typed = ((0, round(x, COORD_DECIMALS)),)
         ys = solve_values(sg, m, typed, 1) if subs else None
         y, _ = yield Num(0.0, _COORD_HI, COORD_DECIMALS, (" ",), max_int_digits=1, values=ys if ys is None or len(ys) else None,
-                         pinned=_pinned(sg, m, typed, 1, ys),
-                         accept=lambda yv, x=x: fitting(completions(x, yv)), hints=lambda x=x: matching(x)[:, 1],
-                         strict_accept=tuple((lambda yv, x=x, g=g, d=d: fitting(completions(x, yv), ratio=g, same=d))
-                                             for g, d in tiers) or None)
+                         pinned=_pinned(sg, m, typed, 1, ys), accept=coord_check(x), hints=lambda x=x: matching(x)[:, 1],
+                         strict_accept=tuple(coord_check(x, g, d) for g, d in tiers) or None)
         typed = ((0, round(x, COORD_DECIMALS)), (1, round(y, COORD_DECIMALS)))
         zs = solve_values(sg, m, typed, 2) if subs else None
         zv, _ = yield Num(0.0, _COORD_HI, COORD_DECIMALS, (" ",), max_int_digits=1,
                           values=zs if zs is None or len(zs) else None, pinned=_pinned(sg, m, typed, 2, zs),
-                          accept=lambda zv, x=x, y=y, m=m, rest=rest, n=lines_left, el=el:
-                          place.site_fits(np.array([x, y, zv]), m, rest, n, element=el),
-                          strict_accept=tuple((lambda zv, x=x, y=y, m=m, rest=rest, n=lines_left, el=el, g=g, d=d:
-                                               place.site_fits(np.array([x, y, zv]), m, rest, n, element=el,
-                                                               site_ratio=g, rest_ratio=floor, same_min=d))
-                                         for g, d in tiers) or None,
+                          accept=z_check(x, y), strict_accept=tuple(z_check(x, y, g, d) for g, d in tiers) or None,
                           hints=lambda x=x, y=y: matching(x, y)[:, 2])
         yield Lit("1\n")
         place.place(np.array([x, y, zv]), el)

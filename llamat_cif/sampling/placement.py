@@ -1,29 +1,24 @@
 """Where the atoms of a symmetric CIF can still go: the look-ahead behind constrained decoding.
 
-The CIF grammar (:mod:`llamat_cif.sampling.grammars`) lets the model write a structure one site
-line at a time: element, Wyckoff multiplicity, then x, y, z. A choice can be locally fine and still
-leave no way to finish the document: a formula whose counts need more special points than the group
-has, a site placed on the last free special point another element needed, a coordinate prefix from
-which every completion sits too close to a mirror image. This module answers "can the rest still
-be placed?" so that the grammar only offers choices that keep a completion in reach.
+The CIF grammar (:mod:`llamat_cif.sampling.grammars`) writes a structure one site line at a time:
+element, Wyckoff multiplicity, x, y, z. A choice can be locally fine and still leave no way to finish
+the document (counts that need more special points than the group has, a site on the last free
+special point another element needed, a coordinate prefix whose every completion sits too close to a
+mirror image). This module answers "can the rest still be placed?", so that the grammar only offers
+choices that keep a completion in reach. Two levels:
 
-Two levels:
+* :func:`llamat_cif.symmetry.allocatable` (no lattice yet): can every count be written as a sum of
+  Wyckoff multiplicities, each zero-dimensional position (1a, 8c ...) holding at most one site?
+* :class:`Placement` (lattice known): the same with geometry. It keeps the atoms placed so far and
+  searches depth-first for concrete positions of all remaining atoms (orbit of the right size, every
+  distance kept, symmetry copies included) over multiplicities and candidate points (special points
+  and probe points on each Wyckoff subspace with free parameters). A search that runs out of its node
+  budget answers "yes" (optimistic, counted), so the grammar never stalls on an expensive question.
 
-* :func:`llamat_cif.symmetry.allocatable` (no lattice yet): can every element count be written as a sum of Wyckoff
-  multiplicities, when each zero-dimensional Wyckoff position (a fixed point orbit such as 1a or
-  8c) holds at most one site and positions with free parameters may be used repeatedly?
-* :class:`Placement` (lattice known): the same question with geometry. It keeps the atoms placed so
-  far and searches for concrete positions of all remaining atoms (orbit of the right size, every
-  distance at least ``min_distance`` including symmetry copies), by depth-first search over
-  multiplicities and candidate points (the special points plus a fixed set of probe points on
-  each Wyckoff subspace with free parameters). A search that runs out of its node budget answers
-  "yes" (optimistic) and is counted, so the grammar never stalls on an expensive question.
-
-Distances follow two rules at once: CDVAE's floor ``min_distance`` (0.5 Å) for every pair, and,
-with ``contact_ratio`` f > 0, the physical rule ``d_ij >= f * (r_i + r_j)`` on covalent radii
-(:mod:`llamat_cif.physics`), which also bounds the distance of an atom to its own lattice
-translations. The remaining work is a multiset of ``(count, radius)`` pairs (radius 0 when the
-contact rule is off, so the memo stays as small as before).
+Distances follow CDVAE's floor ``min_distance`` (0.5 Å) for every pair and, with ``contact_ratio``
+f > 0, ``d_ij >= f * (r_i + r_j)`` on covalent radii (:mod:`llamat_cif.physics`), which also bounds an
+atom's distance to its own lattice translations. The remaining work is a multiset of
+``(count, radius)`` pairs (radius 0 with the contact rule off).
 """
 
 from __future__ import annotations
@@ -77,7 +72,6 @@ class Placement:
         self.number = number
         self.rots, self.trans = space_group_ops(number)
         self.rots_t = np.ascontiguousarray(self.rots.transpose(0, 2, 1))
-        self.ops = (self.rots, self.trans)
         self.matrix = np.asarray(matrix, dtype=float)
         self.dmin = float(min_distance) if min_distance else 0.05
         self.f = float(contact_ratio or 0.0)
@@ -133,16 +127,12 @@ class Placement:
 
     # ------------------------------------------------------------------------------ geometry
     def check(self, pts: np.ndarray, m: int, placed: np.ndarray | None = None, *, radius: float = 0.0,
-              placed_r: np.ndarray | None = None, ratio: float | None = None,
-              blocks: Sequence[Block] | None = None) -> np.ndarray:
+              placed_r: np.ndarray | None = None, ratio: float | None = None) -> np.ndarray:
         """Boolean mask: the orbit of each point (an atom of covalent ``radius``) has exactly ``m``
         members, keeps its distance rule (contact ratio ``ratio``, default this placement's) to its
-        own symmetry copies and lattice translations, and to the placed atoms (radii ``placed_r``).
-
-        ``blocks``: the other atoms as :data:`Block` groups instead of ``placed``; with neither,
-        the placed atoms (one block per site). Answers per block are kept (:meth:`_bits`)."""
-        if placed is not None:
-            blocks = (block(placed, np.zeros(len(placed)) if placed_r is None else placed_r),)
+        own symmetry copies and lattice translations, and to the ``placed`` atoms (radii ``placed_r``;
+        default: the placed sites, whose answers are kept per site, :meth:`_bits`)."""
+        blocks = None if placed is None else (block(placed, np.zeros(len(placed)) if placed_r is None else placed_r),)
         return from_bits(*self._bits(pts, m, radius, ratio, blocks))
 
     def _bits(self, pts: np.ndarray, m: int, radius: float, ratio: float | None,
@@ -412,33 +402,46 @@ class Placement:
         ``rest_counts`` still fit (in at most ``lines`` further site lines)? ``site_ratio``: a
         stricter contact ratio for this site; ``rest_ratio``: one the completion must keep too
         (a steering question, see :meth:`fits`); ``same_min``: a distance the site must also keep
-        to atoms of its own element (:meth:`same_element_ok`)."""
-        radius = self.radius_of(element)
-        if not self.check(p[None, :], m, radius=radius, ratio=site_ratio)[0]:
-            return False
-        if same_min and not self.same_element_ok(p[None, :], m, element, same_min)[0]:
-            return False
-        # a completion that keeps a wider ratio keeps this placement's too: one question, and a
-        # steering question never spends the hard look-ahead's budget
-        return self.fits(rest_counts, self.orbit_of(p), lines, extra_radius=radius, ratio=rest_ratio)
+        to atoms of its own element (:meth:`same_element_ok`). A completion that keeps a wider
+        ratio keeps this placement's too: one question, which never spends the hard budget."""
+        return self.site_fitting_any([p], m, rest_counts, 1, lines, element=element, site_ratio=site_ratio,
+                                     rest_ratio=rest_ratio, same_min=same_min) is not None
 
     def site_fitting(self, pts: np.ndarray | Sequence[np.ndarray], m: int, rest_counts: Counts, tries: int = 6,
-                     lines: int | None = None, *, element: str | None = None,
-                     site_ratio: float | None = None, rest_ratio: float | None = None,
-                     same_min: float | None = None) -> np.ndarray | None:
+                     lines: int | None = None, **kw) -> np.ndarray | None:
         """The first candidate point that makes an admissible site with a completion, or ``None``
-        (``site_ratio``/``rest_ratio``/``same_min`` as in :meth:`site_fits`). ``pts``: an array of
-        points or a sequence of arrays, tried in order as if stacked (see :meth:`_first_ok`)."""
-        segs = [np.asarray(s, dtype=float).reshape(-1, 3) for s in (pts if isinstance(pts, list | tuple) else (pts,))]
-        if same_min:
-            segs = [s[self.same_element_ok(s, m, element, same_min)] for s in segs if len(s)]
-        segs = [s for s in segs if len(s)]
-        if not segs:
-            return None
+        (keywords as in :meth:`site_fits`). ``pts``: an array of points or a sequence of arrays,
+        tried in order as if stacked (see :meth:`_first_ok`)."""
+        return self.site_fitting_any([pts], m, rest_counts, tries, lines, **kw)
+
+    def site_fitting_any(self, groups: Sequence, m: int, rest_counts: Counts, tries: int = 6,
+                         lines: int | None = None, *, element: str | None = None, site_ratio: float | None = None,
+                         rest_ratio: float | None = None, same_min: float | None = None) -> np.ndarray | None:
+        """:meth:`site_fitting` of each group in turn up to the first hit (same completions asked in the
+        same order: same answer, same budget spent), the site checks of several groups made at once
+        (one group: chunk by chunk). Groups of one point with ``tries=1``: :meth:`site_fits`."""
+        segss = [[np.asarray(s, dtype=float).reshape(-1, 3) for s in (g if isinstance(g, list | tuple) else (g,))]
+                 for g in groups]
         radius = self.radius_of(element)
-        for p in self._first_ok(segs, m, tries, radius=radius, ratio=site_ratio):
-            if self.fits(rest_counts, self.orbit_of(p), lines, extra_radius=radius, ratio=rest_ratio):
-                return p
+        if len(segss) == 1:
+            segs = segss[0]
+            if same_min:
+                segs = [s[self.same_element_ok(s, m, element, same_min)] for s in segs if len(s)]
+            segs = [s for s in segs if len(s)]
+            picks = [self._first_ok(segs, m, tries, radius=radius, ratio=site_ratio)] if segs else []
+        else:
+            allp = np.vstack([s for segs in segss for s in segs])
+            if not len(allp):
+                return None
+            ok = from_bits(*self._bits(allp, m, radius, site_ratio, None))
+            if same_min and ok.any():
+                ok &= self.same_element_ok(allp, m, element, same_min)
+            bounds = np.cumsum([0] + [sum(len(s) for s in segs) for segs in segss])
+            picks = (allp[a + np.flatnonzero(ok[a:b])[:tries]] for a, b in zip(bounds[:-1], bounds[1:], strict=True))
+        for pick in picks:
+            for p in pick:
+                if self.fits(rest_counts, self.orbit_of(p), lines, extra_radius=radius, ratio=rest_ratio):
+                    return p.copy()
         return None
 
     def multiplicity_ok(self, m: int, rest_counts: Counts, lines: int | None = None, *,
