@@ -402,8 +402,8 @@ def test_batched_completion_grids_equal_the_one_at_a_time_grids():
 
 def test_site_fitting_any_asks_what_one_group_at_a_time_asks():
     """Several groups of candidates (a digit interval's probe values): the same point as site_fitting
-    of each group in turn up to the first hit, and the same search budget spent; a group of one
-    point with one try is site_fits."""
+    of each group in turn up to the first hit (site_fitting_each: of every group), and the same
+    search budget spent; a group of one point with one try is site_fits."""
     rng = np.random.default_rng(1)
     found, spent = 0, []
     for trial in range(40):  # Pnma, general position (8d), a small cell: some questions search, some fail
@@ -418,6 +418,13 @@ def test_site_fitting_any_asks_what_one_group_at_a_time_asks():
         assert batched._spent == one._spent, trial
         found += got is not None
         spent.append(batched._spent)
+        each, one = (Placement(62, lattice_matrix(4.6, 5.2, 6.3, 90, 90, 90), contact_ratio=0.75) for _ in range(2))
+        for q in (each, one):
+            q.place(np.array([0.1, 0.25, 0.2]), "Mg")
+        got = list(each.site_fitting_each(groups, 8, rest, element="O"))
+        want = [one.site_fitting(g, 8, rest, element="O") for g in groups]
+        assert [None if p is None else p.tolist() for p in got] == [None if p is None else p.tolist() for p in want]
+        assert each._spent == one._spent, trial
     assert 10 <= found <= 30 and max(spent) > 100  # both answers, and real searches, were compared
     mat = lattice_matrix(5.64, 5.64, 5.64, 90, 90, 90)
     p = Placement(225, mat, contact_ratio=0.7)
@@ -427,14 +434,24 @@ def test_site_fitting_any_asks_what_one_group_at_a_time_asks():
         assert (p.site_fitting_any([pt], 4, {}, 1, element="Cl") is not None) == p.site_fits(pt, 4, {}, element="Cl")
 
 
-def test_check_any_of_is_any_of_its_values():
-    """Decoder's batched accept: the first value alone, then the rest at once, with the verdict of
-    asking each value in turn."""
-    from llamat_cif.sampling.engine import Check
+def test_check_any_of_and_each_ask_what_one_value_at_a_time_asks():
+    """Decoder's batched accept: any_of asks the first value alone, then the rest lazily up to the
+    first pass; each answers for every value; both with the verdicts of asking each value in turn."""
+    from llamat_cif.sampling.engine import Check, _keep
 
     asked = []
-    chk = Check(lambda v: asked.append(v) or v > 0.5, lambda vals: any(v > 0.5 for v in vals))
+
+    def one(v):
+        asked.append(round(float(v), 4))
+        return v > 0.5
+
+    chk = Check(one, lambda vals: (one(v) for v in vals))
     assert chk(0.7) and not chk(0.2)
     asked.clear()
     assert chk.any_of(np.array([0.9, 0.1])) and asked == [0.9]  # the first value decided: the rest not asked
-    assert chk.any_of(np.array([0.1, 0.2, 0.8])) and not chk.any_of(np.array([0.1, 0.2])) and not chk.any_of(np.array([]))
+    asked.clear()
+    assert chk.any_of(np.array([0.1, 0.2, 0.8, 0.3])) and asked == [0.1, 0.2, 0.8]
+    assert not chk.any_of(np.array([0.1, 0.2])) and not chk.any_of(np.array([]))
+    vals = np.array([0.1, 0.6, 0.3, 0.9])
+    assert chk.each(vals).tolist() == [False, True, False, True] and chk.each(np.array([])).tolist() == []
+    assert _keep(chk, vals).tolist() == _keep(one, vals).tolist() == [0.6, 0.9]

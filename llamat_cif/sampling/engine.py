@@ -21,7 +21,7 @@ Field specs:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, fields, replace
 from functools import lru_cache
 
@@ -72,26 +72,39 @@ class Num:
 
 
 class Check:
-    """An ``accept`` callback that also answers for the probe points of a digit interval at once.
+    """An ``accept`` callback that also answers for many values at once (a digit interval's probe
+    points, a field's finite set of positions).
 
-    ``check(v)`` is ``one(v)``; :meth:`any_of` is ``any(one(v) for v in values)``, the same calls
-    with the same side effects, as the first value alone (which usually decides) and then
-    ``rest(values[1:])``, a batched form that must equal ``any(one(v) for v in values[1:])``: the
-    look-ahead of a refused interval then tests all its points' candidate sites in one array
-    operation instead of one small one per point."""
+    ``check(v)`` is ``one(v)``; ``many(values)`` yields ``one(v)`` for each value in turn, lazily,
+    with the same calls and side effects, but may prepare what all of them need in one array
+    operation first (the look-ahead checks every value's candidate sites together instead of one
+    small operation per value). :meth:`any_of` asks the first value alone (it usually decides),
+    then the rest; :meth:`each` answers for every value."""
 
-    __slots__ = ("one", "rest")
+    __slots__ = ("one", "many")
 
-    def __init__(self, one: Callable[[float], bool], rest: Callable[[np.ndarray], bool]) -> None:
-        self.one, self.rest = one, rest
+    def __init__(self, one: Callable[[float], bool], many: Callable[[np.ndarray], Iterator[bool]]) -> None:
+        self.one, self.many = one, many
 
     def __call__(self, v: float) -> bool:
         return self.one(v)
 
     def any_of(self, values: np.ndarray) -> bool:
+        """``any(one(v) for v in values)``."""
         if not len(values):
             return False
-        return bool(self.one(float(values[0]))) or (len(values) > 1 and bool(self.rest(values[1:])))
+        return bool(self.one(float(values[0]))) or (len(values) > 1 and any(self.many(values[1:])))
+
+    def each(self, values: np.ndarray) -> np.ndarray:
+        """``[one(v) for v in values]`` as a boolean mask."""
+        return np.fromiter(self.many(values), dtype=bool, count=len(values)) if len(values) else np.zeros(0, bool)
+
+
+def _keep(check: Callable[[float], bool], values: np.ndarray) -> np.ndarray:
+    """The values ``check`` accepts, in order."""
+    if isinstance(check, Check):
+        return np.asarray(values)[check.each(values)]
+    return np.array([v for v in values if check(float(v))])
 
 
 def steer_tiers(spec) -> tuple:
@@ -172,10 +185,10 @@ class Decoder:
         if isinstance(spec, Num) and spec.values is not None and spec.accept is not None and len(spec.values):
             # A finite set of positions: check them all now, so a veto is seen at the first digit
             # instead of leaving the last digit with nowhere to go.
-            ok = np.array([v for v in spec.values if spec.accept(float(v))])
+            ok = _keep(spec.accept, spec.values)
             self.stats.distance_vetoes += len(spec.values) - len(ok)
             for strict in steer_tiers(spec) if len(ok) else ():  # steering: the widest margin that exists
-                kept = np.array([v for v in ok if strict(float(v))])
+                kept = _keep(strict, ok)
                 if len(kept):
                     ok = kept
                     break

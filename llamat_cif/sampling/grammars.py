@@ -257,19 +257,20 @@ def cif_grammar(v: Vocab, cond: Conditions, stats: Stats, *, header: bool = True
                 pts = pts[np.abs(pts[:, j] - round(val, COORD_DECIMALS)) < 0.6e-4]
             return pts
 
-        def fitting(groups, m=m, rest=rest, n=lines_left, found=found, el=el, ratio=None, same=None) -> bool:
-            """Some group of candidate points holds an admissible site with a completion (groups
-            tried in order, their site checks made at once: Placement.site_fitting_any)."""
-            p = place.site_fitting_any(groups, m, rest, lines=n, element=el, site_ratio=ratio,
-                                       rest_ratio=floor if ratio is not None else None, same_min=same)
-            if p is not None:  # a point that keeps a steering tier keeps the hard rule too
-                found.add(p[None, :])
-            return p is not None
+        def fitting(groups, m=m, rest=rest, n=lines_left, found=found, el=el, ratio=None, same=None):
+            """Per group of candidate points, lazily: does it hold an admissible site with a
+            completion (Placement.site_fitting_each: the groups' site checks made at once)?"""
+            for p in place.site_fitting_each(groups, m, rest, lines=n, element=el, site_ratio=ratio,
+                                             rest_ratio=floor if ratio is not None else None, same_min=same):
+                if p is not None:  # a point that keeps a steering tier keeps the hard rule too
+                    found.add(p[None, :])
+                yield p is not None
 
         def completions(vals, x=None, m=m) -> list[tuple[np.ndarray, np.ndarray]]:
             """Per typed value of x (or, given ``x``, of y): the points of orbit size m that start with
             the typed coordinates, known ones first, then the probe grid (:mod:`~llamat_cif.sampling.grids`),
-            tried in this order, each chunked alone."""
+            tried in this order, each chunked alone. (A point found for one value cannot match
+            another: values differ by >= 1e-4, so the known points of all values can be read at once.)"""
             vals = [round(float(v), COORD_DECIMALS) for v in vals]
             x = None if x is None else round(x, COORD_DECIMALS)
             pairs = [(v, None) if x is None else (x, v) for v in vals]
@@ -279,7 +280,7 @@ def cif_grammar(v: Vocab, cond: Conditions, stats: Stats, *, header: bool = True
         def coord_check(x=None, ratio=None, same=None, fitting=fitting, completions=completions) -> Check:
             """The look-ahead of the x field (or, given ``x``, of the y field): a value passes when
             one of its completions is an admissible site with a completion of the composition."""
-            return Check(lambda v: fitting(completions([v], x), ratio=ratio, same=same),
+            return Check(lambda v: next(fitting(completions([v], x), ratio=ratio, same=same)),
                          lambda vals: fitting(completions(vals, x), ratio=ratio, same=same))
 
         def z_check(x, y, ratio=None, same=None, m=m, rest=rest, n=lines_left, el=el) -> Check:
@@ -287,8 +288,8 @@ def cif_grammar(v: Vocab, cond: Conditions, stats: Stats, *, header: bool = True
             (several values: one group of one point each, one try each)."""
             kw = dict(element=el, site_ratio=ratio, rest_ratio=floor if ratio is not None else None, same_min=same)
             return Check(lambda v: place.site_fits(np.array([x, y, v]), m, rest, n, **kw),
-                         lambda vals: place.site_fitting_any([np.array([x, y, float(v)]) for v in vals], m, rest, 1,
-                                                             n, **kw) is not None)
+                         lambda vals: (p is not None for p in place.site_fitting_each(
+                             [np.array([x, y, float(v)]) for v in vals], m, rest, 1, n, **kw)))
 
         # steering tiers of this site, widest first: (contact ratio, same-element distance); an
         # anion first asks for the widest ratio together with its anion-anion distance

@@ -23,7 +23,7 @@ atom's distance to its own lattice translations. The remaining work is a multise
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -415,11 +415,17 @@ class Placement:
         return self.site_fitting_any([pts], m, rest_counts, tries, lines, **kw)
 
     def site_fitting_any(self, groups: Sequence, m: int, rest_counts: Counts, tries: int = 6,
-                         lines: int | None = None, *, element: str | None = None, site_ratio: float | None = None,
-                         rest_ratio: float | None = None, same_min: float | None = None) -> np.ndarray | None:
-        """:meth:`site_fitting` of each group in turn up to the first hit (same completions asked in the
-        same order: same answer, same budget spent), the site checks of several groups made at once
-        (one group: chunk by chunk). Groups of one point with ``tries=1``: :meth:`site_fits`."""
+                         lines: int | None = None, **kw) -> np.ndarray | None:
+        """The first hit of :meth:`site_fitting_each`, or ``None`` (the later groups not asked)."""
+        return next((p for p in self.site_fitting_each(groups, m, rest_counts, tries, lines, **kw) if p is not None),
+                    None)
+
+    def site_fitting_each(self, groups: Sequence, m: int, rest_counts: Counts, tries: int = 6,
+                          lines: int | None = None, *, element: str | None = None, site_ratio: float | None = None,
+                          rest_ratio: float | None = None, same_min: float | None = None) -> Iterator[np.ndarray | None]:
+        """:meth:`site_fitting` of each group in turn, lazily (the same completions asked in the same
+        order: same answers, same budget spent), the site checks of several groups made at once (one
+        group: chunk by chunk). Groups of one point with ``tries=1``: :meth:`site_fits`."""
         segss = [[np.asarray(s, dtype=float).reshape(-1, 3) for s in (g if isinstance(g, list | tuple) else (g,))]
                  for g in groups]
         radius = self.radius_of(element)
@@ -428,21 +434,17 @@ class Placement:
             if same_min:
                 segs = [s[self.same_element_ok(s, m, element, same_min)] for s in segs if len(s)]
             segs = [s for s in segs if len(s)]
-            picks = [self._first_ok(segs, m, tries, radius=radius, ratio=site_ratio)] if segs else []
+            picks = [self._first_ok(segs, m, tries, radius=radius, ratio=site_ratio) if segs else []]
         else:
             allp = np.vstack([s for segs in segss for s in segs])
-            if not len(allp):
-                return None
-            ok = from_bits(*self._bits(allp, m, radius, site_ratio, None))
+            ok = from_bits(*self._bits(allp, m, radius, site_ratio, None)) if len(allp) else np.zeros(0, bool)
             if same_min and ok.any():
                 ok &= self.same_element_ok(allp, m, element, same_min)
             bounds = np.cumsum([0] + [sum(len(s) for s in segs) for segs in segss])
             picks = (allp[a + np.flatnonzero(ok[a:b])[:tries]] for a, b in zip(bounds[:-1], bounds[1:], strict=True))
         for pick in picks:
-            for p in pick:
-                if self.fits(rest_counts, self.orbit_of(p), lines, extra_radius=radius, ratio=rest_ratio):
-                    return p.copy()
-        return None
+            yield next((p.copy() for p in pick
+                        if self.fits(rest_counts, self.orbit_of(p), lines, extra_radius=radius, ratio=rest_ratio)), None)
 
     def multiplicity_ok(self, m: int, rest_counts: Counts, lines: int | None = None, *,
                         element: str | None = None) -> bool:
