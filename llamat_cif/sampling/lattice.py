@@ -129,7 +129,7 @@ class Images:
         key = (blk[0], radius, ratio, dmin)
         thr = self._thresholds.get(key)
         if thr is None:
-            t = np.maximum(dmin, ratio * (radius + blk[2]))
+            t = contact_threshold(dmin, ratio, radius, blk[2])
             thr = ((t * t)[None, :], float(t.max(initial=0.0)))
             if len(self._thresholds) < 50_000:
                 self._thresholds[key] = thr
@@ -145,6 +145,12 @@ class Images:
         d -= np.rint(d)
         return self.min_d2(d, float(np.max(thr, initial=0.0))) >= thr * thr
 
+
+
+def contact_threshold(dmin: float, ratio: float, radius, radii):
+    """The look-ahead's distance rule: the smallest admissible distance (Å) between an atom of
+    covalent ``radius`` and atoms of ``radii`` (broadcast): ``max(dmin, ratio * (radius + radii))``."""
+    return np.maximum(dmin, ratio * (radius + radii))
 
 
 def to_bits(mask: np.ndarray) -> int:

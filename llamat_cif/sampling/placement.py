@@ -33,6 +33,7 @@ from llamat_cif.sampling.lattice import (
     Block,
     Images,
     block,
+    contact_threshold,
     from_bits,
     snap,
     to_bits,
@@ -123,7 +124,7 @@ class Placement:
     def _threshold(self, radius: float, radii: np.ndarray, ratio: float | None = None) -> np.ndarray:
         """Smallest admissible distance from an atom of ``radius`` to atoms of ``radii`` (contact
         ratio ``ratio``, default this placement's)."""
-        return np.maximum(self.dmin, (self.f if ratio is None else ratio) * (radius + radii))
+        return contact_threshold(self.dmin, self.f if ratio is None else ratio, radius, radii)
 
     # ------------------------------------------------------------------------------ geometry
     def check(self, pts: np.ndarray, m: int, placed: np.ndarray | None = None, *, radius: float = 0.0,
@@ -252,7 +253,7 @@ class Placement:
         if cert is not None and (lines is None or cert[2] <= lines):
             if len(extra) == 0:
                 return True
-            thr = np.maximum(self.dmin, self.f * (cert[1][:, None] + extra_r[None, :]))
+            thr = contact_threshold(self.dmin, self.f, cert[1][:, None], extra_r[None, :])
             if self.images.far(cert[0], extra, thr).all():
                 return True
         if self._spent >= self.total_budget:
@@ -417,8 +418,7 @@ class Placement:
     def site_fitting_any(self, groups: Sequence, m: int, rest_counts: Counts, tries: int = 6,
                          lines: int | None = None, **kw) -> np.ndarray | None:
         """The first hit of :meth:`site_fitting_each`, or ``None`` (the later groups not asked)."""
-        return next((p for p in self.site_fitting_each(groups, m, rest_counts, tries, lines, **kw) if p is not None),
-                    None)
+        return next(filter(lambda p: p is not None, self.site_fitting_each(groups, m, rest_counts, tries, lines, **kw)), None)
 
     def site_fitting_each(self, groups: Sequence, m: int, rest_counts: Counts, tries: int = 6,
                           lines: int | None = None, *, element: str | None = None, site_ratio: float | None = None,
