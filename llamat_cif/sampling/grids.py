@@ -24,7 +24,7 @@ PROBE = np.array([9, 5, 13, 3, 11, 7, 15, 1], dtype=float) / 16
 PROBE = np.concatenate([PROBE, np.array([7, 17, 1, 23]) / 24])
 
 _GRIDS: dict[tuple, np.ndarray] = {}
-_MAX_KEPT = 100_000  # grids kept (a few hundred bytes each); the store starts over when full
+_MAX_KEPT = 16_384  # grids kept (up to a few KB each: tens of MB); the store starts over when full
 
 
 def probes(sg: int, m: int, typed: tuple, target: int) -> np.ndarray:
