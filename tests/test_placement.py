@@ -398,6 +398,16 @@ def test_batched_completion_grids_equal_the_one_at_a_time_grids():
                 assert not g.flags.writeable
                 compared += 1
     assert compared > 1000
+    # a full store starts over and still returns every grid asked for (kept ones included)
+    grids._GRIDS.clear()
+    kept = grids.completion_grids(225, 24, [(0.25, None), (0.1, None)])
+    cap = grids._MAX_KEPT
+    try:
+        grids._MAX_KEPT = 3
+        again = grids.completion_grids(225, 24, [(0.25, None), (0.3, None), (0.1, None), (0.4, None)])
+    finally:
+        grids._MAX_KEPT = cap
+    assert np.array_equal(again[0], kept[0]) and np.array_equal(again[2], kept[1]) and len(grids._GRIDS) == 4
 
 
 def test_site_fitting_any_asks_what_one_group_at_a_time_asks():

@@ -44,8 +44,9 @@ def completion_grids(sg: int, m: int, pairs: list[tuple[float, float | None]]) -
     in practice, mixed lists work too); the grids not kept yet are built together."""
     todo = [p for p in dict.fromkeys(pairs) if (sg, m, *p) not in _GRIDS]
     if todo:
-        if len(_GRIDS) + len(todo) > _MAX_KEPT:
+        if len(_GRIDS) + len(todo) > _MAX_KEPT:  # full: start over, with every grid this call returns
             _GRIDS.clear()
+            todo = list(dict.fromkeys(pairs))
         for p, grid in zip(todo, _build(sg, m, todo), strict=True):
             grid.flags.writeable = False
             _GRIDS[sg, m, *p] = grid

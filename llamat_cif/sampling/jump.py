@@ -104,8 +104,8 @@ def sample_constrained(lean, decoders: list, prompt: list[int], *, max_new_token
                 d = decoders[i]
                 docs[i].append(t)
                 d.advance(t)
-                if t == eos_token_id:
-                    d.done = True
+                if t == eos_token_id:  # the loop's stop rule, as sample_tokens' `unfinished`: an end token
+                    d.done = True      # let through by a fallback ends the row even where the grammar has none
                 run, choice[i] = _forced(d, docs[i], max_new_tokens)
                 feeds[i] = [t, *run]
             live = [i for i in live if not (decoders[i].done or len(docs[i]) >= max_new_tokens)]
