@@ -9,8 +9,9 @@ calibrated windows the constrained decoder (:mod:`llamat_cif.sampling`) enforces
   ``f`` (:data:`CONTACT_RATIO`) is the largest two-decimal value that at least 99.9 % of MP-20 train
   structures (available subset) satisfy. A hard rule alone piles atoms up at ``f``: the sampler
   also *steers*, drawing each coordinate among the tokens that keep a wider margin
-  (:data:`steer_ratio_default`, the 5th percentile of MP-20 train, 0.81) whenever the model's
-  nucleus holds one, and falls back to the hard rule otherwise.
+  (:data:`steer_ratio_default`, the 5th percentile of MP-20 train, 0.81) whenever some token does
+  (within the top-p nucleus first, else from the whole tempered distribution), and falls back to the
+  hard rule otherwise.
   Covalent radii let two anions sit at a bond length, so an anion site is first steered to keep
   the 5th percentile of MP-20 train's smallest same-element distance (:func:`anion_steer_default`).
 * **Volume.** (The last cell length is also steered into the central 90 % of MP-20 train's
@@ -62,7 +63,7 @@ def contact_ratio_default() -> float:
 
 def steer_ratio_default() -> float:
     """Calibrated steering margin: the 5th percentile of MP-20 train's smallest contact ratio. The
-    sampler prefers coordinates that keep it whenever the model's nucleus holds one."""
+    sampler prefers coordinates that keep it whenever some token does (nucleus first)."""
     return float(calibration()["contacts"]["steer_ratio"])
 
 

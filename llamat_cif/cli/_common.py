@@ -55,7 +55,8 @@ def physics_options(f):
                           "[default: 0.7, the short-contact threshold the benchmark reports; 0 = off].")(f)
     f = click.option("--steer-contact-ratio", type=float, default=None,
                      help="Constrained runs: coordinates are drawn among tokens that keep this wider "
-                          "contact ratio whenever the model's nucleus holds one [default: calibrated, "
+                          "contact ratio whenever some token does (within the top-p nucleus first, else from the "
+                          "whole tempered distribution) [default: calibrated, "
                           "0.81: the 5th percentile of MP-20 train; 0 = off].")(f)
     return click.option("--min-contact-ratio", type=float, default=None,
                         help="Constrained runs: every atom pair at least this x its covalent-radius sum "

@@ -38,8 +38,8 @@ class SampleConfig:
     # physics in decoding (llamat_cif.physics): every pair at least f x its covalent-radius sum;
     # None: the calibrated f (>= 99.9 % of MP-20 train pass), 0: off
     min_contact_ratio: float | None = None
-    # steering: coordinates prefer tokens that keep this wider contact ratio when the nucleus holds
-    # one; None: calibrated (5th percentile of MP-20 train), 0: off
+    # steering: coordinates prefer tokens that keep this wider contact ratio when some token does
+    # (nucleus first, else the whole tempered distribution); None: calibrated (5th pct. of MP-20 train), 0: off
     steer_contact_ratio: float | None = None
     # steering, second tier: where no token keeps the steer ratio, prefer tokens that keep this one
     # before the hard rule alone decides; None: the benchmark's short-contact threshold (0.7), 0: off

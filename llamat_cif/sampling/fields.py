@@ -47,14 +47,15 @@ class Conditions:
     # volume per atom within [lo, hi] x the composition-based prediction (None: off)
     volume_window: tuple[float, float] | None = None
     # steering: a coordinate is drawn among tokens that keep this wider contact ratio for the new
-    # site whenever the nucleus holds one (0: off); contact_ratio stays the hard rule
+    # site whenever some token does (nucleus first, else the whole tempered distribution; 0: off);
+    # contact_ratio stays the hard rule
     steer_ratio: float = 0.0
     # steering, second tier: where no token keeps steer_ratio, a coordinate is drawn among tokens
     # that keep at least this ratio before the hard rule alone decides (0: off)
     steer_floor: float = 0.0
     # steering, first tier per element (anions, and other elements with --steer-cation-distance): a
     # coordinate of an element listed here is drawn among tokens that also keep this distance (Å)
-    # to atoms of the same element whenever the nucleus holds one (None: off); covalent radii let
+    # to atoms of the same element whenever some token does (as above; None: off); covalent radii let
     # two anions sit at a bond length
     same_element_steer: dict[str, float] | None = None
     # steering: the last cell length prefers a volume per atom within [lo, hi] x the prediction
