@@ -146,7 +146,6 @@ class Images:
         return self.min_d2(d, float(np.max(thr, initial=0.0))) >= thr * thr
 
 
-
 def contact_threshold(dmin: float, ratio: float, radius, radii):
     """The look-ahead's distance rule: the smallest admissible distance (Å) between an atom of
     covalent ``radius`` and atoms of ``radii`` (broadcast): ``max(dmin, ratio * (radius + radii))``."""

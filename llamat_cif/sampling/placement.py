@@ -121,11 +121,6 @@ class Placement:
                      for c in counts]
         return tuple(sorted(((c, r) for c, r in pairs if c > 0), reverse=True))
 
-    def _threshold(self, radius: float, radii: np.ndarray, ratio: float | None = None) -> np.ndarray:
-        """Smallest admissible distance from an atom of ``radius`` to atoms of ``radii`` (contact
-        ratio ``ratio``, default this placement's)."""
-        return contact_threshold(self.dmin, self.f if ratio is None else ratio, radius, radii)
-
     # ------------------------------------------------------------------------------ geometry
     def check(self, pts: np.ndarray, m: int, placed: np.ndarray | None = None, *, radius: float = 0.0,
               placed_r: np.ndarray | None = None, ratio: float | None = None) -> np.ndarray:
@@ -179,7 +174,7 @@ class Placement:
         hit = self._own_cache.get(key)
         if hit is not None:
             return hit
-        own_min = float(self._threshold(radius, np.array([radius]), ratio)[0])  # copies of the same atom
+        own_min = float(contact_threshold(self.dmin, self.f if ratio is None else ratio, radius, radius))  # own copies
         if self.shortest_vector < own_min:
             ok = np.zeros(len(pts), dtype=bool)
         else:
@@ -349,7 +344,8 @@ class Placement:
         """Up to ``k`` admissible candidates (against ``blocks``, default the placed sites): the first
         ``chunk`` points (most questions need no more), then the rest at once. ``cands``: an array of
         points, or a sequence of them tried in order, each chunked from its own start (a fixed array
-        then gives the same chunks on every question, whose answers :meth:`_bits` keeps)."""
+        then gives the same chunks on every question, whose answers :meth:`_bits` keeps). Admissibility
+        is per point, so no chunking (nor :meth:`site_fitting_each`'s stacking) changes an answer."""
         found: list[np.ndarray] = []
         for seg in cands if isinstance(cands, list | tuple) else (cands,):
             for start, stop in ((0, chunk), (chunk, len(seg))):
